@@ -1,0 +1,109 @@
+//! The persisted key layout, in one place.
+//!
+//! All records live in one sled tree (`warden`), so a record, its index
+//! entries and its unique entries are written by one atomic batch.
+//! Each key is a tag byte followed by escaped components: a component's
+//! 0x00 bytes are written as 0x00 0xFF and it ends with 0x00 0x01, so
+//! components never run into each other and byte order is string order.
+//!
+//! | key                                      | value                        |
+//! |------------------------------------------|------------------------------|
+//! | `r` collection id                        | bincode [`Envelope`](crate::record) |
+//! | `i` collection index value id            | empty                        |
+//! | `u` collection constraint value          | owning record id             |
+//! | `m` name                                 | metadata (schema version)    |
+
+/// The schema this build writes. Bump it with a migration in `store.rs`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Name of the sled tree that holds records, indexes and metadata.
+pub const MAIN_TREE: &str = "warden";
+
+pub(crate) const RECORD: u8 = b'r';
+pub(crate) const INDEX: u8 = b'i';
+pub(crate) const UNIQUE: u8 = b'u';
+pub(crate) const META: u8 = b'm';
+
+pub(crate) const SCHEMA_KEY: &str = "schema_version";
+
+pub(crate) fn push(buf: &mut Vec<u8>, component: &[u8]) {
+    for &b in component {
+        if b == 0 {
+            buf.extend_from_slice(&[0, 0xFF]);
+        } else {
+            buf.push(b);
+        }
+    }
+    buf.extend_from_slice(&[0, 1]);
+}
+
+pub(crate) fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(1 + parts.iter().map(|p| p.len() + 2).sum::<usize>());
+    buf.push(tag);
+    for part in parts {
+        push(&mut buf, part);
+    }
+    buf
+}
+
+/// Reads one escaped component from the start of `bytes`; returns it and the rest.
+pub(crate) fn pop(bytes: &[u8]) -> Option<(Vec<u8>, &[u8])> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == 0 {
+            match bytes.get(i + 1)? {
+                0xFF => out.push(0),
+                1 => return Some((out, &bytes[i + 2..])),
+                _ => return None,
+            }
+            i += 2;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    None
+}
+
+pub(crate) fn record(collection: &str, id: &str) -> Vec<u8> {
+    key(RECORD, &[collection.as_bytes(), id.as_bytes()])
+}
+
+pub(crate) fn records(collection: &str) -> Vec<u8> {
+    key(RECORD, &[collection.as_bytes()])
+}
+
+pub(crate) fn index(collection: &str, index: &str, value: &str, id: &str) -> Vec<u8> {
+    key(INDEX, &[collection.as_bytes(), index.as_bytes(), value.as_bytes(), id.as_bytes()])
+}
+
+pub(crate) fn index_prefix(collection: &str, index: &str, value: &str) -> Vec<u8> {
+    key(INDEX, &[collection.as_bytes(), index.as_bytes(), value.as_bytes()])
+}
+
+pub(crate) fn unique(collection: &str, constraint: &str, value: &str) -> Vec<u8> {
+    key(UNIQUE, &[collection.as_bytes(), constraint.as_bytes(), value.as_bytes()])
+}
+
+pub(crate) fn meta(name: &str) -> Vec<u8> {
+    key(META, &[name.as_bytes()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_round_trip_and_keep_order() {
+        let k = key(RECORD, &[b"a\0b", b"c"]);
+        let (first, rest) = pop(&k[1..]).unwrap();
+        assert_eq!(first, b"a\0b");
+        let (second, rest) = pop(rest).unwrap();
+        assert_eq!(second, b"c");
+        assert!(rest.is_empty());
+        // "ab" sorts before "b" and a prefix scan of "a" does not see "ab".
+        assert!(record("c", "ab") < record("c", "b"));
+        assert!(!record("c", "ab").starts_with(&record("c", "a")));
+    }
+}

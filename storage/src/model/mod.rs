@@ -1,0 +1,57 @@
+//! The record types of the shared core. Field names are Warden's own;
+//! each dialect renders its view of them in `api`.
+//!
+//! `extra` fields hold, as a JSON object text, whatever a client sent that
+//! the core does not model, so nothing is lost on a round trip.
+
+mod identity;
+mod node;
+mod plain;
+
+pub use identity::{Org, Role, User};
+pub use node::{GpuDevice, Node, NodeStatus};
+pub use plain::{Instruction, Tool};
+
+use crate::{Millis, now_millis};
+
+/// AIWM's ownership block, used for tenancy by every dialect.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Owner {
+    pub org_id: String,
+    pub user_id: String,
+    pub group_id: String,
+}
+
+/// Who made and last changed a record, and when; soft-delete marks.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Audit {
+    pub created_by: String,
+    pub updated_by: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub deleted_at: Option<Millis>,
+    pub deleted_by: Option<String>,
+}
+
+impl Audit {
+    pub fn new(by: &str) -> Audit {
+        let now = now_millis();
+        Audit { created_by: by.into(), updated_by: by.into(), created_at: now, updated_at: now, deleted_at: None, deleted_by: None }
+    }
+
+    pub fn touch(&mut self, by: &str) {
+        self.updated_by = by.into();
+        self.updated_at = now_millis().max(self.updated_at);
+    }
+
+    pub fn delete(&mut self, by: &str) {
+        self.touch(by);
+        self.deleted_at = Some(self.updated_at);
+        self.deleted_by = Some(by.into());
+    }
+}
+
+/// Records owned by an organisation: tenancy is checked through this.
+pub trait Owned {
+    fn owner(&self) -> &Owner;
+}

@@ -1,0 +1,93 @@
+//! Records without behaviour, written through the store's repository calls.
+
+use super::{Audit, Owned, Owner};
+use crate::Record;
+
+/// How an agent behaves: a system prompt and guidelines (AIWM §3).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Instruction {
+    pub id: String,
+    pub instruction_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub system_prompt: String,
+    pub guidelines: Vec<String>,
+    pub tags: Vec<String>,
+    pub is_active: bool,
+    pub extra: String,
+    pub owner: Owner,
+    pub audit: Audit,
+}
+
+impl Record for Instruction {
+    const COLLECTION: &'static str = "instructions";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn indexes(&self) -> Vec<(&'static str, String)> {
+        vec![("org", self.owner.org_id.clone())]
+    }
+    fn uniques(&self) -> Vec<(&'static str, String)> {
+        vec![("instructionId", format!("{}/{}", self.owner.org_id, self.instruction_id))]
+    }
+    fn is_deleted(&self) -> bool {
+        self.audit.deleted_at.is_some()
+    }
+}
+
+impl Owned for Instruction {
+    fn owner(&self) -> &Owner {
+        &self.owner
+    }
+}
+
+/// An external service or function an agent can call (AIWM §7). Schema
+/// parts that are free-form JSON are kept as JSON text.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Tool {
+    pub id: String,
+    pub tool_id: String,
+    pub name: String,
+    pub description: String,
+    pub kind: String,
+    pub category: String,
+    pub provider: String,
+    pub endpoint: String,
+    pub version: String,
+    pub status: String,
+    pub parameters: String,
+    pub response_format: String,
+    pub usage: String,
+    pub total_usage: u64,
+    pub total_failures: u64,
+    pub average_latency: f64,
+    pub tags: Vec<String>,
+    pub documentation: Option<String>,
+    pub examples: String,
+    pub is_active: bool,
+    pub extra: String,
+    pub owner: Owner,
+    pub audit: Audit,
+}
+
+impl Record for Tool {
+    const COLLECTION: &'static str = "tools";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn indexes(&self) -> Vec<(&'static str, String)> {
+        vec![("org", self.owner.org_id.clone())]
+    }
+    fn uniques(&self) -> Vec<(&'static str, String)> {
+        vec![("toolId", format!("{}/{}", self.owner.org_id, self.tool_id))]
+    }
+    fn is_deleted(&self) -> bool {
+        self.audit.deleted_at.is_some()
+    }
+}
+
+impl Owned for Tool {
+    fn owner(&self) -> &Owner {
+        &self.owner
+    }
+}

@@ -1,0 +1,114 @@
+//! Typed records and the writes the committer understands.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{StorageError, keys};
+
+/// A value stored in a collection. Values are bincode: no
+/// `skip_serializing_if`, `flatten` or untagged enums in record types.
+pub trait Record: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+    /// Collection name; part of every key of this type (see [`keys`]).
+    const COLLECTION: &'static str;
+
+    fn id(&self) -> &str;
+
+    /// Secondary index entries `(index, value)`, kept in step with the record.
+    fn indexes(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
+    /// Unique constraints `(constraint, value)`; a second record with the
+    /// same pair is refused with [`StorageError::Conflict`].
+    fn uniques(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
+    /// Soft-deleted records stay stored but are hidden from lists and
+    /// release their unique values.
+    fn is_deleted(&self) -> bool {
+        false
+    }
+}
+
+/// What is stored under a record key: the body plus the index and unique
+/// keys it owns, so the committer can replace them without knowing the type.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct Envelope {
+    pub version: u64,
+    pub index_keys: Vec<Vec<u8>>,
+    pub unique_keys: Vec<(String, String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+pub(crate) fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
+    bincode::serde::encode_to_vec(value, bincode_config()).map_err(|e| StorageError::Encode(e.to_string()))
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], collection: &'static str, id: &str) -> Result<T, StorageError> {
+    bincode::serde::decode_from_slice(bytes, bincode_config())
+        .map(|(v, _)| v)
+        .map_err(|e| StorageError::Decode { collection, id: id.to_owned(), reason: e.to_string() })
+}
+
+/// One change inside an atomic commit.
+pub enum Write {
+    /// Insert or replace a record. `expect_version`: `Some(0)` means "must
+    /// not exist yet", `Some(v)` "must still be at version v", `None` any.
+    Put {
+        collection: &'static str,
+        id: String,
+        expect_version: Option<u64>,
+        index_keys: Vec<Vec<u8>>,
+        unique_keys: Vec<(String, String, Vec<u8>)>,
+        body: Vec<u8>,
+    },
+    /// Remove a record and everything it owns (hard delete).
+    Remove { collection: &'static str, id: String },
+    /// A metadata value.
+    Meta { name: String, value: Vec<u8> },
+}
+
+impl Write {
+    /// A put of a typed record; indexes and constraints come from the record.
+    pub fn put<T: Record>(record: &T, expect_version: Option<u64>) -> Result<Write, StorageError> {
+        let id = record.id();
+        let index_keys = record
+            .indexes()
+            .into_iter()
+            .map(|(name, value)| keys::index(T::COLLECTION, name, &value, id))
+            .collect();
+        let unique_keys = if record.is_deleted() {
+            Vec::new()
+        } else {
+            record
+                .uniques()
+                .into_iter()
+                .map(|(name, value)| {
+                    let key = keys::unique(T::COLLECTION, name, &value);
+                    (name.to_owned(), value, key)
+                })
+                .collect()
+        };
+        Ok(Write::Put {
+            collection: T::COLLECTION,
+            id: id.to_owned(),
+            expect_version,
+            index_keys,
+            unique_keys,
+            body: encode(record)?,
+        })
+    }
+
+    /// Insert a record that must not exist yet.
+    pub fn insert<T: Record>(record: &T) -> Result<Write, StorageError> {
+        Self::put(record, Some(0))
+    }
+
+    pub fn remove<T: Record>(id: &str) -> Write {
+        Write::Remove { collection: T::COLLECTION, id: id.to_owned() }
+    }
+}
