@@ -1,0 +1,32 @@
+//! The supervision tree: a root supervisor with one supervisor per entity
+//! kind, each keeping a registry `id -> actor`, activating actors from
+//! storage on demand, restarting failed ones under a [`RestartPolicy`] and
+//! marking an entity failed once the policy is exhausted. The tree is
+//! observable through [`Runtime::snapshot`].
+//!
+//! Actors are spawned without global names so that several runtimes can
+//! live in one process (tests); names in the tree are logical
+//! (`nodes`, `node:{id}`).
+
+mod kind;
+mod nodes;
+mod policy;
+mod root;
+mod tree;
+
+pub use kind::{Kind, KindRef};
+pub use nodes::{NodeKind, Nodes};
+pub use policy::RestartPolicy;
+pub use root::{Runtime, RuntimeConfig};
+pub use tree::{ActorInfo, FailureInfo};
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub(crate) fn rfc3339(millis: warden_storage::Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

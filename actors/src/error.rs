@@ -1,0 +1,31 @@
+use thiserror::Error;
+use warden_storage::StorageError;
+
+/// What a domain operation can answer besides success. Each dialect maps
+/// these to its own status codes and bodies, in one place.
+#[derive(Debug, Error)]
+pub enum DomainError {
+    #[error("{kind} with ID {id} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("validation failed")]
+    Invalid(Vec<String>),
+    #[error("{field} '{value}' already exists")]
+    Conflict { field: String, value: String },
+    /// The entity's actor failed past its restart limit.
+    #[error("{kind} {id} has failed: {reason}")]
+    Failed { kind: &'static str, id: String, reason: String },
+    /// The actor went away while handling the request; safe to retry.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Storage(StorageError),
+}
+
+impl From<StorageError> for DomainError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Conflict { field, value } => DomainError::Conflict { field, value },
+            other => DomainError::Storage(other),
+        }
+    }
+}

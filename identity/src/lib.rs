@@ -1,0 +1,365 @@
+//! One user store and one credential scheme behind every dialect.
+//!
+//! Passwords are argon2id PHC strings; access tokens are HS256 JWTs with a
+//! `jti`, signed with a key generated at first boot under
+//! `<data-dir>/secrets/jwt.key` (mode 0600). A token is only as good as its
+//! user: every verification reloads the user, so a deleted user's tokens
+//! stop working at once and roles are always current.
+
+use std::path::Path;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
+use argon2::Argon2;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use thiserror::Error;
+use warden_storage::model::{Org, Role, User};
+use warden_storage::{Store, StorageError, Write, new_object_id, now_millis};
+
+#[derive(Debug, Error)]
+pub enum IdentityError {
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("invalid or expired token")]
+    InvalidToken,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{field} '{value}' is already taken")]
+    Taken { field: String, value: String },
+    #[error("secrets: {0}")]
+    Secrets(std::io::Error),
+    #[error(transparent)]
+    Storage(StorageError),
+}
+
+impl From<StorageError> for IdentityError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Conflict { field, value } => IdentityError::Taken { field, value },
+            other => IdentityError::Storage(other),
+        }
+    }
+}
+
+/// Who is making a request, as every route sees it.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: String,
+    pub username: String,
+    pub email: String,
+    pub org_id: String,
+    pub roles: Vec<Role>,
+    pub token_id: String,
+}
+
+impl Principal {
+    pub fn is_admin(&self) -> bool {
+        self.roles.contains(&Role::Admin)
+    }
+
+    /// Admins and operators change data; viewers only read.
+    pub fn can_write(&self) -> bool {
+        self.roles.iter().any(|r| matches!(r, Role::Admin | Role::Operator))
+    }
+
+    /// Whether this principal may see a record of `org_id`.
+    pub fn sees_org(&self, org_id: &str) -> bool {
+        self.is_admin() || self.org_id == org_id
+    }
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Claims {
+    sub: String,
+    username: String,
+    org: String,
+    roles: Vec<String>,
+    jti: String,
+    iat: i64,
+    exp: i64,
+    typ: String,
+}
+
+/// A freshly issued access token.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_in: i64,
+}
+
+pub struct NewUser {
+    pub username: String,
+    pub email: String,
+    pub password: String,
+    pub roles: Vec<Role>,
+    /// `None` creates a new organisation named after the user.
+    pub org_id: Option<String>,
+    pub email_verified: bool,
+}
+
+#[derive(Clone)]
+pub struct Identity {
+    store: Store,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    token_ttl_secs: i64,
+    dummy_hash: String,
+}
+
+pub const MIN_PASSWORD_LEN: usize = 8;
+
+impl Identity {
+    /// Loads the signing key from `secrets_dir`, creating it on first boot.
+    pub fn open(store: Store, secrets_dir: &Path, token_ttl_secs: i64) -> Result<Identity, IdentityError> {
+        let key = load_or_create_key(secrets_dir).map_err(IdentityError::Secrets)?;
+        Ok(Identity {
+            store,
+            encoding: EncodingKey::from_secret(&key),
+            decoding: DecodingKey::from_secret(&key),
+            token_ttl_secs,
+            dummy_hash: hash_password("not a real password, only for timing")?,
+        })
+    }
+
+    /// Creates the first admin when no user exists. Returns the generated
+    /// password when none was given, so the caller can print it once.
+    pub async fn bootstrap_admin(
+        &self,
+        username: Option<String>,
+        password: Option<String>,
+        email: Option<String>,
+    ) -> Result<Option<(String, Option<String>)>, IdentityError> {
+        if self.store.count::<User>() > 0 {
+            return Ok(None);
+        }
+        let username = username.unwrap_or_else(|| "admin".into());
+        let generated = password.is_none();
+        let password = password.unwrap_or_else(|| hex::encode(rand::random::<[u8; 12]>()));
+        let email = email.unwrap_or_else(|| format!("{username}@localhost"));
+        let user = self
+            .create_user(NewUser {
+                username: username.clone(),
+                email,
+                password: password.clone(),
+                roles: vec![Role::Admin],
+                org_id: None,
+                email_verified: true,
+            })
+            .await?;
+        tracing::info!(user = %user.id, username = %user.username, "created the first admin");
+        Ok(Some((username, generated.then_some(password))))
+    }
+
+    pub async fn create_user(&self, new: NewUser) -> Result<User, IdentityError> {
+        validate_username(&new.username)?;
+        validate_email(&new.email)?;
+        validate_password(&new.password)?;
+        let now = now_millis();
+        let mut writes = Vec::new();
+        let org_id = match new.org_id {
+            Some(id) => {
+                if self.store.get::<Org>(&id)?.is_none() {
+                    return Err(IdentityError::Invalid(format!("organisation {id} does not exist")));
+                }
+                id
+            }
+            None => {
+                let org = Org { id: new_object_id(), name: format!("{}'s organisation", new.username), created_at: now };
+                writes.push(Write::insert(&org)?);
+                org.id
+            }
+        };
+        let user = User {
+            id: new_object_id(),
+            username: new.username,
+            email: new.email,
+            password_hash: hash_password(&new.password)?,
+            roles: if new.roles.is_empty() { vec![Role::Operator] } else { new.roles },
+            org_id,
+            email_verified: new.email_verified,
+            created_at: now,
+            updated_at: now,
+        };
+        writes.push(Write::insert(&user)?);
+        self.store.commit(writes).await?;
+        Ok(user)
+    }
+
+    pub fn user(&self, id: &str) -> Result<Option<User>, IdentityError> {
+        Ok(self.store.get::<User>(id)?)
+    }
+
+    /// Finds a user by username or email (case-insensitive) and checks the
+    /// password. Unknown users cost as much time as wrong passwords.
+    pub fn authenticate(&self, login: &str, password: &str) -> Result<User, IdentityError> {
+        let key = login.trim().to_lowercase();
+        let user = match self.store.get_by_unique::<User>("username", &key)? {
+            Some(u) => Some(u),
+            None => self.store.get_by_unique::<User>("email", &key)?,
+        };
+        match user {
+            Some(user) if verify_password(&user.password_hash, password) => Ok(user),
+            Some(_) => Err(IdentityError::InvalidCredentials),
+            None => {
+                verify_password(&self.dummy_hash, password);
+                Err(IdentityError::InvalidCredentials)
+            }
+        }
+    }
+
+    pub fn issue_token(&self, user: &User) -> Result<IssuedToken, IdentityError> {
+        let iat = now_millis() / 1000;
+        let claims = Claims {
+            sub: user.id.clone(),
+            username: user.username.clone(),
+            org: user.org_id.clone(),
+            roles: user.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            jti: uuid::Uuid::new_v4().to_string(),
+            iat,
+            exp: iat + self.token_ttl_secs,
+            typ: "user".into(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| IdentityError::Invalid(e.to_string()))?;
+        Ok(IssuedToken { token, expires_in: self.token_ttl_secs })
+    }
+
+    /// Checks a bearer token and returns the principal of a still-existing user.
+    pub fn verify_token(&self, token: &str) -> Result<Principal, IdentityError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .map_err(|_| IdentityError::InvalidToken)?;
+        let claims = data.claims;
+        if claims.typ != "user" {
+            return Err(IdentityError::InvalidToken);
+        }
+        let user = self.store.get::<User>(&claims.sub)?.ok_or(IdentityError::InvalidToken)?;
+        Ok(Principal {
+            user_id: user.id,
+            username: user.username,
+            email: user.email,
+            org_id: user.org_id,
+            roles: user.roles,
+            token_id: claims.jti,
+        })
+    }
+}
+
+fn hash_password(password: &str) -> Result<String, IdentityError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| IdentityError::Invalid(e.to_string()))
+}
+
+fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+}
+
+fn validate_username(username: &str) -> Result<(), IdentityError> {
+    let ok = (3..=64).contains(&username.chars().count())
+        && username.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(IdentityError::Invalid(
+            "username must be 3 to 64 characters of letters, digits, '.', '_' or '-'".into(),
+        ))
+    }
+}
+
+fn validate_email(email: &str) -> Result<(), IdentityError> {
+    let ok = email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
+        && !email.chars().any(char::is_whitespace);
+    if ok { Ok(()) } else { Err(IdentityError::Invalid("email must be an email address".into())) }
+}
+
+fn validate_password(password: &str) -> Result<(), IdentityError> {
+    if password.chars().count() < MIN_PASSWORD_LEN || password.len() > 1024 {
+        return Err(IdentityError::Invalid(format!(
+            "password must be between {MIN_PASSWORD_LEN} and 1024 characters long"
+        )));
+    }
+    Ok(())
+}
+
+/// The HS256 key: 64 random bytes in a 0600 file in a 0700 directory.
+fn load_or_create_key(dir: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path = dir.join("jwt.key");
+    match std::fs::read(&path) {
+        Ok(key) if key.len() >= 32 => return Ok(key),
+        Ok(_) => return Err(std::io::Error::other(format!("{} is too short to be a signing key", path.display()))),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let key: [u8; 64] = rand::random();
+    let tmp = dir.join("jwt.key.tmp");
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+    file.write_all(&key)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(key.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use warden_storage::{Durability, StoreConfig};
+
+    fn identity(dir: &Path) -> Identity {
+        let store = Store::open(&StoreConfig { data_dir: dir.to_path_buf(), durability: Durability::Flush }).unwrap();
+        Identity::open(store, &dir.join("secrets"), 3600).unwrap()
+    }
+
+    #[tokio::test]
+    async fn bootstrap_login_token_and_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(dir.path());
+        let (name, generated) = id.bootstrap_admin(None, None, None).await.unwrap().unwrap();
+        let password = generated.expect("a password is generated when none is given");
+        assert!(id.bootstrap_admin(None, None, None).await.unwrap().is_none(), "only on first boot");
+        let user = id.authenticate(&name, &password).unwrap();
+        assert!(user.password_hash.starts_with("$argon2id$"));
+        assert!(matches!(id.authenticate(&name, "wrong-password"), Err(IdentityError::InvalidCredentials)));
+        assert!(matches!(id.authenticate("nobody", &password), Err(IdentityError::InvalidCredentials)));
+        let token = id.issue_token(&user).unwrap();
+        let p = id.verify_token(&token.token).unwrap();
+        assert_eq!(p.user_id, user.id);
+        assert!(p.is_admin());
+        assert!(id.verify_token(&format!("{}x", token.token)).is_err());
+        let mode = std::fs::metadata(dir.path().join("secrets/jwt.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // The same key is used after a restart.
+        let again = Identity::open(id.store.clone(), &dir.path().join("secrets"), 3600).unwrap();
+        assert!(again.verify_token(&token.token).is_ok());
+    }
+
+    #[tokio::test]
+    async fn usernames_and_emails_are_unique_case_insensitively() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(dir.path());
+        let new = |u: &str, e: &str| NewUser {
+            username: u.into(),
+            email: e.into(),
+            password: "long-enough".into(),
+            roles: vec![],
+            org_id: None,
+            email_verified: true,
+        };
+        id.create_user(new("alice", "a@example.com")).await.unwrap();
+        assert!(matches!(id.create_user(new("ALICE", "b@example.com")).await, Err(IdentityError::Taken { .. })));
+        assert!(matches!(id.create_user(new("bob", "A@example.com")).await, Err(IdentityError::Taken { .. })));
+        assert!(matches!(id.create_user(new("x", "c@example.com")).await, Err(IdentityError::Invalid(_))));
+        let mut short = new("carol", "c@example.com");
+        short.password = "short".into();
+        assert!(matches!(id.create_user(short).await, Err(IdentityError::Invalid(_))));
+    }
+}

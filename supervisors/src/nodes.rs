@@ -1,0 +1,120 @@
+//! Nodes: the kind definition for the supervisor and the service the API calls.
+
+use ractor::ActorRef;
+use warden_actors::DomainError;
+use warden_actors::node::{self, NewNode, NodeActor, NodeArgs, NodeHandle, NodeMsg, NodePatch};
+use warden_storage::model::{Node, NodeStatus, Owner};
+use warden_storage::{Record, Store};
+
+use crate::{Kind, KindRef};
+
+pub struct NodeKind {
+    store: Store,
+}
+
+impl NodeKind {
+    pub(crate) fn new(store: Store) -> Self {
+        NodeKind { store }
+    }
+
+    fn ids_with_status(&self, status: NodeStatus) -> Vec<String> {
+        self.store.ids_by_index::<Node>("status", status.as_str()).unwrap_or_default()
+    }
+}
+
+impl Kind for NodeKind {
+    type Actor = NodeActor;
+    type Msg = NodeMsg;
+    type Args = NodeArgs;
+    const KIND: &'static str = "node";
+    const SUPERVISOR: &'static str = "nodes";
+
+    fn actor(&self) -> NodeActor {
+        NodeActor
+    }
+
+    fn args(&self, id: &str) -> NodeArgs {
+        NodeArgs { store: self.store.clone(), id: id.to_owned() }
+    }
+
+    fn exists(&self, id: &str) -> Result<bool, DomainError> {
+        Ok(self.store.get::<Node>(id)?.is_some_and(|n| !n.is_deleted()))
+    }
+
+    /// Nodes that were online when the server stopped: their actors come
+    /// back to watch for the daemon's return.
+    fn boot_ids(&self) -> Vec<String> {
+        self.ids_with_status(NodeStatus::Online)
+    }
+
+    fn failed(&self) -> Vec<(String, String)> {
+        self.ids_with_status(NodeStatus::Failed)
+            .into_iter()
+            .filter_map(|id| self.store.get::<Node>(&id).ok().flatten())
+            .filter(|n| !n.is_deleted())
+            .map(|n| (n.id, n.failure.unwrap_or_default()))
+            .collect()
+    }
+
+    async fn mark_failed(&self, id: &str, reason: &str) {
+        let result = self
+            .store
+            .update::<Node, DomainError>(id, |n| {
+                node::fail(n, reason);
+                Ok(Some(()))
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(node = id, error = %e, "could not record the node's failure");
+        }
+    }
+
+    async fn clear_failed(&self, id: &str) {
+        let result = self
+            .store
+            .update::<Node, DomainError>(id, |n| {
+                node::reset(n);
+                Ok(Some(()))
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(node = id, error = %e, "could not clear the node's failure");
+        }
+    }
+
+    fn crash(actor: &ActorRef<NodeMsg>) {
+        NodeHandle(actor.clone()).crash();
+    }
+}
+
+/// Node commands. Reads go straight to the store.
+#[derive(Clone)]
+pub struct Nodes {
+    kind: KindRef<NodeKind>,
+    store: Store,
+}
+
+impl Nodes {
+    pub(crate) fn new(kind: KindRef<NodeKind>, store: Store) -> Self {
+        Nodes { kind, store }
+    }
+
+    /// Writes the first version of a node; its actor starts on first use.
+    pub async fn create(&self, new: NewNode, owner: Owner, by: &str) -> Result<Node, DomainError> {
+        let node = node::create(new, owner, by)?;
+        Ok(self.store.insert(node).await?)
+    }
+
+    pub async fn update(&self, id: &str, patch: NodePatch, by: &str) -> Result<Node, DomainError> {
+        self.kind
+            .with_actor(id, |a| {
+                let patch = patch.clone();
+                async move { NodeHandle(a).update(patch, by).await }
+            })
+            .await
+    }
+
+    pub async fn delete(&self, id: &str, by: &str) -> Result<Node, DomainError> {
+        self.kind.with_actor(id, |a| async move { NodeHandle(a).delete(by).await }).await
+    }
+}

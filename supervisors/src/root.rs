@@ -1,0 +1,212 @@
+//! The root supervisor and [`Runtime`], the handle the server holds.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use warden_actors::DomainError;
+use warden_storage::{Millis, Store, now_millis};
+
+use crate::kind::KindControl;
+use crate::{ActorInfo, FailureInfo, KindRef, NodeKind, Nodes, RestartPolicy, rfc3339};
+
+pub(crate) enum RootMsg {
+    RestartKind(usize),
+    Snapshot(RpcReplyPort<Vec<KindStats>>),
+}
+
+#[derive(Clone)]
+pub(crate) struct KindStats {
+    running: bool,
+    started_at: Option<Millis>,
+    restarts: u32,
+    last_failure: Option<(String, Millis)>,
+}
+
+struct Root {
+    policy: RestartPolicy,
+}
+
+struct RootState {
+    kinds: Vec<Arc<dyn KindControl>>,
+    stats: Vec<KindStats>,
+    recent: Vec<VecDeque<Instant>>,
+}
+
+impl Actor for Root {
+    type Msg = RootMsg;
+    type State = RootState;
+    type Arguments = Vec<Arc<dyn KindControl>>;
+
+    async fn pre_start(&self, myself: ActorRef<RootMsg>, kinds: Self::Arguments) -> Result<RootState, ActorProcessingErr> {
+        let mut stats = Vec::new();
+        for kind in &kinds {
+            kind.spawn(myself.get_cell()).await?;
+            stats.push(KindStats { running: true, started_at: Some(now_millis()), restarts: 0, last_failure: None });
+        }
+        let recent = vec![VecDeque::new(); kinds.len()];
+        Ok(RootState { kinds, stats, recent })
+    }
+
+    async fn handle(&self, myself: ActorRef<RootMsg>, msg: RootMsg, state: &mut RootState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RootMsg::RestartKind(i) => {
+                let kind = state.kinds[i].clone();
+                match kind.spawn(myself.get_cell()).await {
+                    Ok(_) => {
+                        let s = &mut state.stats[i];
+                        s.running = true;
+                        s.started_at = Some(now_millis());
+                        s.restarts += 1;
+                        tracing::info!(supervisor = kind.name(), "supervisor restarted");
+                    }
+                    Err(e) => tracing::error!(supervisor = kind.name(), error = %e, "supervisor could not restart"),
+                }
+            }
+            RootMsg::Snapshot(reply) => {
+                let _ = reply.send(state.stats.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(&self, myself: ActorRef<RootMsg>, evt: SupervisionEvent, state: &mut RootState) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
+            _ => return Ok(()),
+        };
+        let Some(i) = state.kinds.iter().position(|k| k.cell().is_some_and(|c| c.get_id() == cell.get_id())) else {
+            return Ok(());
+        };
+        let kind = state.kinds[i].clone();
+        tracing::error!(supervisor = kind.name(), %reason, "supervisor went down");
+        // Its children must not outlive it: the restarted supervisor re-activates them.
+        cell.stop_children(None);
+        kind.clear();
+        let stats = &mut state.stats[i];
+        stats.running = false;
+        stats.last_failure = Some((reason, now_millis()));
+        let now = Instant::now();
+        let recent = &mut state.recent[i];
+        while recent.front().is_some_and(|t| now.duration_since(*t) > self.policy.within) {
+            recent.pop_front();
+        }
+        if (recent.len() as u32) < self.policy.max_restarts {
+            recent.push_back(now);
+            myself.send_after(self.policy.delay(recent.len() as u32), move || RootMsg::RestartKind(i));
+        } else {
+            tracing::error!(supervisor = kind.name(), "supervisor restart limit reached; it stays down");
+        }
+        Ok(())
+    }
+}
+
+/// Policies for each supervisor, from configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeConfig {
+    pub root: RestartPolicy,
+    pub nodes: RestartPolicy,
+}
+
+/// The running supervision tree and typed access to each kind.
+#[derive(Clone)]
+pub struct Runtime {
+    root: ActorRef<RootMsg>,
+    kinds: Vec<Arc<dyn KindControl>>,
+    started_at: Millis,
+    policy: RestartPolicy,
+    pub nodes: Nodes,
+}
+
+impl Runtime {
+    pub async fn start(store: Store, config: RuntimeConfig) -> Result<Runtime, ractor::SpawnErr> {
+        let nodes = KindRef::new(NodeKind::new(store.clone()), config.nodes);
+        let kinds: Vec<Arc<dyn KindControl>> = vec![Arc::new(nodes.clone())];
+        let (root, _) = Actor::spawn(None, Root { policy: config.root }, kinds.clone()).await?;
+        Ok(Runtime { root, kinds, started_at: now_millis(), policy: config.root, nodes: Nodes::new(nodes, store) })
+    }
+
+    /// The whole tree: root, kind supervisors, entity actors.
+    pub async fn snapshot(&self) -> Result<ActorInfo, DomainError> {
+        let stats = match self.root.call(RootMsg::Snapshot, Some(std::time::Duration::from_secs(10))).await {
+            Ok(ractor::rpc::CallResult::Success(s)) => s,
+            _ => return Err(DomainError::Unavailable("the root supervisor did not answer".into())),
+        };
+        let mut children = Vec::new();
+        for (kind, stat) in self.kinds.iter().zip(stats) {
+            let entities = if stat.running { kind.children().await.unwrap_or_default() } else { Vec::new() };
+            children.push(ActorInfo {
+                name: kind.name().into(),
+                kind: "supervisor".into(),
+                entity_id: None,
+                status: if stat.running { "running" } else { "restarting" }.into(),
+                started_at: stat.started_at.map(rfc3339),
+                restart_count: stat.restarts,
+                last_failure: stat.last_failure.map(|(reason, at)| FailureInfo { reason, at: rfc3339(at) }),
+                policy: Some(kind.policy()),
+                children: entities,
+            });
+        }
+        Ok(ActorInfo {
+            name: "root".into(),
+            kind: "supervisor".into(),
+            entity_id: None,
+            status: "running".into(),
+            started_at: Some(rfc3339(self.started_at)),
+            restart_count: 0,
+            last_failure: None,
+            policy: Some(self.policy),
+            children,
+        })
+    }
+
+    fn control(&self, name: &str) -> Result<(&Arc<dyn KindControl>, String), DomainError> {
+        let not_found = || DomainError::NotFound { kind: "Actor", id: name.to_owned() };
+        let (kind, id) = name.split_once(':').ok_or_else(not_found)?;
+        let control = self.kinds.iter().find(|k| k.entity_kind() == kind).ok_or_else(not_found)?;
+        Ok((control, id.to_owned()))
+    }
+
+    /// Fault injection: makes the named entity actor (`node:{id}`) panic.
+    pub async fn crash(&self, name: &str) -> Result<(), DomainError> {
+        let (control, id) = self.control(name)?;
+        if control.crash(id).await? { Ok(()) } else { Err(DomainError::NotFound { kind: "Actor", id: name.to_owned() }) }
+    }
+
+    /// Clears a failed entity so that it can be activated again.
+    pub async fn reset(&self, name: &str) -> Result<(), DomainError> {
+        let (control, id) = self.control(name)?;
+        if control.reset(id).await? { Ok(()) } else { Err(DomainError::NotFound { kind: "Failed actor", id: name.to_owned() }) }
+    }
+
+    /// Counts of entity actors by kind and status, for metrics.
+    pub async fn counts(&self) -> Vec<(String, String, usize)> {
+        let mut out = Vec::new();
+        for kind in &self.kinds {
+            let mut by_status: std::collections::BTreeMap<String, usize> = Default::default();
+            for child in kind.children().await.unwrap_or_default() {
+                *by_status.entry(child.status).or_default() += 1;
+            }
+            for (status, n) in by_status {
+                out.push((kind.entity_kind().to_owned(), status, n));
+            }
+        }
+        out
+    }
+
+    /// Total restarts of entity actors since boot, by kind.
+    pub async fn restarts(&self) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for kind in &self.kinds {
+            let total = kind.children().await.unwrap_or_default().iter().map(|c| u64::from(c.restart_count)).sum();
+            out.push((kind.entity_kind().to_owned(), total));
+        }
+        out
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.root.stop_and_wait(Some("shutdown".into()), Some(std::time::Duration::from_secs(10))).await;
+    }
+}

@@ -1,0 +1,22 @@
+/// One actor in the supervision tree, as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActorInfo {
+    pub name: String,
+    pub kind: String,
+    pub entity_id: Option<String>,
+    /// `running`, `restarting` or `failed`.
+    pub status: String,
+    pub started_at: Option<String>,
+    pub restart_count: u32,
+    pub last_failure: Option<FailureInfo>,
+    /// Set on supervisors: the restart policy they apply to their children.
+    pub policy: Option<crate::RestartPolicy>,
+    pub children: Vec<ActorInfo>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FailureInfo {
+    pub reason: String,
+    pub at: String,
+}
