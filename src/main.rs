@@ -1,1 +1,61 @@
-fn main() {}
+use anyhow::Context;
+use clap::Parser;
+use serde_json::Value;
+use tracing_subscriber::EnvFilter;
+use warden::cli::{ActorsArgs, Cli, Command};
+use warden::config::FileConfig;
+
+fn init_logging(filter: &str, json: bool) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let file = FileConfig::load(cli.config.as_deref())?;
+    let log = cli.log.clone().or(file.log.clone()).unwrap_or_else(|| "info".into());
+    init_logging(&log, cli.log_json || file.log_json.unwrap_or(false));
+    // Panics are caught by supervisors; log them as one line, not a backtrace dump.
+    std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "a task panicked")));
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.resolve(file)?;
+            let running = warden::server::start(config).await?;
+            if let Some((user, password)) = &running.generated_admin {
+                eprintln!("warden: created the first admin '{user}' with password '{password}' (shown once; set WARDEN_ADMIN_PASSWORD to choose it)");
+            }
+            println!("warden listening on http://{}", running.addr);
+            running.run_until(warden::server::shutdown_signal()).await
+        }
+        Command::Actors(args) => print_actors(args).await,
+    }
+}
+
+async fn print_actors(args: ActorsArgs) -> anyhow::Result<()> {
+    let url = format!("{}/admin/actors", args.server.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(&args.token)
+        .send()
+        .await
+        .with_context(|| format!("requesting {url}"))?;
+    let status = response.status();
+    let body: Value = response.json().await.context("reading the answer")?;
+    if !status.is_success() {
+        anyhow::bail!("{url} answered {status}: {}", body["message"].as_str().unwrap_or(""));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    } else {
+        let mut out = String::new();
+        warden::cli::render_tree(&body, 0, &mut out);
+        print!("{out}");
+    }
+    Ok(())
+}

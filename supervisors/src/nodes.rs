@@ -114,7 +114,16 @@ impl Nodes {
             .await
     }
 
+    /// Soft-deletes a node. A failed node is reset first, so that its own
+    /// actor (the one writer) performs the delete.
     pub async fn delete(&self, id: &str, by: &str) -> Result<Node, DomainError> {
-        self.kind.with_actor(id, |a| async move { NodeHandle(a).delete(by).await }).await
+        let delete = || self.kind.with_actor(id, |a| async move { NodeHandle(a).delete(by).await });
+        match delete().await {
+            Err(DomainError::Failed { .. }) => {
+                self.kind.reset(id).await?;
+                delete().await
+            }
+            other => other,
+        }
     }
 }

@@ -1,0 +1,91 @@
+//! Warden's own admin routes: the live actor tree, fault injection, and
+//! user administration until every dialect's own user routes land.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use warden_identity::NewUser;
+use warden_storage::model::{Role, User};
+
+use crate::AppState;
+use crate::auth::AdminUser;
+use crate::dialects::aiwm::{AiwmBody, AiwmResult, Fields};
+use crate::dialects::Aiwm;
+use crate::openapi::Api;
+
+type Admin = AdminUser<Aiwm>;
+
+async fn actors(State(state): State<AppState>, _: Admin) -> AiwmResult<Json<Value>> {
+    Ok(Json(serde_json::to_value(state.runtime.snapshot().await?).unwrap_or_default()))
+}
+
+async fn crash(State(state): State<AppState>, AdminUser(admin, _): Admin, Path(name): Path<String>) -> AiwmResult<(StatusCode, Json<Value>)> {
+    state.runtime.crash(&name).await?;
+    tracing::warn!(actor = %name, by = %admin.username, "fault injection: actor told to crash");
+    Ok((StatusCode::ACCEPTED, Json(json!({"message": format!("{name} was told to crash")}))))
+}
+
+async fn restart(State(state): State<AppState>, AdminUser(admin, _): Admin, Path(name): Path<String>) -> AiwmResult<Json<Value>> {
+    state.runtime.reset(&name).await?;
+    tracing::info!(actor = %name, by = %admin.username, "failed actor reset");
+    Ok(Json(json!({"message": format!("{name} was reset and will start on next use")})))
+}
+
+fn user_view(u: &User) -> Value {
+    json!({
+        "id": u.id,
+        "username": u.username,
+        "email": u.email,
+        "roles": u.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+        "orgId": u.org_id,
+        "emailVerified": u.email_verified,
+    })
+}
+
+async fn create_user(State(state): State<AppState>, _: Admin, AiwmBody(body): AiwmBody) -> AiwmResult<(StatusCode, Json<Value>)> {
+    let mut f = Fields::new(body);
+    let username = f.string("username", true);
+    let email = f.string("email", true);
+    let password = f.string_max("password", true, 1024);
+    let roles = f.strings("roles", false).unwrap_or_default();
+    let org_id = f.string("orgId", false);
+    let mut parsed = Vec::new();
+    for r in &roles {
+        match Role::parse(r) {
+            Some(role) => parsed.push(role),
+            None => f.error("each value in roles must be one of the following values: admin, operator, viewer".into()),
+        }
+    }
+    f.finish()?;
+    let user = state
+        .identity
+        .create_user(NewUser {
+            username: username.unwrap_or_default(),
+            email: email.unwrap_or_default(),
+            password: password.unwrap_or_default(),
+            roles: parsed,
+            org_id,
+            email_verified: true,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(user_view(&user))))
+}
+
+async fn list_users(State(state): State<AppState>, _: Admin) -> AiwmResult<Json<Value>> {
+    let users = state.store.all::<User>()?;
+    Ok(Json(Value::Array(users.iter().map(user_view).collect())))
+}
+
+pub(crate) fn routes(fault_injection: bool) -> Api {
+    let api = Api::new()
+        .get("/admin/actors", "admin", "The live supervision tree", actors)
+        .post("/admin/actors/{name}/restart", "admin", "Clear a failed actor so it can start again", restart)
+        .post("/admin/users", "admin", "Create a user (admin only)", create_user)
+        .get("/admin/users", "admin", "List users (admin only)", list_users);
+    if fault_injection {
+        api.post("/admin/actors/{name}/crash", "admin", "Make an actor panic (fault injection)", crash)
+    } else {
+        api
+    }
+}

@@ -1,0 +1,257 @@
+//! Request bodies: JSON objects only, size-limited, validated field by
+//! field with class-validator's messages ("name must be a string").
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde_json::{Map, Value};
+
+use super::{Aiwm, AiwmError};
+use crate::error::ApiError;
+
+/// A JSON object body, or the AIWM error body for anything else.
+pub(crate) struct AiwmBody(pub Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for AiwmBody {
+    type Rejection = AiwmError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::<Aiwm>::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body is too large")
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("Could not read the request body: {e}"))
+            }
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(AiwmBody(Map::new()));
+        }
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(map)) => Ok(AiwmBody(map)),
+            Ok(_) => Err(ApiError::validation(vec!["body must be a JSON object".into()])),
+            Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, format!("Malformed JSON: {e}"))),
+        }
+    }
+}
+
+const MAX_SHORT: usize = 256;
+
+/// Reads typed fields out of a body, collecting every error at once.
+/// Fields not read become the record's extra fields.
+pub(crate) struct Fields {
+    map: Map<String, Value>,
+    errors: Vec<String>,
+}
+
+impl Fields {
+    /// Fields no client may set: ids, ownership and audit are the server's.
+    const SERVER_OWNED: [&'static str; 10] =
+        ["_id", "id", "owner", "createdBy", "updatedBy", "createdAt", "updatedAt", "deletedAt", "isDeleted", "__v"];
+
+    pub fn new(mut map: Map<String, Value>) -> Self {
+        for key in Self::SERVER_OWNED {
+            map.remove(key);
+        }
+        Fields { map, errors: Vec::new() }
+    }
+
+    fn take(&mut self, key: &str) -> Option<Value> {
+        match self.map.remove(key) {
+            Some(Value::Null) | None => None,
+            Some(v) => Some(v),
+        }
+    }
+
+    fn missing(&mut self, key: &str, what: &str, required: bool) {
+        if required {
+            self.errors.push(format!("{key} must be {what}"));
+        }
+    }
+
+    pub fn error(&mut self, message: String) {
+        self.errors.push(message);
+    }
+
+    /// A string up to 256 characters; required ones must not be empty.
+    pub fn string(&mut self, key: &str, required: bool) -> Option<String> {
+        self.string_max(key, required, MAX_SHORT)
+    }
+
+    pub fn string_max(&mut self, key: &str, required: bool, max: usize) -> Option<String> {
+        match self.take(key) {
+            Some(Value::String(s)) => {
+                if required && s.trim().is_empty() {
+                    self.errors.push(format!("{key} should not be empty"));
+                    None
+                } else if s.chars().count() > max {
+                    self.errors.push(format!("{key} must be shorter than or equal to {max} characters"));
+                    None
+                } else {
+                    Some(s)
+                }
+            }
+            Some(_) => {
+                self.errors.push(format!("{key} must be a string"));
+                None
+            }
+            None => {
+                self.missing(key, "a string", required);
+                None
+            }
+        }
+    }
+
+    /// An identifier: 1 to 128 of letters, digits and `.-_:@`.
+    pub fn key(&mut self, key: &str, required: bool) -> Option<String> {
+        let value = self.string(key, required)?;
+        let ok = value.len() <= 128 && value.chars().all(|c| c.is_ascii_alphanumeric() || ".-_:@".contains(c));
+        if ok {
+            Some(value)
+        } else {
+            self.errors.push(format!("{key} must contain only letters, digits and . - _ : @ (at most 128)"));
+            None
+        }
+    }
+
+    pub fn one_of(&mut self, key: &str, allowed: &[&str], required: bool) -> Option<String> {
+        let value = self.string(key, required)?;
+        if allowed.contains(&value.as_str()) {
+            Some(value)
+        } else {
+            self.errors.push(format!("{key} must be one of the following values: {}", allowed.join(", ")));
+            None
+        }
+    }
+
+    /// A non-negative integer.
+    pub fn count(&mut self, key: &str, required: bool) -> Option<u64> {
+        match self.take(key) {
+            Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+                (Some(v), _) => Some(v),
+                (None, Some(f)) if f < 0.0 => {
+                    self.errors.push(format!("{key} must not be less than 0"));
+                    None
+                }
+                _ => {
+                    self.errors.push(format!("{key} must be an integer number"));
+                    None
+                }
+            },
+            Some(_) => {
+                self.errors.push(format!("{key} must be a number"));
+                None
+            }
+            None => {
+                self.missing(key, "a number", required);
+                None
+            }
+        }
+    }
+
+    pub fn number(&mut self, key: &str, required: bool) -> Option<f64> {
+        match self.take(key) {
+            Some(Value::Number(n)) => n.as_f64(),
+            Some(_) => {
+                self.errors.push(format!("{key} must be a number"));
+                None
+            }
+            None => {
+                self.missing(key, "a number", required);
+                None
+            }
+        }
+    }
+
+    pub fn boolean(&mut self, key: &str, required: bool) -> Option<bool> {
+        match self.take(key) {
+            Some(Value::Bool(b)) => Some(b),
+            Some(_) => {
+                self.errors.push(format!("{key} must be a boolean value"));
+                None
+            }
+            None => {
+                self.missing(key, "a boolean value", required);
+                None
+            }
+        }
+    }
+
+    pub fn strings(&mut self, key: &str, required: bool) -> Option<Vec<String>> {
+        match self.take(key) {
+            Some(Value::Array(items)) => {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Value::String(s) if s.chars().count() <= 4096 => out.push(s),
+                        _ => {
+                            self.errors.push(format!("each value in {key} must be a string"));
+                            return None;
+                        }
+                    }
+                }
+                Some(out)
+            }
+            Some(_) => {
+                self.errors.push(format!("{key} must be an array"));
+                None
+            }
+            None => {
+                self.missing(key, "an array", required);
+                None
+            }
+        }
+    }
+
+    /// Free-form JSON of a given shape, kept as text.
+    pub fn json(&mut self, key: &str, object: bool) -> Option<String> {
+        match self.take(key) {
+            Some(v @ Value::Object(_)) if object => Some(v.to_string()),
+            Some(v @ Value::Array(_)) if !object => Some(v.to_string()),
+            Some(_) => {
+                self.errors.push(format!("{key} must be {}", if object { "an object" } else { "an array" }));
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// An array of objects, each read by `item`.
+    pub fn objects<T>(&mut self, key: &str, mut item: impl FnMut(&mut Fields) -> Option<T>) -> Option<Vec<T>> {
+        let items = match self.take(key) {
+            Some(Value::Array(items)) => items,
+            Some(_) => {
+                self.errors.push(format!("{key} must be an array"));
+                return None;
+            }
+            None => return None,
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, value) in items.into_iter().enumerate() {
+            let Value::Object(map) = value else {
+                self.errors.push(format!("{key}.{i} must be an object"));
+                continue;
+            };
+            let mut inner = Fields { map, errors: Vec::new() };
+            let parsed = item(&mut inner);
+            self.errors.extend(inner.errors.into_iter().map(|e| format!("{key}.{i}.{e}")));
+            out.extend(parsed);
+        }
+        Some(out)
+    }
+
+    /// Everything valid so far, or the AIWM validation error. On success
+    /// returns the fields not read, as JSON object text (may be empty).
+    pub fn finish(self) -> Result<String, AiwmError> {
+        if !self.errors.is_empty() {
+            return Err(ApiError::validation(self.errors));
+        }
+        Ok(if self.map.is_empty() { String::new() } else { Value::Object(self.map).to_string() })
+    }
+
+    /// Forgets fields that only the server sets.
+    pub fn drop(&mut self, keys: &[&str]) {
+        for key in keys {
+            self.map.remove(*key);
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! AIWM (seeds/aiwm-api.md): camelCase bodies with `_id` and `xxxId`,
+//! `page/limit/filter[field]/sort` paging, soft delete, audit fields,
+//! tenancy by `owner.orgId`, and NestJS-style error bodies.
+
+mod body;
+mod instructions;
+mod login;
+mod nodes;
+mod paging;
+mod tools;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use warden_identity::Principal;
+use warden_storage::model::{Audit, Owned, Owner};
+use warden_storage::{Millis, Record};
+
+use crate::AppState;
+use crate::dialects::Dialect;
+use crate::error::ApiError;
+use crate::openapi::Api;
+
+pub(crate) use body::{AiwmBody, Fields};
+pub(crate) use paging::AiwmQuery;
+
+pub(crate) struct Aiwm;
+
+impl Dialect for Aiwm {
+    fn error(status: StatusCode, message: String, errors: Vec<String>) -> Response {
+        let ctx = crate::context::current();
+        let mut body = json!({
+            "statusCode": status.as_u16(),
+            "message": message,
+            "timestamp": iso(warden_storage::now_millis()),
+            "path": ctx.path,
+            "correlationId": ctx.correlation_id,
+        });
+        if !errors.is_empty() {
+            body["errors"] = json!(errors);
+        }
+        (status, Json(body)).into_response()
+    }
+}
+
+pub(crate) type AiwmError = ApiError<Aiwm>;
+pub(crate) type AiwmResult<T> = Result<T, AiwmError>;
+
+pub(crate) fn routes() -> Api {
+    Api::new().merge(login::routes()).merge(nodes::routes()).merge(instructions::routes()).merge(tools::routes())
+}
+
+/// AIWM's timestamps: ISO 8601 with milliseconds, UTC.
+pub(crate) fn iso(millis: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A record the AIWM routes show: owned, audited, with a JSON view.
+pub(crate) trait Resource: Record + Owned {
+    /// As in messages: "Node with ID ... not found".
+    const NAME: &'static str;
+    /// The client-chosen key (`nodeId`, `instructionId`, ...), unique per org.
+    const KEY: &'static str;
+    fn view(&self) -> Value;
+    fn audit(&self) -> &Audit;
+    fn audit_mut(&mut self) -> &mut Audit;
+}
+
+/// The view every AIWM record shares: extra fields first, then the core
+/// fields (which extras can never shadow), then owner and audit.
+pub(crate) fn view_of(extra: &str, fields: Value, owner: &Owner, audit: &Audit) -> Value {
+    let mut out: Map<String, Value> = serde_json::from_str(extra).unwrap_or_default();
+    if let Value::Object(fields) = fields {
+        out.extend(fields);
+    }
+    out.insert(
+        "owner".into(),
+        json!({"orgId": owner.org_id, "userId": owner.user_id, "groupId": owner.group_id}),
+    );
+    out.insert("createdBy".into(), json!(audit.created_by));
+    out.insert("updatedBy".into(), json!(audit.updated_by));
+    out.insert("createdAt".into(), json!(iso(audit.created_at)));
+    out.insert("updatedAt".into(), json!(iso(audit.updated_at)));
+    Value::Object(out)
+}
+
+pub(crate) fn owner_of(p: &Principal) -> Owner {
+    Owner { org_id: p.org_id.clone(), user_id: p.user_id.clone(), group_id: String::new() }
+}
+
+pub(crate) fn require_write(p: &Principal, action: &str) -> AiwmResult<()> {
+    if p.can_write() { Ok(()) } else { Err(ApiError::forbidden(format!("You do not have permission to {action}"))) }
+}
+
+/// A live record the caller may see, by `_id` or by its key within the
+/// caller's organisation. Anything else is "not found": another org's
+/// records are never confirmed to exist.
+pub(crate) fn find_visible<R: Resource>(state: &AppState, p: &Principal, id: &str) -> AiwmResult<R> {
+    let by_id = state.store.get::<R>(id)?;
+    let record = match by_id {
+        Some(r) => Some(r),
+        None => state.store.get_by_unique::<R>(R::KEY, &format!("{}/{id}", p.org_id))?,
+    };
+    record
+        .filter(|r| !r.is_deleted() && p.sees_org(&r.owner().org_id))
+        .ok_or_else(|| ApiError::not_found(R::NAME, id))
+}
+
+/// `GET` on a collection: tenant scope, then the dialect's filter, sort and page.
+pub(crate) fn list<R: Resource>(state: &AppState, p: &Principal, q: &AiwmQuery) -> AiwmResult<Json<Value>> {
+    use warden_storage::{ListQuery, Scope};
+    let scope = if p.is_admin() { Scope::All } else { Scope::Index("org", &p.org_id) };
+    let records = state.store.list::<R>(&ListQuery { scope, ..Default::default() })?;
+    let views: Vec<Value> = records.items.iter().map(Resource::view).collect();
+    Ok(Json(q.page_of(views)))
+}
+
+/// Soft delete of a record without an actor.
+pub(crate) async fn soft_delete<R: Resource>(state: &AppState, p: &Principal, id: &str) -> AiwmResult<Json<Value>> {
+    require_write(p, "delete")?;
+    let record: R = find_visible(state, p, id)?;
+    let deleted = state
+        .store
+        .update::<R, AiwmError>(record.id(), |r| {
+            if r.is_deleted() {
+                return Err(ApiError::not_found(R::NAME, id));
+            }
+            r.audit_mut().delete(&p.user_id);
+            Ok(Some(()))
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(R::NAME, id))?;
+    Ok(deleted_body(R::NAME, deleted.audit()))
+}
+
+pub(crate) fn deleted_body(name: &str, audit: &Audit) -> Json<Value> {
+    Json(json!({
+        "message": format!("{name} deleted successfully"),
+        "deletedAt": audit.deleted_at.map(iso),
+    }))
+}

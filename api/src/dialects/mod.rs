@@ -1,0 +1,15 @@
+//! One module per dialect. Each knows its wire shapes, paging and error
+//! body; all of them call the same core.
+
+pub(crate) mod aiwm;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+
+/// What differs between dialects at the edge.
+pub(crate) trait Dialect: Send + Sync + 'static {
+    /// The dialect's documented error body.
+    fn error(status: StatusCode, message: String, errors: Vec<String>) -> Response;
+}
+
+pub(crate) use aiwm::Aiwm;

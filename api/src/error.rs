@@ -1,0 +1,96 @@
+//! Errors at the edge. A handler returns `ApiError<D>`; the dialect `D`
+//! decides the body. `DomainError` maps to a status in one place.
+
+use std::marker::PhantomData;
+
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use warden_actors::DomainError;
+use warden_identity::IdentityError;
+
+use crate::dialects::{Aiwm, Dialect};
+
+#[derive(Debug)]
+pub(crate) struct ApiError<D> {
+    pub status: StatusCode,
+    pub message: String,
+    pub errors: Vec<String>,
+    _dialect: PhantomData<D>,
+}
+
+impl<D> ApiError<D> {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into(), errors: Vec::new(), _dialect: PhantomData }
+    }
+
+    pub fn validation(errors: Vec<String>) -> Self {
+        ApiError { status: StatusCode::BAD_REQUEST, message: "Validation failed".into(), errors, _dialect: PhantomData }
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized")
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+
+    pub fn not_found(kind: &str, id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("{kind} with ID {id} not found"))
+    }
+
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
+    }
+}
+
+impl<D: Dialect> IntoResponse for ApiError<D> {
+    fn into_response(self) -> Response {
+        D::error(self.status, self.message, self.errors)
+    }
+}
+
+impl<D> From<DomainError> for ApiError<D> {
+    fn from(e: DomainError) -> Self {
+        match e {
+            DomainError::NotFound { kind, id } => Self::not_found(&capitalise(kind), &id),
+            DomainError::Invalid(errors) => Self::validation(errors),
+            e @ DomainError::Conflict { .. } => Self::new(StatusCode::CONFLICT, e.to_string()),
+            e @ DomainError::Failed { .. } => Self::new(StatusCode::CONFLICT, capitalise(&e.to_string())),
+            DomainError::Unavailable(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, m),
+            DomainError::Storage(e) => Self::internal(e),
+        }
+    }
+}
+
+impl<D> From<warden_storage::StorageError> for ApiError<D> {
+    fn from(e: warden_storage::StorageError) -> Self {
+        DomainError::from(e).into()
+    }
+}
+
+impl<D> From<IdentityError> for ApiError<D> {
+    fn from(e: IdentityError) -> Self {
+        match e {
+            IdentityError::InvalidCredentials => Self::new(StatusCode::UNAUTHORIZED, "Invalid credentials"),
+            IdentityError::InvalidToken => Self::unauthorized(),
+            IdentityError::Invalid(m) => Self::validation(vec![m]),
+            e @ IdentityError::Taken { .. } => Self::new(StatusCode::CONFLICT, e.to_string()),
+            IdentityError::Secrets(e) => Self::internal(e),
+            IdentityError::Storage(e) => Self::internal(e),
+        }
+    }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+}
+
+/// Every path no route matches: 404, marked for the route-coverage tool.
+pub(crate) async fn unmatched(method: axum::http::Method, uri: Uri) -> Response {
+    let mut response = ApiError::<Aiwm>::new(StatusCode::NOT_FOUND, format!("Cannot {method} {}", uri.path())).into_response();
+    response.headers_mut().insert("x-warden-route", axum::http::HeaderValue::from_static("unmatched"));
+    response
+}

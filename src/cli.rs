@@ -1,0 +1,117 @@
+//! Command-line interface.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use warden_storage::Durability;
+
+use crate::config::{self, FileConfig, ServerConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "warden", version, about = "Self-hosted control plane for AI infrastructure: five platform APIs on one port, over one supervised actor runtime.")]
+pub struct Cli {
+    /// TOML configuration file (flags and environment take precedence).
+    #[arg(long, env = "WARDEN_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `warden=debug,info`.
+    #[arg(long, env = "WARDEN_LOG", global = true)]
+    pub log: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long, env = "WARDEN_LOG_JSON", global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: every dialect's API, the admin API and the actor runtime.
+    Serve(ServeArgs),
+    /// Print the live actor tree of a running server.
+    Actors(ActorsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "WARDEN_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory: db/ (sled), blobs/, secrets/ [default: ./warden-data].
+    #[arg(long, env = "WARDEN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Serve POST /admin/actors/{name}/crash, to watch supervision work.
+    #[arg(long, env = "WARDEN_ENABLE_FAULT_INJECTION")]
+    pub enable_fault_injection: bool,
+    /// `flush` survives a killed process; `fsync` also survives power loss [default: flush].
+    #[arg(long, env = "WARDEN_DURABILITY", value_parser = parse_durability)]
+    pub durability: Option<Durability>,
+}
+
+#[derive(Debug, Args)]
+pub struct ActorsArgs {
+    /// Base URL of the server.
+    #[arg(long, env = "WARDEN_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// An admin's access token (from POST /auth/login).
+    #[arg(long, env = "WARDEN_TOKEN")]
+    pub token: String,
+    /// Print the JSON instead of the indented tree.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s {
+        "flush" => Ok(Durability::Flush),
+        "fsync" => Ok(Durability::Fsync),
+        _ => Err("expected `flush` or `fsync`".into()),
+    }
+}
+
+impl ServeArgs {
+    /// Merges flags/env (already merged by clap) over the file and defaults.
+    pub fn resolve(self, file: FileConfig) -> anyhow::Result<ServerConfig> {
+        let mut c = ServerConfig::for_data_dir(self.data_dir.or(file.data_dir).unwrap_or_else(|| config::DEFAULT_DATA_DIR.into()));
+        c.listen = match self.listen.or(file.listen) {
+            Some(a) => a,
+            None => config::DEFAULT_LISTEN.parse()?,
+        };
+        c.enable_fault_injection = self.enable_fault_injection || file.enable_fault_injection.unwrap_or(false);
+        c.durability = self.durability.or(file.durability).unwrap_or_default();
+        c.token_ttl_secs = file.token_ttl_secs.unwrap_or(config::DEFAULT_TOKEN_TTL_SECS);
+        c.max_body_bytes = file.max_body_bytes.unwrap_or(config::DEFAULT_MAX_BODY_BYTES);
+        c.root_policy = file.supervision.root.unwrap_or_default();
+        c.node_policy = file.supervision.nodes.unwrap_or_default();
+        c.admin_username = std::env::var("WARDEN_ADMIN_USERNAME").ok().filter(|v| !v.is_empty());
+        c.admin_password = std::env::var("WARDEN_ADMIN_PASSWORD").ok().filter(|v| !v.is_empty());
+        c.admin_email = std::env::var("WARDEN_ADMIN_EMAIL").ok().filter(|v| !v.is_empty());
+        Ok(c)
+    }
+}
+
+/// Draws the `/admin/actors` JSON as an indented tree, one actor a line.
+pub fn render_tree(node: &serde_json::Value, depth: usize, out: &mut String) {
+    use std::fmt::Write as _;
+    let s = |k: &str| node[k].as_str().unwrap_or("-").to_owned();
+    let _ = write!(
+        out,
+        "{}{}  [{}] {}  restarts={}  started={}",
+        "  ".repeat(depth),
+        s("name"),
+        s("kind"),
+        s("status"),
+        node["restartCount"].as_u64().unwrap_or(0),
+        s("startedAt"),
+    );
+    if let Some(p) = node["policy"].as_object() {
+        let _ = write!(out, "  policy=max {} in {}ms", p["max_restarts"], p["within"]);
+    }
+    if let Some(f) = node["lastFailure"].as_object() {
+        let _ = write!(out, "  last-failure=\"{}\" at {}", f["reason"].as_str().unwrap_or(""), f["at"].as_str().unwrap_or(""));
+    }
+    out.push('\n');
+    for child in node["children"].as_array().into_iter().flatten() {
+        render_tree(child, depth + 1, out);
+    }
+}

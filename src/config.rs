@@ -1,0 +1,81 @@
+//! Configuration: flags, then environment, then an optional TOML file,
+//! then the embedded defaults, in that order of precedence.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+use warden_storage::Durability;
+use warden_supervisors::RestartPolicy;
+
+/// The TOML file's shape; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub enable_fault_injection: Option<bool>,
+    pub durability: Option<Durability>,
+    pub token_ttl_secs: Option<i64>,
+    pub max_body_bytes: Option<usize>,
+    pub log: Option<String>,
+    pub log_json: Option<bool>,
+    #[serde(default)]
+    pub supervision: SupervisionFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisionFile {
+    pub root: Option<RestartPolicy>,
+    pub nodes: Option<RestartPolicy>,
+}
+
+impl FileConfig {
+    pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+        let Some(path) = path else { return Ok(FileConfig::default()) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// Everything `warden serve` needs, resolved.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub enable_fault_injection: bool,
+    pub durability: Durability,
+    pub token_ttl_secs: i64,
+    pub max_body_bytes: usize,
+    pub root_policy: RestartPolicy,
+    pub node_policy: RestartPolicy,
+    pub admin_username: Option<String>,
+    pub admin_password: Option<String>,
+    pub admin_email: Option<String>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./warden-data";
+pub const DEFAULT_TOKEN_TTL_SECS: i64 = 24 * 3600;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+impl ServerConfig {
+    /// Defaults for a data directory; used by tests and benches.
+    pub fn for_data_dir(data_dir: PathBuf) -> ServerConfig {
+        ServerConfig {
+            listen: DEFAULT_LISTEN.parse().expect("the default listen address is valid"),
+            data_dir,
+            enable_fault_injection: false,
+            durability: Durability::Flush,
+            token_ttl_secs: DEFAULT_TOKEN_TTL_SECS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            root_policy: RestartPolicy::default(),
+            node_policy: RestartPolicy::default(),
+            admin_username: None,
+            admin_password: None,
+            admin_email: None,
+        }
+    }
+}

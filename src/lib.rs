@@ -1,0 +1,6 @@
+//! The `warden` binary's library half: configuration and wiring. Tests and
+//! benches start the same server the binary runs.
+
+pub mod cli;
+pub mod config;
+pub mod server;

@@ -1,0 +1,112 @@
+//! Starting and stopping the server: store, identity, runtime, listener.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use tokio::net::TcpSocket;
+use warden_api::{ApiConfig, AppState, Metrics};
+use warden_identity::Identity;
+use warden_storage::{Store, StoreConfig};
+use warden_supervisors::{Runtime, RuntimeConfig};
+
+use crate::config::ServerConfig;
+
+/// A server that is accepting connections.
+pub struct Running {
+    pub addr: SocketAddr,
+    /// The generated first-admin password, when one was generated.
+    pub generated_admin: Option<(String, String)>,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, drains, stops the actors and closes the store.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(());
+        self.task.await?
+    }
+
+    /// Runs until `signal` resolves, then stops gracefully.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        signal.await;
+        self.stop().await
+    }
+}
+
+/// Binds with a large backlog: the default 128 stalls connect bursts.
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
+    // One connection is one fd: lift the soft limit to the hard one.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "could not raise the open-file limit");
+    }
+    let store = Store::open(&StoreConfig { data_dir: config.data_dir.clone(), durability: config.durability })
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let identity = Identity::open(store.clone(), &config.data_dir.join("secrets"), config.token_ttl_secs)?;
+    let generated_admin = identity
+        .bootstrap_admin(config.admin_username.clone(), config.admin_password.clone(), config.admin_email.clone())
+        .await?
+        .and_then(|(user, password)| password.map(|p| (user, p)));
+    let runtime = Runtime::start(store.clone(), RuntimeConfig { root: config.root_policy, nodes: config.node_policy })
+        .await
+        .context("starting the supervision tree")?;
+    let state = AppState {
+        store: store.clone(),
+        identity,
+        runtime: runtime.clone(),
+        metrics: Arc::new(Metrics::default()),
+        config: Arc::new(ApiConfig {
+            enable_fault_injection: config.enable_fault_injection,
+            max_body_bytes: config.max_body_bytes,
+            version: env!("CARGO_PKG_VERSION"),
+        }),
+        started: Instant::now(),
+    };
+    let listener = bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let app = warden_api::router(state);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await?;
+        runtime.shutdown().await;
+        store.close();
+        tracing::info!("stopped");
+        Ok(())
+    });
+    tracing::info!(%addr, "listening");
+    Ok(Running { addr, generated_admin, shutdown: tx, task })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

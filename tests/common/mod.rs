@@ -1,0 +1,130 @@
+//! `TestServer`: the real server on an ephemeral port with a temporary
+//! data directory, plus an admin token and helpers to talk to it.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use warden::config::ServerConfig;
+use warden::server::Running;
+
+pub const ADMIN: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+
+pub struct TestServer {
+    pub base: String,
+    pub admin_token: String,
+    pub http: reqwest::Client,
+    pub data_dir: PathBuf,
+    running: Option<Running>,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = ServerConfig::for_data_dir(dir.path().join("data"));
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.admin_username = Some(ADMIN.into());
+        config.admin_password = Some(ADMIN_PASSWORD.into());
+        config.admin_email = Some("admin@example.com".into());
+        adjust(&mut config);
+        let data_dir = config.data_dir.clone();
+        let running = warden::server::start(config).await.expect("server starts");
+        let base = format!("http://{}", running.addr);
+        let http = reqwest::Client::new();
+        let mut server = TestServer { base, admin_token: String::new(), http, data_dir, running: Some(running), _dir: dir };
+        server.admin_token = server.login(ADMIN, ADMIN_PASSWORD).await;
+        server
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await.expect("server stops cleanly");
+        }
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let r = self.call(Method::POST, "/auth/login", None, Some(json!({"username": username, "password": password}))).await;
+        assert_eq!(r.status, StatusCode::OK, "login of {username}: {}", r.body);
+        r.body["accessToken"].as_str().expect("accessToken").to_owned()
+    }
+
+    /// Creates a user (in a new organisation unless `org` is given) and returns its token.
+    pub async fn user(&self, username: &str, roles: &[&str], org: Option<&str>) -> (String, Value) {
+        let mut body = json!({"username": username, "email": format!("{username}@example.com"), "password": "user-password-1", "roles": roles});
+        if let Some(org) = org {
+            body["orgId"] = json!(org);
+        }
+        let r = self.call(Method::POST, "/admin/users", Some(&self.admin_token), Some(body)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        (self.login(username, "user-password-1").await, r.body)
+    }
+
+    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        Self::reply(req.send().await.expect("request sent")).await
+    }
+
+    pub async fn raw(&self, method: Method, path: &str, token: Option<&str>, body: Vec<u8>) -> Reply {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path)).header("content-type", "application/json").body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        Self::reply(req.send().await.expect("request sent")).await
+    }
+
+    async fn reply(resp: reqwest::Response) -> Reply {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("body");
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Reply { status, headers, body }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call(Method::PUT, path, Some(token), Some(body)).await
+    }
+    pub async fn delete(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+}
+
+/// Checks the AIWM error body (seeds/aiwm-api.md, Error Handling).
+pub fn assert_aiwm_error(r: &Reply, status: u16, path: &str) {
+    assert_eq!(r.status.as_u16(), status, "body: {}", r.body);
+    assert_eq!(r.body["statusCode"], status, "body: {}", r.body);
+    assert!(r.body["message"].is_string(), "body: {}", r.body);
+    assert_eq!(r.body["path"], path, "body: {}", r.body);
+    assert!(r.body["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "body: {}", r.body);
+    let header = r.headers.get("x-correlation-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(!header.is_empty());
+    assert_eq!(r.body["correlationId"], header);
+}
+
+pub fn node_body(node_id: &str, name: &str) -> Value {
+    json!({"nodeId": node_id, "name": name, "role": ["worker"], "status": "offline", "isLocal": true, "cpuCores": 16, "ramTotal": 65536, "ramFree": 32768})
+}
