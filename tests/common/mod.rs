@@ -33,7 +33,18 @@ impl TestServer {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), adjust).await
+    }
+
+    /// Stops the server and starts a new one on the same data directory.
+    pub async fn restart(mut self, adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        if let Some(r) = self.running.take() {
+            r.stop().await.expect("server stops cleanly");
+        }
+        Self::start_in(self._dir, adjust).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let mut config = ServerConfig::for_data_dir(dir.path().join("data"));
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.admin_username = Some(ADMIN.into());
@@ -127,4 +138,28 @@ pub fn assert_aiwm_error(r: &Reply, status: u16, path: &str) {
 
 pub fn node_body(node_id: &str, name: &str) -> Value {
     json!({"nodeId": node_id, "name": name, "role": ["worker"], "status": "offline", "isLocal": true, "cpuCores": 16, "ramTotal": 65536, "ramFree": 32768})
+}
+
+/// Polls `check` until it returns `Some`, or panics after `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Finds an actor by name in the `/admin/actors` tree.
+pub fn find_actor<'a>(tree: &'a Value, name: &str) -> Option<&'a Value> {
+    if tree["name"] == name {
+        return Some(tree);
+    }
+    tree["children"].as_array()?.iter().find_map(|c| find_actor(c, name))
 }

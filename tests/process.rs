@@ -1,0 +1,117 @@
+//! The real binary: acknowledged writes survive SIGKILL, and
+//! `warden actors` prints the live tree.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use common::{ADMIN, ADMIN_PASSWORD, TestServer, node_body};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_warden");
+
+/// Starts `warden serve` on an ephemeral port; returns the child and base URL.
+fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("WARDEN_ADMIN_USERNAME", ADMIN)
+        .env("WARDEN_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("WARDEN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the warden binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("a line on stdout");
+    let base = line.trim().strip_prefix("warden listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
+    (child, base)
+}
+
+async fn login(http: &reqwest::Client, base: &str) -> String {
+    let r: serde_json::Value = http
+        .post(format!("{base}/auth/login"))
+        .json(&json!({"username": ADMIN, "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["accessToken"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = spawn_server(dir.path());
+    let http = reqwest::Client::new();
+    let token = login(&http, &base).await;
+
+    // A burst of concurrent writes; remember what was acknowledged.
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = http.post(format!("{base}/api/nodes")).bearer_auth(&token).json(&node_body(&format!("n-{i}"), &format!("node {i}"))).send().await.ok()?;
+            if r.status() != 201 {
+                return None;
+            }
+            let body: serde_json::Value = r.json().await.ok()?;
+            let id = body["_id"].as_str()?.to_owned();
+            let r = http.put(format!("{base}/api/nodes/{id}")).bearer_auth(&token).json(&json!({"ramFree": i})).send().await.ok()?;
+            (r.status() == 200).then_some((id, i))
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        if let Some(v) = t.await.unwrap() {
+            acked.push(v);
+        }
+    }
+    assert_eq!(acked.len(), 300, "every write was acknowledged before the kill");
+    child.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
+    child.wait().unwrap();
+
+    let (mut child, base) = spawn_server(dir.path());
+    let token = login(&http, &base).await;
+    for (id, ram_free) in &acked {
+        let r: serde_json::Value = http.get(format!("{base}/api/nodes/{id}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        assert_eq!(r["_id"], id.as_str(), "{r}");
+        assert_eq!(r["ramFree"], *ram_free, "the acknowledged update of {id} survived");
+    }
+    let list: serde_json::Value = http.get(format!("{base}/api/nodes?limit=1")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["pagination"]["total"], 300);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warden_actors_prints_the_tree() {
+    let s = TestServer::start().await;
+    let t = s.admin_token.clone();
+    let id = s.post("/api/nodes", &t, node_body("cli-node", "CLI")).await.body["_id"].as_str().unwrap().to_owned();
+    assert_eq!(s.put(&format!("/api/nodes/{id}"), &t, json!({"name": "active"})).await.status, 200);
+
+    let out = Command::new(BIN).args(["actors", "--server", &s.base, "--token", &t]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("root  [supervisor] running"), "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("  nodes  [supervisor] running")), "{text}");
+    assert!(lines.iter().any(|l| l.starts_with(&format!("    node:{id}  [node] running  restarts=0"))), "{text}");
+
+    // The same through the environment, as JSON.
+    let out = Command::new(BIN).args(["actors", "--json"]).env("WARDEN_SERVER", &s.base).env("WARDEN_TOKEN", &t).output().unwrap();
+    assert!(out.status.success());
+    let tree: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tree["name"], "root");
+
+    // A bad token is an error with a message, not a tree.
+    let out = Command::new(BIN).args(["actors", "--server", &s.base, "--token", "nope"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    s.stop().await;
+}
