@@ -115,3 +115,24 @@ async fn warden_actors_prints_the_tree() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_gracefully_with_exit_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = spawn_server(dir.path());
+    let http = reqwest::Client::new();
+    let token = login(&http, &base).await;
+    let r = http.post(format!("{base}/api/nodes")).bearer_auth(&token).json(&node_body("t", "t")).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    // And it comes back with its data.
+    let (mut child, base) = spawn_server(dir.path());
+    let token = login(&http, &base).await;
+    let list: serde_json::Value = http.get(format!("{base}/api/nodes")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["pagination"]["total"], 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
