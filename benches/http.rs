@@ -13,7 +13,10 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Report {
@@ -26,7 +29,10 @@ struct Report {
 impl Report {
     fn print(mut self) {
         self.latencies.sort();
-        let pct = |p: f64| self.latencies[((self.latencies.len() as f64 * p) as usize).min(self.latencies.len() - 1)];
+        let pct = |p: f64| {
+            self.latencies
+                [((self.latencies.len() as f64 * p) as usize).min(self.latencies.len() - 1)]
+        };
         println!(
             "{:<12} {:>8} requests  {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
             self.name,
@@ -40,7 +46,12 @@ impl Report {
 }
 
 /// Runs `total` requests from `concurrency` workers; `make(i)` sends request i.
-async fn drive<F, Fut>(name: &'static str, total: usize, concurrency: usize, make: F) -> (Report, Vec<String>)
+async fn drive<F, Fut>(
+    name: &'static str,
+    total: usize,
+    concurrency: usize,
+    make: F,
+) -> (Report, Vec<String>)
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Option<String>> + Send,
@@ -75,7 +86,15 @@ where
     }
     let elapsed = start.elapsed();
     let (latencies, ids) = std::mem::take(&mut *out.lock().await);
-    (Report { name, count: total, elapsed, latencies }, ids)
+    (
+        Report {
+            name,
+            count: total,
+            elapsed,
+            latencies,
+        },
+        ids,
+    )
 }
 
 fn main() {
@@ -88,7 +107,11 @@ fn main() {
     };
 
     // The server gets its own runtime, like the binary (2 workers on this machine).
-    let server_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut config = warden::config::ServerConfig::for_data_dir(dir.path().join("data"));
     config.listen = "127.0.0.1:0".parse().unwrap();
     if std::env::var("WARDEN_BENCH_DURABILITY").as_deref() == Ok("fsync") {
@@ -99,7 +122,11 @@ fn main() {
     let running = server_rt.block_on(warden::server::start(config)).unwrap();
     let base = format!("http://{}", running.addr);
 
-    let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     client_rt.block_on(async move {
         let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
         let login: serde_json::Value = http

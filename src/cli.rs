@@ -9,7 +9,11 @@ use warden_storage::Durability;
 use crate::config::{self, FileConfig, ServerConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "warden", version, about = "Self-hosted control plane for AI infrastructure: five platform APIs on one port, over one supervised actor runtime.")]
+#[command(
+    name = "warden",
+    version,
+    about = "Self-hosted control plane for AI infrastructure: five platform APIs on one port, over one supervised actor runtime."
+)]
 pub struct Cli {
     /// TOML configuration file (flags and environment take precedence).
     #[arg(long, env = "WARDEN_CONFIG", global = true)]
@@ -72,20 +76,35 @@ fn parse_durability(s: &str) -> Result<Durability, String> {
 impl ServeArgs {
     /// Merges flags/env (already merged by clap) over the file and defaults.
     pub fn resolve(self, file: FileConfig) -> anyhow::Result<ServerConfig> {
-        let mut c = ServerConfig::for_data_dir(self.data_dir.or(file.data_dir).unwrap_or_else(|| config::DEFAULT_DATA_DIR.into()));
+        let mut c = ServerConfig::for_data_dir(
+            self.data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| config::DEFAULT_DATA_DIR.into()),
+        );
         c.listen = match self.listen.or(file.listen) {
             Some(a) => a,
             None => config::DEFAULT_LISTEN.parse()?,
         };
-        c.enable_fault_injection = self.enable_fault_injection || file.enable_fault_injection.unwrap_or(false);
+        c.enable_fault_injection =
+            self.enable_fault_injection || file.enable_fault_injection.unwrap_or(false);
         c.durability = self.durability.or(file.durability).unwrap_or_default();
-        c.token_ttl_secs = file.token_ttl_secs.unwrap_or(config::DEFAULT_TOKEN_TTL_SECS);
-        c.max_body_bytes = file.max_body_bytes.unwrap_or(config::DEFAULT_MAX_BODY_BYTES);
+        c.token_ttl_secs = file
+            .token_ttl_secs
+            .unwrap_or(config::DEFAULT_TOKEN_TTL_SECS);
+        c.max_body_bytes = file
+            .max_body_bytes
+            .unwrap_or(config::DEFAULT_MAX_BODY_BYTES);
         c.root_policy = file.supervision.root.unwrap_or_default();
         c.node_policy = file.supervision.nodes.unwrap_or_default();
-        c.admin_username = std::env::var("WARDEN_ADMIN_USERNAME").ok().filter(|v| !v.is_empty());
-        c.admin_password = std::env::var("WARDEN_ADMIN_PASSWORD").ok().filter(|v| !v.is_empty());
-        c.admin_email = std::env::var("WARDEN_ADMIN_EMAIL").ok().filter(|v| !v.is_empty());
+        c.admin_username = std::env::var("WARDEN_ADMIN_USERNAME")
+            .ok()
+            .filter(|v| !v.is_empty());
+        c.admin_password = std::env::var("WARDEN_ADMIN_PASSWORD")
+            .ok()
+            .filter(|v| !v.is_empty());
+        c.admin_email = std::env::var("WARDEN_ADMIN_EMAIL")
+            .ok()
+            .filter(|v| !v.is_empty());
         Ok(c)
     }
 }
@@ -105,10 +124,19 @@ pub fn render_tree(node: &serde_json::Value, depth: usize, out: &mut String) {
         s("startedAt"),
     );
     if let Some(p) = node["policy"].as_object() {
-        let _ = write!(out, "  policy=max {} in {}ms", p["max_restarts"], p["within"]);
+        let _ = write!(
+            out,
+            "  policy=max {} in {}ms",
+            p["max_restarts"], p["within"]
+        );
     }
     if let Some(f) = node["lastFailure"].as_object() {
-        let _ = write!(out, "  last-failure=\"{}\" at {}", f["reason"].as_str().unwrap_or(""), f["at"].as_str().unwrap_or(""));
+        let _ = write!(
+            out,
+            "  last-failure=\"{}\" at {}",
+            f["reason"].as_str().unwrap_or(""),
+            f["at"].as_str().unwrap_or("")
+        );
     }
     out.push('\n');
     for child in node["children"].as_array().into_iter().flatten() {

@@ -34,8 +34,11 @@ pub struct SupervisionFile {
 
 impl FileConfig {
     pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
-        let Some(path) = path else { return Ok(FileConfig::default()) };
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
+        };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 }
@@ -65,7 +68,9 @@ impl ServerConfig {
     /// Defaults for a data directory; used by tests and benches.
     pub fn for_data_dir(data_dir: PathBuf) -> ServerConfig {
         ServerConfig {
-            listen: DEFAULT_LISTEN.parse().expect("the default listen address is valid"),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("the default listen address is valid"),
             data_dir,
             enable_fault_injection: false,
             durability: Durability::Flush,

@@ -7,7 +7,9 @@ use warden::config::FileConfig;
 
 fn init_logging(filter: &str, json: bool) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -19,16 +21,24 @@ fn init_logging(filter: &str, json: bool) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let file = FileConfig::load(cli.config.as_deref())?;
-    let log = cli.log.clone().or(file.log.clone()).unwrap_or_else(|| "info".into());
+    let log = cli
+        .log
+        .clone()
+        .or(file.log.clone())
+        .unwrap_or_else(|| "info".into());
     init_logging(&log, cli.log_json || file.log_json.unwrap_or(false));
     // Panics are caught by supervisors; log them as one line, not a backtrace dump.
-    std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "a task panicked")));
+    std::panic::set_hook(Box::new(
+        |info| tracing::error!(panic = %info, "a task panicked"),
+    ));
     match cli.command {
         Command::Serve(args) => {
             let config = args.resolve(file)?;
             let running = warden::server::start(config).await?;
             if let Some((user, password)) = &running.generated_admin {
-                eprintln!("warden: created the first admin '{user}' with password '{password}' (shown once; set WARDEN_ADMIN_PASSWORD to choose it)");
+                eprintln!(
+                    "warden: created the first admin '{user}' with password '{password}' (shown once; set WARDEN_ADMIN_PASSWORD to choose it)"
+                );
             }
             println!("warden listening on http://{}", running.addr);
             running.run_until(warden::server::shutdown_signal()).await
@@ -48,7 +58,10 @@ async fn print_actors(args: ActorsArgs) -> anyhow::Result<()> {
     let status = response.status();
     let body: Value = response.json().await.context("reading the answer")?;
     if !status.is_success() {
-        anyhow::bail!("{url} answered {status}: {}", body["message"].as_str().unwrap_or(""));
+        anyhow::bail!(
+            "{url} answered {status}: {}",
+            body["message"].as_str().unwrap_or("")
+        );
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&body)?);

@@ -40,7 +40,11 @@ impl Running {
 
 /// Binds with a large backlog: the default 128 stalls connect bursts.
 fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
@@ -51,16 +55,33 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %e, "could not raise the open-file limit");
     }
-    let store = Store::open(&StoreConfig { data_dir: config.data_dir.clone(), durability: config.durability })
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let identity = Identity::open(store.clone(), &config.data_dir.join("secrets"), config.token_ttl_secs)?;
+    let store = Store::open(&StoreConfig {
+        data_dir: config.data_dir.clone(),
+        durability: config.durability,
+    })
+    .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let identity = Identity::open(
+        store.clone(),
+        &config.data_dir.join("secrets"),
+        config.token_ttl_secs,
+    )?;
     let generated_admin = identity
-        .bootstrap_admin(config.admin_username.clone(), config.admin_password.clone(), config.admin_email.clone())
+        .bootstrap_admin(
+            config.admin_username.clone(),
+            config.admin_password.clone(),
+            config.admin_email.clone(),
+        )
         .await?
         .and_then(|(user, password)| password.map(|p| (user, p)));
-    let runtime = Runtime::start(store.clone(), RuntimeConfig { root: config.root_policy, nodes: config.node_policy })
-        .await
-        .context("starting the supervision tree")?;
+    let runtime = Runtime::start(
+        store.clone(),
+        RuntimeConfig {
+            root: config.root_policy,
+            nodes: config.node_policy,
+        },
+    )
+    .await
+    .context("starting the supervision tree")?;
     let state = AppState {
         store: store.clone(),
         identity,
@@ -92,7 +113,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         Ok(())
     });
     tracing::info!(%addr, "listening");
-    Ok(Running { addr, generated_admin, shutdown: tx, task })
+    Ok(Running {
+        addr,
+        generated_admin,
+        shutdown: tx,
+        task,
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

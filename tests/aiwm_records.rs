@@ -22,7 +22,15 @@ async fn instructions_crud_as_documented() {
     });
     let r = s.post("/api/instructions", &token, body.clone()).await;
     assert_eq!(r.status, 201, "{}", r.body);
-    for key in ["instructionId", "name", "description", "systemPrompt", "guidelines", "tags", "isActive"] {
+    for key in [
+        "instructionId",
+        "name",
+        "description",
+        "systemPrompt",
+        "guidelines",
+        "tags",
+        "isActive",
+    ] {
         assert_eq!(r.body[key], body[key], "{key}");
     }
     assert_eq!(r.body["owner"]["userId"], user["id"]);
@@ -31,16 +39,34 @@ async fn instructions_crud_as_documented() {
     let path = format!("/api/instructions/{id}");
 
     // A second, inactive one, for filters.
-    let r = s.post("/api/instructions", &token, json!({"name": "Sales", "systemPrompt": "Sell.", "tags": ["sales"], "isActive": false})).await;
+    let r = s
+        .post(
+            "/api/instructions",
+            &token,
+            json!({"name": "Sales", "systemPrompt": "Sell.", "tags": ["sales"], "isActive": false}),
+        )
+        .await;
     assert_eq!(r.status, 201);
-    assert!(r.body["instructionId"].as_str().is_some_and(|v| !v.is_empty()), "an instructionId is generated");
+    assert!(
+        r.body["instructionId"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()),
+        "an instructionId is generated"
+    );
 
     let r = s.get("/api/instructions?page=1&limit=10", &token).await;
-    assert_eq!(r.body["pagination"], json!({"page": 1, "limit": 10, "total": 2}));
-    let r = s.get("/api/instructions?filter[isActive]=true", &token).await;
+    assert_eq!(
+        r.body["pagination"],
+        json!({"page": 1, "limit": 10, "total": 2})
+    );
+    let r = s
+        .get("/api/instructions?filter[isActive]=true", &token)
+        .await;
     assert_eq!(r.body["pagination"]["total"], 1);
     assert_eq!(r.body["data"][0]["_id"], id.as_str());
-    let r = s.get("/api/instructions?filter[tags]=customer-service", &token).await;
+    let r = s
+        .get("/api/instructions?filter[tags]=customer-service", &token)
+        .await;
     assert_eq!(r.body["pagination"]["total"], 1);
     let r = s.get("/api/instructions?sort=name", &token).await;
     assert_eq!(r.body["data"][0]["name"], "Customer Support Agent v1");
@@ -48,25 +74,45 @@ async fn instructions_crud_as_documented() {
     let r = s.put(&path, &token, json!({"name": "Customer Support Agent v2", "guidelines": ["New guideline 1", "New guideline 2"], "tags": ["empathetic"]})).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["name"], "Customer Support Agent v2");
-    assert_eq!(r.body["guidelines"], json!(["New guideline 1", "New guideline 2"]));
+    assert_eq!(
+        r.body["guidelines"],
+        json!(["New guideline 1", "New guideline 2"])
+    );
     assert_eq!(r.body["systemPrompt"], body["systemPrompt"]);
     assert_eq!(r.body["isActive"], true);
     let r = s.put(&path, &token, json!({"isActive": "yes"})).await;
     assert_aiwm_error(&r, 400, &path);
-    assert_eq!(r.body["errors"], json!(["isActive must be a boolean value"]));
+    assert_eq!(
+        r.body["errors"],
+        json!(["isActive must be a boolean value"])
+    );
 
     // Tenancy.
-    for r in [s.get(&path, &other).await, s.put(&path, &other, json!({"name": "x"})).await, s.delete(&path, &other).await] {
+    for r in [
+        s.get(&path, &other).await,
+        s.put(&path, &other, json!({"name": "x"})).await,
+        s.delete(&path, &other).await,
+    ] {
         assert_aiwm_error(&r, 404, &path);
     }
-    assert_eq!(s.get("/api/instructions", &other).await.body["pagination"]["total"], 0);
+    assert_eq!(
+        s.get("/api/instructions", &other).await.body["pagination"]["total"],
+        0
+    );
 
     let r = s.delete(&path, &token).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["message"], "Instruction deleted successfully");
-    assert!(r.body["deletedAt"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(
+        r.body["deletedAt"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
     assert_aiwm_error(&s.get(&path, &token).await, 404, &path);
-    assert_eq!(s.get("/api/instructions", &token).await.body["pagination"]["total"], 1);
+    assert_eq!(
+        s.get("/api/instructions", &token).await.body["pagination"]["total"],
+        1
+    );
     s.stop().await;
 }
 
@@ -94,7 +140,23 @@ async fn tools_crud_as_documented() {
     });
     let r = s.post("/api/tools", &token, body.clone()).await;
     assert_eq!(r.status, 201, "{}", r.body);
-    for key in ["toolId", "name", "description", "type", "category", "provider", "endpoint", "version", "status", "parameters", "responseFormat", "tags", "documentation", "examples", "isActive"] {
+    for key in [
+        "toolId",
+        "name",
+        "description",
+        "type",
+        "category",
+        "provider",
+        "endpoint",
+        "version",
+        "status",
+        "parameters",
+        "responseFormat",
+        "tags",
+        "documentation",
+        "examples",
+        "isActive",
+    ] {
         assert_eq!(r.body[key], body[key], "{key}");
     }
     assert_eq!(r.body["usage"], json!([]));
@@ -104,9 +166,18 @@ async fn tools_crud_as_documented() {
     let id = r.body["_id"].as_str().unwrap().to_owned();
     let path = format!("/api/tools/{id}");
 
-    let r = s.post("/api/tools", &token, json!({"name": "calc", "description": "adds", "type": "robot"})).await;
+    let r = s
+        .post(
+            "/api/tools",
+            &token,
+            json!({"name": "calc", "description": "adds", "type": "robot"}),
+        )
+        .await;
     assert_aiwm_error(&r, 400, "/api/tools");
-    assert_eq!(r.body["errors"], json!(["type must be one of the following values: api, function, service"]));
+    assert_eq!(
+        r.body["errors"],
+        json!(["type must be one of the following values: api, function, service"])
+    );
     assert_eq!(s.post("/api/tools", &token, json!({"name": "calc", "description": "adds", "type": "function", "status": "deprecated"})).await.status, 201);
 
     let r = s.get("/api/tools?filter[type]=api", &token).await;
@@ -116,17 +187,33 @@ async fn tools_crud_as_documented() {
     let r = s.get("/api/tools/web-search", &token).await;
     assert_eq!(r.body["_id"], id.as_str());
 
-    let r = s.put(&path, &token, json!({"status": "inactive", "totalUsage": 99})).await;
+    let r = s
+        .put(
+            &path,
+            &token,
+            json!({"status": "inactive", "totalUsage": 99}),
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["status"], "inactive");
-    assert_eq!(r.body["totalUsage"], 0, "usage statistics are Warden's to record");
+    assert_eq!(
+        r.body["totalUsage"], 0,
+        "usage statistics are Warden's to record"
+    );
 
-    for r in [s.get(&path, &other).await, s.put(&path, &other, json!({"name": "x"})).await, s.delete(&path, &other).await] {
+    for r in [
+        s.get(&path, &other).await,
+        s.put(&path, &other, json!({"name": "x"})).await,
+        s.delete(&path, &other).await,
+    ] {
         assert_aiwm_error(&r, 404, &path);
     }
     let r = s.delete(&path, &token).await;
     assert_eq!(r.body["message"], "Tool deleted successfully");
     assert_aiwm_error(&s.get(&path, &token).await, 404, &path);
-    assert_eq!(s.get("/api/tools", &token).await.body["pagination"]["total"], 1);
+    assert_eq!(
+        s.get("/api/tools", &token).await.body["pagination"]["total"],
+        1
+    );
     s.stop().await;
 }

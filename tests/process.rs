@@ -25,8 +25,14 @@ fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
         .expect("the warden binary starts");
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("a line on stdout");
-    let base = line.trim().strip_prefix("warden listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("a line on stdout");
+    let base = line
+        .trim()
+        .strip_prefix("warden listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
     (child, base)
 }
 
@@ -55,13 +61,25 @@ async fn acknowledged_writes_survive_sigkill() {
     for i in 0..300 {
         let (http, base, token) = (http.clone(), base.clone(), token.clone());
         tasks.push(tokio::spawn(async move {
-            let r = http.post(format!("{base}/api/nodes")).bearer_auth(&token).json(&node_body(&format!("n-{i}"), &format!("node {i}"))).send().await.ok()?;
+            let r = http
+                .post(format!("{base}/api/nodes"))
+                .bearer_auth(&token)
+                .json(&node_body(&format!("n-{i}"), &format!("node {i}")))
+                .send()
+                .await
+                .ok()?;
             if r.status() != 201 {
                 return None;
             }
             let body: serde_json::Value = r.json().await.ok()?;
             let id = body["_id"].as_str()?.to_owned();
-            let r = http.put(format!("{base}/api/nodes/{id}")).bearer_auth(&token).json(&json!({"ramFree": i})).send().await.ok()?;
+            let r = http
+                .put(format!("{base}/api/nodes/{id}"))
+                .bearer_auth(&token)
+                .json(&json!({"ramFree": i}))
+                .send()
+                .await
+                .ok()?;
             (r.status() == 200).then_some((id, i))
         }));
     }
@@ -71,18 +89,41 @@ async fn acknowledged_writes_survive_sigkill() {
             acked.push(v);
         }
     }
-    assert_eq!(acked.len(), 300, "every write was acknowledged before the kill");
+    assert_eq!(
+        acked.len(),
+        300,
+        "every write was acknowledged before the kill"
+    );
     child.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
     child.wait().unwrap();
 
     let (mut child, base) = spawn_server(dir.path());
     let token = login(&http, &base).await;
     for (id, ram_free) in &acked {
-        let r: serde_json::Value = http.get(format!("{base}/api/nodes/{id}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        let r: serde_json::Value = http
+            .get(format!("{base}/api/nodes/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(r["_id"], id.as_str(), "{r}");
-        assert_eq!(r["ramFree"], *ram_free, "the acknowledged update of {id} survived");
+        assert_eq!(
+            r["ramFree"], *ram_free,
+            "the acknowledged update of {id} survived"
+        );
     }
-    let list: serde_json::Value = http.get(format!("{base}/api/nodes?limit=1")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let list: serde_json::Value = http
+        .get(format!("{base}/api/nodes?limit=1"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["pagination"]["total"], 300);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -92,25 +133,61 @@ async fn acknowledged_writes_survive_sigkill() {
 async fn warden_actors_prints_the_tree() {
     let s = TestServer::start().await;
     let t = s.admin_token.clone();
-    let id = s.post("/api/nodes", &t, node_body("cli-node", "CLI")).await.body["_id"].as_str().unwrap().to_owned();
-    assert_eq!(s.put(&format!("/api/nodes/{id}"), &t, json!({"name": "active"})).await.status, 200);
+    let id = s
+        .post("/api/nodes", &t, node_body("cli-node", "CLI"))
+        .await
+        .body["_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        s.put(&format!("/api/nodes/{id}"), &t, json!({"name": "active"}))
+            .await
+            .status,
+        200
+    );
 
-    let out = Command::new(BIN).args(["actors", "--server", &s.base, "--token", &t]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["actors", "--server", &s.base, "--token", &t])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("root  [supervisor] running"), "{text}");
-    assert!(lines.iter().any(|l| l.starts_with("  nodes  [supervisor] running")), "{text}");
-    assert!(lines.iter().any(|l| l.starts_with(&format!("    node:{id}  [node] running  restarts=0"))), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("  nodes  [supervisor] running")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("    node:{id}  [node] running  restarts=0"))),
+        "{text}"
+    );
 
     // The same through the environment, as JSON.
-    let out = Command::new(BIN).args(["actors", "--json"]).env("WARDEN_SERVER", &s.base).env("WARDEN_TOKEN", &t).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["actors", "--json"])
+        .env("WARDEN_SERVER", &s.base)
+        .env("WARDEN_TOKEN", &t)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let tree: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(tree["name"], "root");
 
     // A bad token is an error with a message, not a tree.
-    let out = Command::new(BIN).args(["actors", "--server", &s.base, "--token", "nope"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["actors", "--server", &s.base, "--token", "nope"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
     s.stop().await;
@@ -122,16 +199,33 @@ async fn sigterm_stops_gracefully_with_exit_zero() {
     let (mut child, base) = spawn_server(dir.path());
     let http = reqwest::Client::new();
     let token = login(&http, &base).await;
-    let r = http.post(format!("{base}/api/nodes")).bearer_auth(&token).json(&node_body("t", "t")).send().await.unwrap();
+    let r = http
+        .post(format!("{base}/api/nodes"))
+        .bearer_auth(&token)
+        .json(&node_body("t", "t"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = child.wait().unwrap();
     assert!(exit.success(), "exit status {exit:?}");
     // And it comes back with its data.
     let (mut child, base) = spawn_server(dir.path());
     let token = login(&http, &base).await;
-    let list: serde_json::Value = http.get(format!("{base}/api/nodes")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let list: serde_json::Value = http
+        .get(format!("{base}/api/nodes"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["pagination"]["total"], 1);
     child.kill().unwrap();
     child.wait().unwrap();

@@ -13,9 +13,15 @@ async fn actor(s: &TestServer, name: &str) -> Option<Value> {
 }
 
 async fn wait_status(s: &TestServer, name: &str, status: &str, restarts: u64) -> Value {
-    eventually(10, &format!("{name} {status} with {restarts} restarts"), || async {
-        actor(s, name).await.filter(|a| a["status"] == status && a["restartCount"] == restarts)
-    })
+    eventually(
+        10,
+        &format!("{name} {status} with {restarts} restarts"),
+        || async {
+            actor(s, name)
+                .await
+                .filter(|a| a["status"] == status && a["restartCount"] == restarts)
+        },
+    )
     .await
 }
 
@@ -27,18 +33,40 @@ fn fault_injection(c: &mut warden::config::ServerConfig) {
 async fn a_crashed_node_restarts_with_its_state() {
     let s = TestServer::start_with(fault_injection).await;
     let t = s.admin_token.clone();
-    let id = s.post("/api/nodes", &t, node_body("crashy", "Crashy")).await.body["_id"].as_str().unwrap().to_owned();
+    let id = s
+        .post("/api/nodes", &t, node_body("crashy", "Crashy"))
+        .await
+        .body["_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let path = format!("/api/nodes/{id}");
-    assert_eq!(s.put(&path, &t, json!({"name": "Before the crash", "ramFree": 1234})).await.status, 200);
+    assert_eq!(
+        s.put(
+            &path,
+            &t,
+            json!({"name": "Before the crash", "ramFree": 1234})
+        )
+        .await
+        .status,
+        200
+    );
     let name = format!("node:{id}");
     let before = wait_status(&s, &name, "running", 0).await;
     assert_eq!(before["kind"], "node");
     assert_eq!(before["entityId"], id.as_str());
 
-    let r = s.post(&format!("/admin/actors/{name}/crash"), &t, json!({})).await;
+    let r = s
+        .post(&format!("/admin/actors/{name}/crash"), &t, json!({}))
+        .await;
     assert_eq!(r.status, 202, "{}", r.body);
     let after = wait_status(&s, &name, "running", 1).await;
-    assert!(after["lastFailure"]["reason"].as_str().unwrap().contains("fault injection"));
+    assert!(
+        after["lastFailure"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("fault injection")
+    );
     assert!(after["startedAt"].as_str() > before["startedAt"].as_str());
 
     // The restarted actor holds the state it had: a further update keeps the earlier one.
@@ -55,13 +83,35 @@ async fn a_crashed_node_restarts_with_its_state() {
     assert_eq!(nodes["kind"], "supervisor");
     assert_eq!(nodes["policy"]["max_restarts"], 3);
     // Metrics count it too.
-    let metrics = s.http.get(format!("{}/metrics", s.base)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("warden_actor_restarts{kind=\"node\"} 1"), "{metrics}");
-    assert!(metrics.contains("warden_actors{kind=\"node\",status=\"running\"} 1"), "{metrics}");
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("warden_actor_restarts{kind=\"node\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warden_actors{kind=\"node\",status=\"running\"} 1"),
+        "{metrics}"
+    );
 
     // Unknown actors.
-    assert_aiwm_error(&s.post("/admin/actors/node:nope/crash", &t, json!({})).await, 404, "/admin/actors/node:nope/crash");
-    assert_aiwm_error(&s.post("/admin/actors/garbage/crash", &t, json!({})).await, 404, "/admin/actors/garbage/crash");
+    assert_aiwm_error(
+        &s.post("/admin/actors/node:nope/crash", &t, json!({})).await,
+        404,
+        "/admin/actors/node:nope/crash",
+    );
+    assert_aiwm_error(
+        &s.post("/admin/actors/garbage/crash", &t, json!({})).await,
+        404,
+        "/admin/actors/garbage/crash",
+    );
     s.stop().await;
 }
 
@@ -69,32 +119,68 @@ async fn a_crashed_node_restarts_with_its_state() {
 async fn past_the_restart_limit_the_node_fails_and_the_server_serves_on() {
     let s = TestServer::start_with(fault_injection).await;
     let t = s.admin_token.clone();
-    let id = s.post("/api/nodes", &t, node_body("doomed", "Doomed")).await.body["_id"].as_str().unwrap().to_owned();
+    let id = s
+        .post("/api/nodes", &t, node_body("doomed", "Doomed"))
+        .await
+        .body["_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let path = format!("/api/nodes/{id}");
     let name = format!("node:{id}");
-    assert_eq!(s.put(&path, &t, json!({"status": "online"})).await.status, 200);
+    assert_eq!(
+        s.put(&path, &t, json!({"status": "online"})).await.status,
+        200
+    );
     for restarts in 1..=3 {
         wait_status(&s, &name, "running", restarts - 1).await;
-        assert_eq!(s.post(&format!("/admin/actors/{name}/crash"), &t, json!({})).await.status, 202);
+        assert_eq!(
+            s.post(&format!("/admin/actors/{name}/crash"), &t, json!({}))
+                .await
+                .status,
+            202
+        );
         wait_status(&s, &name, "running", restarts).await;
     }
-    assert_eq!(s.post(&format!("/admin/actors/{name}/crash"), &t, json!({})).await.status, 202);
+    assert_eq!(
+        s.post(&format!("/admin/actors/{name}/crash"), &t, json!({}))
+            .await
+            .status,
+        202
+    );
     let failed = wait_status(&s, &name, "failed", 3).await;
-    assert!(failed["lastFailure"]["reason"].as_str().unwrap().contains("fault injection"));
+    assert!(
+        failed["lastFailure"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("fault injection")
+    );
 
     let r = s.get(&path, &t).await;
     assert_eq!(r.body["status"], "failed");
-    assert!(r.body["failureReason"].as_str().unwrap().contains("fault injection"));
+    assert!(
+        r.body["failureReason"]
+            .as_str()
+            .unwrap()
+            .contains("fault injection")
+    );
     let r = s.put(&path, &t, json!({"name": "x"})).await;
     assert_aiwm_error(&r, 409, &path);
     assert!(r.body["message"].as_str().unwrap().contains("has failed"));
 
     // Everything else keeps working.
     assert_eq!(s.get("/health", &t).await.status, 200);
-    let other = s.post("/api/nodes", &t, node_body("healthy", "Healthy")).await;
+    let other = s
+        .post("/api/nodes", &t, node_body("healthy", "Healthy"))
+        .await;
     assert_eq!(other.status, 201);
     let other_path = format!("/api/nodes/{}", other.body["_id"].as_str().unwrap());
-    assert_eq!(s.put(&other_path, &t, json!({"name": "still fine"})).await.status, 200);
+    assert_eq!(
+        s.put(&other_path, &t, json!({"name": "still fine"}))
+            .await
+            .status,
+        200
+    );
 
     // Failed stays failed across a server restart.
     let s = s.restart(fault_injection).await;
@@ -103,7 +189,12 @@ async fn past_the_restart_limit_the_node_fails_and_the_server_serves_on() {
     assert_aiwm_error(&s.put(&path, &t, json!({"name": "x"})).await, 409, &path);
 
     // An admin reset brings it back as offline.
-    assert_eq!(s.post(&format!("/admin/actors/{name}/restart"), &t, json!({})).await.status, 200);
+    assert_eq!(
+        s.post(&format!("/admin/actors/{name}/restart"), &t, json!({}))
+            .await
+            .status,
+        200
+    );
     let r = s.put(&path, &t, json!({"name": "Recovered"})).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["status"], "offline");
@@ -120,22 +211,38 @@ async fn a_failed_node_can_still_be_deleted() {
     })
     .await;
     let t = s.admin_token.clone();
-    let id = s.post("/api/nodes", &t, node_body("short-lived", "x")).await.body["_id"].as_str().unwrap().to_owned();
+    let id = s
+        .post("/api/nodes", &t, node_body("short-lived", "x"))
+        .await
+        .body["_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let path = format!("/api/nodes/{id}");
     let name = format!("node:{id}");
     assert_eq!(s.put(&path, &t, json!({"name": "y"})).await.status, 200);
-    assert_eq!(s.post(&format!("/admin/actors/{name}/crash"), &t, json!({})).await.status, 202);
+    assert_eq!(
+        s.post(&format!("/admin/actors/{name}/crash"), &t, json!({}))
+            .await
+            .status,
+        202
+    );
     wait_status(&s, &name, "failed", 0).await;
     assert_eq!(s.delete(&path, &t).await.status, 200);
     assert_aiwm_error(&s.get(&path, &t).await, 404, &path);
-    eventually(5, "the deleted node's actor to leave the tree", || async { actor(&s, &name).await.is_none().then_some(()) }).await;
+    eventually(5, "the deleted node's actor to leave the tree", || async {
+        actor(&s, &name).await.is_none().then_some(())
+    })
+    .await;
     s.stop().await;
 }
 
 #[tokio::test]
 async fn the_crash_route_exists_only_with_fault_injection() {
     let s = TestServer::start().await;
-    let r = s.post("/admin/actors/node:x/crash", &s.admin_token, json!({})).await;
+    let r = s
+        .post("/admin/actors/node:x/crash", &s.admin_token, json!({}))
+        .await;
     assert_eq!(r.status, 404);
     assert_eq!(r.headers.get("x-warden-route").unwrap(), "unmatched");
     s.stop().await;

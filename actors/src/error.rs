@@ -13,7 +13,11 @@ pub enum DomainError {
     Conflict { field: String, value: String },
     /// The entity's actor failed past its restart limit.
     #[error("{kind} {id} has failed: {reason}")]
-    Failed { kind: &'static str, id: String, reason: String },
+    Failed {
+        kind: &'static str,
+        id: String,
+        reason: String,
+    },
     /// The actor went away while handling the request; safe to retry.
     #[error("{0}")]
     Unavailable(String),

@@ -15,5 +15,9 @@ pub fn merge_extra(old: &str, new: &str) -> String {
     if let Ok(Value::Object(update)) = serde_json::from_str::<Value>(new) {
         merged.extend(update);
     }
-    if merged.is_empty() { String::new() } else { Value::Object(merged).to_string() }
+    if merged.is_empty() {
+        String::new()
+    } else {
+        Value::Object(merged).to_string()
+    }
 }

@@ -45,7 +45,9 @@ pub struct NodePatch {
 pub fn create(new: NewNode, owner: Owner, by: &str) -> Result<Node, DomainError> {
     let status = new.status.unwrap_or(NodeStatus::Offline);
     if status == NodeStatus::Failed {
-        return Err(DomainError::Invalid(vec!["status must be one of the following values: online, offline, maintenance".into()]));
+        return Err(DomainError::Invalid(vec![
+            "status must be one of the following values: online, offline, maintenance".into(),
+        ]));
     }
     let audit = Audit::new(by);
     Ok(Node {
@@ -73,20 +75,56 @@ pub fn create(new: NewNode, owner: Owner, by: &str) -> Result<Node, DomainError>
 /// the supervisor's reset, never through an update.
 pub fn apply(node: &mut Node, patch: NodePatch, by: &str) -> Result<(), DomainError> {
     if patch.status == Some(NodeStatus::Failed) {
-        return Err(DomainError::Invalid(vec!["status must be one of the following values: online, offline, maintenance".into()]));
+        return Err(DomainError::Invalid(vec![
+            "status must be one of the following values: online, offline, maintenance".into(),
+        ]));
     }
-    let NodePatch { node_id, name, role, status, is_local, vpn_ip, cpu_cores, ram_total, ram_free, gpu_devices, extra } = patch;
-    if let Some(v) = node_id { node.node_id = v; }
-    if let Some(v) = name { node.name = v; }
-    if let Some(v) = role { node.role = v; }
-    if let Some(v) = status { node.status = v; }
-    if let Some(v) = is_local { node.is_local = v; }
-    if let Some(v) = vpn_ip { node.vpn_ip = v; }
-    if let Some(v) = cpu_cores { node.cpu_cores = v; }
-    if let Some(v) = ram_total { node.ram_total = v; }
-    if let Some(v) = ram_free { node.ram_free = v; }
-    if let Some(v) = gpu_devices { node.gpu_devices = v; }
-    if let Some(v) = extra { node.extra = crate::merge_extra(&node.extra, &v); }
+    let NodePatch {
+        node_id,
+        name,
+        role,
+        status,
+        is_local,
+        vpn_ip,
+        cpu_cores,
+        ram_total,
+        ram_free,
+        gpu_devices,
+        extra,
+    } = patch;
+    if let Some(v) = node_id {
+        node.node_id = v;
+    }
+    if let Some(v) = name {
+        node.name = v;
+    }
+    if let Some(v) = role {
+        node.role = v;
+    }
+    if let Some(v) = status {
+        node.status = v;
+    }
+    if let Some(v) = is_local {
+        node.is_local = v;
+    }
+    if let Some(v) = vpn_ip {
+        node.vpn_ip = v;
+    }
+    if let Some(v) = cpu_cores {
+        node.cpu_cores = v;
+    }
+    if let Some(v) = ram_total {
+        node.ram_total = v;
+    }
+    if let Some(v) = ram_free {
+        node.ram_free = v;
+    }
+    if let Some(v) = gpu_devices {
+        node.gpu_devices = v;
+    }
+    if let Some(v) = extra {
+        node.extra = crate::merge_extra(&node.extra, &v);
+    }
     node.audit.touch(by);
     Ok(())
 }
@@ -109,8 +147,15 @@ pub fn reset(node: &mut Node) {
 }
 
 pub enum NodeMsg {
-    Update { patch: NodePatch, by: String, reply: RpcReplyPort<Result<Node, DomainError>> },
-    Delete { by: String, reply: RpcReplyPort<Result<Node, DomainError>> },
+    Update {
+        patch: NodePatch,
+        by: String,
+        reply: RpcReplyPort<Result<Node, DomainError>>,
+    },
+    Delete {
+        by: String,
+        reply: RpcReplyPort<Result<Node, DomainError>>,
+    },
     /// Fault injection: panic inside the handler.
     Crash,
 }
@@ -133,21 +178,38 @@ impl Actor for NodeActor {
     type State = NodeState;
     type Arguments = NodeArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<NodeMsg>, args: NodeArgs) -> Result<NodeState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<NodeMsg>,
+        args: NodeArgs,
+    ) -> Result<NodeState, ActorProcessingErr> {
         let node = args
             .store
             .get::<Node>(&args.id)?
             .filter(|n| n.audit.deleted_at.is_none())
             .ok_or_else(|| format!("node {} does not exist", args.id))?;
-        Ok(NodeState { store: args.store, node })
+        Ok(NodeState {
+            store: args.store,
+            node,
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<NodeMsg>, msg: NodeMsg, state: &mut NodeState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        msg: NodeMsg,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             NodeMsg::Update { patch, by, reply } => {
                 let mut next = state.node.clone();
                 let result = match apply(&mut next, patch, &by) {
-                    Ok(()) => state.store.put(&next).await.map(|_| next).map_err(DomainError::from),
+                    Ok(()) => state
+                        .store
+                        .put(&next)
+                        .await
+                        .map(|_| next)
+                        .map_err(DomainError::from),
                     Err(e) => Err(e),
                 };
                 if let Ok(node) = &result {
@@ -201,7 +263,9 @@ async fn call<T: Send + 'static>(
 ) -> Result<T, DomainError> {
     match actor.call(msg, None).await {
         Ok(ractor::rpc::CallResult::Success(result)) => result,
-        Ok(_) | Err(_) => Err(DomainError::Unavailable("the node's actor stopped while handling the request".into())),
+        Ok(_) | Err(_) => Err(DomainError::Unavailable(
+            "the node's actor stopped while handling the request".into(),
+        )),
     }
 }
 
@@ -211,18 +275,51 @@ mod tests {
 
     #[test]
     fn create_defaults_and_update_rules() {
-        let owner = Owner { org_id: "o".into(), user_id: "u".into(), group_id: String::new() };
-        let mut node = create(NewNode { node_id: "n1".into(), name: "gpu".into(), ..Default::default() }, owner, "u").unwrap();
+        let owner = Owner {
+            org_id: "o".into(),
+            user_id: "u".into(),
+            group_id: String::new(),
+        };
+        let mut node = create(
+            NewNode {
+                node_id: "n1".into(),
+                name: "gpu".into(),
+                ..Default::default()
+            },
+            owner,
+            "u",
+        )
+        .unwrap();
         assert_eq!(node.status, NodeStatus::Offline);
         assert_eq!(node.audit.created_by, "u");
-        let patch = NodePatch { name: Some("renamed".into()), status: Some(NodeStatus::Maintenance), ..Default::default() };
+        let patch = NodePatch {
+            name: Some("renamed".into()),
+            status: Some(NodeStatus::Maintenance),
+            ..Default::default()
+        };
         apply(&mut node, patch, "v").unwrap();
-        assert_eq!((node.name.as_str(), node.status, node.audit.updated_by.as_str()), ("renamed", NodeStatus::Maintenance, "v"));
-        let bad = NodePatch { status: Some(NodeStatus::Failed), ..Default::default() };
-        assert!(matches!(apply(&mut node, bad, "v"), Err(DomainError::Invalid(_))));
+        assert_eq!(
+            (
+                node.name.as_str(),
+                node.status,
+                node.audit.updated_by.as_str()
+            ),
+            ("renamed", NodeStatus::Maintenance, "v")
+        );
+        let bad = NodePatch {
+            status: Some(NodeStatus::Failed),
+            ..Default::default()
+        };
+        assert!(matches!(
+            apply(&mut node, bad, "v"),
+            Err(DomainError::Invalid(_))
+        ));
         fail(&mut node, "boom");
         assert_eq!(node.status, NodeStatus::Failed);
         reset(&mut node);
-        assert_eq!((node.status, node.failure.clone()), (NodeStatus::Offline, None));
+        assert_eq!(
+            (node.status, node.failure.clone()),
+            (NodeStatus::Offline, None)
+        );
     }
 }

@@ -10,26 +10,41 @@ use warden_storage::model::{Role, User};
 
 use crate::AppState;
 use crate::auth::AdminUser;
-use crate::dialects::aiwm::{AiwmBody, AiwmResult, Fields};
 use crate::dialects::Aiwm;
+use crate::dialects::aiwm::{AiwmBody, AiwmResult, Fields};
 use crate::openapi::Api;
 
 type Admin = AdminUser<Aiwm>;
 
 async fn actors(State(state): State<AppState>, _: Admin) -> AiwmResult<Json<Value>> {
-    Ok(Json(serde_json::to_value(state.runtime.snapshot().await?).unwrap_or_default()))
+    Ok(Json(
+        serde_json::to_value(state.runtime.snapshot().await?).unwrap_or_default(),
+    ))
 }
 
-async fn crash(State(state): State<AppState>, AdminUser(admin, _): Admin, Path(name): Path<String>) -> AiwmResult<(StatusCode, Json<Value>)> {
+async fn crash(
+    State(state): State<AppState>,
+    AdminUser(admin, _): Admin,
+    Path(name): Path<String>,
+) -> AiwmResult<(StatusCode, Json<Value>)> {
     state.runtime.crash(&name).await?;
     tracing::warn!(actor = %name, by = %admin.username, "fault injection: actor told to crash");
-    Ok((StatusCode::ACCEPTED, Json(json!({"message": format!("{name} was told to crash")}))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"message": format!("{name} was told to crash")})),
+    ))
 }
 
-async fn restart(State(state): State<AppState>, AdminUser(admin, _): Admin, Path(name): Path<String>) -> AiwmResult<Json<Value>> {
+async fn restart(
+    State(state): State<AppState>,
+    AdminUser(admin, _): Admin,
+    Path(name): Path<String>,
+) -> AiwmResult<Json<Value>> {
     state.runtime.reset(&name).await?;
     tracing::info!(actor = %name, by = %admin.username, "failed actor reset");
-    Ok(Json(json!({"message": format!("{name} was reset and will start on next use")})))
+    Ok(Json(
+        json!({"message": format!("{name} was reset and will start on next use")}),
+    ))
 }
 
 fn user_view(u: &User) -> Value {
@@ -43,7 +58,11 @@ fn user_view(u: &User) -> Value {
     })
 }
 
-async fn create_user(State(state): State<AppState>, _: Admin, AiwmBody(body): AiwmBody) -> AiwmResult<(StatusCode, Json<Value>)> {
+async fn create_user(
+    State(state): State<AppState>,
+    _: Admin,
+    AiwmBody(body): AiwmBody,
+) -> AiwmResult<(StatusCode, Json<Value>)> {
     let mut f = Fields::new(body);
     let username = f.string("username", true);
     let email = f.string("email", true);
@@ -54,7 +73,10 @@ async fn create_user(State(state): State<AppState>, _: Admin, AiwmBody(body): Ai
     for r in &roles {
         match Role::parse(r) {
             Some(role) => parsed.push(role),
-            None => f.error("each value in roles must be one of the following values: admin, operator, viewer".into()),
+            None => f.error(
+                "each value in roles must be one of the following values: admin, operator, viewer"
+                    .into(),
+            ),
         }
     }
     f.finish()?;
@@ -79,12 +101,37 @@ async fn list_users(State(state): State<AppState>, _: Admin) -> AiwmResult<Json<
 
 pub(crate) fn routes(fault_injection: bool) -> Api {
     let api = Api::new()
-        .get("/admin/actors", "admin", "The live supervision tree", actors)
-        .post("/admin/actors/{name}/restart", "admin", "Clear a failed actor so it can start again", restart)
-        .post("/admin/users", "admin", "Create a user (admin only)", create_user)
-        .get("/admin/users", "admin", "List users (admin only)", list_users);
+        .get(
+            "/admin/actors",
+            "admin",
+            "The live supervision tree",
+            actors,
+        )
+        .post(
+            "/admin/actors/{name}/restart",
+            "admin",
+            "Clear a failed actor so it can start again",
+            restart,
+        )
+        .post(
+            "/admin/users",
+            "admin",
+            "Create a user (admin only)",
+            create_user,
+        )
+        .get(
+            "/admin/users",
+            "admin",
+            "List users (admin only)",
+            list_users,
+        );
     if fault_injection {
-        api.post("/admin/actors/{name}/crash", "admin", "Make an actor panic (fault injection)", crash)
+        api.post(
+            "/admin/actors/{name}/crash",
+            "admin",
+            "Make an actor panic (fault injection)",
+            crash,
+        )
     } else {
         api
     }

@@ -19,7 +19,11 @@ pub(crate) struct CurrentUser<D>(pub Principal, pub PhantomData<D>);
 pub(crate) struct AdminUser<D>(pub Principal, pub PhantomData<D>);
 
 fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -27,7 +31,10 @@ fn bearer(parts: &Parts) -> Option<&str> {
 impl<D: Dialect> FromRequestParts<AppState> for CurrentUser<D> {
     type Rejection = ApiError<D>;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
         let principal = state.identity.verify_token(token).map_err(|e| {
             tracing::debug!(error = %e, "refused a token");
@@ -40,7 +47,10 @@ impl<D: Dialect> FromRequestParts<AppState> for CurrentUser<D> {
 impl<D: Dialect> FromRequestParts<AppState> for AdminUser<D> {
     type Rejection = ApiError<D>;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let CurrentUser(principal, _) = CurrentUser::<D>::from_request_parts(parts, state).await?;
         if !principal.is_admin() {
             return Err(ApiError::forbidden("Admin access required"));

@@ -20,11 +20,21 @@ pub(crate) struct ApiError<D> {
 
 impl<D> ApiError<D> {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), errors: Vec::new(), _dialect: PhantomData }
+        ApiError {
+            status,
+            message: message.into(),
+            errors: Vec::new(),
+            _dialect: PhantomData,
+        }
     }
 
     pub fn validation(errors: Vec<String>) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, message: "Validation failed".into(), errors, _dialect: PhantomData }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: "Validation failed".into(),
+            errors,
+            _dialect: PhantomData,
+        }
     }
 
     pub fn unauthorized() -> Self {
@@ -36,7 +46,10 @@ impl<D> ApiError<D> {
     }
 
     pub fn not_found(kind: &str, id: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, format!("{kind} with ID {id} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            format!("{kind} with ID {id} not found"),
+        )
     }
 
     pub fn internal(detail: impl std::fmt::Display) -> Self {
@@ -57,7 +70,9 @@ impl<D> From<DomainError> for ApiError<D> {
             DomainError::NotFound { kind, id } => Self::not_found(&capitalise(kind), &id),
             DomainError::Invalid(errors) => Self::validation(errors),
             e @ DomainError::Conflict { .. } => Self::new(StatusCode::CONFLICT, e.to_string()),
-            e @ DomainError::Failed { .. } => Self::new(StatusCode::CONFLICT, capitalise(&e.to_string())),
+            e @ DomainError::Failed { .. } => {
+                Self::new(StatusCode::CONFLICT, capitalise(&e.to_string()))
+            }
             DomainError::Unavailable(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, m),
             DomainError::Storage(e) => Self::internal(e),
         }
@@ -73,7 +88,9 @@ impl<D> From<warden_storage::StorageError> for ApiError<D> {
 impl<D> From<IdentityError> for ApiError<D> {
     fn from(e: IdentityError) -> Self {
         match e {
-            IdentityError::InvalidCredentials => Self::new(StatusCode::UNAUTHORIZED, "Invalid credentials"),
+            IdentityError::InvalidCredentials => {
+                Self::new(StatusCode::UNAUTHORIZED, "Invalid credentials")
+            }
             IdentityError::InvalidToken => Self::unauthorized(),
             IdentityError::Invalid(m) => Self::validation(vec![m]),
             e @ IdentityError::Taken { .. } => Self::new(StatusCode::CONFLICT, e.to_string()),
@@ -85,12 +102,21 @@ impl<D> From<IdentityError> for ApiError<D> {
 
 fn capitalise(s: &str) -> String {
     let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 /// Every path no route matches: 404, marked for the route-coverage tool.
 pub(crate) async fn unmatched(method: axum::http::Method, uri: Uri) -> Response {
-    let mut response = ApiError::<Aiwm>::new(StatusCode::NOT_FOUND, format!("Cannot {method} {}", uri.path())).into_response();
-    response.headers_mut().insert("x-warden-route", axum::http::HeaderValue::from_static("unmatched"));
+    let mut response = ApiError::<Aiwm>::new(
+        StatusCode::NOT_FOUND,
+        format!("Cannot {method} {}", uri.path()),
+    )
+    .into_response();
+    response.headers_mut().insert(
+        "x-warden-route",
+        axum::http::HeaderValue::from_static("unmatched"),
+    );
     response
 }

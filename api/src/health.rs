@@ -25,14 +25,27 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
     let actors = state.runtime.counts().await;
     let restarts = state.runtime.restarts().await;
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(&actors, &restarts),
     )
 }
 
 pub(crate) fn routes() -> Api {
     Api::new()
-        .public_get("/health", "health", "Liveness and store status (vareon, forge)", health)
-        .public_get("/api/health", "health", "Liveness and store status (aiwm)", health)
+        .public_get(
+            "/health",
+            "health",
+            "Liveness and store status (vareon, forge)",
+            health,
+        )
+        .public_get(
+            "/api/health",
+            "health",
+            "Liveness and store status (aiwm)",
+            health,
+        )
         .public_get("/metrics", "health", "Prometheus metrics", metrics)
 }

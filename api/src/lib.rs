@@ -54,6 +54,9 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::routes(docs))
         .fallback(error::unmatched)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), context::middleware))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            context::middleware,
+        ))
         .with_state(state)
 }

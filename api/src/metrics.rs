@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Upper bounds of the latency histogram, in seconds.
-const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 #[derive(Default)]
 struct Series {
@@ -25,8 +27,13 @@ pub struct Metrics {
 impl Metrics {
     pub fn observe(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
-        let mut series = self.series.lock().expect("metrics lock is never poisoned: nothing panics holding it");
-        let s = series.entry((method.to_owned(), route.to_owned())).or_default();
+        let mut series = self
+            .series
+            .lock()
+            .expect("metrics lock is never poisoned: nothing panics holding it");
+        let s = series
+            .entry((method.to_owned(), route.to_owned()))
+            .or_default();
         *s.count_by_status.entry(status).or_default() += 1;
         for (i, bound) in BUCKETS.iter().enumerate() {
             if secs <= *bound {
@@ -41,11 +48,17 @@ impl Metrics {
     pub fn render(&self, actors: &[(String, String, usize)], restarts: &[(String, u64)]) -> String {
         let mut out = String::new();
         let series = self.series.lock().expect("metrics lock is never poisoned");
-        out.push_str("# HELP warden_http_requests_total HTTP requests by route, method and status.\n");
+        out.push_str(
+            "# HELP warden_http_requests_total HTTP requests by route, method and status.\n",
+        );
         out.push_str("# TYPE warden_http_requests_total counter\n");
         for ((method, route), s) in series.iter() {
             for (status, n) in &s.count_by_status {
-                let _ = writeln!(out, "warden_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {n}", escape(route));
+                let _ = writeln!(
+                    out,
+                    "warden_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {n}",
+                    escape(route)
+                );
             }
         }
         out.push_str("# HELP warden_http_request_duration_seconds HTTP request latency by route and method.\n");
@@ -53,18 +66,39 @@ impl Metrics {
         for ((method, route), s) in series.iter() {
             let labels = format!("method=\"{method}\",route=\"{}\"", escape(route));
             for (i, bound) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "warden_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {}", s.buckets[i]);
+                let _ = writeln!(
+                    out,
+                    "warden_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {}",
+                    s.buckets[i]
+                );
             }
-            let _ = writeln!(out, "warden_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", s.count);
-            let _ = writeln!(out, "warden_http_request_duration_seconds_sum{{{labels}}} {}", s.sum);
-            let _ = writeln!(out, "warden_http_request_duration_seconds_count{{{labels}}} {}", s.count);
+            let _ = writeln!(
+                out,
+                "warden_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                s.count
+            );
+            let _ = writeln!(
+                out,
+                "warden_http_request_duration_seconds_sum{{{labels}}} {}",
+                s.sum
+            );
+            let _ = writeln!(
+                out,
+                "warden_http_request_duration_seconds_count{{{labels}}} {}",
+                s.count
+            );
         }
         out.push_str("# HELP warden_actors Live entity actors by kind and supervision status.\n");
         out.push_str("# TYPE warden_actors gauge\n");
         for (kind, status, n) in actors {
-            let _ = writeln!(out, "warden_actors{{kind=\"{kind}\",status=\"{status}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "warden_actors{{kind=\"{kind}\",status=\"{status}\"}} {n}"
+            );
         }
-        out.push_str("# HELP warden_actor_restarts Restarts of the current entity actors by kind.\n");
+        out.push_str(
+            "# HELP warden_actor_restarts Restarts of the current entity actors by kind.\n",
+        );
         out.push_str("# TYPE warden_actor_restarts gauge\n");
         for (kind, n) in restarts {
             let _ = writeln!(out, "warden_actor_restarts{{kind=\"{kind}\"}} {n}");
@@ -74,7 +108,9 @@ impl Metrics {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -86,8 +122,13 @@ mod tests {
         let m = Metrics::default();
         m.observe("GET", "/api/nodes", 200, Duration::from_micros(300));
         m.observe("GET", "/api/nodes", 404, Duration::from_millis(30));
-        let text = m.render(&[("node".into(), "running".into(), 2)], &[("node".into(), 1)]);
-        assert!(text.contains("warden_http_requests_total{method=\"GET\",route=\"/api/nodes\",status=\"200\"} 1"));
+        let text = m.render(
+            &[("node".into(), "running".into(), 2)],
+            &[("node".into(), 1)],
+        );
+        assert!(text.contains(
+            "warden_http_requests_total{method=\"GET\",route=\"/api/nodes\",status=\"200\"} 1"
+        ));
         assert!(text.contains("le=\"0.0005\"} 1"));
         assert!(text.contains("le=\"0.05\"} 2"));
         assert!(text.contains("warden_actors{kind=\"node\",status=\"running\"} 2"));

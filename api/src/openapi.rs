@@ -28,37 +28,136 @@ pub(crate) struct Api {
 
 impl Api {
     pub fn new() -> Self {
-        Api { router: Router::new(), docs: Vec::new() }
+        Api {
+            router: Router::new(),
+            docs: Vec::new(),
+        }
     }
 
-    fn add<H, T>(mut self, method: &'static str, filter: MethodFilter, path: &'static str, tag: &'static str, summary: &'static str, public: bool, handler: H) -> Self
+    fn add<H, T>(mut self, filter: MethodFilter, doc: RouteDoc, handler: H) -> Self
     where
         H: Handler<T, AppState>,
         T: 'static,
     {
-        self.router = self.router.route(path, on(filter, handler));
-        self.docs.push(RouteDoc { method, path, tag, summary, public });
+        self.router = self.router.route(doc.path, on(filter, handler));
+        self.docs.push(doc);
         self
     }
 
-    pub fn get<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, tag: &'static str, summary: &'static str, h: H) -> Self {
-        self.add("get", MethodFilter::GET, path, tag, summary, false, h)
+    pub fn get<H: Handler<T, AppState>, T: 'static>(
+        self,
+        path: &'static str,
+        tag: &'static str,
+        summary: &'static str,
+        h: H,
+    ) -> Self {
+        self.add(
+            MethodFilter::GET,
+            RouteDoc {
+                method: "get",
+                path,
+                tag,
+                summary,
+                public: false,
+            },
+            h,
+        )
     }
-    pub fn post<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, tag: &'static str, summary: &'static str, h: H) -> Self {
-        self.add("post", MethodFilter::POST, path, tag, summary, false, h)
+    pub fn post<H: Handler<T, AppState>, T: 'static>(
+        self,
+        path: &'static str,
+        tag: &'static str,
+        summary: &'static str,
+        h: H,
+    ) -> Self {
+        self.add(
+            MethodFilter::POST,
+            RouteDoc {
+                method: "post",
+                path,
+                tag,
+                summary,
+                public: false,
+            },
+            h,
+        )
     }
-    pub fn put<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, tag: &'static str, summary: &'static str, h: H) -> Self {
-        self.add("put", MethodFilter::PUT, path, tag, summary, false, h)
+    pub fn put<H: Handler<T, AppState>, T: 'static>(
+        self,
+        path: &'static str,
+        tag: &'static str,
+        summary: &'static str,
+        h: H,
+    ) -> Self {
+        self.add(
+            MethodFilter::PUT,
+            RouteDoc {
+                method: "put",
+                path,
+                tag,
+                summary,
+                public: false,
+            },
+            h,
+        )
     }
-    pub fn delete<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, tag: &'static str, summary: &'static str, h: H) -> Self {
-        self.add("delete", MethodFilter::DELETE, path, tag, summary, false, h)
+    pub fn delete<H: Handler<T, AppState>, T: 'static>(
+        self,
+        path: &'static str,
+        tag: &'static str,
+        summary: &'static str,
+        h: H,
+    ) -> Self {
+        self.add(
+            MethodFilter::DELETE,
+            RouteDoc {
+                method: "delete",
+                path,
+                tag,
+                summary,
+                public: false,
+            },
+            h,
+        )
     }
     /// A route that needs no credential.
-    pub fn public_get<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, tag: &'static str, summary: &'static str, h: H) -> Self {
-        self.add("get", MethodFilter::GET, path, tag, summary, true, h)
+    pub fn public_get<H: Handler<T, AppState>, T: 'static>(
+        self,
+        path: &'static str,
+        tag: &'static str,
+        summary: &'static str,
+        h: H,
+    ) -> Self {
+        self.add(
+            MethodFilter::GET,
+            RouteDoc {
+                method: "get",
+                path,
+                tag,
+                summary,
+                public: true,
+            },
+            h,
+        )
     }
-    pub fn public_post<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, tag: &'static str, summary: &'static str, h: H) -> Self {
-        self.add("post", MethodFilter::POST, path, tag, summary, true, h)
+    pub fn public_post<H: Handler<T, AppState>, T: 'static>(
+        self,
+        path: &'static str,
+        tag: &'static str,
+        summary: &'static str,
+        h: H,
+    ) -> Self {
+        self.add(
+            MethodFilter::POST,
+            RouteDoc {
+                method: "post",
+                path,
+                tag,
+                summary,
+                public: true,
+            },
+            h,
+        )
     }
 
     pub fn merge(mut self, other: Api) -> Self {
@@ -75,8 +174,20 @@ impl Api {
 fn document(docs: &[RouteDoc], version: &str) -> Value {
     let mut paths = Map::new();
     let mut all = docs.to_vec();
-    all.push(RouteDoc { method: "get", path: "/openapi.json", tag: "docs", summary: "This document", public: true });
-    all.push(RouteDoc { method: "get", path: "/api-docs", tag: "docs", summary: "A page listing every route", public: true });
+    all.push(RouteDoc {
+        method: "get",
+        path: "/openapi.json",
+        tag: "docs",
+        summary: "This document",
+        public: true,
+    });
+    all.push(RouteDoc {
+        method: "get",
+        path: "/api-docs",
+        tag: "docs",
+        summary: "A page listing every route",
+        public: true,
+    });
     for d in &all {
         let params: Vec<Value> = d
             .path
@@ -93,8 +204,14 @@ fn document(docs: &[RouteDoc], version: &str) -> Value {
         if !params.is_empty() {
             op["parameters"] = Value::Array(params);
         }
-        op["security"] = if d.public { json!([]) } else { json!([{"bearer": []}]) };
-        let entry = paths.entry(d.path.to_owned()).or_insert_with(|| Value::Object(Map::new()));
+        op["security"] = if d.public {
+            json!([])
+        } else {
+            json!([{"bearer": []}])
+        };
+        let entry = paths
+            .entry(d.path.to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
         entry[d.method] = op;
     }
     json!({
@@ -126,7 +243,9 @@ fn page(docs: &[RouteDoc]) -> String {
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 pub(crate) fn routes(docs: Arc<Vec<RouteDoc>>) -> Router<AppState> {
@@ -134,13 +253,18 @@ pub(crate) fn routes(docs: Arc<Vec<RouteDoc>>) -> Router<AppState> {
     Router::new()
         .route(
             "/openapi.json",
-            get(move |axum::extract::State(state): axum::extract::State<AppState>| {
-                let docs = docs.clone();
-                async move { axum::Json(document(&docs, state.config.version)).into_response() }
+            get(
+                move |axum::extract::State(state): axum::extract::State<AppState>| {
+                    let docs = docs.clone();
+                    async move { axum::Json(document(&docs, state.config.version)).into_response() }
+                },
+            ),
+        )
+        .route(
+            "/api-docs",
+            get(move || {
+                let docs = for_page.clone();
+                async move { Html(page(&docs)) }
             }),
         )
-        .route("/api-docs", get(move || {
-            let docs = for_page.clone();
-            async move { Html(page(&docs)) }
-        }))
 }

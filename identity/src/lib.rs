@@ -8,12 +8,14 @@
 
 use std::path::Path;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use thiserror::Error;
 use warden_storage::model::{Org, Role, User};
-use warden_storage::{Store, StorageError, Write, new_object_id, now_millis};
+use warden_storage::{StorageError, Store, Write, new_object_id, now_millis};
 
 #[derive(Debug, Error)]
 pub enum IdentityError {
@@ -58,7 +60,9 @@ impl Principal {
 
     /// Admins and operators change data; viewers only read.
     pub fn can_write(&self) -> bool {
-        self.roles.iter().any(|r| matches!(r, Role::Admin | Role::Operator))
+        self.roles
+            .iter()
+            .any(|r| matches!(r, Role::Admin | Role::Operator))
     }
 
     /// Whether this principal may see a record of `org_id`.
@@ -109,7 +113,11 @@ pub const MIN_PASSWORD_LEN: usize = 8;
 
 impl Identity {
     /// Loads the signing key from `secrets_dir`, creating it on first boot.
-    pub fn open(store: Store, secrets_dir: &Path, token_ttl_secs: i64) -> Result<Identity, IdentityError> {
+    pub fn open(
+        store: Store,
+        secrets_dir: &Path,
+        token_ttl_secs: i64,
+    ) -> Result<Identity, IdentityError> {
         let key = load_or_create_key(secrets_dir).map_err(IdentityError::Secrets)?;
         Ok(Identity {
             store,
@@ -158,12 +166,18 @@ impl Identity {
         let org_id = match new.org_id {
             Some(id) => {
                 if self.store.get::<Org>(&id)?.is_none() {
-                    return Err(IdentityError::Invalid(format!("organisation {id} does not exist")));
+                    return Err(IdentityError::Invalid(format!(
+                        "organisation {id} does not exist"
+                    )));
                 }
                 id
             }
             None => {
-                let org = Org { id: new_object_id(), name: format!("{}'s organisation", new.username), created_at: now };
+                let org = Org {
+                    id: new_object_id(),
+                    name: format!("{}'s organisation", new.username),
+                    created_at: now,
+                };
                 writes.push(Write::insert(&org)?);
                 org.id
             }
@@ -173,7 +187,11 @@ impl Identity {
             username: new.username,
             email: new.email,
             password_hash: hash_password(&new.password)?,
-            roles: if new.roles.is_empty() { vec![Role::Operator] } else { new.roles },
+            roles: if new.roles.is_empty() {
+                vec![Role::Operator]
+            } else {
+                new.roles
+            },
             org_id,
             email_verified: new.email_verified,
             created_at: now,
@@ -220,7 +238,10 @@ impl Identity {
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| IdentityError::Invalid(e.to_string()))?;
-        Ok(IssuedToken { token, expires_in: self.token_ttl_secs })
+        Ok(IssuedToken {
+            token,
+            expires_in: self.token_ttl_secs,
+        })
     }
 
     /// Checks a bearer token and returns the principal of a still-existing user.
@@ -233,7 +254,10 @@ impl Identity {
         if claims.typ != "user" {
             return Err(IdentityError::InvalidToken);
         }
-        let user = self.store.get::<User>(&claims.sub)?.ok_or(IdentityError::InvalidToken)?;
+        let user = self
+            .store
+            .get::<User>(&claims.sub)?
+            .ok_or(IdentityError::InvalidToken)?;
         Ok(Principal {
             user_id: user.id,
             username: user.username,
@@ -254,12 +278,18 @@ fn hash_password(password: &str) -> Result<String, IdentityError> {
 }
 
 fn verify_password(hash: &str, password: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
 }
 
 fn validate_username(username: &str) -> Result<(), IdentityError> {
     let ok = (3..=64).contains(&username.chars().count())
-        && username.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && username
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())
     } else {
@@ -271,9 +301,17 @@ fn validate_username(username: &str) -> Result<(), IdentityError> {
 
 fn validate_email(email: &str) -> Result<(), IdentityError> {
     let ok = email.len() <= 254
-        && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
+        && email
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
         && !email.chars().any(char::is_whitespace);
-    if ok { Ok(()) } else { Err(IdentityError::Invalid("email must be an email address".into())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(IdentityError::Invalid(
+            "email must be an email address".into(),
+        ))
+    }
 }
 
 fn validate_password(password: &str) -> Result<(), IdentityError> {
@@ -292,7 +330,12 @@ fn load_or_create_key(dir: &Path) -> std::io::Result<Vec<u8>> {
     let path = dir.join("jwt.key");
     match std::fs::read(&path) {
         Ok(key) if key.len() >= 32 => return Ok(key),
-        Ok(_) => return Err(std::io::Error::other(format!("{} is too short to be a signing key", path.display()))),
+        Ok(_) => {
+            return Err(std::io::Error::other(format!(
+                "{} is too short to be a signing key",
+                path.display()
+            )));
+        }
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         Err(_) => {}
     }
@@ -300,7 +343,12 @@ fn load_or_create_key(dir: &Path) -> std::io::Result<Vec<u8>> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     let key: [u8; 64] = rand::random();
     let tmp = dir.join("jwt.key.tmp");
-    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
     file.write_all(&key)?;
     file.sync_all()?;
     std::fs::rename(&tmp, &path)?;
@@ -315,7 +363,11 @@ mod tests {
     use warden_storage::{Durability, StoreConfig};
 
     fn identity(dir: &Path) -> Identity {
-        let store = Store::open(&StoreConfig { data_dir: dir.to_path_buf(), durability: Durability::Flush }).unwrap();
+        let store = Store::open(&StoreConfig {
+            data_dir: dir.to_path_buf(),
+            durability: Durability::Flush,
+        })
+        .unwrap();
         Identity::open(store, &dir.join("secrets"), 3600).unwrap()
     }
 
@@ -325,17 +377,32 @@ mod tests {
         let id = identity(dir.path());
         let (name, generated) = id.bootstrap_admin(None, None, None).await.unwrap().unwrap();
         let password = generated.expect("a password is generated when none is given");
-        assert!(id.bootstrap_admin(None, None, None).await.unwrap().is_none(), "only on first boot");
+        assert!(
+            id.bootstrap_admin(None, None, None)
+                .await
+                .unwrap()
+                .is_none(),
+            "only on first boot"
+        );
         let user = id.authenticate(&name, &password).unwrap();
         assert!(user.password_hash.starts_with("$argon2id$"));
-        assert!(matches!(id.authenticate(&name, "wrong-password"), Err(IdentityError::InvalidCredentials)));
-        assert!(matches!(id.authenticate("nobody", &password), Err(IdentityError::InvalidCredentials)));
+        assert!(matches!(
+            id.authenticate(&name, "wrong-password"),
+            Err(IdentityError::InvalidCredentials)
+        ));
+        assert!(matches!(
+            id.authenticate("nobody", &password),
+            Err(IdentityError::InvalidCredentials)
+        ));
         let token = id.issue_token(&user).unwrap();
         let p = id.verify_token(&token.token).unwrap();
         assert_eq!(p.user_id, user.id);
         assert!(p.is_admin());
         assert!(id.verify_token(&format!("{}x", token.token)).is_err());
-        let mode = std::fs::metadata(dir.path().join("secrets/jwt.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("secrets/jwt.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         // The same key is used after a restart.
         let again = Identity::open(id.store.clone(), &dir.path().join("secrets"), 3600).unwrap();
@@ -355,11 +422,23 @@ mod tests {
             email_verified: true,
         };
         id.create_user(new("alice", "a@example.com")).await.unwrap();
-        assert!(matches!(id.create_user(new("ALICE", "b@example.com")).await, Err(IdentityError::Taken { .. })));
-        assert!(matches!(id.create_user(new("bob", "A@example.com")).await, Err(IdentityError::Taken { .. })));
-        assert!(matches!(id.create_user(new("x", "c@example.com")).await, Err(IdentityError::Invalid(_))));
+        assert!(matches!(
+            id.create_user(new("ALICE", "b@example.com")).await,
+            Err(IdentityError::Taken { .. })
+        ));
+        assert!(matches!(
+            id.create_user(new("bob", "A@example.com")).await,
+            Err(IdentityError::Taken { .. })
+        ));
+        assert!(matches!(
+            id.create_user(new("x", "c@example.com")).await,
+            Err(IdentityError::Invalid(_))
+        ));
         let mut short = new("carol", "c@example.com");
         short.password = "short".into();
-        assert!(matches!(id.create_user(short).await, Err(IdentityError::Invalid(_))));
+        assert!(matches!(
+            id.create_user(short).await,
+            Err(IdentityError::Invalid(_))
+        ));
     }
 }

@@ -39,17 +39,25 @@ impl BlobStore {
         let sha256 = hex::encode(Sha256::digest(bytes));
         let target = self.path(&sha256);
         if !target.exists() {
-            let tmp = self.dir.join("tmp").join(format!("{sha256}.{}", rand::random::<u64>()));
+            let tmp = self
+                .dir
+                .join("tmp")
+                .join(format!("{sha256}.{}", rand::random::<u64>()));
             let mut file = std::fs::File::create(&tmp)?;
             file.write_all(bytes)?;
             file.sync_all()?;
             drop(file);
-            let parent = target.parent().expect("a blob path always has a parent directory");
+            let parent = target
+                .parent()
+                .expect("a blob path always has a parent directory");
             std::fs::create_dir_all(parent)?;
             std::fs::rename(&tmp, &target)?;
             std::fs::File::open(parent)?.sync_all()?;
         }
-        Ok(BlobRef { sha256, size: bytes.len() as u64 })
+        Ok(BlobRef {
+            sha256,
+            size: bytes.len() as u64,
+        })
     }
 
     /// Reads a blob and checks it against its checksum.

@@ -19,9 +19,11 @@ use crate::{Durability, StorageError, keys};
 
 pub(crate) const MAX_GROUP: usize = 256;
 
+pub(crate) type Outcome = Result<Vec<u64>, StorageError>;
+
 pub(crate) struct Request {
     pub writes: Vec<Write>,
-    pub reply: oneshot::Sender<Result<Vec<u64>, StorageError>>,
+    pub reply: oneshot::Sender<Outcome>,
 }
 
 pub(crate) fn spawn(
@@ -38,9 +40,14 @@ pub(crate) fn spawn(
     (tx, handle)
 }
 
-fn run(db: sled::Db, tree: sled::Tree, durability: Durability, log_file: Option<File>, rx: mpsc::Receiver<Request>) {
-    let mut group: Vec<(oneshot::Sender<Result<Vec<u64>, StorageError>>, Result<Vec<u64>, StorageError>)> =
-        Vec::with_capacity(MAX_GROUP);
+fn run(
+    db: sled::Db,
+    tree: sled::Tree,
+    durability: Durability,
+    log_file: Option<File>,
+    rx: mpsc::Receiver<Request>,
+) {
+    let mut group: Vec<(oneshot::Sender<Outcome>, Outcome)> = Vec::with_capacity(MAX_GROUP);
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(req) = next.take() {
@@ -51,10 +58,17 @@ fn run(db: sled::Db, tree: sled::Tree, durability: Durability, log_file: Option<
             }
         }
         let applied_any = group.iter().any(|(_, r)| r.is_ok());
-        let flushed = if applied_any { flush(&db, durability, log_file.as_ref()) } else { Ok(()) };
+        let flushed = if applied_any {
+            flush(&db, durability, log_file.as_ref())
+        } else {
+            Ok(())
+        };
         for (reply, outcome) in group.drain(..) {
             let answer = match (&flushed, outcome) {
-                (Err(e), Ok(_)) => Err(StorageError::Io(std::io::Error::new(e.kind(), e.to_string()))),
+                (Err(e), Ok(_)) => Err(StorageError::Io(std::io::Error::new(
+                    e.kind(),
+                    e.to_string(),
+                ))),
                 (_, outcome) => outcome,
             };
             let _ = reply.send(answer);
@@ -74,14 +88,21 @@ fn flush(db: &sled::Db, durability: Durability, log_file: Option<&File>) -> std:
 }
 
 /// Checks and applies one request atomically; returns the new version of each put.
-fn apply(tree: &sled::Tree, writes: Vec<Write>) -> Result<Vec<u64>, StorageError> {
+fn apply(tree: &sled::Tree, writes: Vec<Write>) -> Outcome {
     let mut batch = sled::Batch::default();
     let mut versions = Vec::with_capacity(writes.len());
     // Unique keys claimed by earlier writes of this same request.
     let mut claimed: HashSet<Vec<u8>> = HashSet::new();
     for write in writes {
         match write {
-            Write::Put { collection, id, expect_version, index_keys, unique_keys, body } => {
+            Write::Put {
+                collection,
+                id,
+                expect_version,
+                index_keys,
+                unique_keys,
+                body,
+            } => {
                 let rkey = keys::record(collection, &id);
                 let old: Option<Envelope> = match tree.get(&rkey)? {
                     Some(bytes) => Some(decode(&bytes, collection, &id)?),
@@ -92,21 +113,31 @@ fn apply(tree: &sled::Tree, writes: Vec<Write>) -> Result<Vec<u64>, StorageError
                     && expected != current
                 {
                     return Err(if expected == 0 {
-                        StorageError::Conflict { field: "_id".into(), value: id }
+                        StorageError::Conflict {
+                            field: "_id".into(),
+                            value: id,
+                        }
                     } else {
                         StorageError::VersionMismatch { collection, id }
                     });
                 }
-                let old_unique: HashSet<&Vec<u8>> =
-                    old.iter().flat_map(|e| e.unique_keys.iter().map(|(_, _, k)| k)).collect();
+                let old_unique: HashSet<&Vec<u8>> = old
+                    .iter()
+                    .flat_map(|e| e.unique_keys.iter().map(|(_, _, k)| k))
+                    .collect();
                 for (name, value, ukey) in &unique_keys {
                     if old_unique.contains(ukey) {
                         continue;
                     }
                     let taken = claimed.contains(ukey)
-                        || tree.get(ukey)?.is_some_and(|owner| owner.as_ref() != id.as_bytes());
+                        || tree
+                            .get(ukey)?
+                            .is_some_and(|owner| owner.as_ref() != id.as_bytes());
                     if taken {
-                        return Err(StorageError::Conflict { field: name.clone(), value: value.clone() });
+                        return Err(StorageError::Conflict {
+                            field: name.clone(),
+                            value: value.clone(),
+                        });
                     }
                 }
                 if let Some(old) = &old {
@@ -125,7 +156,12 @@ fn apply(tree: &sled::Tree, writes: Vec<Write>) -> Result<Vec<u64>, StorageError
                     claimed.insert(k.clone());
                 }
                 let version = current + 1;
-                let envelope = Envelope { version, index_keys, unique_keys, body };
+                let envelope = Envelope {
+                    version,
+                    index_keys,
+                    unique_keys,
+                    body,
+                };
                 batch.insert(rkey, encode(&envelope)?);
                 versions.push(version);
             }

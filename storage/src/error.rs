@@ -10,13 +10,20 @@ pub enum StorageError {
     #[error("encoding: {0}")]
     Encode(String),
     #[error("decoding {collection}/{id}: {reason}")]
-    Decode { collection: &'static str, id: String, reason: String },
+    Decode {
+        collection: &'static str,
+        id: String,
+        reason: String,
+    },
     /// A unique constraint would be broken: `field` already holds `value`.
     #[error("{field} '{value}' already exists")]
     Conflict { field: String, value: String },
     /// An optimistic update lost a race with another writer.
     #[error("{collection}/{id} was changed concurrently")]
-    VersionMismatch { collection: &'static str, id: String },
+    VersionMismatch {
+        collection: &'static str,
+        id: String,
+    },
     #[error("the store is closed")]
     Closed,
     #[error("schema version {found} is newer than this build understands ({supported})")]

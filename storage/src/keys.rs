@@ -75,15 +75,33 @@ pub(crate) fn records(collection: &str) -> Vec<u8> {
 }
 
 pub(crate) fn index(collection: &str, index: &str, value: &str, id: &str) -> Vec<u8> {
-    key(INDEX, &[collection.as_bytes(), index.as_bytes(), value.as_bytes(), id.as_bytes()])
+    key(
+        INDEX,
+        &[
+            collection.as_bytes(),
+            index.as_bytes(),
+            value.as_bytes(),
+            id.as_bytes(),
+        ],
+    )
 }
 
 pub(crate) fn index_prefix(collection: &str, index: &str, value: &str) -> Vec<u8> {
-    key(INDEX, &[collection.as_bytes(), index.as_bytes(), value.as_bytes()])
+    key(
+        INDEX,
+        &[collection.as_bytes(), index.as_bytes(), value.as_bytes()],
+    )
 }
 
 pub(crate) fn unique(collection: &str, constraint: &str, value: &str) -> Vec<u8> {
-    key(UNIQUE, &[collection.as_bytes(), constraint.as_bytes(), value.as_bytes()])
+    key(
+        UNIQUE,
+        &[
+            collection.as_bytes(),
+            constraint.as_bytes(),
+            value.as_bytes(),
+        ],
+    )
 }
 
 pub(crate) fn meta(name: &str) -> Vec<u8> {

@@ -45,13 +45,22 @@ pub(crate) fn bincode_config() -> impl bincode::config::Config {
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
-    bincode::serde::encode_to_vec(value, bincode_config()).map_err(|e| StorageError::Encode(e.to_string()))
+    bincode::serde::encode_to_vec(value, bincode_config())
+        .map_err(|e| StorageError::Encode(e.to_string()))
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], collection: &'static str, id: &str) -> Result<T, StorageError> {
+pub(crate) fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    collection: &'static str,
+    id: &str,
+) -> Result<T, StorageError> {
     bincode::serde::decode_from_slice(bytes, bincode_config())
         .map(|(v, _)| v)
-        .map_err(|e| StorageError::Decode { collection, id: id.to_owned(), reason: e.to_string() })
+        .map_err(|e| StorageError::Decode {
+            collection,
+            id: id.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 /// One change inside an atomic commit.
@@ -67,7 +76,10 @@ pub enum Write {
         body: Vec<u8>,
     },
     /// Remove a record and everything it owns (hard delete).
-    Remove { collection: &'static str, id: String },
+    Remove {
+        collection: &'static str,
+        id: String,
+    },
     /// A metadata value.
     Meta { name: String, value: Vec<u8> },
 }
@@ -109,6 +121,9 @@ impl Write {
     }
 
     pub fn remove<T: Record>(id: &str) -> Write {
-        Write::Remove { collection: T::COLLECTION, id: id.to_owned() }
+        Write::Remove {
+            collection: T::COLLECTION,
+            id: id.to_owned(),
+        }
     }
 }

@@ -40,18 +40,28 @@ pub enum Scope<'a> {
     Index(&'a str, &'a str),
 }
 
+/// Orders two records for a list.
+pub type SortFn<'a, T> = &'a (dyn Fn(&T, &T) -> Ordering + Sync);
+
 pub struct ListQuery<'a, T> {
     pub scope: Scope<'a>,
     pub include_deleted: bool,
     pub filter: Option<&'a (dyn Fn(&T) -> bool + Sync)>,
-    pub sort: Option<&'a (dyn Fn(&T, &T) -> Ordering + Sync)>,
+    pub sort: Option<SortFn<'a, T>>,
     pub offset: usize,
     pub limit: usize,
 }
 
 impl<T> Default for ListQuery<'_, T> {
     fn default() -> Self {
-        ListQuery { scope: Scope::All, include_deleted: false, filter: None, sort: None, offset: 0, limit: usize::MAX }
+        ListQuery {
+            scope: Scope::All,
+            include_deleted: false,
+            filter: None,
+            sort: None,
+            offset: 0,
+            limit: usize::MAX,
+        }
     }
 }
 
@@ -84,10 +94,16 @@ impl Store {
 
     /// Opens `<data_dir>/db` and `<data_dir>/blobs`, then runs every
     /// migration from the stored schema version up to [`keys::SCHEMA_VERSION`].
-    pub fn open_with_migrations(config: &StoreConfig, migrations: &[Migration]) -> Result<Store, StorageError> {
+    pub fn open_with_migrations(
+        config: &StoreConfig,
+        migrations: &[Migration],
+    ) -> Result<Store, StorageError> {
         let db_path = config.data_dir.join("db");
         std::fs::create_dir_all(&config.data_dir)?;
-        let db = sled::Config::new().path(&db_path).flush_every_ms(Some(1000)).open()?;
+        let db = sled::Config::new()
+            .path(&db_path)
+            .flush_every_ms(Some(1000))
+            .open()?;
         let tree = db.open_tree(keys::MAIN_TREE)?;
         migrate(&db, &tree, migrations, keys::SCHEMA_VERSION)?;
         let log_file = File::open(db_path.join("db")).ok();
@@ -126,9 +142,15 @@ impl Store {
     pub async fn commit(&self, writes: Vec<Write>) -> Result<Vec<u64>, StorageError> {
         let (reply, answer) = oneshot::channel();
         {
-            let guard = self.inner.writer.lock().expect("writer lock is never poisoned: no code panics holding it");
+            let guard = self
+                .inner
+                .writer
+                .lock()
+                .expect("writer lock is never poisoned: no code panics holding it");
             let sender = guard.as_ref().ok_or(StorageError::Closed)?;
-            sender.send(Request { writes, reply }).map_err(|_| StorageError::Closed)?;
+            sender
+                .send(Request { writes, reply })
+                .map_err(|_| StorageError::Closed)?;
         }
         answer.await.map_err(|_| StorageError::Closed)?
     }
@@ -186,15 +208,27 @@ impl Store {
     }
 
     /// The live record holding `value` under a unique constraint.
-    pub fn get_by_unique<T: Record>(&self, constraint: &str, value: &str) -> Result<Option<T>, StorageError> {
-        match self.inner.tree.get(keys::unique(T::COLLECTION, constraint, value))? {
+    pub fn get_by_unique<T: Record>(
+        &self,
+        constraint: &str,
+        value: &str,
+    ) -> Result<Option<T>, StorageError> {
+        match self
+            .inner
+            .tree
+            .get(keys::unique(T::COLLECTION, constraint, value))?
+        {
             None => Ok(None),
             Some(id) => self.get(&String::from_utf8_lossy(&id)),
         }
     }
 
     /// Ids of the records with `value` under `index`, in id order.
-    pub fn ids_by_index<T: Record>(&self, index: &str, value: &str) -> Result<Vec<String>, StorageError> {
+    pub fn ids_by_index<T: Record>(
+        &self,
+        index: &str,
+        value: &str,
+    ) -> Result<Vec<String>, StorageError> {
         let prefix = keys::index_prefix(T::COLLECTION, index, value);
         let mut ids = Vec::new();
         for item in self.inner.tree.scan_prefix(&prefix).keys() {
@@ -207,7 +241,10 @@ impl Store {
     }
 
     pub fn count<T: Record>(&self) -> usize {
-        self.inner.tree.scan_prefix(keys::records(T::COLLECTION)).count()
+        self.inner
+            .tree
+            .scan_prefix(keys::records(T::COLLECTION))
+            .count()
     }
 
     /// Every record of the collection (including soft-deleted ones).
@@ -216,7 +253,8 @@ impl Store {
         let mut out = Vec::new();
         for item in self.inner.tree.scan_prefix(&prefix) {
             let (key, bytes) = item?;
-            let id = keys::pop(&key[prefix.len()..]).map(|(id, _)| String::from_utf8_lossy(&id).into_owned());
+            let id = keys::pop(&key[prefix.len()..])
+                .map(|(id, _)| String::from_utf8_lossy(&id).into_owned());
             let id = id.unwrap_or_default();
             let env: Envelope = decode(&bytes, T::COLLECTION, &id)?;
             out.push(decode(&env.body, T::COLLECTION, &id)?);
@@ -249,15 +287,30 @@ impl Store {
             items.sort_by(|a, b| sort(a, b));
         }
         let total = items.len();
-        let items = items.into_iter().skip(query.offset).take(query.limit).collect();
+        let items = items
+            .into_iter()
+            .skip(query.offset)
+            .take(query.limit)
+            .collect();
         Ok(Listed { items, total })
     }
 
     /// Stops the committer after it has flushed everything sent so far.
     pub fn close(&self) {
-        let sender = self.inner.writer.lock().expect("writer lock is never poisoned").take();
+        let sender = self
+            .inner
+            .writer
+            .lock()
+            .expect("writer lock is never poisoned")
+            .take();
         drop(sender);
-        if let Some(handle) = self.inner.committer.lock().expect("committer lock is never poisoned").take() {
+        if let Some(handle) = self
+            .inner
+            .committer
+            .lock()
+            .expect("committer lock is never poisoned")
+            .take()
+        {
             let _ = handle.join();
         }
     }
@@ -272,10 +325,18 @@ fn read_schema(tree: &sled::Tree) -> Result<u32, StorageError> {
 
 /// Brings the tree to `target`: a new store is stamped directly; an older
 /// one runs its migrations in order, each stamped and flushed as it ends.
-fn migrate(db: &sled::Db, tree: &sled::Tree, migrations: &[Migration], target: u32) -> Result<(), StorageError> {
+fn migrate(
+    db: &sled::Db,
+    tree: &sled::Tree,
+    migrations: &[Migration],
+    target: u32,
+) -> Result<(), StorageError> {
     let mut version = read_schema(tree)?;
     if version > target {
-        return Err(StorageError::SchemaTooNew { found: version, supported: target });
+        return Err(StorageError::SchemaTooNew {
+            found: version,
+            supported: target,
+        });
     }
     if version == 0 && tree.is_empty() {
         version = target;
@@ -323,11 +384,20 @@ mod tests {
     }
 
     fn thing(id: &str, org: &str, name: &str) -> Thing {
-        Thing { id: id.into(), org: org.into(), name: name.into(), deleted: false }
+        Thing {
+            id: id.into(),
+            org: org.into(),
+            name: name.into(),
+            deleted: false,
+        }
     }
 
     fn open(dir: &Path) -> Store {
-        Store::open(&StoreConfig { data_dir: dir.to_path_buf(), durability: Durability::Flush }).unwrap()
+        Store::open(&StoreConfig {
+            data_dir: dir.to_path_buf(),
+            durability: Durability::Flush,
+        })
+        .unwrap()
     }
 
     #[tokio::test]
@@ -337,13 +407,28 @@ mod tests {
         store.insert(thing("1", "a", "x")).await.unwrap();
         store.insert(thing("2", "a", "y")).await.unwrap();
         store.insert(thing("3", "b", "x")).await.unwrap();
-        assert!(matches!(store.insert(thing("1", "z", "q")).await, Err(StorageError::Conflict { .. })));
+        assert!(matches!(
+            store.insert(thing("1", "z", "q")).await,
+            Err(StorageError::Conflict { .. })
+        ));
         match store.insert(thing("4", "a", "x")).await {
-            Err(StorageError::Conflict { field, value }) => assert_eq!((field.as_str(), value.as_str()), ("name", "a/x")),
+            Err(StorageError::Conflict { field, value }) => {
+                assert_eq!((field.as_str(), value.as_str()), ("name", "a/x"))
+            }
             other => panic!("expected a conflict, got {other:?}"),
         }
-        assert_eq!(store.ids_by_index::<Thing>("org", "a").unwrap(), vec!["1", "2"]);
-        assert_eq!(store.get_by_unique::<Thing>("name", "b/x").unwrap().unwrap().id, "3");
+        assert_eq!(
+            store.ids_by_index::<Thing>("org", "a").unwrap(),
+            vec!["1", "2"]
+        );
+        assert_eq!(
+            store
+                .get_by_unique::<Thing>("name", "b/x")
+                .unwrap()
+                .unwrap()
+                .id,
+            "3"
+        );
 
         // A renamed record frees its old unique value and moves its index.
         let renamed: Option<Thing> = store
@@ -359,15 +444,39 @@ mod tests {
         store.insert(thing("4", "a", "x")).await.unwrap();
 
         // Soft delete hides from lists and frees the unique value.
-        store.update::<Thing, StorageError>("2", |t| { t.deleted = true; Ok(Some(())) }).await.unwrap();
-        let listed = store.list(&ListQuery::<Thing> { scope: Scope::Index("org", "a"), ..Default::default() }).unwrap();
-        assert_eq!(listed.items.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec!["4"]);
+        store
+            .update::<Thing, StorageError>("2", |t| {
+                t.deleted = true;
+                Ok(Some(()))
+            })
+            .await
+            .unwrap();
+        let listed = store
+            .list(&ListQuery::<Thing> {
+                scope: Scope::Index("org", "a"),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            listed
+                .items
+                .iter()
+                .map(|t| t.id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["4"]
+        );
         store.insert(thing("5", "a", "y")).await.unwrap();
 
         // Sort, filter, page.
         let by_name = |a: &Thing, b: &Thing| b.name.cmp(&a.name);
         let only_b = |t: &Thing| t.org == "b";
-        let q = ListQuery { sort: Some(&by_name), filter: Some(&only_b), offset: 1, limit: 1, ..Default::default() };
+        let q = ListQuery {
+            sort: Some(&by_name),
+            filter: Some(&only_b),
+            offset: 1,
+            limit: 1,
+            ..Default::default()
+        };
         let page = store.list(&q).unwrap();
         assert_eq!(page.total, 2);
         assert_eq!(page.items[0].id, "1"); // x (3), then w (1)
@@ -382,10 +491,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
         store.insert(thing("1", "a", "x")).await.unwrap();
-        let writes = vec![Write::insert(&thing("2", "a", "y")).unwrap(), Write::insert(&thing("3", "a", "x")).unwrap()];
+        let writes = vec![
+            Write::insert(&thing("2", "a", "y")).unwrap(),
+            Write::insert(&thing("3", "a", "x")).unwrap(),
+        ];
         assert!(store.commit(writes).await.is_err());
         assert!(store.get::<Thing>("2").unwrap().is_none());
-        assert!(store.get_by_unique::<Thing>("name", "a/y").unwrap().is_none());
+        assert!(
+            store
+                .get_by_unique::<Thing>("name", "a/y")
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(store.ids_by_index::<Thing>("org", "a").unwrap(), vec!["1"]);
     }
 
@@ -397,7 +514,11 @@ mod tests {
             let mut tasks = Vec::new();
             for i in 0..200 {
                 let store = store.clone();
-                tasks.push(tokio::spawn(async move { store.insert(thing(&i.to_string(), "a", &i.to_string())).await }));
+                tasks.push(tokio::spawn(async move {
+                    store
+                        .insert(thing(&i.to_string(), "a", &i.to_string()))
+                        .await
+                }));
             }
             for t in tasks {
                 t.await.unwrap().unwrap();
@@ -417,16 +538,32 @@ mod tests {
             let db = sled::Config::new().path(&path).open().unwrap();
             let tree = db.open_tree(keys::MAIN_TREE).unwrap();
             tree.insert(b"legacy", b"1").unwrap();
-            tree.insert(keys::meta(keys::SCHEMA_KEY), &0u32.to_be_bytes()).unwrap();
+            tree.insert(keys::meta(keys::SCHEMA_KEY), &0u32.to_be_bytes())
+                .unwrap();
             fn rename(tree: &sled::Tree) -> Result<(), StorageError> {
                 let v = tree.remove(b"legacy")?.expect("the fixture wrote it");
                 tree.insert(b"current", v)?;
                 Ok(())
             }
-            migrate(&db, &tree, &[Migration { from: 0, run: rename }], 1).unwrap();
+            migrate(
+                &db,
+                &tree,
+                &[Migration {
+                    from: 0,
+                    run: rename,
+                }],
+                1,
+            )
+            .unwrap();
             assert!(tree.get(b"current").unwrap().is_some());
             assert_eq!(read_schema(&tree).unwrap(), 1);
-            assert!(matches!(migrate(&db, &tree, &[], 0), Err(StorageError::SchemaTooNew { found: 1, supported: 0 })));
+            assert!(matches!(
+                migrate(&db, &tree, &[], 0),
+                Err(StorageError::SchemaTooNew {
+                    found: 1,
+                    supported: 0
+                })
+            ));
         }
     }
 }

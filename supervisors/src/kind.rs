@@ -5,7 +5,9 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
 use warden_actors::DomainError;
 use warden_storage::{Millis, now_millis};
 
@@ -63,7 +65,15 @@ struct Child<M> {
 
 impl<M> Child<M> {
     fn new() -> Self {
-        Child { actor: None, status: Status::Running, started_at: None, restarts: 0, recent: VecDeque::new(), last_failure: None, waiting: Vec::new() }
+        Child {
+            actor: None,
+            status: Status::Running,
+            started_at: None,
+            restarts: 0,
+            recent: VecDeque::new(),
+            last_failure: None,
+            waiting: Vec::new(),
+        }
     }
 }
 
@@ -78,12 +88,25 @@ pub(crate) struct SupState<M> {
 }
 
 impl<K: Kind> KindSupervisor<K> {
-    async fn spawn_child(&self, myself: &ActorRef<SupMsg<K::Msg>>, state: &mut SupState<K::Msg>, id: &str) -> Result<ActorRef<K::Msg>, DomainError> {
-        let (actor, _) = K::Actor::spawn_linked(None, self.kind.actor(), self.kind.args(id), myself.get_cell())
-            .await
-            .map_err(|e| DomainError::Unavailable(format!("{}:{id} could not start: {e}", K::KIND)))?;
+    async fn spawn_child(
+        &self,
+        myself: &ActorRef<SupMsg<K::Msg>>,
+        state: &mut SupState<K::Msg>,
+        id: &str,
+    ) -> Result<ActorRef<K::Msg>, DomainError> {
+        let (actor, _) = K::Actor::spawn_linked(
+            None,
+            self.kind.actor(),
+            self.kind.args(id),
+            myself.get_cell(),
+        )
+        .await
+        .map_err(|e| DomainError::Unavailable(format!("{}:{id} could not start: {e}", K::KIND)))?;
         state.by_actor.insert(actor.get_id(), id.to_owned());
-        let child = state.children.entry(id.to_owned()).or_insert_with(Child::new);
+        let child = state
+            .children
+            .entry(id.to_owned())
+            .or_insert_with(Child::new);
         child.actor = Some(actor.clone());
         child.status = Status::Running;
         child.started_at = Some(now_millis());
@@ -97,7 +120,11 @@ impl<K: Kind> KindSupervisor<K> {
             child.status = Status::Failed;
             child.actor = None;
             for waiter in child.waiting.drain(..) {
-                let _ = waiter.send(Err(DomainError::Failed { kind: K::KIND, id: id.to_owned(), reason: reason.clone() }));
+                let _ = waiter.send(Err(DomainError::Failed {
+                    kind: K::KIND,
+                    id: id.to_owned(),
+                    reason: reason.clone(),
+                }));
             }
         }
     }
@@ -108,7 +135,11 @@ impl<K: Kind> Actor for KindSupervisor<K> {
     type State = SupState<K::Msg>;
     type Arguments = ();
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
         let mut children = HashMap::new();
         for (id, reason) in self.kind.failed() {
             let mut child = Child::new();
@@ -116,10 +147,17 @@ impl<K: Kind> Actor for KindSupervisor<K> {
             child.last_failure = Some((reason, now_millis()));
             children.insert(id, child);
         }
-        Ok(SupState { children, by_actor: HashMap::new() })
+        Ok(SupState {
+            children,
+            by_actor: HashMap::new(),
+        })
     }
 
-    async fn post_start(&self, myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         for id in self.kind.boot_ids() {
             if let Err(e) = self.spawn_child(&myself, state, &id).await {
                 tracing::warn!(kind = K::KIND, entity = %id, error = %e, "could not re-activate at boot");
@@ -128,15 +166,30 @@ impl<K: Kind> Actor for KindSupervisor<K> {
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupMsg::GetOrActivate(id, reply) => match state.children.get_mut(&id) {
                 Some(child) if child.status == Status::Restarting => child.waiting.push(reply),
                 Some(child) if child.status == Status::Failed => {
-                    let reason = child.last_failure.as_ref().map(|(r, _)| r.clone()).unwrap_or_default();
-                    let _ = reply.send(Err(DomainError::Failed { kind: K::KIND, id, reason }));
+                    let reason = child
+                        .last_failure
+                        .as_ref()
+                        .map(|(r, _)| r.clone())
+                        .unwrap_or_default();
+                    let _ = reply.send(Err(DomainError::Failed {
+                        kind: K::KIND,
+                        id,
+                        reason,
+                    }));
                 }
-                Some(Child { actor: Some(actor), .. }) => {
+                Some(Child {
+                    actor: Some(actor), ..
+                }) => {
                     let _ = reply.send(Ok(actor.clone()));
                 }
                 _ => {
@@ -149,11 +202,18 @@ impl<K: Kind> Actor for KindSupervisor<K> {
                 }
             },
             SupMsg::Restart(id) => {
-                if state.children.get(&id).is_some_and(|c| c.status == Status::Restarting) {
+                if state
+                    .children
+                    .get(&id)
+                    .is_some_and(|c| c.status == Status::Restarting)
+                {
                     match self.kind.exists(&id) {
                         Ok(true) => match self.spawn_child(&myself, state, &id).await {
                             Ok(actor) => {
-                                let child = state.children.get_mut(&id).expect("spawn_child inserts the child");
+                                let child = state
+                                    .children
+                                    .get_mut(&id)
+                                    .expect("spawn_child inserts the child");
                                 child.restarts += 1;
                                 tracing::info!(kind = K::KIND, entity = %id, restarts = child.restarts, "restarted");
                                 for waiter in child.waiting.drain(..) {
@@ -165,7 +225,10 @@ impl<K: Kind> Actor for KindSupervisor<K> {
                         _ => {
                             if let Some(mut child) = state.children.remove(&id) {
                                 for waiter in child.waiting.drain(..) {
-                                    let _ = waiter.send(Err(DomainError::NotFound { kind: K::KIND, id: id.clone() }));
+                                    let _ = waiter.send(Err(DomainError::NotFound {
+                                        kind: K::KIND,
+                                        id: id.clone(),
+                                    }));
                                 }
                             }
                         }
@@ -180,7 +243,10 @@ impl<K: Kind> Actor for KindSupervisor<K> {
                 let _ = reply.send(actor.is_some());
             }
             SupMsg::Reset(id, reply) => {
-                let failed = state.children.get(&id).is_some_and(|c| c.status == Status::Failed);
+                let failed = state
+                    .children
+                    .get(&id)
+                    .is_some_and(|c| c.status == Status::Failed);
                 if failed {
                     self.kind.clear_failed(&id).await;
                     state.children.remove(&id);
@@ -203,7 +269,10 @@ impl<K: Kind> Actor for KindSupervisor<K> {
                         .into(),
                         started_at: c.started_at.map(rfc3339),
                         restart_count: c.restarts,
-                        last_failure: c.last_failure.as_ref().map(|(reason, at)| FailureInfo { reason: reason.clone(), at: rfc3339(*at) }),
+                        last_failure: c.last_failure.as_ref().map(|(reason, at)| FailureInfo {
+                            reason: reason.clone(),
+                            at: rfc3339(*at),
+                        }),
                         policy: None,
                         children: Vec::new(),
                     })
@@ -215,17 +284,30 @@ impl<K: Kind> Actor for KindSupervisor<K> {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, evt: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match evt {
             SupervisionEvent::ActorFailed(cell, err) => {
-                let Some(id) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
-                let Some(child) = state.children.get_mut(&id) else { return Ok(()) };
+                let Some(id) = state.by_actor.remove(&cell.get_id()) else {
+                    return Ok(());
+                };
+                let Some(child) = state.children.get_mut(&id) else {
+                    return Ok(());
+                };
                 let reason = err.to_string();
                 tracing::warn!(kind = K::KIND, entity = %id, %reason, "actor failed");
                 child.actor = None;
                 child.last_failure = Some((reason.clone(), now_millis()));
                 let now = Instant::now();
-                while child.recent.front().is_some_and(|t| now.duration_since(*t) > self.policy.within) {
+                while child
+                    .recent
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > self.policy.within)
+                {
                     child.recent.pop_front();
                 }
                 if (child.recent.len() as u32) < self.policy.max_restarts {
@@ -250,16 +332,23 @@ impl<K: Kind> Actor for KindSupervisor<K> {
     }
 }
 
+/// Where the root puts the current supervisor of a kind after each (re)start.
+type Slot<M> = Arc<RwLock<Option<ActorRef<SupMsg<M>>>>>;
+
 /// Calls into one kind's supervisor; survives the supervisor's restarts.
 pub struct KindRef<K: Kind> {
     pub(crate) kind: Arc<K>,
     pub(crate) policy: RestartPolicy,
-    pub(crate) slot: Arc<RwLock<Option<ActorRef<SupMsg<K::Msg>>>>>,
+    pub(crate) slot: Slot<K::Msg>,
 }
 
 impl<K: Kind> Clone for KindRef<K> {
     fn clone(&self) -> Self {
-        KindRef { kind: self.kind.clone(), policy: self.policy, slot: self.slot.clone() }
+        KindRef {
+            kind: self.kind.clone(),
+            policy: self.policy,
+            slot: self.slot.clone(),
+        }
     }
 }
 
@@ -267,7 +356,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl<K: Kind> KindRef<K> {
     pub(crate) fn new(kind: K, policy: RestartPolicy) -> Self {
-        KindRef { kind: Arc::new(kind), policy, slot: Arc::new(RwLock::new(None)) }
+        KindRef {
+            kind: Arc::new(kind),
+            policy,
+            slot: Arc::new(RwLock::new(None)),
+        }
     }
 
     fn supervisor(&self) -> Result<ActorRef<SupMsg<K::Msg>>, DomainError> {
@@ -275,13 +368,21 @@ impl<K: Kind> KindRef<K> {
             .read()
             .expect("the supervisor slot is never poisoned")
             .clone()
-            .ok_or_else(|| DomainError::Unavailable(format!("the {} supervisor is not running", K::SUPERVISOR)))
+            .ok_or_else(|| {
+                DomainError::Unavailable(format!("the {} supervisor is not running", K::SUPERVISOR))
+            })
     }
 
-    async fn ask<T: Send + 'static>(&self, msg: impl FnOnce(RpcReplyPort<T>) -> SupMsg<K::Msg>) -> Result<T, DomainError> {
+    async fn ask<T: Send + 'static>(
+        &self,
+        msg: impl FnOnce(RpcReplyPort<T>) -> SupMsg<K::Msg>,
+    ) -> Result<T, DomainError> {
         match self.supervisor()?.call(msg, Some(CALL_TIMEOUT)).await {
             Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
-            _ => Err(DomainError::Unavailable(format!("the {} supervisor did not answer", K::SUPERVISOR))),
+            _ => Err(DomainError::Unavailable(format!(
+                "the {} supervisor did not answer",
+                K::SUPERVISOR
+            ))),
         }
     }
 
@@ -352,18 +453,31 @@ impl<K: Kind> KindControl for KindRef<K> {
     }
     fn spawn(&self, root: ActorCell) -> BoxFuture<'_, Result<ActorCell, ractor::SpawnErr>> {
         Box::pin(async move {
-            let sup = KindSupervisor { kind: self.kind.clone(), policy: self.policy };
+            let sup = KindSupervisor {
+                kind: self.kind.clone(),
+                policy: self.policy,
+            };
             let (actor, _) = Actor::spawn_linked(None, sup, (), root).await?;
             let cell = actor.get_cell();
-            *self.slot.write().expect("the supervisor slot is never poisoned") = Some(actor);
+            *self
+                .slot
+                .write()
+                .expect("the supervisor slot is never poisoned") = Some(actor);
             Ok(cell)
         })
     }
     fn cell(&self) -> Option<ActorCell> {
-        self.slot.read().expect("the supervisor slot is never poisoned").as_ref().map(|a| a.get_cell())
+        self.slot
+            .read()
+            .expect("the supervisor slot is never poisoned")
+            .as_ref()
+            .map(|a| a.get_cell())
     }
     fn clear(&self) {
-        *self.slot.write().expect("the supervisor slot is never poisoned") = None;
+        *self
+            .slot
+            .write()
+            .expect("the supervisor slot is never poisoned") = None;
     }
     fn children(&self) -> BoxFuture<'_, Result<Vec<ActorInfo>, DomainError>> {
         Box::pin(KindRef::children(self))

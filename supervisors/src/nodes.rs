@@ -18,7 +18,9 @@ impl NodeKind {
     }
 
     fn ids_with_status(&self, status: NodeStatus) -> Vec<String> {
-        self.store.ids_by_index::<Node>("status", status.as_str()).unwrap_or_default()
+        self.store
+            .ids_by_index::<Node>("status", status.as_str())
+            .unwrap_or_default()
     }
 }
 
@@ -34,7 +36,10 @@ impl Kind for NodeKind {
     }
 
     fn args(&self, id: &str) -> NodeArgs {
-        NodeArgs { store: self.store.clone(), id: id.to_owned() }
+        NodeArgs {
+            store: self.store.clone(),
+            id: id.to_owned(),
+        }
     }
 
     fn exists(&self, id: &str) -> Result<bool, DomainError> {
@@ -117,7 +122,10 @@ impl Nodes {
     /// Soft-deletes a node. A failed node is reset first, so that its own
     /// actor (the one writer) performs the delete.
     pub async fn delete(&self, id: &str, by: &str) -> Result<Node, DomainError> {
-        let delete = || self.kind.with_actor(id, |a| async move { NodeHandle(a).delete(by).await });
+        let delete = || {
+            self.kind
+                .with_actor(id, |a| async move { NodeHandle(a).delete(by).await })
+        };
         match delete().await {
             Err(DomainError::Failed { .. }) => {
                 self.kind.reset(id).await?;

@@ -52,7 +52,11 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_caps() {
-        let p = RestartPolicy { backoff: Duration::from_millis(100), max_backoff: Duration::from_millis(300), ..Default::default() };
+        let p = RestartPolicy {
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(300),
+            ..Default::default()
+        };
         assert_eq!(p.delay(1), Duration::from_millis(100));
         assert_eq!(p.delay(2), Duration::from_millis(200));
         assert_eq!(p.delay(3), Duration::from_millis(300));

@@ -39,17 +39,35 @@ impl Actor for Root {
     type State = RootState;
     type Arguments = Vec<Arc<dyn KindControl>>;
 
-    async fn pre_start(&self, myself: ActorRef<RootMsg>, kinds: Self::Arguments) -> Result<RootState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RootMsg>,
+        kinds: Self::Arguments,
+    ) -> Result<RootState, ActorProcessingErr> {
         let mut stats = Vec::new();
         for kind in &kinds {
             kind.spawn(myself.get_cell()).await?;
-            stats.push(KindStats { running: true, started_at: Some(now_millis()), restarts: 0, last_failure: None });
+            stats.push(KindStats {
+                running: true,
+                started_at: Some(now_millis()),
+                restarts: 0,
+                last_failure: None,
+            });
         }
         let recent = vec![VecDeque::new(); kinds.len()];
-        Ok(RootState { kinds, stats, recent })
+        Ok(RootState {
+            kinds,
+            stats,
+            recent,
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<RootMsg>, msg: RootMsg, state: &mut RootState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<RootMsg>,
+        msg: RootMsg,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             RootMsg::RestartKind(i) => {
                 let kind = state.kinds[i].clone();
@@ -61,7 +79,9 @@ impl Actor for Root {
                         s.restarts += 1;
                         tracing::info!(supervisor = kind.name(), "supervisor restarted");
                     }
-                    Err(e) => tracing::error!(supervisor = kind.name(), error = %e, "supervisor could not restart"),
+                    Err(e) => {
+                        tracing::error!(supervisor = kind.name(), error = %e, "supervisor could not restart")
+                    }
                 }
             }
             RootMsg::Snapshot(reply) => {
@@ -71,13 +91,24 @@ impl Actor for Root {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<RootMsg>, evt: SupervisionEvent, state: &mut RootState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RootMsg>,
+        evt: SupervisionEvent,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
         let (cell, reason) = match evt {
             SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
             _ => return Ok(()),
         };
-        let Some(i) = state.kinds.iter().position(|k| k.cell().is_some_and(|c| c.get_id() == cell.get_id())) else {
+        let Some(i) = state
+            .kinds
+            .iter()
+            .position(|k| k.cell().is_some_and(|c| c.get_id() == cell.get_id()))
+        else {
             return Ok(());
         };
         let kind = state.kinds[i].clone();
@@ -90,14 +121,22 @@ impl Actor for Root {
         stats.last_failure = Some((reason, now_millis()));
         let now = Instant::now();
         let recent = &mut state.recent[i];
-        while recent.front().is_some_and(|t| now.duration_since(*t) > self.policy.within) {
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.policy.within)
+        {
             recent.pop_front();
         }
         if (recent.len() as u32) < self.policy.max_restarts {
             recent.push_back(now);
-            myself.send_after(self.policy.delay(recent.len() as u32), move || RootMsg::RestartKind(i));
+            myself.send_after(self.policy.delay(recent.len() as u32), move || {
+                RootMsg::RestartKind(i)
+            });
         } else {
-            tracing::error!(supervisor = kind.name(), "supervisor restart limit reached; it stays down");
+            tracing::error!(
+                supervisor = kind.name(),
+                "supervisor restart limit reached; it stays down"
+            );
         }
         Ok(())
     }
@@ -124,27 +163,60 @@ impl Runtime {
     pub async fn start(store: Store, config: RuntimeConfig) -> Result<Runtime, ractor::SpawnErr> {
         let nodes = KindRef::new(NodeKind::new(store.clone()), config.nodes);
         let kinds: Vec<Arc<dyn KindControl>> = vec![Arc::new(nodes.clone())];
-        let (root, _) = Actor::spawn(None, Root { policy: config.root }, kinds.clone()).await?;
-        Ok(Runtime { root, kinds, started_at: now_millis(), policy: config.root, nodes: Nodes::new(nodes, store) })
+        let (root, _) = Actor::spawn(
+            None,
+            Root {
+                policy: config.root,
+            },
+            kinds.clone(),
+        )
+        .await?;
+        Ok(Runtime {
+            root,
+            kinds,
+            started_at: now_millis(),
+            policy: config.root,
+            nodes: Nodes::new(nodes, store),
+        })
     }
 
     /// The whole tree: root, kind supervisors, entity actors.
     pub async fn snapshot(&self) -> Result<ActorInfo, DomainError> {
-        let stats = match self.root.call(RootMsg::Snapshot, Some(std::time::Duration::from_secs(10))).await {
+        let stats = match self
+            .root
+            .call(RootMsg::Snapshot, Some(std::time::Duration::from_secs(10)))
+            .await
+        {
             Ok(ractor::rpc::CallResult::Success(s)) => s,
-            _ => return Err(DomainError::Unavailable("the root supervisor did not answer".into())),
+            _ => {
+                return Err(DomainError::Unavailable(
+                    "the root supervisor did not answer".into(),
+                ));
+            }
         };
         let mut children = Vec::new();
         for (kind, stat) in self.kinds.iter().zip(stats) {
-            let entities = if stat.running { kind.children().await.unwrap_or_default() } else { Vec::new() };
+            let entities = if stat.running {
+                kind.children().await.unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             children.push(ActorInfo {
                 name: kind.name().into(),
                 kind: "supervisor".into(),
                 entity_id: None,
-                status: if stat.running { "running" } else { "restarting" }.into(),
+                status: if stat.running {
+                    "running"
+                } else {
+                    "restarting"
+                }
+                .into(),
                 started_at: stat.started_at.map(rfc3339),
                 restart_count: stat.restarts,
-                last_failure: stat.last_failure.map(|(reason, at)| FailureInfo { reason, at: rfc3339(at) }),
+                last_failure: stat.last_failure.map(|(reason, at)| FailureInfo {
+                    reason,
+                    at: rfc3339(at),
+                }),
                 policy: Some(kind.policy()),
                 children: entities,
             });
@@ -163,22 +235,43 @@ impl Runtime {
     }
 
     fn control(&self, name: &str) -> Result<(&Arc<dyn KindControl>, String), DomainError> {
-        let not_found = || DomainError::NotFound { kind: "Actor", id: name.to_owned() };
+        let not_found = || DomainError::NotFound {
+            kind: "Actor",
+            id: name.to_owned(),
+        };
         let (kind, id) = name.split_once(':').ok_or_else(not_found)?;
-        let control = self.kinds.iter().find(|k| k.entity_kind() == kind).ok_or_else(not_found)?;
+        let control = self
+            .kinds
+            .iter()
+            .find(|k| k.entity_kind() == kind)
+            .ok_or_else(not_found)?;
         Ok((control, id.to_owned()))
     }
 
     /// Fault injection: makes the named entity actor (`node:{id}`) panic.
     pub async fn crash(&self, name: &str) -> Result<(), DomainError> {
         let (control, id) = self.control(name)?;
-        if control.crash(id).await? { Ok(()) } else { Err(DomainError::NotFound { kind: "Actor", id: name.to_owned() }) }
+        if control.crash(id).await? {
+            Ok(())
+        } else {
+            Err(DomainError::NotFound {
+                kind: "Actor",
+                id: name.to_owned(),
+            })
+        }
     }
 
     /// Clears a failed entity so that it can be activated again.
     pub async fn reset(&self, name: &str) -> Result<(), DomainError> {
         let (control, id) = self.control(name)?;
-        if control.reset(id).await? { Ok(()) } else { Err(DomainError::NotFound { kind: "Failed actor", id: name.to_owned() }) }
+        if control.reset(id).await? {
+            Ok(())
+        } else {
+            Err(DomainError::NotFound {
+                kind: "Failed actor",
+                id: name.to_owned(),
+            })
+        }
     }
 
     /// Counts of entity actors by kind and status, for metrics.
@@ -200,13 +293,25 @@ impl Runtime {
     pub async fn restarts(&self) -> Vec<(String, u64)> {
         let mut out = Vec::new();
         for kind in &self.kinds {
-            let total = kind.children().await.unwrap_or_default().iter().map(|c| u64::from(c.restart_count)).sum();
+            let total = kind
+                .children()
+                .await
+                .unwrap_or_default()
+                .iter()
+                .map(|c| u64::from(c.restart_count))
+                .sum();
             out.push((kind.entity_kind().to_owned(), total));
         }
         out
     }
 
     pub async fn shutdown(&self) {
-        let _ = self.root.stop_and_wait(Some("shutdown".into()), Some(std::time::Duration::from_secs(10))).await;
+        let _ = self
+            .root
+            .stop_and_wait(
+                Some("shutdown".into()),
+                Some(std::time::Duration::from_secs(10)),
+            )
+            .await;
     }
 }

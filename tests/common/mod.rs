@@ -44,7 +44,10 @@ impl TestServer {
         Self::start_in(self._dir, adjust).await
     }
 
-    async fn start_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+    async fn start_in(
+        dir: tempfile::TempDir,
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
         let mut config = ServerConfig::for_data_dir(dir.path().join("data"));
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.admin_username = Some(ADMIN.into());
@@ -55,7 +58,14 @@ impl TestServer {
         let running = warden::server::start(config).await.expect("server starts");
         let base = format!("http://{}", running.addr);
         let http = reqwest::Client::new();
-        let mut server = TestServer { base, admin_token: String::new(), http, data_dir, running: Some(running), _dir: dir };
+        let mut server = TestServer {
+            base,
+            admin_token: String::new(),
+            http,
+            data_dir,
+            running: Some(running),
+            _dir: dir,
+        };
         server.admin_token = server.login(ADMIN, ADMIN_PASSWORD).await;
         server
     }
@@ -67,9 +77,19 @@ impl TestServer {
     }
 
     pub async fn login(&self, username: &str, password: &str) -> String {
-        let r = self.call(Method::POST, "/auth/login", None, Some(json!({"username": username, "password": password}))).await;
+        let r = self
+            .call(
+                Method::POST,
+                "/auth/login",
+                None,
+                Some(json!({"username": username, "password": password})),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::OK, "login of {username}: {}", r.body);
-        r.body["accessToken"].as_str().expect("accessToken").to_owned()
+        r.body["accessToken"]
+            .as_str()
+            .expect("accessToken")
+            .to_owned()
     }
 
     /// Creates a user (in a new organisation unless `org` is given) and returns its token.
@@ -78,12 +98,25 @@ impl TestServer {
         if let Some(org) = org {
             body["orgId"] = json!(org);
         }
-        let r = self.call(Method::POST, "/admin/users", Some(&self.admin_token), Some(body)).await;
+        let r = self
+            .call(
+                Method::POST,
+                "/admin/users",
+                Some(&self.admin_token),
+                Some(body),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
         (self.login(username, "user-password-1").await, r.body)
     }
 
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -94,8 +127,18 @@ impl TestServer {
         Self::reply(req.send().await.expect("request sent")).await
     }
 
-    pub async fn raw(&self, method: Method, path: &str, token: Option<&str>, body: Vec<u8>) -> Reply {
-        let mut req = self.http.request(method, format!("{}{}", self.base, path)).header("content-type", "application/json").body(body);
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> Reply {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .header("content-type", "application/json")
+            .body(body);
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -106,8 +149,13 @@ impl TestServer {
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.expect("body");
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Reply { status, headers, body }
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str, token: &str) -> Reply {
@@ -130,8 +178,18 @@ pub fn assert_aiwm_error(r: &Reply, status: u16, path: &str) {
     assert_eq!(r.body["statusCode"], status, "body: {}", r.body);
     assert!(r.body["message"].is_string(), "body: {}", r.body);
     assert_eq!(r.body["path"], path, "body: {}", r.body);
-    assert!(r.body["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "body: {}", r.body);
-    let header = r.headers.get("x-correlation-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(
+        r.body["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "body: {}",
+        r.body
+    );
+    let header = r
+        .headers
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     assert!(!header.is_empty());
     assert_eq!(r.body["correlationId"], header);
 }
@@ -151,7 +209,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
@@ -161,5 +222,8 @@ pub fn find_actor<'a>(tree: &'a Value, name: &str) -> Option<&'a Value> {
     if tree["name"] == name {
         return Some(tree);
     }
-    tree["children"].as_array()?.iter().find_map(|c| find_actor(c, name))
+    tree["children"]
+        .as_array()?
+        .iter()
+        .find_map(|c| find_actor(c, name))
 }

@@ -19,7 +19,9 @@ impl Role {
     }
 
     pub fn parse(s: &str) -> Option<Role> {
-        [Role::Admin, Role::Operator, Role::Viewer].into_iter().find(|r| r.as_str() == s)
+        [Role::Admin, Role::Operator, Role::Viewer]
+            .into_iter()
+            .find(|r| r.as_str() == s)
     }
 }
 
@@ -46,7 +48,10 @@ impl Record for User {
         vec![("org", self.org_id.clone())]
     }
     fn uniques(&self) -> Vec<(&'static str, String)> {
-        vec![("username", self.username.to_lowercase()), ("email", self.email.to_lowercase())]
+        vec![
+            ("username", self.username.to_lowercase()),
+            ("email", self.email.to_lowercase()),
+        ]
     }
 }
 

@@ -36,7 +36,14 @@ pub struct Audit {
 impl Audit {
     pub fn new(by: &str) -> Audit {
         let now = now_millis();
-        Audit { created_by: by.into(), updated_by: by.into(), created_at: now, updated_at: now, deleted_at: None, deleted_by: None }
+        Audit {
+            created_by: by.into(),
+            updated_by: by.into(),
+            created_at: now,
+            updated_at: now,
+            deleted_at: None,
+            deleted_by: None,
+        }
     }
 
     pub fn touch(&mut self, by: &str) {

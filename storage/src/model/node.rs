@@ -12,7 +12,12 @@ pub enum NodeStatus {
 }
 
 impl NodeStatus {
-    pub const ALL: [NodeStatus; 4] = [NodeStatus::Online, NodeStatus::Offline, NodeStatus::Maintenance, NodeStatus::Failed];
+    pub const ALL: [NodeStatus; 4] = [
+        NodeStatus::Online,
+        NodeStatus::Offline,
+        NodeStatus::Maintenance,
+        NodeStatus::Failed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -67,7 +72,10 @@ impl Record for Node {
         &self.id
     }
     fn indexes(&self) -> Vec<(&'static str, String)> {
-        vec![("org", self.owner.org_id.clone()), ("status", self.status.as_str().to_owned())]
+        vec![
+            ("org", self.owner.org_id.clone()),
+            ("status", self.status.as_str().to_owned()),
+        ]
     }
     fn uniques(&self) -> Vec<(&'static str, String)> {
         vec![("nodeId", format!("{}/{}", self.owner.org_id, self.node_id))]

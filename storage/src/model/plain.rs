@@ -28,7 +28,10 @@ impl Record for Instruction {
         vec![("org", self.owner.org_id.clone())]
     }
     fn uniques(&self) -> Vec<(&'static str, String)> {
-        vec![("instructionId", format!("{}/{}", self.owner.org_id, self.instruction_id))]
+        vec![(
+            "instructionId",
+            format!("{}/{}", self.owner.org_id, self.instruction_id),
+        )]
     }
     fn is_deleted(&self) -> bool {
         self.audit.deleted_at.is_some()

@@ -20,7 +20,10 @@ impl<S: Send + Sync> FromRequest<S> for AiwmBody {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::<Aiwm>::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body is too large")
             } else {
-                ApiError::new(StatusCode::BAD_REQUEST, format!("Could not read the request body: {e}"))
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("Could not read the request body: {e}"),
+                )
             }
         })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -28,8 +31,13 @@ impl<S: Send + Sync> FromRequest<S> for AiwmBody {
         }
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(map)) => Ok(AiwmBody(map)),
-            Ok(_) => Err(ApiError::validation(vec!["body must be a JSON object".into()])),
-            Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, format!("Malformed JSON: {e}"))),
+            Ok(_) => Err(ApiError::validation(vec![
+                "body must be a JSON object".into(),
+            ])),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("Malformed JSON: {e}"),
+            )),
         }
     }
 }
@@ -45,14 +53,27 @@ pub(crate) struct Fields {
 
 impl Fields {
     /// Fields no client may set: ids, ownership and audit are the server's.
-    const SERVER_OWNED: [&'static str; 10] =
-        ["_id", "id", "owner", "createdBy", "updatedBy", "createdAt", "updatedAt", "deletedAt", "isDeleted", "__v"];
+    const SERVER_OWNED: [&'static str; 10] = [
+        "_id",
+        "id",
+        "owner",
+        "createdBy",
+        "updatedBy",
+        "createdAt",
+        "updatedAt",
+        "deletedAt",
+        "isDeleted",
+        "__v",
+    ];
 
     pub fn new(mut map: Map<String, Value>) -> Self {
         for key in Self::SERVER_OWNED {
             map.remove(key);
         }
-        Fields { map, errors: Vec::new() }
+        Fields {
+            map,
+            errors: Vec::new(),
+        }
     }
 
     fn take(&mut self, key: &str) -> Option<Value> {
@@ -84,7 +105,9 @@ impl Fields {
                     self.errors.push(format!("{key} should not be empty"));
                     None
                 } else if s.chars().count() > max {
-                    self.errors.push(format!("{key} must be shorter than or equal to {max} characters"));
+                    self.errors.push(format!(
+                        "{key} must be shorter than or equal to {max} characters"
+                    ));
                     None
                 } else {
                     Some(s)
@@ -104,11 +127,16 @@ impl Fields {
     /// An identifier: 1 to 128 of letters, digits and `.-_:@`.
     pub fn key(&mut self, key: &str, required: bool) -> Option<String> {
         let value = self.string(key, required)?;
-        let ok = value.len() <= 128 && value.chars().all(|c| c.is_ascii_alphanumeric() || ".-_:@".contains(c));
+        let ok = value.len() <= 128
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-_:@".contains(c));
         if ok {
             Some(value)
         } else {
-            self.errors.push(format!("{key} must contain only letters, digits and . - _ : @ (at most 128)"));
+            self.errors.push(format!(
+                "{key} must contain only letters, digits and . - _ : @ (at most 128)"
+            ));
             None
         }
     }
@@ -118,7 +146,10 @@ impl Fields {
         if allowed.contains(&value.as_str()) {
             Some(value)
         } else {
-            self.errors.push(format!("{key} must be one of the following values: {}", allowed.join(", ")));
+            self.errors.push(format!(
+                "{key} must be one of the following values: {}",
+                allowed.join(", ")
+            ));
             None
         }
     }
@@ -184,7 +215,8 @@ impl Fields {
                     match item {
                         Value::String(s) if s.chars().count() <= 4096 => out.push(s),
                         _ => {
-                            self.errors.push(format!("each value in {key} must be a string"));
+                            self.errors
+                                .push(format!("each value in {key} must be a string"));
                             return None;
                         }
                     }
@@ -208,7 +240,10 @@ impl Fields {
             Some(v @ Value::Object(_)) if object => Some(v.to_string()),
             Some(v @ Value::Array(_)) if !object => Some(v.to_string()),
             Some(_) => {
-                self.errors.push(format!("{key} must be {}", if object { "an object" } else { "an array" }));
+                self.errors.push(format!(
+                    "{key} must be {}",
+                    if object { "an object" } else { "an array" }
+                ));
                 None
             }
             None => None,
@@ -216,7 +251,11 @@ impl Fields {
     }
 
     /// An array of objects, each read by `item`.
-    pub fn objects<T>(&mut self, key: &str, mut item: impl FnMut(&mut Fields) -> Option<T>) -> Option<Vec<T>> {
+    pub fn objects<T>(
+        &mut self,
+        key: &str,
+        mut item: impl FnMut(&mut Fields) -> Option<T>,
+    ) -> Option<Vec<T>> {
         let items = match self.take(key) {
             Some(Value::Array(items)) => items,
             Some(_) => {
@@ -231,9 +270,13 @@ impl Fields {
                 self.errors.push(format!("{key}.{i} must be an object"));
                 continue;
             };
-            let mut inner = Fields { map, errors: Vec::new() };
+            let mut inner = Fields {
+                map,
+                errors: Vec::new(),
+            };
             let parsed = item(&mut inner);
-            self.errors.extend(inner.errors.into_iter().map(|e| format!("{key}.{i}.{e}")));
+            self.errors
+                .extend(inner.errors.into_iter().map(|e| format!("{key}.{i}.{e}")));
             out.extend(parsed);
         }
         Some(out)
@@ -245,7 +288,11 @@ impl Fields {
         if !self.errors.is_empty() {
             return Err(ApiError::validation(self.errors));
         }
-        Ok(if self.map.is_empty() { String::new() } else { Value::Object(self.map).to_string() })
+        Ok(if self.map.is_empty() {
+            String::new()
+        } else {
+            Value::Object(self.map).to_string()
+        })
     }
 
     /// Forgets fields that only the server sets.

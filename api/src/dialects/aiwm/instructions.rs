@@ -7,7 +7,10 @@ use serde_json::{Value, json};
 use warden_storage::model::{Audit, Instruction};
 use warden_storage::new_object_id;
 
-use super::{AiwmBody, AiwmError, AiwmQuery, AiwmResult, Fields, Resource, find_visible, owner_of, require_write, view_of};
+use super::{
+    AiwmBody, AiwmError, AiwmQuery, AiwmResult, Fields, Resource, find_visible, owner_of,
+    require_write, view_of,
+};
 use crate::AppState;
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
@@ -47,7 +50,11 @@ impl Resource for Instruction {
 }
 
 /// Applies a body to an instruction; `create` requires name and systemPrompt.
-fn apply(target: &mut Instruction, body: serde_json::Map<String, Value>, create: bool) -> AiwmResult<()> {
+fn apply(
+    target: &mut Instruction,
+    body: serde_json::Map<String, Value>,
+    create: bool,
+) -> AiwmResult<()> {
     let mut f = Fields::new(body);
     let instruction_id = f.key("instructionId", false);
     let name = f.string("name", create);
@@ -57,20 +64,38 @@ fn apply(target: &mut Instruction, body: serde_json::Map<String, Value>, create:
     let tags = f.strings("tags", false);
     let is_active = f.boolean("isActive", false);
     let extra = f.finish()?;
-    if let Some(v) = instruction_id { target.instruction_id = v; }
-    if let Some(v) = name { target.name = v; }
-    if let Some(v) = description { target.description = Some(v); }
-    if let Some(v) = system_prompt { target.system_prompt = v; }
-    if let Some(v) = guidelines { target.guidelines = v; }
-    if let Some(v) = tags { target.tags = v; }
-    if let Some(v) = is_active { target.is_active = v; }
+    if let Some(v) = instruction_id {
+        target.instruction_id = v;
+    }
+    if let Some(v) = name {
+        target.name = v;
+    }
+    if let Some(v) = description {
+        target.description = Some(v);
+    }
+    if let Some(v) = system_prompt {
+        target.system_prompt = v;
+    }
+    if let Some(v) = guidelines {
+        target.guidelines = v;
+    }
+    if let Some(v) = tags {
+        target.tags = v;
+    }
+    if let Some(v) = is_active {
+        target.is_active = v;
+    }
     if !extra.is_empty() {
         target.extra = warden_actors::merge_extra(&target.extra, &extra);
     }
     Ok(())
 }
 
-async fn create(State(state): State<AppState>, CurrentUser(p, _): User, AiwmBody(body): AiwmBody) -> AiwmResult<(StatusCode, Json<Value>)> {
+async fn create(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    AiwmBody(body): AiwmBody,
+) -> AiwmResult<(StatusCode, Json<Value>)> {
     require_write(&p, "create")?;
     let mut record = Instruction {
         id: new_object_id(),
@@ -90,15 +115,28 @@ async fn create(State(state): State<AppState>, CurrentUser(p, _): User, AiwmBody
     Ok((StatusCode::CREATED, Json(record.view())))
 }
 
-async fn list(State(state): State<AppState>, CurrentUser(p, _): User, q: AiwmQuery) -> AiwmResult<Json<Value>> {
+async fn list(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    q: AiwmQuery,
+) -> AiwmResult<Json<Value>> {
     super::list::<Instruction>(&state, &p, &q)
 }
 
-async fn get(State(state): State<AppState>, CurrentUser(p, _): User, Path(id): Path<String>) -> AiwmResult<Json<Value>> {
+async fn get(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    Path(id): Path<String>,
+) -> AiwmResult<Json<Value>> {
     Ok(Json(find_visible::<Instruction>(&state, &p, &id)?.view()))
 }
 
-async fn update(State(state): State<AppState>, CurrentUser(p, _): User, Path(id): Path<String>, AiwmBody(body): AiwmBody) -> AiwmResult<Json<Value>> {
+async fn update(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    Path(id): Path<String>,
+    AiwmBody(body): AiwmBody,
+) -> AiwmResult<Json<Value>> {
     require_write(&p, "update")?;
     let found: Instruction = find_visible(&state, &p, &id)?;
     let updated = state
@@ -116,15 +154,44 @@ async fn update(State(state): State<AppState>, CurrentUser(p, _): User, Path(id)
     Ok(Json(updated.view()))
 }
 
-async fn delete(State(state): State<AppState>, CurrentUser(p, _): User, Path(id): Path<String>) -> AiwmResult<Json<Value>> {
+async fn delete(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    Path(id): Path<String>,
+) -> AiwmResult<Json<Value>> {
     super::soft_delete::<Instruction>(&state, &p, &id).await
 }
 
 pub(super) fn routes() -> Api {
     Api::new()
-        .post("/api/instructions", "aiwm: instructions", "Create an instruction", create)
-        .get("/api/instructions", "aiwm: instructions", "List instructions (page, limit, filter[field], sort)", list)
-        .get("/api/instructions/{id}", "aiwm: instructions", "Get an instruction", get)
-        .put("/api/instructions/{id}", "aiwm: instructions", "Update an instruction", update)
-        .delete("/api/instructions/{id}", "aiwm: instructions", "Soft-delete an instruction", delete)
+        .post(
+            "/api/instructions",
+            "aiwm: instructions",
+            "Create an instruction",
+            create,
+        )
+        .get(
+            "/api/instructions",
+            "aiwm: instructions",
+            "List instructions (page, limit, filter[field], sort)",
+            list,
+        )
+        .get(
+            "/api/instructions/{id}",
+            "aiwm: instructions",
+            "Get an instruction",
+            get,
+        )
+        .put(
+            "/api/instructions/{id}",
+            "aiwm: instructions",
+            "Update an instruction",
+            update,
+        )
+        .delete(
+            "/api/instructions/{id}",
+            "aiwm: instructions",
+            "Soft-delete an instruction",
+            delete,
+        )
 }

@@ -41,5 +41,10 @@ async fn login(State(state): State<AppState>, AiwmBody(body): AiwmBody) -> AiwmR
 }
 
 pub(super) fn routes() -> Api {
-    Api::new().public_post("/auth/login", "aiwm: auth", "Log in with username (or email) and password", login)
+    Api::new().public_post(
+        "/auth/login",
+        "aiwm: auth",
+        "Log in with username (or email) and password",
+        login,
+    )
 }

@@ -25,6 +25,7 @@ use crate::openapi::Api;
 pub(crate) use body::{AiwmBody, Fields};
 pub(crate) use paging::AiwmQuery;
 
+#[derive(Debug)]
 pub(crate) struct Aiwm;
 
 impl Dialect for Aiwm {
@@ -48,7 +49,11 @@ pub(crate) type AiwmError = ApiError<Aiwm>;
 pub(crate) type AiwmResult<T> = Result<T, AiwmError>;
 
 pub(crate) fn routes() -> Api {
-    Api::new().merge(login::routes()).merge(nodes::routes()).merge(instructions::routes()).merge(tools::routes())
+    Api::new()
+        .merge(login::routes())
+        .merge(nodes::routes())
+        .merge(instructions::routes())
+        .merge(tools::routes())
 }
 
 /// AIWM's timestamps: ISO 8601 with milliseconds, UTC.
@@ -88,21 +93,37 @@ pub(crate) fn view_of(extra: &str, fields: Value, owner: &Owner, audit: &Audit) 
 }
 
 pub(crate) fn owner_of(p: &Principal) -> Owner {
-    Owner { org_id: p.org_id.clone(), user_id: p.user_id.clone(), group_id: String::new() }
+    Owner {
+        org_id: p.org_id.clone(),
+        user_id: p.user_id.clone(),
+        group_id: String::new(),
+    }
 }
 
 pub(crate) fn require_write(p: &Principal, action: &str) -> AiwmResult<()> {
-    if p.can_write() { Ok(()) } else { Err(ApiError::forbidden(format!("You do not have permission to {action}"))) }
+    if p.can_write() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "You do not have permission to {action}"
+        )))
+    }
 }
 
 /// A live record the caller may see, by `_id` or by its key within the
 /// caller's organisation. Anything else is "not found": another org's
 /// records are never confirmed to exist.
-pub(crate) fn find_visible<R: Resource>(state: &AppState, p: &Principal, id: &str) -> AiwmResult<R> {
+pub(crate) fn find_visible<R: Resource>(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+) -> AiwmResult<R> {
     let by_id = state.store.get::<R>(id)?;
     let record = match by_id {
         Some(r) => Some(r),
-        None => state.store.get_by_unique::<R>(R::KEY, &format!("{}/{id}", p.org_id))?,
+        None => state
+            .store
+            .get_by_unique::<R>(R::KEY, &format!("{}/{id}", p.org_id))?,
     };
     record
         .filter(|r| !r.is_deleted() && p.sees_org(&r.owner().org_id))
@@ -110,16 +131,31 @@ pub(crate) fn find_visible<R: Resource>(state: &AppState, p: &Principal, id: &st
 }
 
 /// `GET` on a collection: tenant scope, then the dialect's filter, sort and page.
-pub(crate) fn list<R: Resource>(state: &AppState, p: &Principal, q: &AiwmQuery) -> AiwmResult<Json<Value>> {
+pub(crate) fn list<R: Resource>(
+    state: &AppState,
+    p: &Principal,
+    q: &AiwmQuery,
+) -> AiwmResult<Json<Value>> {
     use warden_storage::{ListQuery, Scope};
-    let scope = if p.is_admin() { Scope::All } else { Scope::Index("org", &p.org_id) };
-    let records = state.store.list::<R>(&ListQuery { scope, ..Default::default() })?;
+    let scope = if p.is_admin() {
+        Scope::All
+    } else {
+        Scope::Index("org", &p.org_id)
+    };
+    let records = state.store.list::<R>(&ListQuery {
+        scope,
+        ..Default::default()
+    })?;
     let views: Vec<Value> = records.items.iter().map(Resource::view).collect();
     Ok(Json(q.page_of(views)))
 }
 
 /// Soft delete of a record without an actor.
-pub(crate) async fn soft_delete<R: Resource>(state: &AppState, p: &Principal, id: &str) -> AiwmResult<Json<Value>> {
+pub(crate) async fn soft_delete<R: Resource>(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+) -> AiwmResult<Json<Value>> {
     require_write(p, "delete")?;
     let record: R = find_visible(state, p, id)?;
     let deleted = state

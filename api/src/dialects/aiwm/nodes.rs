@@ -7,7 +7,10 @@ use serde_json::{Value, json};
 use warden_actors::node::{NewNode, NodePatch};
 use warden_storage::model::{Audit, GpuDevice, Node, NodeStatus};
 
-use super::{AiwmBody, AiwmQuery, AiwmResult, Fields, Resource, deleted_body, find_visible, iso, owner_of, require_write, view_of};
+use super::{
+    AiwmBody, AiwmQuery, AiwmResult, Fields, Resource, deleted_body, find_visible, iso, owner_of,
+    require_write, view_of,
+};
 use crate::AppState;
 use crate::auth::CurrentUser;
 use crate::openapi::Api;
@@ -83,7 +86,9 @@ fn parse(body: serde_json::Map<String, Value>, create: bool) -> AiwmResult<NodeP
     let node_id = f.key("nodeId", create);
     let name = f.string("name", create);
     let role = f.strings("role", false);
-    let status = f.one_of("status", &STATUSES, false).and_then(|s| NodeStatus::parse(&s));
+    let status = f
+        .one_of("status", &STATUSES, false)
+        .and_then(|s| NodeStatus::parse(&s));
     let is_local = f.boolean("isLocal", false);
     let vpn_ip = f.string("vpnIp", false);
     let cpu_cores = f.count("cpuCores", create);
@@ -108,7 +113,11 @@ fn parse(body: serde_json::Map<String, Value>, create: bool) -> AiwmResult<NodeP
     })
 }
 
-async fn create(State(state): State<AppState>, CurrentUser(p, _): User, AiwmBody(body): AiwmBody) -> AiwmResult<(StatusCode, Json<Value>)> {
+async fn create(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    AiwmBody(body): AiwmBody,
+) -> AiwmResult<(StatusCode, Json<Value>)> {
     require_write(&p, "create")?;
     let patch = parse(body, true)?;
     let new = NewNode {
@@ -124,27 +133,52 @@ async fn create(State(state): State<AppState>, CurrentUser(p, _): User, AiwmBody
         gpu_devices: patch.gpu_devices.unwrap_or_default(),
         extra: patch.extra.unwrap_or_default(),
     };
-    let node = state.runtime.nodes.create(new, owner_of(&p), &p.user_id).await?;
+    let node = state
+        .runtime
+        .nodes
+        .create(new, owner_of(&p), &p.user_id)
+        .await?;
     Ok((StatusCode::CREATED, Json(node.view())))
 }
 
-async fn list(State(state): State<AppState>, CurrentUser(p, _): User, q: AiwmQuery) -> AiwmResult<Json<Value>> {
+async fn list(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    q: AiwmQuery,
+) -> AiwmResult<Json<Value>> {
     super::list::<Node>(&state, &p, &q)
 }
 
-async fn get(State(state): State<AppState>, CurrentUser(p, _): User, Path(id): Path<String>) -> AiwmResult<Json<Value>> {
+async fn get(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    Path(id): Path<String>,
+) -> AiwmResult<Json<Value>> {
     Ok(Json(find_visible::<Node>(&state, &p, &id)?.view()))
 }
 
-async fn update(State(state): State<AppState>, CurrentUser(p, _): User, Path(id): Path<String>, AiwmBody(body): AiwmBody) -> AiwmResult<Json<Value>> {
+async fn update(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    Path(id): Path<String>,
+    AiwmBody(body): AiwmBody,
+) -> AiwmResult<Json<Value>> {
     require_write(&p, "update")?;
     let node: Node = find_visible(&state, &p, &id)?;
     let patch = parse(body, false)?;
-    let node = state.runtime.nodes.update(&node.id, patch, &p.user_id).await?;
+    let node = state
+        .runtime
+        .nodes
+        .update(&node.id, patch, &p.user_id)
+        .await?;
     Ok(Json(node.view()))
 }
 
-async fn delete(State(state): State<AppState>, CurrentUser(p, _): User, Path(id): Path<String>) -> AiwmResult<Json<Value>> {
+async fn delete(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    Path(id): Path<String>,
+) -> AiwmResult<Json<Value>> {
     require_write(&p, "delete")?;
     let node: Node = find_visible(&state, &p, &id)?;
     let node = state.runtime.nodes.delete(&node.id, &p.user_id).await?;
@@ -154,8 +188,23 @@ async fn delete(State(state): State<AppState>, CurrentUser(p, _): User, Path(id)
 pub(super) fn routes() -> Api {
     Api::new()
         .post("/api/nodes", "aiwm: nodes", "Register a node", create)
-        .get("/api/nodes", "aiwm: nodes", "List nodes (page, limit, filter[field], sort)", list)
-        .get("/api/nodes/{id}", "aiwm: nodes", "Get a node by _id or nodeId", get)
+        .get(
+            "/api/nodes",
+            "aiwm: nodes",
+            "List nodes (page, limit, filter[field], sort)",
+            list,
+        )
+        .get(
+            "/api/nodes/{id}",
+            "aiwm: nodes",
+            "Get a node by _id or nodeId",
+            get,
+        )
         .put("/api/nodes/{id}", "aiwm: nodes", "Update a node", update)
-        .delete("/api/nodes/{id}", "aiwm: nodes", "Soft-delete a node", delete)
+        .delete(
+            "/api/nodes/{id}",
+            "aiwm: nodes",
+            "Soft-delete a node",
+            delete,
+        )
 }

@@ -39,13 +39,20 @@ fn positive(key: &str, value: &str, errors: &mut Vec<String>) -> Option<usize> {
 }
 
 pub(crate) fn parse(query: &str) -> Result<AiwmQuery, AiwmError> {
-    let mut q = AiwmQuery { page: 1, limit: 10, filters: Vec::new(), sort: Vec::new() };
+    let mut q = AiwmQuery {
+        page: 1,
+        limit: 10,
+        filters: Vec::new(),
+        sort: Vec::new(),
+    };
     let mut errors = Vec::new();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match key.as_ref() {
             "page" => q.page = positive("page", &value, &mut errors).unwrap_or(1),
             "limit" => match positive("limit", &value, &mut errors) {
-                Some(v) if v > MAX_LIMIT => errors.push(format!("limit must not be greater than {MAX_LIMIT}")),
+                Some(v) if v > MAX_LIMIT => {
+                    errors.push(format!("limit must not be greater than {MAX_LIMIT}"))
+                }
                 Some(v) => q.limit = v,
                 None => {}
             },
@@ -53,7 +60,9 @@ pub(crate) fn parse(query: &str) -> Result<AiwmQuery, AiwmError> {
                 for field in value.split(',').map(str::trim).filter(|f| !f.is_empty()) {
                     match field.strip_prefix('-') {
                         Some(f) => q.sort.push((f.to_owned(), true)),
-                        None => q.sort.push((field.trim_start_matches('+').to_owned(), false)),
+                        None => q
+                            .sort
+                            .push((field.trim_start_matches('+').to_owned(), false)),
                     }
                 }
             }
@@ -68,7 +77,11 @@ pub(crate) fn parse(query: &str) -> Result<AiwmQuery, AiwmError> {
             }
         }
     }
-    if errors.is_empty() { Ok(q) } else { Err(ApiError::validation(errors)) }
+    if errors.is_empty() {
+        Ok(q)
+    } else {
+        Err(ApiError::validation(errors))
+    }
 }
 
 fn lookup<'a>(view: &'a Value, field: &str) -> Option<&'a Value> {
@@ -105,9 +118,10 @@ fn compare(a: Option<&Value>, b: Option<&Value>) -> Ordering {
         }
     }
     match (a, b) {
-        (Some(Value::Number(x)), Some(Value::Number(y))) => {
-            x.as_f64().partial_cmp(&y.as_f64()).unwrap_or(Ordering::Equal)
-        }
+        (Some(Value::Number(x)), Some(Value::Number(y))) => x
+            .as_f64()
+            .partial_cmp(&y.as_f64())
+            .unwrap_or(Ordering::Equal),
         (Some(Value::String(x)), Some(Value::String(y))) => x.cmp(y),
         (Some(Value::Bool(x)), Some(Value::Bool(y))) => x.cmp(y),
         _ => rank(a).cmp(&rank(b)),
@@ -117,8 +131,10 @@ fn compare(a: Option<&Value>, b: Option<&Value>) -> Ordering {
 impl AiwmQuery {
     /// Filters, sorts (stable, so ties keep storage order) and pages views.
     pub fn page_of(&self, views: Vec<Value>) -> Value {
-        let mut views: Vec<Value> =
-            views.into_iter().filter(|v| self.filters.iter().all(|(f, want)| matches(v, f, want))).collect();
+        let mut views: Vec<Value> = views
+            .into_iter()
+            .filter(|v| self.filters.iter().all(|(f, want)| matches(v, f, want)))
+            .collect();
         if !self.sort.is_empty() {
             views.sort_by(|a, b| {
                 self.sort
@@ -132,8 +148,11 @@ impl AiwmQuery {
             });
         }
         let total = views.len();
-        let data: Vec<Value> =
-            views.into_iter().skip((self.page - 1).saturating_mul(self.limit)).take(self.limit).collect();
+        let data: Vec<Value> = views
+            .into_iter()
+            .skip((self.page - 1).saturating_mul(self.limit))
+            .take(self.limit)
+            .collect();
         json!({"data": data, "pagination": {"page": self.page, "limit": self.limit, "total": total}})
     }
 }
@@ -144,12 +163,30 @@ mod tests {
 
     #[test]
     fn parses_and_validates() {
-        let q = parse("page=2&limit=20&filter%5Bstatus%5D=online&filter[isLocal]=true&sort=-createdAt,name").unwrap();
+        let q = parse(
+            "page=2&limit=20&filter%5Bstatus%5D=online&filter[isLocal]=true&sort=-createdAt,name",
+        )
+        .unwrap();
         assert_eq!((q.page, q.limit), (2, 20));
-        assert_eq!(q.filters, vec![("status".into(), "online".into()), ("isLocal".into(), "true".into())]);
-        assert_eq!(q.sort, vec![("createdAt".into(), true), ("name".into(), false)]);
+        assert_eq!(
+            q.filters,
+            vec![
+                ("status".into(), "online".into()),
+                ("isLocal".into(), "true".into())
+            ]
+        );
+        assert_eq!(
+            q.sort,
+            vec![("createdAt".into(), true), ("name".into(), false)]
+        );
         let e = parse("page=0&limit=101").unwrap_err();
-        assert_eq!(e.errors, vec!["page must be a positive integer", "limit must not be greater than 100"]);
+        assert_eq!(
+            e.errors,
+            vec![
+                "page must be a positive integer",
+                "limit must not be greater than 100"
+            ]
+        );
         assert!(parse("page=abc").is_err());
         assert!(parse("limit=-1").is_err());
     }

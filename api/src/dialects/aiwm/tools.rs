@@ -7,7 +7,10 @@ use serde_json::{Value, json};
 use warden_storage::model::{Audit, Tool};
 use warden_storage::new_object_id;
 
-use super::{AiwmBody, AiwmError, AiwmQuery, AiwmResult, Fields, Resource, find_visible, owner_of, require_write, view_of};
+use super::{
+    AiwmBody, AiwmError, AiwmQuery, AiwmResult, Fields, Resource, find_visible, owner_of,
+    require_write, view_of,
+};
 use crate::AppState;
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
@@ -84,28 +87,62 @@ fn apply(t: &mut Tool, body: serde_json::Map<String, Value>, create: bool) -> Ai
     // Usage statistics are recorded by Warden when agents call the tool.
     f.drop(&["usage", "totalUsage", "totalFailures", "averageLatency"]);
     let extra = f.finish()?;
-    if let Some(v) = tool_id { t.tool_id = v; }
-    if let Some(v) = name { t.name = v; }
-    if let Some(v) = description { t.description = v; }
-    if let Some(v) = kind { t.kind = v; }
-    if let Some(v) = category { t.category = v; }
-    if let Some(v) = provider { t.provider = v; }
-    if let Some(v) = endpoint { t.endpoint = v; }
-    if let Some(v) = version { t.version = v; }
-    if let Some(v) = status { t.status = v; }
-    if let Some(v) = parameters { t.parameters = v; }
-    if let Some(v) = response_format { t.response_format = v; }
-    if let Some(v) = tags { t.tags = v; }
-    if let Some(v) = documentation { t.documentation = Some(v); }
-    if let Some(v) = examples { t.examples = v; }
-    if let Some(v) = is_active { t.is_active = v; }
+    if let Some(v) = tool_id {
+        t.tool_id = v;
+    }
+    if let Some(v) = name {
+        t.name = v;
+    }
+    if let Some(v) = description {
+        t.description = v;
+    }
+    if let Some(v) = kind {
+        t.kind = v;
+    }
+    if let Some(v) = category {
+        t.category = v;
+    }
+    if let Some(v) = provider {
+        t.provider = v;
+    }
+    if let Some(v) = endpoint {
+        t.endpoint = v;
+    }
+    if let Some(v) = version {
+        t.version = v;
+    }
+    if let Some(v) = status {
+        t.status = v;
+    }
+    if let Some(v) = parameters {
+        t.parameters = v;
+    }
+    if let Some(v) = response_format {
+        t.response_format = v;
+    }
+    if let Some(v) = tags {
+        t.tags = v;
+    }
+    if let Some(v) = documentation {
+        t.documentation = Some(v);
+    }
+    if let Some(v) = examples {
+        t.examples = v;
+    }
+    if let Some(v) = is_active {
+        t.is_active = v;
+    }
     if !extra.is_empty() {
         t.extra = warden_actors::merge_extra(&t.extra, &extra);
     }
     Ok(())
 }
 
-async fn create(State(state): State<AppState>, CurrentUser(p, _): User, AiwmBody(body): AiwmBody) -> AiwmResult<(StatusCode, Json<Value>)> {
+async fn create(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    AiwmBody(body): AiwmBody,
+) -> AiwmResult<(StatusCode, Json<Value>)> {
     require_write(&p, "create")?;
     let mut tool = Tool {
         id: new_object_id(),
@@ -137,15 +174,28 @@ async fn create(State(state): State<AppState>, CurrentUser(p, _): User, AiwmBody
     Ok((StatusCode::CREATED, Json(tool.view())))
 }
 
-async fn list(State(state): State<AppState>, CurrentUser(p, _): User, q: AiwmQuery) -> AiwmResult<Json<Value>> {
+async fn list(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    q: AiwmQuery,
+) -> AiwmResult<Json<Value>> {
     super::list::<Tool>(&state, &p, &q)
 }
 
-async fn get(State(state): State<AppState>, CurrentUser(p, _): User, Path(id): Path<String>) -> AiwmResult<Json<Value>> {
+async fn get(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    Path(id): Path<String>,
+) -> AiwmResult<Json<Value>> {
     Ok(Json(find_visible::<Tool>(&state, &p, &id)?.view()))
 }
 
-async fn update(State(state): State<AppState>, CurrentUser(p, _): User, Path(id): Path<String>, AiwmBody(body): AiwmBody) -> AiwmResult<Json<Value>> {
+async fn update(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    Path(id): Path<String>,
+    AiwmBody(body): AiwmBody,
+) -> AiwmResult<Json<Value>> {
     require_write(&p, "update")?;
     let found: Tool = find_visible(&state, &p, &id)?;
     let updated = state
@@ -163,15 +213,29 @@ async fn update(State(state): State<AppState>, CurrentUser(p, _): User, Path(id)
     Ok(Json(updated.view()))
 }
 
-async fn delete(State(state): State<AppState>, CurrentUser(p, _): User, Path(id): Path<String>) -> AiwmResult<Json<Value>> {
+async fn delete(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    Path(id): Path<String>,
+) -> AiwmResult<Json<Value>> {
     super::soft_delete::<Tool>(&state, &p, &id).await
 }
 
 pub(super) fn routes() -> Api {
     Api::new()
         .post("/api/tools", "aiwm: tools", "Create a tool", create)
-        .get("/api/tools", "aiwm: tools", "List tools (page, limit, filter[field], sort)", list)
+        .get(
+            "/api/tools",
+            "aiwm: tools",
+            "List tools (page, limit, filter[field], sort)",
+            list,
+        )
         .get("/api/tools/{id}", "aiwm: tools", "Get a tool", get)
         .put("/api/tools/{id}", "aiwm: tools", "Update a tool", update)
-        .delete("/api/tools/{id}", "aiwm: tools", "Soft-delete a tool", delete)
+        .delete(
+            "/api/tools/{id}",
+            "aiwm: tools",
+            "Soft-delete a tool",
+            delete,
+        )
 }
