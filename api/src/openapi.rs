@@ -17,7 +17,7 @@ pub(crate) struct RouteDoc {
     pub method: &'static str,
     pub path: &'static str,
     pub tag: &'static str,
-    pub summary: &'static str,
+    pub summary: String,
     pub public: bool,
 }
 
@@ -48,7 +48,7 @@ impl Api {
         self,
         path: &'static str,
         tag: &'static str,
-        summary: &'static str,
+        summary: impl Into<String>,
         h: H,
     ) -> Self {
         self.add(
@@ -57,7 +57,7 @@ impl Api {
                 method: "get",
                 path,
                 tag,
-                summary,
+                summary: summary.into(),
                 public: false,
             },
             h,
@@ -67,7 +67,7 @@ impl Api {
         self,
         path: &'static str,
         tag: &'static str,
-        summary: &'static str,
+        summary: impl Into<String>,
         h: H,
     ) -> Self {
         self.add(
@@ -76,7 +76,7 @@ impl Api {
                 method: "post",
                 path,
                 tag,
-                summary,
+                summary: summary.into(),
                 public: false,
             },
             h,
@@ -86,7 +86,7 @@ impl Api {
         self,
         path: &'static str,
         tag: &'static str,
-        summary: &'static str,
+        summary: impl Into<String>,
         h: H,
     ) -> Self {
         self.add(
@@ -95,7 +95,7 @@ impl Api {
                 method: "put",
                 path,
                 tag,
-                summary,
+                summary: summary.into(),
                 public: false,
             },
             h,
@@ -105,7 +105,7 @@ impl Api {
         self,
         path: &'static str,
         tag: &'static str,
-        summary: &'static str,
+        summary: impl Into<String>,
         h: H,
     ) -> Self {
         self.add(
@@ -114,7 +114,7 @@ impl Api {
                 method: "delete",
                 path,
                 tag,
-                summary,
+                summary: summary.into(),
                 public: false,
             },
             h,
@@ -125,7 +125,7 @@ impl Api {
         self,
         path: &'static str,
         tag: &'static str,
-        summary: &'static str,
+        summary: impl Into<String>,
         h: H,
     ) -> Self {
         self.add(
@@ -134,7 +134,7 @@ impl Api {
                 method: "get",
                 path,
                 tag,
-                summary,
+                summary: summary.into(),
                 public: true,
             },
             h,
@@ -144,7 +144,7 @@ impl Api {
         self,
         path: &'static str,
         tag: &'static str,
-        summary: &'static str,
+        summary: impl Into<String>,
         h: H,
     ) -> Self {
         self.add(
@@ -153,7 +153,7 @@ impl Api {
                 method: "post",
                 path,
                 tag,
-                summary,
+                summary: summary.into(),
                 public: true,
             },
             h,
@@ -178,14 +178,14 @@ fn document(docs: &[RouteDoc], version: &str) -> Value {
         method: "get",
         path: "/openapi.json",
         tag: "docs",
-        summary: "This document",
+        summary: "This document".into(),
         public: true,
     });
     all.push(RouteDoc {
         method: "get",
         path: "/api-docs",
         tag: "docs",
-        summary: "A page listing every route",
+        summary: "A page listing every route".into(),
         public: true,
     });
     for d in &all {
@@ -230,7 +230,7 @@ fn page(docs: &[RouteDoc]) -> String {
             d.method.to_uppercase(),
             html_escape(d.path),
             d.tag,
-            html_escape(d.summary),
+            html_escape(&d.summary),
             if d.public { "public" } else { "bearer" }
         ));
     }

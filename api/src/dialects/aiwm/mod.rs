@@ -178,3 +178,121 @@ pub(crate) fn deleted_body(name: &str, audit: &Audit) -> Json<Value> {
         "deletedAt": audit.deleted_at.map(iso),
     }))
 }
+
+/// A record without an actor: created and changed through the store with
+/// optimistic retries.
+pub(crate) trait PlainResource: Resource {
+    /// A new record with its defaults, generated ids, owner and audit.
+    fn blank(p: &Principal) -> Self;
+    /// Applies a client's body; `create` makes the required fields required.
+    fn apply(&mut self, body: Map<String, Value>, create: bool) -> AiwmResult<()>;
+}
+
+use crate::auth::CurrentUser;
+type AiwmUser = CurrentUser<Aiwm>;
+use axum::extract::{Path, State};
+
+/// `GET {base}`: the caller's organisation's records, paged.
+pub(crate) async fn list_handler<R: Resource>(
+    State(state): State<AppState>,
+    CurrentUser(p, _): AiwmUser,
+    q: AiwmQuery,
+) -> AiwmResult<Json<Value>> {
+    list::<R>(&state, &p, &q)
+}
+
+/// `GET {base}/{id}`: by `_id` or by the record's key.
+pub(crate) async fn get_handler<R: Resource>(
+    State(state): State<AppState>,
+    CurrentUser(p, _): AiwmUser,
+    Path(id): Path<String>,
+) -> AiwmResult<Json<Value>> {
+    Ok(Json(find_visible::<R>(&state, &p, &id)?.view()))
+}
+
+pub(crate) async fn create_handler<R: PlainResource>(
+    State(state): State<AppState>,
+    CurrentUser(p, _): AiwmUser,
+    AiwmBody(body): AiwmBody,
+) -> AiwmResult<(StatusCode, Json<Value>)> {
+    require_write(&p, "create")?;
+    let mut record = R::blank(&p);
+    record.apply(body, true)?;
+    let record = state.store.insert(record).await?;
+    Ok((StatusCode::CREATED, Json(record.view())))
+}
+
+pub(crate) async fn update_handler<R: PlainResource>(
+    State(state): State<AppState>,
+    CurrentUser(p, _): AiwmUser,
+    Path(id): Path<String>,
+    AiwmBody(body): AiwmBody,
+) -> AiwmResult<Json<Value>> {
+    require_write(&p, "update")?;
+    let found: R = find_visible(&state, &p, &id)?;
+    let updated = state
+        .store
+        .update::<R, AiwmError>(found.id(), |r| {
+            if r.is_deleted() {
+                return Err(ApiError::not_found(R::NAME, &id));
+            }
+            r.apply(body.clone(), false)?;
+            r.audit_mut().touch(&p.user_id);
+            Ok(Some(()))
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(R::NAME, &id))?;
+    Ok(Json(updated.view()))
+}
+
+pub(crate) async fn delete_handler<R: PlainResource>(
+    State(state): State<AppState>,
+    CurrentUser(p, _): AiwmUser,
+    Path(id): Path<String>,
+) -> AiwmResult<Json<Value>> {
+    soft_delete::<R>(&state, &p, &id).await
+}
+
+/// The five CRUD routes of a plain record.
+pub(crate) fn plain_routes<R: PlainResource>(
+    base: &'static str,
+    item: &'static str,
+    tag: &'static str,
+) -> Api {
+    let name = R::NAME.to_lowercase();
+    Api::new()
+        .post(base, tag, format!("Create a {name}"), create_handler::<R>)
+        .get(
+            base,
+            tag,
+            format!("List {name}s (page, limit, filter[field], sort)"),
+            list_handler::<R>,
+        )
+        .get(
+            item,
+            tag,
+            format!("Get a {name} by _id or {}", R::KEY),
+            get_handler::<R>,
+        )
+        .put(item, tag, format!("Update a {name}"), update_handler::<R>)
+        .delete(
+            item,
+            tag,
+            format!("Soft-delete a {name}"),
+            delete_handler::<R>,
+        )
+}
+
+/// Sets a field when the client sent it.
+pub(crate) fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
+    }
+}
+
+/// Merges the extra fields a client sent into the stored ones.
+pub(crate) fn merge(extra: &mut String, sent: &str) {
+    if !sent.is_empty() {
+        *extra = warden_actors::merge_extra(extra, sent);
+    }
+}

@@ -8,7 +8,7 @@ use warden_actors::node::{NewNode, NodePatch};
 use warden_storage::model::{Audit, GpuDevice, Node, NodeStatus};
 
 use super::{
-    AiwmBody, AiwmQuery, AiwmResult, Fields, Resource, deleted_body, find_visible, iso, owner_of,
+    AiwmBody, AiwmResult, Fields, Resource, deleted_body, find_visible, iso, owner_of,
     require_write, view_of,
 };
 use crate::AppState;
@@ -141,22 +141,6 @@ async fn create(
     Ok((StatusCode::CREATED, Json(node.view())))
 }
 
-async fn list(
-    State(state): State<AppState>,
-    CurrentUser(p, _): User,
-    q: AiwmQuery,
-) -> AiwmResult<Json<Value>> {
-    super::list::<Node>(&state, &p, &q)
-}
-
-async fn get(
-    State(state): State<AppState>,
-    CurrentUser(p, _): User,
-    Path(id): Path<String>,
-) -> AiwmResult<Json<Value>> {
-    Ok(Json(find_visible::<Node>(&state, &p, &id)?.view()))
-}
-
 async fn update(
     State(state): State<AppState>,
     CurrentUser(p, _): User,
@@ -192,13 +176,13 @@ pub(super) fn routes() -> Api {
             "/api/nodes",
             "aiwm: nodes",
             "List nodes (page, limit, filter[field], sort)",
-            list,
+            super::list_handler::<Node>,
         )
         .get(
             "/api/nodes/{id}",
             "aiwm: nodes",
             "Get a node by _id or nodeId",
-            get,
+            super::get_handler::<Node>,
         )
         .put("/api/nodes/{id}", "aiwm: nodes", "Update a node", update)
         .delete(
