@@ -6,7 +6,7 @@
 //! not sink the others), flushes once, and only then answers every caller.
 //! Being the only writer, it can check constraints without transactions:
 //! nothing else changes the tree between its read and its write. sled's
-//! `flush_async` is not used: it deadlocks under concurrency in 0.34.7.
+//! asynchronous flush is not used: it deadlocks under concurrency in 0.34.7.
 
 use std::collections::HashSet;
 use std::fs::File;
