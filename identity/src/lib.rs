@@ -83,6 +83,13 @@ struct Claims {
     typ: String,
 }
 
+/// What a bearer token proves.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    User(Principal),
+    Node { node_id: String, org_id: String },
+}
+
 /// A freshly issued access token.
 #[derive(Debug, Clone)]
 pub struct IssuedToken {
@@ -244,16 +251,54 @@ impl Identity {
         })
     }
 
-    /// Checks a bearer token and returns the principal of a still-existing user.
-    pub fn verify_token(&self, token: &str) -> Result<Principal, IdentityError> {
+    /// A node credential: `sub` names the node, `typ` marks it as a node's,
+    /// so the node gateway accepts it and every user route refuses it.
+    pub fn issue_node_token(&self, node_id: &str, org_id: &str, ttl_secs: i64) -> Result<IssuedToken, IdentityError> {
+        let iat = now_millis() / 1000;
+        let claims = Claims {
+            sub: node_id.to_owned(),
+            username: String::new(),
+            org: org_id.to_owned(),
+            roles: Vec::new(),
+            jti: uuid::Uuid::new_v4().to_string(),
+            iat,
+            exp: iat + ttl_secs,
+            typ: "node".into(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| IdentityError::Invalid(e.to_string()))?;
+        Ok(IssuedToken { token, expires_in: ttl_secs })
+    }
+
+    fn decode(&self, token: &str) -> Result<Claims, IdentityError> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
-            .map_err(|_| IdentityError::InvalidToken)?;
-        let claims = data.claims;
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .map(|d| d.claims)
+            .map_err(|_| IdentityError::InvalidToken)
+    }
+
+    /// Checks any bearer token: a user's (whose user still exists) or a node's.
+    pub fn verify_credential(&self, token: &str) -> Result<Credential, IdentityError> {
+        let claims = self.decode(token)?;
+        match claims.typ.as_str() {
+            "node" => Ok(Credential::Node { node_id: claims.sub, org_id: claims.org }),
+            "user" => self.principal(claims).map(Credential::User),
+            _ => Err(IdentityError::InvalidToken),
+        }
+    }
+
+    /// Checks a bearer token and returns the principal of a still-existing user.
+    /// Node tokens are refused.
+    pub fn verify_token(&self, token: &str) -> Result<Principal, IdentityError> {
+        let claims = self.decode(token)?;
         if claims.typ != "user" {
             return Err(IdentityError::InvalidToken);
         }
+        self.principal(claims)
+    }
+
+    fn principal(&self, claims: Claims) -> Result<Principal, IdentityError> {
         let user = self
             .store
             .get::<User>(&claims.sub)?
@@ -405,6 +450,13 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         // The same key is used after a restart.
+        let node = id.issue_node_token("node-1", &user.org_id, 60).unwrap();
+        assert!(id.verify_token(&node.token).is_err(), "user routes refuse node tokens");
+        match id.verify_credential(&node.token).unwrap() {
+            Credential::Node { node_id, org_id } => assert_eq!((node_id.as_str(), org_id), ("node-1", user.org_id.clone())),
+            other => panic!("expected a node credential, got {other:?}"),
+        }
+        assert!(matches!(id.verify_credential(&token.token).unwrap(), Credential::User(_)));
         let again = Identity::open(id.store.clone(), &dir.path().join("secrets"), 3600).unwrap();
         assert!(again.verify_token(&token.token).is_ok());
     }

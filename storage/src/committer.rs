@@ -29,13 +29,14 @@ pub(crate) struct Request {
 pub(crate) fn spawn(
     db: sled::Db,
     tree: sled::Tree,
+    series: sled::Tree,
     durability: Durability,
     log_file: Option<File>,
 ) -> (mpsc::Sender<Request>, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel::<Request>();
     let handle = std::thread::Builder::new()
         .name("warden-committer".into())
-        .spawn(move || run(db, tree, durability, log_file, rx))
+        .spawn(move || run(db, tree, series, durability, log_file, rx))
         .expect("spawning the committer thread must succeed at startup");
     (tx, handle)
 }
@@ -43,6 +44,7 @@ pub(crate) fn spawn(
 fn run(
     db: sled::Db,
     tree: sled::Tree,
+    series: sled::Tree,
     durability: Durability,
     log_file: Option<File>,
     rx: mpsc::Receiver<Request>,
@@ -51,7 +53,7 @@ fn run(
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(req) = next.take() {
-            let outcome = apply(&tree, req.writes);
+            let outcome = apply(&tree, &series, req.writes);
             group.push((req.reply, outcome));
             if group.len() < MAX_GROUP {
                 next = rx.try_recv().ok();
@@ -71,7 +73,9 @@ fn run(
                 ))),
                 (_, outcome) => outcome,
             };
-            let _ = reply.send(answer);
+            if let Err(Err(e)) = reply.send(answer) {
+                tracing::warn!(error = %e, "a write nobody waited for failed");
+            }
         }
     }
     let _ = flush(&db, durability, log_file.as_ref());
@@ -88,7 +92,9 @@ fn flush(db: &sled::Db, durability: Durability, log_file: Option<&File>) -> std:
 }
 
 /// Checks and applies one request atomically; returns the new version of each put.
-fn apply(tree: &sled::Tree, writes: Vec<Write>) -> Outcome {
+fn apply(tree: &sled::Tree, series: &sled::Tree, writes: Vec<Write>) -> Outcome {
+    let mut points = sled::Batch::default();
+    let mut has_points = false;
     let mut batch = sled::Batch::default();
     let mut versions = Vec::with_capacity(writes.len());
     // Unique keys claimed by earlier writes of this same request.
@@ -179,6 +185,18 @@ fn apply(tree: &sled::Tree, writes: Vec<Write>) -> Outcome {
                 }
                 versions.push(0);
             }
+            Write::Point { key, value } => {
+                points.insert(key, value);
+                has_points = true;
+                versions.push(0);
+            }
+            Write::RemovePoints { keys } => {
+                for key in keys {
+                    points.remove(key);
+                }
+                has_points = true;
+                versions.push(0);
+            }
             Write::Meta { name, value } => {
                 batch.insert(keys::meta(&name), value);
                 versions.push(0);
@@ -186,5 +204,8 @@ fn apply(tree: &sled::Tree, writes: Vec<Write>) -> Outcome {
         }
     }
     tree.apply_batch(batch)?;
+    if has_points {
+        series.apply_batch(points)?;
+    }
     Ok(versions)
 }

@@ -19,6 +19,11 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// Name of the sled tree that holds records, indexes and metadata.
 pub const MAIN_TREE: &str = "warden";
 
+/// Name of the sled tree that holds time series points (see `series.rs`):
+/// key = escaped series name, 8-byte big-endian time (sign bit flipped),
+/// escaped point id; value = the point's JSON.
+pub const SERIES_TREE: &str = "series";
+
 pub(crate) const RECORD: u8 = b'r';
 pub(crate) const INDEX: u8 = b'i';
 pub(crate) const UNIQUE: u8 = b'u';

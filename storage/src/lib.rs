@@ -15,6 +15,7 @@ mod error;
 pub mod keys;
 pub mod model;
 mod record;
+pub mod series;
 mod store;
 
 pub use blobs::{BlobRef, BlobStore};

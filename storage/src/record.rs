@@ -82,6 +82,10 @@ pub enum Write {
     },
     /// A metadata value.
     Meta { name: String, value: Vec<u8> },
+    /// A point of a time series (see [`crate::series`]); idempotent by key.
+    Point { key: Vec<u8>, value: Vec<u8> },
+    /// Removes points of a time series.
+    RemovePoints { keys: Vec<Vec<u8>> },
 }
 
 impl Write {

@@ -78,6 +78,7 @@ struct Inner {
     writer: Mutex<Option<mpsc::Sender<Request>>>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     blobs: BlobStore,
+    series: sled::Tree,
     data_dir: PathBuf,
 }
 
@@ -107,7 +108,8 @@ impl Store {
         let tree = db.open_tree(keys::MAIN_TREE)?;
         migrate(&db, &tree, migrations, keys::SCHEMA_VERSION)?;
         let log_file = File::open(db_path.join("db")).ok();
-        let (tx, handle) = committer::spawn(db.clone(), tree.clone(), config.durability, log_file);
+        let series = db.open_tree(keys::SERIES_TREE)?;
+        let (tx, handle) = committer::spawn(db.clone(), tree.clone(), series.clone(), config.durability, log_file);
         let blobs = BlobStore::open(config.data_dir.join("blobs"))?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -116,6 +118,7 @@ impl Store {
                 writer: Mutex::new(Some(tx)),
                 committer: Mutex::new(Some(handle)),
                 blobs,
+                series,
                 data_dir: config.data_dir.clone(),
             }),
         })
@@ -136,6 +139,19 @@ impl Store {
 
     pub fn schema_version(&self) -> Result<u32, StorageError> {
         read_schema(&self.inner.tree)
+    }
+
+    /// Queues `writes` without waiting: for state nobody was promised
+    /// (telemetry). Still atomic, still in order with every other write.
+    pub fn commit_nowait(&self, writes: Vec<Write>) -> Result<(), StorageError> {
+        let (reply, _) = oneshot::channel();
+        let guard = self.inner.writer.lock().expect("writer lock is never poisoned: no code panics holding it");
+        let sender = guard.as_ref().ok_or(StorageError::Closed)?;
+        sender.send(Request { writes, reply }).map_err(|_| StorageError::Closed)
+    }
+
+    pub(crate) fn series_tree(&self) -> &sled::Tree {
+        &self.inner.series
     }
 
     /// Applies `writes` atomically and durably; returns each put's new version.

@@ -1,0 +1,153 @@
+//! Time series: points of JSON, ordered by time within a named series
+//! (`node/{id}/metrics`, `telemetry/{owner}`), kept in their own tree.
+//!
+//! A point's key ends with its id, so writing the same point twice (a
+//! daemon re-sending buffered telemetry) stores it once.
+
+use crate::{Millis, Store, StorageError, Write, keys};
+
+/// One stored point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub at: Millis,
+    pub id: String,
+    pub value: Vec<u8>,
+}
+
+/// A time range query; `newest_first` walks backwards from `to`.
+#[derive(Debug, Clone, Copy)]
+pub struct Range {
+    pub from: Millis,
+    pub to: Millis,
+    pub limit: usize,
+    pub skip: usize,
+    pub newest_first: bool,
+}
+
+impl Default for Range {
+    fn default() -> Self {
+        Range { from: Millis::MIN, to: Millis::MAX, limit: 100, skip: 0, newest_first: true }
+    }
+}
+
+fn time_bytes(at: Millis) -> [u8; 8] {
+    ((at as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn prefix(series: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(series.len() + 2);
+    keys::push(&mut k, series.as_bytes());
+    k
+}
+
+/// The key of a point: series, time, id.
+pub fn point_key(series: &str, at: Millis, id: &str) -> Vec<u8> {
+    let mut k = prefix(series);
+    k.extend_from_slice(&time_bytes(at));
+    keys::push(&mut k, id.as_bytes());
+    k
+}
+
+fn decode(series_len: usize, key: &[u8], value: &[u8]) -> Option<Point> {
+    let rest = key.get(series_len..)?;
+    let t: [u8; 8] = rest.get(..8)?.try_into().ok()?;
+    let at = (u64::from_be_bytes(t) ^ (1 << 63)) as Millis;
+    let (id, _) = keys::pop(&rest[8..])?;
+    Some(Point { at, id: String::from_utf8_lossy(&id).into_owned(), value: value.to_vec() })
+}
+
+impl Store {
+    /// Appends a point durably.
+    pub async fn append_point(&self, series: &str, at: Millis, id: &str, value: Vec<u8>) -> Result<(), StorageError> {
+        self.commit(vec![Write::Point { key: point_key(series, at, id), value }]).await.map(|_| ())
+    }
+
+    /// Appends a point without waiting for the flush.
+    pub fn append_point_nowait(&self, series: &str, at: Millis, id: &str, value: Vec<u8>) -> Result<(), StorageError> {
+        self.commit_nowait(vec![Write::Point { key: point_key(series, at, id), value }])
+    }
+
+    /// Points of one series within a time range.
+    pub fn points(&self, series: &str, range: Range) -> Result<Vec<Point>, StorageError> {
+        let p = prefix(series);
+        let mut start = p.clone();
+        start.extend_from_slice(&time_bytes(range.from));
+        let mut end = p.clone();
+        end.extend_from_slice(&time_bytes(range.to.saturating_add(1).max(range.to)));
+        if range.to == Millis::MAX {
+            end = p.clone();
+            end.extend_from_slice(&[0xFF; 9]);
+        }
+        let iter = self.series_tree().range(start..end);
+        let mut out = Vec::new();
+        let mut push = |item: Result<(sled::IVec, sled::IVec), sled::Error>| -> Result<bool, StorageError> {
+            let (k, v) = item?;
+            if let Some(point) = decode(p.len(), &k, &v) {
+                out.push(point);
+            }
+            Ok(out.len() < range.skip.saturating_add(range.limit))
+        };
+        if range.newest_first {
+            for item in iter.rev() {
+                if !push(item)? {
+                    break;
+                }
+            }
+        } else {
+            for item in iter {
+                if !push(item)? {
+                    break;
+                }
+            }
+        }
+        Ok(out.into_iter().skip(range.skip).collect())
+    }
+
+    /// Removes every point older than `before`, in every series. Returns
+    /// how many were removed.
+    pub async fn prune_points(&self, before: Millis) -> Result<usize, StorageError> {
+        let mut doomed = Vec::new();
+        for item in self.series_tree().iter().keys() {
+            let key = item?;
+            let Some((_, rest)) = keys::pop(&key) else { continue };
+            if let Some(t) = rest.get(..8).and_then(|t| <[u8; 8]>::try_from(t).ok()) {
+                if ((u64::from_be_bytes(t) ^ (1 << 63)) as Millis) < before {
+                    doomed.push(key.to_vec());
+                }
+            }
+        }
+        let n = doomed.len();
+        for chunk in doomed.chunks(1024) {
+            self.commit(vec![Write::RemovePoints { keys: chunk.to_vec() }]).await?;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Durability, StoreConfig};
+
+    #[tokio::test]
+    async fn ranges_order_idempotence_and_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig { data_dir: dir.path().to_path_buf(), durability: Durability::Flush }).unwrap();
+        for (at, id) in [(-5, "a"), (10, "b"), (20, "c"), (30, "d")] {
+            store.append_point("s", at, id, id.as_bytes().to_vec()).await.unwrap();
+        }
+        store.append_point("s", 20, "c", b"c".to_vec()).await.unwrap(); // again: stored once
+        store.append_point("s2", 15, "x", b"x".to_vec()).await.unwrap();
+        store.append_point("s\0", 15, "y", b"y".to_vec()).await.unwrap();
+        let ids = |ps: Vec<Point>| ps.into_iter().map(|p| p.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.points("s", Range::default()).unwrap()), vec!["d", "c", "b", "a"]);
+        let r = Range { from: 10, to: 20, newest_first: false, ..Default::default() };
+        assert_eq!(ids(store.points("s", r).unwrap()), vec!["b", "c"]);
+        let r = Range { limit: 2, skip: 1, ..Default::default() };
+        assert_eq!(ids(store.points("s", r).unwrap()), vec!["c", "b"]);
+        assert_eq!(store.points("s", Range::default()).unwrap()[3].at, -5);
+        assert_eq!(store.prune_points(15).await.unwrap(), 2);
+        assert_eq!(ids(store.points("s", Range::default()).unwrap()), vec!["d", "c"]);
+        assert_eq!(ids(store.points("s2", Range::default()).unwrap()), vec!["x"]);
+    }
+}
