@@ -96,6 +96,25 @@ impl ServeArgs {
             .unwrap_or(config::DEFAULT_MAX_BODY_BYTES);
         c.root_policy = file.supervision.root.unwrap_or_default();
         c.node_policy = file.supervision.nodes.unwrap_or_default();
+        let env_ms = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|v| *v > 0)
+        };
+        if let Some(ms) =
+            env_ms("WARDEN_NODE_HEARTBEAT_INTERVAL_MS").or(file.nodes.heartbeat_interval_ms)
+        {
+            c.node_timing.heartbeat = std::time::Duration::from_millis(ms.max(1));
+        }
+        if let Some(ms) =
+            env_ms("WARDEN_NODE_METRICS_INTERVAL_MS").or(file.nodes.metrics_interval_ms)
+        {
+            c.node_timing.metrics = std::time::Duration::from_millis(ms.max(1));
+        }
+        if let Some(h) = file.nodes.telemetry_retention_hours {
+            c.telemetry_retention = std::time::Duration::from_secs(h * 3600);
+        }
         c.admin_username = std::env::var("WARDEN_ADMIN_USERNAME")
             .ok()
             .filter(|v| !v.is_empty());

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Deserialize;
+use std::time::Duration;
+
+use warden_actors::node::NodeTiming;
 use warden_storage::Durability;
 use warden_supervisors::RestartPolicy;
 
@@ -23,6 +26,18 @@ pub struct FileConfig {
     pub log_json: Option<bool>,
     #[serde(default)]
     pub supervision: SupervisionFile,
+    #[serde(default)]
+    pub nodes: NodesFile,
+}
+
+/// `[nodes]`: the telemetry the server asks of daemons.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodesFile {
+    pub heartbeat_interval_ms: Option<u64>,
+    pub metrics_interval_ms: Option<u64>,
+    /// How long telemetry points are kept.
+    pub telemetry_retention_hours: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -54,6 +69,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub root_policy: RestartPolicy,
     pub node_policy: RestartPolicy,
+    pub node_timing: NodeTiming,
+    pub telemetry_retention: Duration,
     pub admin_username: Option<String>,
     pub admin_password: Option<String>,
     pub admin_email: Option<String>,
@@ -62,6 +79,7 @@ pub struct ServerConfig {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./warden-data";
 pub const DEFAULT_TOKEN_TTL_SECS: i64 = 24 * 3600;
+pub const DEFAULT_TELEMETRY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 impl ServerConfig {
@@ -78,6 +96,8 @@ impl ServerConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             root_policy: RestartPolicy::default(),
             node_policy: RestartPolicy::default(),
+            node_timing: NodeTiming::default(),
+            telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             admin_username: None,
             admin_password: None,
             admin_email: None,

@@ -78,6 +78,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         RuntimeConfig {
             root: config.root_policy,
             nodes: config.node_policy,
+            node_timing: config.node_timing,
         },
     )
     .await
@@ -100,6 +101,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         let _ = tcp.set_nodelay(true);
     });
     let app = warden_api::router(state);
+    let pruner = tokio::spawn(prune_telemetry(store.clone(), config.telemetry_retention));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -107,6 +109,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
                 let _ = rx.await;
             })
             .await?;
+        pruner.abort();
         runtime.shutdown().await;
         store.close();
         tracing::info!("stopped");
@@ -119,6 +122,20 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         shutdown: tx,
         task,
     })
+}
+
+/// Drops telemetry points older than the retention, every ten minutes.
+async fn prune_telemetry(store: Store, retention: std::time::Duration) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
+    loop {
+        every.tick().await;
+        let before = warden_storage::now_millis() - retention.as_millis() as i64;
+        match store.prune_points(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(points = n, "pruned old telemetry"),
+            Err(e) => tracing::warn!(error = %e, "could not prune telemetry"),
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

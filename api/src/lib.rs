@@ -11,6 +11,7 @@ mod error;
 mod health;
 mod metrics;
 mod openapi;
+mod ws;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,6 +48,7 @@ pub fn router(state: AppState) -> Router {
     let api = openapi::Api::new()
         .merge(health::routes())
         .merge(dialects::aiwm::routes())
+        .merge(ws::routes())
         .merge(admin::routes(state.config.enable_fault_injection));
     let (router, docs) = api.finish();
     let docs = Arc::new(docs);

@@ -253,7 +253,12 @@ impl Identity {
 
     /// A node credential: `sub` names the node, `typ` marks it as a node's,
     /// so the node gateway accepts it and every user route refuses it.
-    pub fn issue_node_token(&self, node_id: &str, org_id: &str, ttl_secs: i64) -> Result<IssuedToken, IdentityError> {
+    pub fn issue_node_token(
+        &self,
+        node_id: &str,
+        org_id: &str,
+        ttl_secs: i64,
+    ) -> Result<IssuedToken, IdentityError> {
         let iat = now_millis() / 1000;
         let claims = Claims {
             sub: node_id.to_owned(),
@@ -267,7 +272,10 @@ impl Identity {
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| IdentityError::Invalid(e.to_string()))?;
-        Ok(IssuedToken { token, expires_in: ttl_secs })
+        Ok(IssuedToken {
+            token,
+            expires_in: ttl_secs,
+        })
     }
 
     fn decode(&self, token: &str) -> Result<Claims, IdentityError> {
@@ -282,7 +290,10 @@ impl Identity {
     pub fn verify_credential(&self, token: &str) -> Result<Credential, IdentityError> {
         let claims = self.decode(token)?;
         match claims.typ.as_str() {
-            "node" => Ok(Credential::Node { node_id: claims.sub, org_id: claims.org }),
+            "node" => Ok(Credential::Node {
+                node_id: claims.sub,
+                org_id: claims.org,
+            }),
             "user" => self.principal(claims).map(Credential::User),
             _ => Err(IdentityError::InvalidToken),
         }
@@ -451,12 +462,20 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         // The same key is used after a restart.
         let node = id.issue_node_token("node-1", &user.org_id, 60).unwrap();
-        assert!(id.verify_token(&node.token).is_err(), "user routes refuse node tokens");
+        assert!(
+            id.verify_token(&node.token).is_err(),
+            "user routes refuse node tokens"
+        );
         match id.verify_credential(&node.token).unwrap() {
-            Credential::Node { node_id, org_id } => assert_eq!((node_id.as_str(), org_id), ("node-1", user.org_id.clone())),
+            Credential::Node { node_id, org_id } => {
+                assert_eq!((node_id.as_str(), org_id), ("node-1", user.org_id.clone()))
+            }
             other => panic!("expected a node credential, got {other:?}"),
         }
-        assert!(matches!(id.verify_credential(&token.token).unwrap(), Credential::User(_)));
+        assert!(matches!(
+            id.verify_credential(&token.token).unwrap(),
+            Credential::User(_)
+        ));
         let again = Identity::open(id.store.clone(), &dir.path().join("secrets"), 3600).unwrap();
         assert!(again.verify_token(&token.token).is_ok());
     }

@@ -4,7 +4,7 @@
 //! A point's key ends with its id, so writing the same point twice (a
 //! daemon re-sending buffered telemetry) stores it once.
 
-use crate::{Millis, Store, StorageError, Write, keys};
+use crate::{Millis, StorageError, Store, Write, keys};
 
 /// One stored point.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,7 +26,13 @@ pub struct Range {
 
 impl Default for Range {
     fn default() -> Self {
-        Range { from: Millis::MIN, to: Millis::MAX, limit: 100, skip: 0, newest_first: true }
+        Range {
+            from: Millis::MIN,
+            to: Millis::MAX,
+            limit: 100,
+            skip: 0,
+            newest_first: true,
+        }
     }
 }
 
@@ -53,18 +59,42 @@ fn decode(series_len: usize, key: &[u8], value: &[u8]) -> Option<Point> {
     let t: [u8; 8] = rest.get(..8)?.try_into().ok()?;
     let at = (u64::from_be_bytes(t) ^ (1 << 63)) as Millis;
     let (id, _) = keys::pop(&rest[8..])?;
-    Some(Point { at, id: String::from_utf8_lossy(&id).into_owned(), value: value.to_vec() })
+    Some(Point {
+        at,
+        id: String::from_utf8_lossy(&id).into_owned(),
+        value: value.to_vec(),
+    })
 }
 
 impl Store {
     /// Appends a point durably.
-    pub async fn append_point(&self, series: &str, at: Millis, id: &str, value: Vec<u8>) -> Result<(), StorageError> {
-        self.commit(vec![Write::Point { key: point_key(series, at, id), value }]).await.map(|_| ())
+    pub async fn append_point(
+        &self,
+        series: &str,
+        at: Millis,
+        id: &str,
+        value: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        self.commit(vec![Write::Point {
+            key: point_key(series, at, id),
+            value,
+        }])
+        .await
+        .map(|_| ())
     }
 
     /// Appends a point without waiting for the flush.
-    pub fn append_point_nowait(&self, series: &str, at: Millis, id: &str, value: Vec<u8>) -> Result<(), StorageError> {
-        self.commit_nowait(vec![Write::Point { key: point_key(series, at, id), value }])
+    pub fn append_point_nowait(
+        &self,
+        series: &str,
+        at: Millis,
+        id: &str,
+        value: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        self.commit_nowait(vec![Write::Point {
+            key: point_key(series, at, id),
+            value,
+        }])
     }
 
     /// Points of one series within a time range.
@@ -80,13 +110,14 @@ impl Store {
         }
         let iter = self.series_tree().range(start..end);
         let mut out = Vec::new();
-        let mut push = |item: Result<(sled::IVec, sled::IVec), sled::Error>| -> Result<bool, StorageError> {
-            let (k, v) = item?;
-            if let Some(point) = decode(p.len(), &k, &v) {
-                out.push(point);
-            }
-            Ok(out.len() < range.skip.saturating_add(range.limit))
-        };
+        let mut push =
+            |item: Result<(sled::IVec, sled::IVec), sled::Error>| -> Result<bool, StorageError> {
+                let (k, v) = item?;
+                if let Some(point) = decode(p.len(), &k, &v) {
+                    out.push(point);
+                }
+                Ok(out.len() < range.skip.saturating_add(range.limit))
+            };
         if range.newest_first {
             for item in iter.rev() {
                 if !push(item)? {
@@ -109,16 +140,20 @@ impl Store {
         let mut doomed = Vec::new();
         for item in self.series_tree().iter().keys() {
             let key = item?;
-            let Some((_, rest)) = keys::pop(&key) else { continue };
-            if let Some(t) = rest.get(..8).and_then(|t| <[u8; 8]>::try_from(t).ok()) {
-                if ((u64::from_be_bytes(t) ^ (1 << 63)) as Millis) < before {
+            let Some((_, rest)) = keys::pop(&key) else {
+                continue;
+            };
+            if let Some(t) = rest.get(..8).and_then(|t| <[u8; 8]>::try_from(t).ok())
+                && ((u64::from_be_bytes(t) ^ (1 << 63)) as Millis) < before {
                     doomed.push(key.to_vec());
                 }
-            }
         }
         let n = doomed.len();
         for chunk in doomed.chunks(1024) {
-            self.commit(vec![Write::RemovePoints { keys: chunk.to_vec() }]).await?;
+            self.commit(vec![Write::RemovePoints {
+                keys: chunk.to_vec(),
+            }])
+            .await?;
         }
         Ok(n)
     }
@@ -132,22 +167,56 @@ mod tests {
     #[tokio::test]
     async fn ranges_order_idempotence_and_pruning() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&StoreConfig { data_dir: dir.path().to_path_buf(), durability: Durability::Flush }).unwrap();
+        let store = Store::open(&StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            durability: Durability::Flush,
+        })
+        .unwrap();
         for (at, id) in [(-5, "a"), (10, "b"), (20, "c"), (30, "d")] {
-            store.append_point("s", at, id, id.as_bytes().to_vec()).await.unwrap();
+            store
+                .append_point("s", at, id, id.as_bytes().to_vec())
+                .await
+                .unwrap();
         }
-        store.append_point("s", 20, "c", b"c".to_vec()).await.unwrap(); // again: stored once
-        store.append_point("s2", 15, "x", b"x".to_vec()).await.unwrap();
-        store.append_point("s\0", 15, "y", b"y".to_vec()).await.unwrap();
+        store
+            .append_point("s", 20, "c", b"c".to_vec())
+            .await
+            .unwrap(); // again: stored once
+        store
+            .append_point("s2", 15, "x", b"x".to_vec())
+            .await
+            .unwrap();
+        store
+            .append_point("s\0", 15, "y", b"y".to_vec())
+            .await
+            .unwrap();
         let ids = |ps: Vec<Point>| ps.into_iter().map(|p| p.id).collect::<Vec<_>>();
-        assert_eq!(ids(store.points("s", Range::default()).unwrap()), vec!["d", "c", "b", "a"]);
-        let r = Range { from: 10, to: 20, newest_first: false, ..Default::default() };
+        assert_eq!(
+            ids(store.points("s", Range::default()).unwrap()),
+            vec!["d", "c", "b", "a"]
+        );
+        let r = Range {
+            from: 10,
+            to: 20,
+            newest_first: false,
+            ..Default::default()
+        };
         assert_eq!(ids(store.points("s", r).unwrap()), vec!["b", "c"]);
-        let r = Range { limit: 2, skip: 1, ..Default::default() };
+        let r = Range {
+            limit: 2,
+            skip: 1,
+            ..Default::default()
+        };
         assert_eq!(ids(store.points("s", r).unwrap()), vec!["c", "b"]);
         assert_eq!(store.points("s", Range::default()).unwrap()[3].at, -5);
         assert_eq!(store.prune_points(15).await.unwrap(), 2);
-        assert_eq!(ids(store.points("s", Range::default()).unwrap()), vec!["d", "c"]);
-        assert_eq!(ids(store.points("s2", Range::default()).unwrap()), vec!["x"]);
+        assert_eq!(
+            ids(store.points("s", Range::default()).unwrap()),
+            vec!["d", "c"]
+        );
+        assert_eq!(
+            ids(store.points("s2", Range::default()).unwrap()),
+            vec!["x"]
+        );
     }
 }

@@ -109,7 +109,13 @@ impl Store {
         migrate(&db, &tree, migrations, keys::SCHEMA_VERSION)?;
         let log_file = File::open(db_path.join("db")).ok();
         let series = db.open_tree(keys::SERIES_TREE)?;
-        let (tx, handle) = committer::spawn(db.clone(), tree.clone(), series.clone(), config.durability, log_file);
+        let (tx, handle) = committer::spawn(
+            db.clone(),
+            tree.clone(),
+            series.clone(),
+            config.durability,
+            log_file,
+        );
         let blobs = BlobStore::open(config.data_dir.join("blobs"))?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -145,9 +151,15 @@ impl Store {
     /// (telemetry). Still atomic, still in order with every other write.
     pub fn commit_nowait(&self, writes: Vec<Write>) -> Result<(), StorageError> {
         let (reply, _) = oneshot::channel();
-        let guard = self.inner.writer.lock().expect("writer lock is never poisoned: no code panics holding it");
+        let guard = self
+            .inner
+            .writer
+            .lock()
+            .expect("writer lock is never poisoned: no code panics holding it");
         let sender = guard.as_ref().ok_or(StorageError::Closed)?;
-        sender.send(Request { writes, reply }).map_err(|_| StorageError::Closed)
+        sender
+            .send(Request { writes, reply })
+            .map_err(|_| StorageError::Closed)
     }
 
     pub(crate) fn series_tree(&self) -> &sled::Tree {

@@ -2,7 +2,11 @@
 
 use ractor::ActorRef;
 use warden_actors::DomainError;
-use warden_actors::node::{self, NewNode, NodeActor, NodeArgs, NodeHandle, NodeMsg, NodePatch};
+use warden_actors::node::protocol::Connection;
+use warden_actors::node::{
+    self, NewCommand, NewNode, NodeActor, NodeArgs, NodeHandle, NodeMsg, NodePatch, NodeTiming,
+};
+use warden_storage::model::NodeCommand;
 use warden_storage::model::{Node, NodeStatus, Owner};
 use warden_storage::{Record, Store};
 
@@ -10,11 +14,12 @@ use crate::{Kind, KindRef};
 
 pub struct NodeKind {
     store: Store,
+    timing: NodeTiming,
 }
 
 impl NodeKind {
-    pub(crate) fn new(store: Store) -> Self {
-        NodeKind { store }
+    pub(crate) fn new(store: Store, timing: NodeTiming) -> Self {
+        NodeKind { store, timing }
     }
 
     fn ids_with_status(&self, status: NodeStatus) -> Vec<String> {
@@ -39,6 +44,7 @@ impl Kind for NodeKind {
         NodeArgs {
             store: self.store.clone(),
             id: id.to_owned(),
+            timing: self.timing,
         }
     }
 
@@ -117,6 +123,47 @@ impl Nodes {
                 async move { NodeHandle(a).update(patch, by).await }
             })
             .await
+    }
+
+    /// The running actor of a node, started if needed: for the gateway,
+    /// which sends telemetry to it directly.
+    pub async fn handle(&self, id: &str) -> Result<NodeHandle, DomainError> {
+        Ok(NodeHandle(self.kind.get_or_activate(id).await?))
+    }
+
+    /// Hands a daemon's connection to its node's actor.
+    pub async fn attach(
+        &self,
+        id: &str,
+        conn: Connection,
+    ) -> Result<(NodeHandle, Node), DomainError> {
+        let mut result = None;
+        let node = self
+            .kind
+            .with_actor(id, |a| {
+                let conn = conn.clone();
+                result = Some(NodeHandle(a.clone()));
+                async move { NodeHandle(a).attach(conn).await }
+            })
+            .await?;
+        Ok((
+            result.expect("with_actor ran the closure at least once"),
+            node,
+        ))
+    }
+
+    /// Queues a command for a node; sent at once when it is connected.
+    pub async fn enqueue(&self, id: &str, command: NewCommand) -> Result<NodeCommand, DomainError> {
+        self.kind
+            .with_actor(id, |a| {
+                let command = command.clone();
+                async move { NodeHandle(a).enqueue(command).await }
+            })
+            .await
+    }
+
+    pub fn timing(&self) -> NodeTiming {
+        self.kind.kind().timing
     }
 
     /// Soft-deletes a node. A failed node is reset first, so that its own

@@ -147,6 +147,7 @@ impl Actor for Root {
 pub struct RuntimeConfig {
     pub root: RestartPolicy,
     pub nodes: RestartPolicy,
+    pub node_timing: warden_actors::node::NodeTiming,
 }
 
 /// The running supervision tree and typed access to each kind.
@@ -161,7 +162,10 @@ pub struct Runtime {
 
 impl Runtime {
     pub async fn start(store: Store, config: RuntimeConfig) -> Result<Runtime, ractor::SpawnErr> {
-        let nodes = KindRef::new(NodeKind::new(store.clone()), config.nodes);
+        let nodes = KindRef::new(
+            NodeKind::new(store.clone(), config.node_timing),
+            config.nodes,
+        );
         let kinds: Vec<Arc<dyn KindControl>> = vec![Arc::new(nodes.clone())];
         let (root, _) = Actor::spawn(
             None,

@@ -227,3 +227,76 @@ pub fn find_actor<'a>(tree: &'a Value, name: &str) -> Option<&'a Value> {
         .iter()
         .find_map(|c| find_actor(c, name))
 }
+
+/// Test servers with the heartbeat and metrics intervals the tests use.
+pub fn fast_nodes(c: &mut ServerConfig) {
+    c.node_timing.heartbeat = std::time::Duration::from_millis(1000);
+    c.node_timing.metrics = std::time::Duration::from_millis(2000);
+}
+
+/// A raw WebSocket node client speaking AIWM's envelope.
+pub struct WsNode {
+    pub socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl WsNode {
+    /// Connects to `/ws/node` with the given query string.
+    pub async fn connect(
+        server: &TestServer,
+        query: &str,
+    ) -> Result<WsNode, tokio_tungstenite::tungstenite::Error> {
+        let url = format!("{}/ws/node?{query}", server.base.replacen("http", "ws", 1));
+        let (socket, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(WsNode { socket })
+    }
+
+    pub async fn send(&mut self, kind: &str, data: Value) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        let env = json!({"type": kind, "messageId": id, "timestamp": chrono::Utc::now().to_rfc3339(), "data": data});
+        self.send_text(env.to_string()).await;
+        id
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        use futures_util::SinkExt;
+        self.socket
+            .send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .expect("frame sent");
+    }
+
+    /// The next JSON frame, or `None` when the server closed the connection.
+    pub async fn recv(&mut self) -> Option<Value> {
+        use futures_util::StreamExt;
+        loop {
+            let frame =
+                tokio::time::timeout(std::time::Duration::from_secs(10), self.socket.next())
+                    .await
+                    .expect("a frame within 10 s");
+            match frame {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                    return Some(serde_json::from_str(t.as_str()).expect("JSON frame"));
+                }
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)))
+                | None
+                | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next frame of the given type (skipping others).
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("connection closed while waiting for {kind}"));
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+}

@@ -9,7 +9,7 @@ mod node;
 mod plain;
 
 pub use identity::{Org, Role, User};
-pub use node::{GpuDevice, Node, NodeStatus};
+pub use node::{CommandStatus, GpuDevice, HostFacts, Node, NodeCommand, NodeStatus};
 pub use plain::{Instruction, Tool};
 
 use crate::{Millis, now_millis};

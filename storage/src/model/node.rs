@@ -43,6 +43,27 @@ pub struct GpuDevice {
     pub temperature: f64,
 }
 
+/// Facts a node daemon reports (AIWM `node.register` and heartbeats).
+/// `os` and `container_runtime` are JSON text: daemons send objects.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct HostFacts {
+    pub hostname: Option<String>,
+    pub ip_address: Option<String>,
+    pub public_ip_address: Option<String>,
+    pub os: Option<String>,
+    pub cpu_model: Option<String>,
+    pub disk_total: Option<u64>,
+    pub daemon_version: Option<String>,
+    pub container_runtime: Option<String>,
+    pub uptime_seconds: Option<u64>,
+    pub cpu_usage: Option<f64>,
+    /// Percent of RAM in use, as the daemon's heartbeat says.
+    pub ram_usage: Option<f64>,
+    /// The daemon's own health verdict (`healthy`), never Warden's status.
+    pub daemon_status: Option<String>,
+    pub registered_at: Option<Millis>,
+}
+
 /// A machine that runs workloads. Written only by its `NodeActor`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Node {
@@ -59,6 +80,8 @@ pub struct Node {
     pub ram_total: u64,
     pub ram_free: u64,
     pub gpu_devices: Vec<GpuDevice>,
+    /// What the daemon reported about its host at registration and since.
+    pub host: HostFacts,
     /// Why the node's actor was given up on, when `status` is `Failed`.
     pub failure: Option<String>,
     pub extra: String,
@@ -88,5 +111,70 @@ impl Record for Node {
 impl Owned for Node {
     fn owner(&self) -> &Owner {
         &self.owner
+    }
+}
+
+/// Where a command sent to a node stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum CommandStatus {
+    /// Waiting for the node to be connected.
+    Queued,
+    /// Written to the node's connection (at most once).
+    Sent,
+    Acknowledged,
+    Succeeded,
+    Failed,
+}
+
+impl CommandStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandStatus::Queued => "queued",
+            CommandStatus::Sent => "sent",
+            CommandStatus::Acknowledged => "acknowledged",
+            CommandStatus::Succeeded => "succeeded",
+            CommandStatus::Failed => "failed",
+        }
+    }
+}
+
+/// A command for a node (`model.download`, `deployment.create`, ...); its
+/// id is the envelope's `messageId`, which the node's replies name.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeCommand {
+    pub id: String,
+    pub node_id: String,
+    pub kind: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    /// JSON text.
+    pub data: String,
+    /// JSON text.
+    pub metadata: String,
+    pub status: CommandStatus,
+    /// JSON text of the node's `result`, or of its `error`.
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub owner: Owner,
+    pub created_by: String,
+    pub created_at: Millis,
+    pub sent_at: Option<Millis>,
+    pub acknowledged_at: Option<Millis>,
+    pub completed_at: Option<Millis>,
+}
+
+impl Record for NodeCommand {
+    const COLLECTION: &'static str = "node_commands";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn indexes(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("node", self.node_id.clone()),
+            (
+                "node_status",
+                format!("{}/{}", self.node_id, self.status.as_str()),
+            ),
+        ]
     }
 }

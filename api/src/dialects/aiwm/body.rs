@@ -250,6 +250,18 @@ impl Fields {
         }
     }
 
+    /// A JSON object, as a map.
+    pub fn objects_one(&mut self, key: &str) -> Option<Map<String, Value>> {
+        match self.take(key) {
+            Some(Value::Object(m)) => Some(m),
+            Some(_) => {
+                self.errors.push(format!("{key} must be an object"));
+                None
+            }
+            None => None,
+        }
+    }
+
     /// An array of objects, each read by `item`.
     pub fn objects<T>(
         &mut self,

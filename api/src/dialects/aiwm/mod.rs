@@ -6,7 +6,7 @@ mod body;
 mod instructions;
 mod login;
 mod nodes;
-mod paging;
+pub(crate) mod paging;
 mod tools;
 
 use axum::Json;

@@ -4,8 +4,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use warden_actors::node::{NewNode, NodePatch};
-use warden_storage::model::{Audit, GpuDevice, Node, NodeStatus};
+use warden_actors::node::{NewCommand, NewNode, NodePatch};
+use warden_storage::model::{Audit, GpuDevice, Node, NodeCommand, NodeStatus};
+use warden_storage::series::Range;
 
 use super::{
     AiwmBody, AiwmResult, Fields, Resource, deleted_body, find_visible, iso, owner_of,
@@ -47,6 +48,39 @@ impl Resource for Node {
         });
         if let Some(ip) = &self.vpn_ip {
             fields["vpnIp"] = json!(ip);
+        }
+        let h = &self.host;
+        let facts = [
+            ("hostname", h.hostname.as_ref().map(|v| json!(v))),
+            ("ipAddress", h.ip_address.as_ref().map(|v| json!(v))),
+            (
+                "publicIpAddress",
+                h.public_ip_address.as_ref().map(|v| json!(v)),
+            ),
+            (
+                "os",
+                h.os.as_ref()
+                    .map(|v| serde_json::from_str(v).unwrap_or_else(|_| json!(v))),
+            ),
+            ("cpuModel", h.cpu_model.as_ref().map(|v| json!(v))),
+            ("diskTotal", h.disk_total.map(|v| json!(v))),
+            ("daemonVersion", h.daemon_version.as_ref().map(|v| json!(v))),
+            (
+                "containerRuntime",
+                h.container_runtime
+                    .as_ref()
+                    .map(|v| serde_json::from_str(v).unwrap_or_else(|_| json!(v))),
+            ),
+            ("uptimeSeconds", h.uptime_seconds.map(|v| json!(v))),
+            ("cpuUsage", h.cpu_usage.map(|v| json!(v))),
+            ("ramUsage", h.ram_usage.map(|v| json!(v))),
+            ("daemonStatus", h.daemon_status.as_ref().map(|v| json!(v))),
+            ("registeredAt", h.registered_at.map(|v| json!(iso(v)))),
+        ];
+        for (key, value) in facts {
+            if let Some(v) = value {
+                fields[key] = v;
+            }
         }
         if let Some(reason) = &self.failure {
             fields["failureReason"] = json!(reason);
@@ -96,7 +130,24 @@ fn parse(body: serde_json::Map<String, Value>, create: bool) -> AiwmResult<NodeP
     let ram_free = f.count("ramFree", false);
     let gpu_devices = f.objects("gpuDevices", gpu);
     // Liveness is Warden's verdict, never a client's.
-    f.drop(&["websocketConnected", "lastHeartbeat", "failureReason"]);
+    f.drop(&[
+        "websocketConnected",
+        "lastHeartbeat",
+        "failureReason",
+        "hostname",
+        "ipAddress",
+        "publicIpAddress",
+        "os",
+        "cpuModel",
+        "diskTotal",
+        "daemonVersion",
+        "containerRuntime",
+        "uptimeSeconds",
+        "cpuUsage",
+        "ramUsage",
+        "daemonStatus",
+        "registeredAt",
+    ]);
     let extra = f.finish()?;
     Ok(NodePatch {
         node_id,
@@ -169,8 +220,270 @@ async fn delete(
     Ok(deleted_body("Node", &node.audit))
 }
 
+/// `expiresIn`: seconds, or a number with `s`, `m`, `h` or `d` (`"30d"`).
+fn parse_expiry(v: Option<&Value>) -> Result<i64, String> {
+    const MAX: i64 = 10 * 365 * 86400;
+    let secs = match v {
+        None | Some(Value::Null) => 365 * 86400,
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or("expiresIn must be a whole number of seconds")?,
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+            let n: i64 = num
+                .parse()
+                .map_err(|_| "expiresIn must look like 3600, \"60m\", \"12h\" or \"30d\"")?;
+            let mult = match unit {
+                "" | "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                "d" => 86400,
+                _ => {
+                    return Err("expiresIn must look like 3600, \"60m\", \"12h\" or \"30d\"".into());
+                }
+            };
+            n.saturating_mul(mult)
+        }
+        Some(_) => return Err("expiresIn must be a number or a string".into()),
+    };
+    if !(60..=MAX).contains(&secs) {
+        return Err(format!(
+            "expiresIn must be between 60 seconds and {} days",
+            MAX / 86400
+        ));
+    }
+    Ok(secs)
+}
+
+/// `POST /api/nodes/{id}/token`: a node-scoped token for a daemon.
+async fn token(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    AiwmBody(body): AiwmBody,
+) -> AiwmResult<Json<Value>> {
+    require_write(&p, "create node tokens")?;
+    let node: Node = find_visible(&state, &p, &id)?;
+    let ttl = parse_expiry(body.get("expiresIn"))
+        .map_err(|e| crate::error::ApiError::validation(vec![e]))?;
+    let issued = state
+        .identity
+        .issue_node_token(&node.id, &node.owner.org_id, ttl)?;
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1:8080");
+    let install = format!(
+        "#!/bin/sh\n# Starts the Warden node daemon for node {nid}.\nexec warden node --server 'http://{host}' --token '{token}' --node-id '{nid}'\n",
+        nid = node.node_id,
+        token = issued.token,
+    );
+    tracing::info!(node = %node.id, by = %p.username, "node token minted");
+    Ok(Json(json!({
+        "token": issued.token,
+        "expiresAt": iso(warden_storage::now_millis() + ttl * 1000),
+        "installScript": install,
+    })))
+}
+
+const COMMAND_TYPES: [&str; 5] = [
+    "model.download",
+    "deployment.create",
+    "deployment.start",
+    "deployment.stop",
+    "system.healthCheck",
+];
+
+fn command_view(c: &NodeCommand) -> Value {
+    let parse = |t: &str| serde_json::from_str::<Value>(t).unwrap_or(Value::Null);
+    json!({
+        "messageId": c.id,
+        "nodeId": c.node_id,
+        "type": c.kind,
+        "resource": {"type": c.resource_type, "id": c.resource_id},
+        "data": parse(&c.data),
+        "metadata": parse(&c.metadata),
+        "status": c.status.as_str(),
+        "result": c.result.as_deref().map(parse),
+        "error": c.error.as_deref().map(parse),
+        "createdBy": c.created_by,
+        "createdAt": iso(c.created_at),
+        "sentAt": c.sent_at.map(iso),
+        "acknowledgedAt": c.acknowledged_at.map(iso),
+        "completedAt": c.completed_at.map(iso),
+    })
+}
+
+/// `POST /api/nodes/{id}/commands`: queue a command; sent at once to a
+/// connected node, on its next registration otherwise.
+async fn send_command(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    Path(id): Path<String>,
+    AiwmBody(body): AiwmBody,
+) -> AiwmResult<(StatusCode, Json<Value>)> {
+    require_write(&p, "send commands")?;
+    let node: Node = find_visible(&state, &p, &id)?;
+    let mut f = Fields::new(body);
+    let kind = f.one_of("type", &COMMAND_TYPES, true);
+    let resource = f.objects_one("resource");
+    let data = f.json("data", true);
+    let metadata = f.json("metadata", true);
+    f.finish()?;
+    let resource = resource.unwrap_or_default();
+    let text = |k: &str| {
+        resource
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let command = NewCommand {
+        kind: kind.unwrap_or_default(),
+        resource_type: text("type"),
+        resource_id: text("id"),
+        data: data
+            .and_then(|d| serde_json::from_str(&d).ok())
+            .unwrap_or(json!({})),
+        metadata: metadata
+            .and_then(|d| serde_json::from_str(&d).ok())
+            .unwrap_or(json!({})),
+        created_by: p.user_id.clone(),
+    };
+    let cmd = state.runtime.nodes.enqueue(&node.id, command).await?;
+    Ok((StatusCode::ACCEPTED, Json(command_view(&cmd))))
+}
+
+async fn list_commands(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    Path(id): Path<String>,
+    q: super::AiwmQuery,
+) -> AiwmResult<Json<Value>> {
+    let node: Node = find_visible(&state, &p, &id)?;
+    let mut commands = Vec::new();
+    for cid in state.store.ids_by_index::<NodeCommand>("node", &node.id)? {
+        if let Some(c) = state.store.get::<NodeCommand>(&cid)? {
+            commands.push(c);
+        }
+    }
+    commands.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+    Ok(Json(q.page_of(commands.iter().map(command_view).collect())))
+}
+
+async fn get_command(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    Path((id, command_id)): Path<(String, String)>,
+) -> AiwmResult<Json<Value>> {
+    let node: Node = find_visible(&state, &p, &id)?;
+    let cmd = state
+        .store
+        .get::<NodeCommand>(&command_id)?
+        .filter(|c| c.node_id == node.id)
+        .ok_or_else(|| crate::error::ApiError::not_found("Command", &command_id))?;
+    Ok(Json(command_view(&cmd)))
+}
+
+fn parse_time(key: &str, v: Option<&String>) -> Result<Option<i64>, String> {
+    match v {
+        None => Ok(None),
+        Some(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| Some(t.timestamp_millis()))
+            .or_else(|_| s.parse::<i64>().map(Some))
+            .map_err(|_| format!("{key} must be an ISO 8601 date or epoch milliseconds")),
+    }
+}
+
+/// `GET /api/nodes/{id}/metrics?from&to&page&limit`: newest first.
+async fn metrics(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    Path(id): Path<String>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> AiwmResult<Json<Value>> {
+    let node: Node = find_visible(&state, &p, &id)?;
+    let raw = raw.unwrap_or_default();
+    let params: std::collections::HashMap<String, String> = form_urlencoded::parse(raw.as_bytes())
+        .into_owned()
+        .collect();
+    let q = super::paging::parse(&raw)?;
+    let mut errors = Vec::new();
+    let from = parse_time("from", params.get("from")).unwrap_or_else(|e| {
+        errors.push(e);
+        None
+    });
+    let to = parse_time("to", params.get("to")).unwrap_or_else(|e| {
+        errors.push(e);
+        None
+    });
+    if !errors.is_empty() {
+        return Err(crate::error::ApiError::validation(errors));
+    }
+    let range = Range {
+        from: from.unwrap_or(i64::MIN),
+        to: to.unwrap_or(i64::MAX),
+        limit: usize::MAX,
+        skip: 0,
+        newest_first: true,
+    };
+    let series = warden_actors::node::series_name(&node.id, "metrics");
+    let points = state.store.points(&series, range)?;
+    let total = points.len();
+    let data: Vec<Value> = points
+        .iter()
+        .skip((q.page - 1) * q.limit)
+        .take(q.limit)
+        .map(|pt| {
+            let stored: Value = serde_json::from_slice(&pt.value).unwrap_or(Value::Null);
+            let mut out = match stored.get("data") {
+                Some(Value::Object(m)) => Value::Object(m.clone()),
+                _ => json!({}),
+            };
+            out["messageId"] = json!(pt.id);
+            out["timestamp"] = json!(iso(pt.at));
+            out
+        })
+        .collect();
+    Ok(Json(
+        json!({"data": data, "pagination": {"page": q.page, "limit": q.limit, "total": total}}),
+    ))
+}
+
 pub(super) fn routes() -> Api {
     Api::new()
+        .post(
+            "/api/nodes/{id}/token",
+            "aiwm: nodes",
+            "Mint a node token {expiresIn} -> {token, expiresAt, installScript}",
+            token,
+        )
+        .post(
+            "/api/nodes/{id}/commands",
+            "aiwm: nodes",
+            "Queue a command for the node (sent at most once)",
+            send_command,
+        )
+        .get(
+            "/api/nodes/{id}/commands",
+            "aiwm: nodes",
+            "The node's commands and their status",
+            list_commands,
+        )
+        .get(
+            "/api/nodes/{id}/commands/{commandId}",
+            "aiwm: nodes",
+            "One command",
+            get_command,
+        )
+        .get(
+            "/api/nodes/{id}/metrics",
+            "aiwm: nodes",
+            "The node's metrics, newest first (from, to, page, limit)",
+            metrics,
+        )
         .post("/api/nodes", "aiwm: nodes", "Register a node", create)
         .get(
             "/api/nodes",

@@ -1,0 +1,533 @@
+//! `NodeActor`: the one writer of a node's record, the holder of its live
+//! connection, and the keeper of its command queue.
+
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::{Value, json};
+use warden_storage::model::{CommandStatus, Node, NodeCommand};
+use warden_storage::{Millis, Record, Store, Write, now_millis};
+
+use super::protocol::{
+    CommandReply, Connection, Envelope, Heartbeat, Outbound, Registration, kinds,
+};
+use crate::DomainError;
+
+/// Telemetry intervals the server gives daemons in `register.ack`.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeTiming {
+    pub heartbeat: Duration,
+    pub metrics: Duration,
+}
+
+impl Default for NodeTiming {
+    /// AIWM's own defaults.
+    fn default() -> Self {
+        NodeTiming {
+            heartbeat: Duration::from_secs(30),
+            metrics: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A command to queue for a node.
+#[derive(Debug, Clone)]
+pub struct NewCommand {
+    pub kind: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub data: Value,
+    pub metadata: Value,
+    pub created_by: String,
+}
+
+/// Whether a node's reply acknowledges or completes a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    Ack,
+    Result,
+}
+
+pub enum NodeMsg {
+    Update {
+        patch: super::NodePatch,
+        by: String,
+        reply: RpcReplyPort<Result<Node, DomainError>>,
+    },
+    Delete {
+        by: String,
+        reply: RpcReplyPort<Result<Node, DomainError>>,
+    },
+    /// A daemon's connection; replaces any earlier one.
+    Attach {
+        conn: Connection,
+        reply: RpcReplyPort<Result<Node, DomainError>>,
+    },
+    Detach {
+        conn_id: u64,
+    },
+    Register {
+        conn_id: u64,
+        reg: Box<Registration>,
+        reply: RpcReplyPort<Result<Node, DomainError>>,
+    },
+    Heartbeat(Box<Heartbeat>),
+    /// `telemetry.metrics`, `deployment.status`, `deployment.logs`: stored as points.
+    Telemetry {
+        series: &'static str,
+        envelope: Box<Envelope>,
+    },
+    CommandReply {
+        kind: ReplyKind,
+        reply: Box<CommandReply>,
+    },
+    Enqueue {
+        command: Box<NewCommand>,
+        reply: RpcReplyPort<Result<NodeCommand, DomainError>>,
+    },
+    /// Liveness check, every heartbeat interval.
+    Tick,
+    /// Fault injection: panic inside the handler.
+    Crash,
+}
+
+pub struct NodeArgs {
+    pub store: Store,
+    pub id: String,
+    pub timing: NodeTiming,
+}
+
+pub struct NodeState {
+    store: Store,
+    node: Node,
+    conn: Option<Connection>,
+    timing: NodeTiming,
+}
+
+#[derive(Default)]
+pub struct NodeActor;
+
+/// The series a node's points go to.
+pub fn series_name(node_id: &str, series: &str) -> String {
+    format!("node/{node_id}/{series}")
+}
+
+fn envelope_of(cmd: &NodeCommand) -> Envelope {
+    Envelope {
+        kind: cmd.kind.clone(),
+        message_id: cmd.id.clone(),
+        timestamp: super::protocol::iso_now(),
+        data: serde_json::from_str(&cmd.data).ok(),
+        resource: Some(json!({"type": cmd.resource_type, "id": cmd.resource_id})),
+        metadata: serde_json::from_str(&cmd.metadata).ok(),
+        extra: Default::default(),
+    }
+}
+
+impl NodeState {
+    /// Persists and waits for the flush: for changes a caller is told about.
+    async fn persist(&mut self, next: Node) -> Result<Node, DomainError> {
+        self.store.put(&next).await?;
+        self.node = next.clone();
+        Ok(next)
+    }
+
+    /// Persists without waiting: telemetry-driven changes nobody awaits.
+    fn persist_soon(&self) {
+        match Write::put(&self.node, None) {
+            Ok(w) => {
+                if let Err(e) = self.store.commit_nowait(vec![w]) {
+                    tracing::warn!(node = %self.node.id, error = %e, "could not queue a node write");
+                }
+            }
+            Err(e) => tracing::warn!(node = %self.node.id, error = %e, "could not encode a node"),
+        }
+    }
+
+    fn send(&mut self, out: Outbound) -> bool {
+        match &self.conn {
+            Some(conn) => conn.send(out),
+            None => false,
+        }
+    }
+
+    /// Writes a command to the connection at most once: marked `sent`
+    /// durably first; put back in the queue only if it never left.
+    async fn deliver(&mut self, mut cmd: NodeCommand) -> Result<NodeCommand, DomainError> {
+        if self.conn.is_none() {
+            return Ok(cmd);
+        }
+        cmd.status = CommandStatus::Sent;
+        cmd.sent_at = Some(now_millis());
+        self.store.put(&cmd).await?;
+        if !self.send(Outbound::Event(envelope_of(&cmd))) {
+            cmd.status = CommandStatus::Queued;
+            cmd.sent_at = None;
+            self.store.put(&cmd).await?;
+        }
+        Ok(cmd)
+    }
+
+    async fn deliver_queued(&mut self) -> Result<(), DomainError> {
+        let key = format!("{}/{}", self.node.id, CommandStatus::Queued.as_str());
+        let mut queued = Vec::new();
+        for id in self
+            .store
+            .ids_by_index::<NodeCommand>("node_status", &key)?
+        {
+            if let Some(cmd) = self.store.get::<NodeCommand>(&id)? {
+                queued.push(cmd);
+            }
+        }
+        queued.sort_by_key(|c| c.created_at);
+        for cmd in queued {
+            self.deliver(cmd).await?;
+        }
+        Ok(())
+    }
+
+    async fn command_reply(
+        &mut self,
+        kind: ReplyKind,
+        reply: CommandReply,
+    ) -> Result<(), DomainError> {
+        let node_id = self.node.id.clone();
+        let now = now_millis();
+        self.store
+            .update::<NodeCommand, DomainError>(&reply.original_message_id, |cmd| {
+                if cmd.node_id != node_id {
+                    return Ok(None); // a node may only answer its own commands
+                }
+                match kind {
+                    ReplyKind::Ack => {
+                        if matches!(cmd.status, CommandStatus::Succeeded | CommandStatus::Failed) {
+                            return Ok(None);
+                        }
+                        cmd.status = CommandStatus::Acknowledged;
+                        cmd.acknowledged_at = Some(now);
+                    }
+                    ReplyKind::Result => {
+                        let ok = reply.status == "success";
+                        cmd.status = if ok {
+                            CommandStatus::Succeeded
+                        } else {
+                            CommandStatus::Failed
+                        };
+                        cmd.result = reply
+                            .result
+                            .as_ref()
+                            .filter(|v| !v.is_null())
+                            .map(Value::to_string);
+                        cmd.error = reply
+                            .error
+                            .as_ref()
+                            .filter(|v| !v.is_null())
+                            .map(Value::to_string);
+                        cmd.completed_at = Some(now);
+                        cmd.acknowledged_at.get_or_insert(now);
+                    }
+                }
+                Ok(Some(()))
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+impl Actor for NodeActor {
+    type Msg = NodeMsg;
+    type State = NodeState;
+    type Arguments = NodeArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<NodeMsg>,
+        args: NodeArgs,
+    ) -> Result<NodeState, ActorProcessingErr> {
+        let mut node = args
+            .store
+            .get::<Node>(&args.id)?
+            .filter(|n| !n.is_deleted())
+            .ok_or_else(|| format!("node {} does not exist", args.id))?;
+        // A connection does not survive its actor: the gateway re-attaches.
+        node.websocket_connected = false;
+        Ok(NodeState {
+            store: args.store,
+            node,
+            conn: None,
+            timing: args.timing,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        myself.send_interval(state.timing.heartbeat, || NodeMsg::Tick);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<NodeMsg>,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.conn.take().is_some() && !state.node.is_deleted() {
+            state.node.websocket_connected = false;
+            state.persist_soon();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        msg: NodeMsg,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = now_millis();
+        match msg {
+            NodeMsg::Update { patch, by, reply } => {
+                let mut next = state.node.clone();
+                let result = match super::apply(&mut next, patch, &by) {
+                    Ok(()) => state.persist(next).await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+            }
+            NodeMsg::Delete { by, reply } => {
+                let mut next = state.node.clone();
+                next.audit.delete(&by);
+                next.websocket_connected = false;
+                match state.persist(next).await {
+                    Ok(node) => {
+                        state.send(Outbound::Close("the node was deleted".into()));
+                        state.conn = None;
+                        let _ = reply.send(Ok(node));
+                        myself.stop(Some("deleted".into()));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            NodeMsg::Attach { conn, reply } => {
+                if let Some(old) = state.conn.replace(conn) {
+                    old.send(Outbound::Close(
+                        "replaced by a newer connection of the same node".into(),
+                    ));
+                }
+                let mut next = state.node.clone();
+                super::connected(&mut next, now);
+                let _ = reply.send(state.persist(next).await);
+            }
+            NodeMsg::Detach { conn_id } => {
+                if state.conn.as_ref().is_some_and(|c| c.id == conn_id) {
+                    state.conn = None;
+                    super::disconnected(&mut state.node, now);
+                    state.persist_soon();
+                }
+            }
+            NodeMsg::Register {
+                conn_id,
+                reg,
+                reply,
+            } => {
+                if state.conn.as_ref().is_none_or(|c| c.id != conn_id) {
+                    let _ = reply.send(Err(DomainError::Unavailable(
+                        "this connection was replaced".into(),
+                    )));
+                    return Ok(());
+                }
+                let mut next = state.node.clone();
+                super::register(&mut next, &reg, now);
+                match state.persist(next).await {
+                    Ok(node) => {
+                        let pending = state.store.ids_by_index::<NodeCommand>(
+                            "node_status",
+                            &format!("{}/{}", node.id, CommandStatus::Queued.as_str()),
+                        )?;
+                        let mut ack = Envelope::new(
+                            kinds::REGISTER_ACK,
+                            json!({
+                                "status": "success",
+                                "nodeId": node.node_id,
+                                "_id": node.id,
+                                "registeredAt": super::protocol::iso_now(),
+                                "controllerInfo": {
+                                    "controllerId": "warden",
+                                    "heartbeatInterval": state.timing.heartbeat.as_millis() as u64,
+                                    "metricsInterval": state.timing.metrics.as_millis() as u64,
+                                    "timezone": "UTC",
+                                },
+                                "pendingCommands": pending,
+                            }),
+                        );
+                        ack.extra.insert("status".into(), json!("success"));
+                        state.send(Outbound::Event(ack));
+                        state.deliver_queued().await?;
+                        let _ = reply.send(Ok(node));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            NodeMsg::Heartbeat(hb) => {
+                super::heartbeat(&mut state.node, &hb, now);
+                state.persist_soon();
+            }
+            NodeMsg::Telemetry { series, envelope } => {
+                let id = if envelope.message_id.is_empty() {
+                    uuid::Uuid::new_v4().to_string()
+                } else {
+                    envelope.message_id.clone()
+                };
+                let at: Millis = chrono::DateTime::parse_from_rfc3339(&envelope.timestamp)
+                    .map(|t| t.timestamp_millis())
+                    .unwrap_or(now);
+                let value = json!({"messageId": id, "timestamp": envelope.timestamp, "receivedAt": super::protocol::iso_now(), "data": envelope.data});
+                let name = series_name(&state.node.id, series);
+                if let Err(e) =
+                    state
+                        .store
+                        .append_point_nowait(&name, at, &id, value.to_string().into_bytes())
+                {
+                    tracing::warn!(node = %state.node.id, error = %e, "could not store telemetry");
+                }
+            }
+            NodeMsg::CommandReply { kind, reply } => {
+                if let Err(e) = state.command_reply(kind, *reply).await {
+                    tracing::warn!(node = %state.node.id, error = %e, "could not record a command reply");
+                }
+            }
+            NodeMsg::Enqueue { command, reply } => {
+                let cmd = NodeCommand {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    node_id: state.node.id.clone(),
+                    kind: command.kind,
+                    resource_type: command.resource_type,
+                    resource_id: command.resource_id,
+                    data: command.data.to_string(),
+                    metadata: command.metadata.to_string(),
+                    status: CommandStatus::Queued,
+                    result: None,
+                    error: None,
+                    owner: state.node.owner.clone(),
+                    created_by: command.created_by,
+                    created_at: now,
+                    sent_at: None,
+                    acknowledged_at: None,
+                    completed_at: None,
+                };
+                let result = match state.store.insert(cmd).await {
+                    Ok(cmd) => state.deliver(cmd).await,
+                    Err(e) => Err(e.into()),
+                };
+                let _ = reply.send(result);
+            }
+            NodeMsg::Tick => {
+                if super::check_liveness(
+                    &mut state.node,
+                    now,
+                    state.timing.heartbeat.as_millis() as Millis,
+                ) {
+                    tracing::info!(node = %state.node.id, "no heartbeat for three intervals: offline");
+                    state.persist_soon();
+                }
+            }
+            NodeMsg::Crash => panic!("fault injection: node {} was told to crash", state.node.id),
+        }
+        Ok(())
+    }
+}
+
+/// The public API of a running node actor.
+#[derive(Clone)]
+pub struct NodeHandle(pub ActorRef<NodeMsg>);
+
+async fn call<T: Send + 'static>(
+    actor: &ActorRef<NodeMsg>,
+    msg: impl FnOnce(RpcReplyPort<Result<T, DomainError>>) -> NodeMsg,
+) -> Result<T, DomainError> {
+    match actor.call(msg, None).await {
+        Ok(ractor::rpc::CallResult::Success(result)) => result,
+        Ok(_) | Err(_) => Err(DomainError::Unavailable(
+            "the node's actor stopped while handling the request".into(),
+        )),
+    }
+}
+
+impl NodeHandle {
+    pub async fn update(&self, patch: super::NodePatch, by: &str) -> Result<Node, DomainError> {
+        let by = by.to_owned();
+        call(&self.0, |reply| NodeMsg::Update { patch, by, reply }).await
+    }
+
+    pub async fn delete(&self, by: &str) -> Result<Node, DomainError> {
+        let by = by.to_owned();
+        call(&self.0, |reply| NodeMsg::Delete { by, reply }).await
+    }
+
+    pub async fn attach(&self, conn: Connection) -> Result<Node, DomainError> {
+        call(&self.0, |reply| NodeMsg::Attach { conn, reply }).await
+    }
+
+    pub async fn register(&self, conn_id: u64, reg: Registration) -> Result<Node, DomainError> {
+        call(&self.0, |reply| NodeMsg::Register {
+            conn_id,
+            reg: Box::new(reg),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn enqueue(&self, command: NewCommand) -> Result<NodeCommand, DomainError> {
+        call(&self.0, |reply| NodeMsg::Enqueue {
+            command: Box::new(command),
+            reply,
+        })
+        .await
+    }
+
+    /// Fire-and-forget messages: false when the actor is gone (re-resolve it).
+    pub fn detach(&self, conn_id: u64) -> bool {
+        self.0.cast(NodeMsg::Detach { conn_id }).is_ok()
+    }
+
+    pub fn heartbeat(&self, hb: Heartbeat) -> bool {
+        self.0.cast(NodeMsg::Heartbeat(Box::new(hb))).is_ok()
+    }
+
+    pub fn telemetry(&self, series: &'static str, envelope: Envelope) -> bool {
+        self.0
+            .cast(NodeMsg::Telemetry {
+                series,
+                envelope: Box::new(envelope),
+            })
+            .is_ok()
+    }
+
+    pub fn command_reply(&self, kind: ReplyKind, reply: CommandReply) -> bool {
+        self.0
+            .cast(NodeMsg::CommandReply {
+                kind,
+                reply: Box::new(reply),
+            })
+            .is_ok()
+    }
+
+    pub fn crash(&self) {
+        let _ = self.0.cast(NodeMsg::Crash);
+    }
+
+    pub fn is_alive(&self) -> bool {
+        matches!(
+            self.0.get_status(),
+            ractor::ActorStatus::Running
+                | ractor::ActorStatus::Starting
+                | ractor::ActorStatus::Upgrading
+        )
+    }
+}

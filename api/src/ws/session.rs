@@ -1,0 +1,363 @@
+//! One node connection, independent of its transport.
+//!
+//! Authentication happens before the session exists (the handshake). A
+//! node token names its node; a user token may name one in the handshake
+//! (`nodeId`) or in `node.register`, and a node the server does not know
+//! yet is then created, owned by the user and their organisation.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde_json::json;
+use tokio::sync::mpsc;
+use warden_actors::DomainError;
+use warden_actors::node::protocol::{
+    CommandReply, Connection, Envelope, Heartbeat, Outbound, Registration, kinds,
+};
+use warden_actors::node::{NewNode, NodeHandle, ReplyKind};
+use warden_identity::{Credential, Principal};
+use warden_storage::Record;
+use warden_storage::model::{Node, Owner};
+
+use crate::AppState;
+
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// Why a handshake was refused.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    Unauthorized,
+    UnknownNode(String),
+    Forbidden(String),
+    Unavailable(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Unauthorized => write!(f, "Unauthorized"),
+            Refusal::UnknownNode(id) => write!(f, "Node with ID {id} not found"),
+            Refusal::Forbidden(m) | Refusal::Unavailable(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl From<DomainError> for Refusal {
+    fn from(e: DomainError) -> Self {
+        match e {
+            DomainError::NotFound { id, .. } => Refusal::UnknownNode(id),
+            other => Refusal::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Who connected, checked at the handshake.
+pub(crate) struct Handshake {
+    credential: Credential,
+    /// The node the credential names, when it names one it may use.
+    node: Option<Node>,
+}
+
+/// A live node of `org_id` by `_id` or `nodeId`; other organisations'
+/// nodes are invisible (`any_org` for instance admins).
+fn visible_node(
+    state: &AppState,
+    org_id: &str,
+    any_org: bool,
+    id: &str,
+) -> Result<Option<Node>, DomainError> {
+    let by_id = state
+        .store
+        .get::<Node>(id)?
+        .filter(|n| any_org || n.owner.org_id == org_id);
+    let node = match by_id {
+        Some(n) => Some(n),
+        None => state
+            .store
+            .get_by_unique::<Node>("nodeId", &format!("{org_id}/{id}"))?,
+    };
+    Ok(node.filter(|n| !n.is_deleted()))
+}
+
+fn may_run(p: &Principal, node: &Node) -> bool {
+    p.can_write() && p.sees_org(&node.owner.org_id)
+}
+
+/// Checks a handshake's token and the node it names.
+pub(crate) fn authenticate(
+    state: &AppState,
+    token: Option<&str>,
+    node_id: Option<&str>,
+) -> Result<Handshake, Refusal> {
+    let token = token
+        .filter(|t| !t.is_empty())
+        .ok_or(Refusal::Unauthorized)?;
+    let credential = state
+        .identity
+        .verify_credential(token)
+        .map_err(|_| Refusal::Unauthorized)?;
+    let node = match &credential {
+        Credential::Node {
+            node_id: sub,
+            org_id,
+        } => {
+            let node = visible_node(state, org_id, false, sub)?
+                .ok_or_else(|| Refusal::UnknownNode(sub.clone()))?;
+            if node.owner.org_id != *org_id {
+                return Err(Refusal::Unauthorized);
+            }
+            Some(node)
+        }
+        Credential::User(p) => match node_id.filter(|n| !n.is_empty()) {
+            None => None,
+            Some(id) => match visible_node(state, &p.org_id, p.is_admin(), id)? {
+                Some(node) if may_run(p, &node) => Some(node),
+                Some(_) => return Err(Refusal::Forbidden(format!("You may not run node {id}"))),
+                None if p.can_write() => None, // created at registration
+                None => {
+                    return Err(Refusal::Forbidden(
+                        "You do not have permission to create nodes".into(),
+                    ));
+                }
+            },
+        },
+    };
+    Ok(Handshake { credential, node })
+}
+
+pub(crate) struct Session {
+    state: AppState,
+    credential: Credential,
+    conn: Connection,
+    /// The node this connection speaks for, once known.
+    node: Option<(String, NodeHandle)>,
+    pending_node: Option<Node>,
+    requested: Option<String>,
+}
+
+impl Session {
+    /// A session for an authenticated handshake, and the receiving end of
+    /// its outbound queue.
+    pub fn new(
+        state: AppState,
+        handshake: Handshake,
+        requested: Option<String>,
+    ) -> (Session, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(super::OUTBOUND_QUEUE);
+        let conn = Connection {
+            id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+            tx,
+        };
+        let session = Session {
+            state,
+            credential: handshake.credential,
+            conn,
+            node: None,
+            pending_node: handshake.node,
+            requested,
+        };
+        (session, rx)
+    }
+
+    /// Attaches to the node named at the handshake, then queues `connection.ack`.
+    pub async fn start(&mut self) -> Result<(), Refusal> {
+        if let Some(node) = self.pending_node.take() {
+            self.bind(&node.id).await?;
+        }
+        let node_id = self.node.as_ref().map(|(id, _)| id.clone());
+        let mut ack = Envelope::new(
+            kinds::CONNECTION_ACK,
+            json!({"status": "success", "nodeId": node_id, "controllerId": "warden", "serverVersion": self.state.config.version}),
+        );
+        ack.extra.insert("status".into(), json!("success"));
+        ack.extra.insert("nodeId".into(), json!(node_id));
+        ack.extra.insert("controllerId".into(), json!("warden"));
+        ack.extra
+            .insert("serverVersion".into(), json!(self.state.config.version));
+        self.conn.send(Outbound::Event(ack));
+        Ok(())
+    }
+
+    async fn bind(&mut self, id: &str) -> Result<(), DomainError> {
+        let (handle, node) = self
+            .state
+            .runtime
+            .nodes
+            .attach(id, self.conn.clone())
+            .await?;
+        tracing::info!(node = %node.id, node_id = %node.node_id, connection = self.conn.id, "node connected");
+        self.node = Some((node.id, handle));
+        Ok(())
+    }
+
+    /// The node's actor, re-attached if it was restarted since.
+    async fn handle(&mut self) -> Result<NodeHandle, DomainError> {
+        let (id, handle) = self
+            .node
+            .as_ref()
+            .ok_or_else(|| DomainError::Invalid(vec!["send node.register first".into()]))?;
+        if handle.is_alive() {
+            return Ok(handle.clone());
+        }
+        let id = id.clone();
+        self.bind(&id).await?;
+        Ok(self.node.as_ref().expect("bind sets the node").1.clone())
+    }
+
+    /// Finds or creates the node a user-token connection registers as.
+    async fn resolve_for_registration(&mut self, reg: &Registration) -> Result<(), DomainError> {
+        if self.node.is_some() {
+            return Ok(());
+        }
+        let Credential::User(p) = &self.credential else {
+            return Err(DomainError::Invalid(vec![
+                "this connection has no node".into(),
+            ]));
+        };
+        let wanted = self
+            .requested
+            .clone()
+            .or_else(|| reg.node_id.clone())
+            .filter(|s| !s.is_empty());
+        let wanted = wanted.ok_or_else(|| {
+            DomainError::Invalid(vec![
+                "nodeId must be given in the handshake or in node.register".into(),
+            ])
+        })?;
+        if let Some(node) = visible_node(&self.state, &p.org_id, p.is_admin(), &wanted)? {
+            if !may_run(p, &node) {
+                return Err(DomainError::Invalid(vec![format!(
+                    "you may not run node {wanted}"
+                )]));
+            }
+            return self.bind(&node.id).await;
+        }
+        if !p.can_write() || wanted.len() > 128 {
+            return Err(DomainError::Invalid(vec![
+                "you may not create this node".into(),
+            ]));
+        }
+        let name = reg
+            .name
+            .clone()
+            .or_else(|| reg.hostname.clone())
+            .unwrap_or_else(|| wanted.clone());
+        let owner = Owner {
+            org_id: p.org_id.clone(),
+            user_id: p.user_id.clone(),
+            group_id: String::new(),
+        };
+        let new = NewNode {
+            node_id: wanted.clone(),
+            name,
+            role: vec!["worker".into()],
+            ..Default::default()
+        };
+        let node = match self
+            .state
+            .runtime
+            .nodes
+            .create(new, owner, &p.user_id)
+            .await
+        {
+            Ok(node) => node,
+            // Another connection created it a moment ago.
+            Err(DomainError::Conflict { .. }) => {
+                visible_node(&self.state, &p.org_id, false, &wanted)?.ok_or_else(|| {
+                    DomainError::Unavailable("the node vanished while registering".into())
+                })?
+            }
+            Err(e) => return Err(e),
+        };
+        tracing::info!(node = %node.id, node_id = %wanted, "node created on registration");
+        self.bind(&node.id).await
+    }
+
+    /// Handles one text frame. Errors are answered on the connection.
+    pub async fn on_text(&mut self, text: &str) {
+        let started = Instant::now();
+        let envelope = match serde_json::from_str::<Envelope>(text) {
+            Ok(e) => e,
+            Err(e) => {
+                self.reply_error("BAD_MESSAGE", &format!("not a message envelope: {e}"), None);
+                return;
+            }
+        };
+        let kind = envelope.kind.clone();
+        if let Err(e) = self.dispatch(envelope).await {
+            let message = match e {
+                DomainError::Invalid(errors) => errors.join("; "),
+                other => other.to_string(),
+            };
+            self.reply_error("REJECTED", &message, Some(&kind));
+        }
+        let label = match kind.as_str() {
+            kinds::REGISTER
+            | kinds::HEARTBEAT
+            | kinds::METRICS
+            | kinds::COMMAND_ACK
+            | kinds::COMMAND_RESULT
+            | kinds::DEPLOYMENT_STATUS
+            | kinds::DEPLOYMENT_LOGS => kind.as_str(),
+            _ => "other",
+        };
+        self.state
+            .metrics
+            .observe("WS", &format!("/ws/node {label}"), 200, started.elapsed());
+    }
+
+    async fn dispatch(&mut self, envelope: Envelope) -> Result<(), DomainError> {
+        let invalid = |e: String| DomainError::Invalid(vec![e]);
+        match envelope.kind.as_str() {
+            kinds::REGISTER => {
+                let reg: Registration = envelope.payload().map_err(invalid)?;
+                self.resolve_for_registration(&reg).await?;
+                let handle = self.handle().await?;
+                handle.register(self.conn.id, reg).await?;
+            }
+            kinds::HEARTBEAT => {
+                let hb: Heartbeat = envelope.payload().map_err(invalid)?;
+                let handle = self.handle().await?;
+                if !handle.heartbeat(hb.clone()) {
+                    self.handle().await?.heartbeat(hb);
+                }
+            }
+            kinds::METRICS => {
+                self.handle().await?.telemetry("metrics", envelope);
+            }
+            kinds::DEPLOYMENT_STATUS | kinds::DEPLOYMENT_LOGS => {
+                self.handle().await?.telemetry("deployments", envelope);
+            }
+            kinds::COMMAND_ACK | kinds::COMMAND_RESULT => {
+                let reply: CommandReply = envelope.payload().map_err(invalid)?;
+                if reply.original_message_id.is_empty() {
+                    return Err(invalid("data.originalMessageId is required".into()));
+                }
+                let kind = if envelope.kind == kinds::COMMAND_ACK {
+                    ReplyKind::Ack
+                } else {
+                    ReplyKind::Result
+                };
+                self.handle().await?.command_reply(kind, reply);
+            }
+            other => return Err(invalid(format!("unknown message type '{other}'"))),
+        }
+        Ok(())
+    }
+
+    fn reply_error(&self, code: &str, message: &str, original: Option<&str>) {
+        let env = Envelope::new(
+            kinds::ERROR,
+            json!({"code": code, "message": message, "originalType": original}),
+        );
+        self.conn.send(Outbound::Event(env));
+    }
+
+    /// The transport closed: the node's actor forgets this connection.
+    pub fn close(&self) {
+        if let Some((id, handle)) = &self.node {
+            tracing::info!(node = %id, connection = self.conn.id, "node disconnected");
+            handle.detach(self.conn.id);
+        }
+    }
+}
