@@ -34,6 +34,24 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print the live actor tree of a running server.
     Actors(ActorsArgs),
+    /// Run the node daemon: connect this host to a server as a node.
+    Node(NodeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Base URL of the server.
+    #[arg(long, env = "WARDEN_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// A node token (POST /api/nodes/{id}/token) or a user's access token.
+    #[arg(long, env = "WARDEN_TOKEN")]
+    pub token: String,
+    /// The node to run as (default: the one this data dir used, else the host name).
+    #[arg(long, env = "WARDEN_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Where the daemon keeps its node id and undelivered telemetry.
+    #[arg(long, env = "WARDEN_NODE_DATA_DIR", default_value = "./warden-node")]
+    pub data_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]

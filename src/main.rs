@@ -44,6 +44,15 @@ async fn main() -> anyhow::Result<()> {
             running.run_until(warden::server::shutdown_signal()).await
         }
         Command::Actors(args) => print_actors(args).await,
+        Command::Node(args) => {
+            let config = warden::node::DaemonConfig {
+                server: args.server,
+                token: args.token,
+                node_id: args.node_id,
+                data_dir: args.data_dir,
+            };
+            warden::node::run(config, warden::server::shutdown_signal()).await
+        }
     }
 }
 

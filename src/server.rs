@@ -83,7 +83,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     )
     .await
     .context("starting the supervision tree")?;
+    let (lifecycle, mut lifecycle_control) = warden_api::Lifecycle::new();
     let state = AppState {
+        lifecycle,
         store: store.clone(),
         identity,
         runtime: runtime.clone(),
@@ -107,9 +109,18 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = rx.await;
+                lifecycle_control.stop();
+                // Upgraded connections outlive graceful shutdown: wait for them here.
+                if !lifecycle_control
+                    .wait(std::time::Duration::from_secs(10))
+                    .await
+                {
+                    tracing::warn!("some node sessions did not close in time");
+                }
             })
             .await?;
         pruner.abort();
+        let _ = pruner.await;
         runtime.shutdown().await;
         store.close();
         tracing::info!("stopped");

@@ -41,6 +41,69 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub config: Arc<ApiConfig>,
     pub started: Instant,
+    pub lifecycle: Lifecycle,
+}
+
+/// Lets long-lived connections (node sessions) hear about shutdown, and
+/// lets the server wait until they have closed.
+#[derive(Clone)]
+pub struct Lifecycle {
+    stopping: tokio::sync::watch::Receiver<bool>,
+    /// Upgraded by every live session; the server waits for all to drop.
+    alive: tokio::sync::mpsc::WeakSender<()>,
+}
+
+/// The server's side of a [`Lifecycle`].
+pub struct LifecycleControl {
+    stop: tokio::sync::watch::Sender<bool>,
+    alive: Option<tokio::sync::mpsc::Sender<()>>,
+    done: tokio::sync::mpsc::Receiver<()>,
+}
+
+impl Lifecycle {
+    pub fn new() -> (Lifecycle, LifecycleControl) {
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let (alive, done) = tokio::sync::mpsc::channel(1);
+        let weak = alive.downgrade();
+        (
+            Lifecycle {
+                stopping,
+                alive: weak,
+            },
+            LifecycleControl {
+                stop,
+                alive: Some(alive),
+                done,
+            },
+        )
+    }
+
+    /// Resolves when the server starts shutting down.
+    pub async fn stopping(&self) {
+        let mut rx = self.stopping.clone();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Held for a session's life; `None` once the server is stopping.
+    pub(crate) fn guard(&self) -> Option<tokio::sync::mpsc::Sender<()>> {
+        self.alive.upgrade()
+    }
+}
+
+impl LifecycleControl {
+    /// Tells every session to close.
+    pub fn stop(&mut self) {
+        self.alive = None;
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits until every session has closed (once the router and every
+    /// other `AppState` are gone), or `timeout` passes.
+    pub async fn wait(mut self, timeout: std::time::Duration) -> bool {
+        tokio::time::timeout(timeout, async { while self.done.recv().await.is_some() {} })
+            .await
+            .is_ok()
+    }
 }
 
 /// The whole application router: every dialect on one port.

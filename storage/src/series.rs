@@ -144,9 +144,10 @@ impl Store {
                 continue;
             };
             if let Some(t) = rest.get(..8).and_then(|t| <[u8; 8]>::try_from(t).ok())
-                && ((u64::from_be_bytes(t) ^ (1 << 63)) as Millis) < before {
-                    doomed.push(key.to_vec());
-                }
+                && ((u64::from_be_bytes(t) ^ (1 << 63)) as Millis) < before
+            {
+                doomed.push(key.to_vec());
+            }
         }
         let n = doomed.len();
         for chunk in doomed.chunks(1024) {

@@ -309,7 +309,17 @@ impl Runtime {
         out
     }
 
+    /// Stops every entity actor (each persists what it holds), then the
+    /// kind supervisors, then the root.
     pub async fn shutdown(&self) {
+        let timeout = Some(std::time::Duration::from_secs(10));
+        for kind in &self.kinds {
+            if let Some(cell) = kind.cell() {
+                cell.stop_children_and_wait(Some("shutdown".into()), timeout)
+                    .await;
+                let _ = cell.stop_and_wait(Some("shutdown".into()), timeout).await;
+            }
+        }
         let _ = self
             .root
             .stop_and_wait(

@@ -44,6 +44,19 @@ impl TestServer {
         Self::start_in(self._dir, adjust).await
     }
 
+    /// Stops the server, waits `downtime`, and starts it again on the same data directory.
+    pub async fn restart_after(
+        mut self,
+        downtime: std::time::Duration,
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
+        if let Some(r) = self.running.take() {
+            r.stop().await.expect("server stops cleanly");
+        }
+        tokio::time::sleep(downtime).await;
+        Self::start_in(self._dir, adjust).await
+    }
+
     async fn start_in(
         dir: tempfile::TempDir,
         adjust: impl FnOnce(&mut ServerConfig),

@@ -67,6 +67,10 @@ async fn upgrade(
 }
 
 async fn run(socket: WebSocket, mut session: Session, mut rx: mpsc::Receiver<Outbound>) {
+    let lifecycle = session.lifecycle();
+    let Some(_alive) = lifecycle.guard() else {
+        return; // the server is stopping
+    };
     let (mut sink, mut stream) = socket.split();
     let writer = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
@@ -86,19 +90,27 @@ async fn run(socket: WebSocket, mut session: Session, mut rx: mpsc::Receiver<Out
             }
         }
     });
-    while let Some(frame) = stream.next().await {
+    let mut writer = writer;
+    loop {
+        let frame = tokio::select! {
+            frame = stream.next() => frame,
+            _ = lifecycle.stopping() => {
+                // Close the transport (daemons reconnect), never a protocol-level goodbye.
+                session.send(Outbound::Close("the server is shutting down".into()));
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer).await;
+                break;
+            }
+            _ = &mut writer => break,
+        };
         match frame {
-            Ok(Message::Text(text)) => session.on_text(text.as_str()).await,
-            Ok(Message::Binary(_)) => {
+            Some(Ok(Message::Text(text))) => session.on_text(text.as_str()).await,
+            Some(Ok(Message::Binary(_))) => {
                 session
                     .on_text("binary frames are not part of the protocol")
                     .await
             }
-            Ok(Message::Close(_)) | Err(_) => break,
-            Ok(_) => {}
-        }
-        if writer.is_finished() {
-            break;
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            Some(Ok(_)) => {}
         }
     }
     session.close();

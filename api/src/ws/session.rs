@@ -353,6 +353,15 @@ impl Session {
         self.conn.send(Outbound::Event(env));
     }
 
+    pub fn lifecycle(&self) -> crate::Lifecycle {
+        self.state.lifecycle.clone()
+    }
+
+    /// Queues a frame for this connection.
+    pub fn send(&self, out: Outbound) -> bool {
+        self.conn.send(out)
+    }
+
     /// The transport closed: the node's actor forgets this connection.
     pub fn close(&self) {
         if let Some((id, handle)) = &self.node {

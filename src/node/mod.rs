@@ -1,0 +1,307 @@
+//! `warden node`: the node daemon. It connects to the server's node
+//! gateway (raw WebSocket, AIWM's envelope), registers with the host's
+//! real facts, sends heartbeats and metrics at the intervals the server
+//! gives, answers commands, reconnects with jittered backoff, and keeps
+//! metrics produced while disconnected on disk until they are delivered.
+
+mod facts;
+mod outbox;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use warden_actors::node::protocol::{Envelope, kinds};
+
+pub use facts::{Host, parse_nvidia_smi};
+use outbox::Outbox;
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The server's base URL (`http://host:port`).
+    pub server: String,
+    pub token: String,
+    pub node_id: Option<String>,
+    pub data_dir: PathBuf,
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Exponential backoff with ±50% jitter, so a fleet does not reconnect in step.
+struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            next: min,
+            min,
+            max,
+        }
+    }
+
+    fn delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        base.mul_f64(0.5 + rand::random::<f64>())
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+fn gateway_url(server: &str, node_id: Option<&str>) -> String {
+    let base = server.trim_end_matches('/');
+    let ws = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_owned()
+    };
+    match node_id {
+        Some(id) => format!(
+            "{ws}/ws/node?nodeId={}",
+            form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+        ),
+        None => format!("{ws}/ws/node"),
+    }
+}
+
+async fn connect(config: &DaemonConfig, node_id: Option<&str>) -> anyhow::Result<Socket> {
+    let mut request = gateway_url(&config.server, node_id).into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {}", config.token).parse()?);
+    let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(16 * 1024 * 1024));
+    let (socket, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true),
+    )
+    .await
+    .context("connecting timed out")??;
+    Ok(socket)
+}
+
+/// The node id to ask for: the flag, else the one this data dir used
+/// before, else the host name (remembered for next time).
+fn node_id(config: &DaemonConfig) -> anyhow::Result<String> {
+    if let Some(id) = &config.node_id {
+        return Ok(id.clone());
+    }
+    let path = config.data_dir.join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&path)
+        && !id.trim().is_empty()
+    {
+        return Ok(id.trim().to_owned());
+    }
+    let id = sysinfo::System::host_name().unwrap_or_else(|_| uuid::Uuid::new_v4().to_string());
+    std::fs::create_dir_all(&config.data_dir)?;
+    std::fs::write(&path, &id)?;
+    Ok(id)
+}
+
+/// What a command does on this node. Model and deployment handlers
+/// arrive with the deployments work; until then they answer an error.
+fn execute(env: &Envelope, host: &mut Host) -> Result<Value, Value> {
+    match env.kind.as_str() {
+        kinds::HEALTH_CHECK => Ok(json!({"healthy": true, "heartbeat": host.heartbeat()})),
+        other => Err(
+            json!({"code": "UNSUPPORTED", "message": format!("this daemon cannot run {other} yet")}),
+        ),
+    }
+}
+
+fn is_command(env: &Envelope) -> bool {
+    env.resource.is_some()
+        || matches!(
+            env.kind.as_str(),
+            "model.download"
+                | "deployment.create"
+                | "deployment.start"
+                | "deployment.stop"
+                | kinds::HEALTH_CHECK
+        )
+}
+
+/// Runs until `shutdown` resolves; reconnects for ever until then.
+pub async fn run(
+    config: DaemonConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let outbox = Outbox::open(&config.data_dir)
+        .with_context(|| format!("opening {}", config.data_dir.display()))?;
+    let node_id = node_id(&config)?;
+    let mut host = Host::new()?;
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+    let mut socket: Option<Socket> = None;
+    let mut registered = false;
+    let mut next_attempt = Instant::now();
+    let mut heartbeat_every = Duration::from_secs(30);
+    let mut metrics_every = Duration::from_secs(60);
+    let mut heartbeats = tokio::time::interval(heartbeat_every);
+    let mut metrics = tokio::time::interval(metrics_every);
+    heartbeats.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    metrics.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut seq: u64 = 0;
+    tokio::pin!(shutdown);
+
+    loop {
+        if socket.is_none() && Instant::now() >= next_attempt {
+            match connect(&config, Some(&node_id)).await {
+                Ok(s) => {
+                    tracing::info!(server = %config.server, node = %node_id, "connected");
+                    socket = Some(s);
+                    registered = false;
+                }
+                Err(e) => {
+                    let delay = backoff.delay();
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "could not connect");
+                    next_attempt = Instant::now() + delay;
+                }
+            }
+        }
+        let mut lost = false;
+        tokio::select! {
+            _ = &mut shutdown => {
+                if let Some(mut s) = socket.take() {
+                    let _ = s.close(None).await;
+                }
+                tracing::info!("node daemon stopped");
+                return Ok(());
+            }
+            _ = tokio::time::sleep_until(next_attempt), if socket.is_none() => {}
+            frame = async { socket.as_mut().expect("guarded by the branch condition").next().await }, if socket.is_some() => {
+                match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        let s = socket.as_mut().expect("a frame came from it");
+                        match serde_json::from_str::<Envelope>(text.as_str()) {
+                            Ok(env) if env.kind == kinds::CONNECTION_ACK => {
+                                let reg = host.registration(Some(node_id.clone()));
+                                let env = Envelope::new(kinds::REGISTER, serde_json::to_value(reg)?);
+                                lost = s.send(Message::text(env.to_json())).await.is_err();
+                            }
+                            Ok(env) if env.kind == kinds::REGISTER_ACK => {
+                                let info = env.data.as_ref().map(|d| d["controllerInfo"].clone()).unwrap_or(Value::Null);
+                                let ms = |k: &str, d: Duration| info[k].as_u64().filter(|v| *v > 0).map(Duration::from_millis).unwrap_or(d);
+                                let (h, m) = (ms("heartbeatInterval", heartbeat_every), ms("metricsInterval", metrics_every));
+                                if h != heartbeat_every {
+                                    heartbeat_every = h;
+                                    heartbeats = tokio::time::interval(h);
+                                    heartbeats.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                                }
+                                if m != metrics_every {
+                                    metrics_every = m;
+                                    metrics = tokio::time::interval(m);
+                                    metrics.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                                }
+                                registered = true;
+                                backoff.reset();
+                                tracing::info!(heartbeat_ms = h.as_millis() as u64, metrics_ms = m.as_millis() as u64, "registered");
+                                // Replay what was kept while disconnected, in order.
+                                let pending = outbox.pending()?;
+                                let mut all_sent = true;
+                                for line in &pending {
+                                    if s.send(Message::text(line.clone())).await.is_err() {
+                                        all_sent = false;
+                                        break;
+                                    }
+                                }
+                                if all_sent {
+                                    if !pending.is_empty() {
+                                        tracing::info!(points = pending.len(), "sent buffered telemetry");
+                                    }
+                                    outbox.clear()?;
+                                } else {
+                                    lost = true;
+                                }
+                            }
+                            Ok(env) if is_command(&env) => {
+                                let reply = |kind: &str, data: Value| {
+                                    let mut e = Envelope::new(kind, data);
+                                    e.metadata = env.metadata.clone();
+                                    e
+                                };
+                                let ack = reply(kinds::COMMAND_ACK, json!({"originalMessageId": env.message_id, "status": "acknowledged", "receivedAt": warden_actors::node::protocol::iso_now()}));
+                                lost = s.send(Message::text(ack.to_json())).await.is_err();
+                                let data = match execute(&env, &mut host) {
+                                    Ok(result) => json!({"originalMessageId": env.message_id, "status": "success", "progress": 100, "result": result, "error": null}),
+                                    Err(error) => json!({"originalMessageId": env.message_id, "status": "error", "result": null, "error": error}),
+                                };
+                                if !lost {
+                                    lost = s.send(Message::text(reply(kinds::COMMAND_RESULT, data).to_json())).await.is_err();
+                                }
+                            }
+                            Ok(env) if env.kind == kinds::ERROR => tracing::warn!(error = ?env.data, "the server refused a message"),
+                            Ok(env) => tracing::debug!(kind = %env.kind, "ignored a message"),
+                            Err(e) => tracing::warn!(error = %e, "unreadable frame from the server"),
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => lost = true,
+                    Some(Ok(_)) => {}
+                }
+            }
+            _ = heartbeats.tick() => {
+                if registered && let Some(s) = socket.as_mut() {
+                    let env = Envelope::new(kinds::HEARTBEAT, host.heartbeat());
+                    lost = s.send(Message::text(env.to_json())).await.is_err();
+                }
+            }
+            _ = metrics.tick() => {
+                let mut data = host.metrics();
+                data["seq"] = json!(seq);
+                seq += 1;
+                let line = Envelope::new(kinds::METRICS, data).to_json();
+                let sent = match (registered, socket.as_mut()) {
+                    (true, Some(s)) => s.send(Message::text(line.clone())).await.is_ok(),
+                    _ => false,
+                };
+                if !sent {
+                    outbox.push(&line)?;
+                    lost = socket.is_some() && registered;
+                }
+            }
+        }
+        if lost {
+            tracing::warn!("connection lost");
+            socket = None;
+            registered = false;
+            next_attempt = Instant::now() + backoff.delay();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_urls() {
+        assert_eq!(
+            gateway_url("http://h:1/", Some("a b")),
+            "ws://h:1/ws/node?nodeId=a+b"
+        );
+        assert_eq!(gateway_url("https://h", None), "wss://h/ws/node");
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
+        let d: Vec<Duration> = (0..5).map(|_| b.delay()).collect();
+        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(150));
+        assert!(d[4] >= Duration::from_millis(200) && d[4] <= Duration::from_millis(600));
+        b.reset();
+        assert!(b.delay() <= Duration::from_millis(150));
+    }
+}
