@@ -118,6 +118,7 @@ pub fn router(state: AppState) -> Router {
     router
         .merge(openapi::routes(docs))
         .fallback(error::unmatched)
+        .layer(ws::socketio_layer(state.clone()))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

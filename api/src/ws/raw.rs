@@ -68,9 +68,6 @@ async fn upgrade(
 
 async fn run(socket: WebSocket, mut session: Session, mut rx: mpsc::Receiver<Outbound>) {
     let lifecycle = session.lifecycle();
-    let Some(_alive) = lifecycle.guard() else {
-        return; // the server is stopping
-    };
     let (mut sink, mut stream) = socket.split();
     let writer = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {

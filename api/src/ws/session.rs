@@ -42,6 +42,8 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+impl std::error::Error for Refusal {}
+
 impl From<DomainError> for Refusal {
     fn from(e: DomainError) -> Self {
         match e {
@@ -52,6 +54,7 @@ impl From<DomainError> for Refusal {
 }
 
 /// Who connected, checked at the handshake.
+#[derive(Clone)]
 pub(crate) struct Handshake {
     credential: Credential,
     /// The node the credential names, when it names one it may use.
@@ -133,6 +136,8 @@ pub(crate) struct Session {
     node: Option<(String, NodeHandle)>,
     pending_node: Option<Node>,
     requested: Option<String>,
+    /// Held while the session lives, so shutdown can wait for it.
+    alive: Option<tokio::sync::mpsc::Sender<()>>,
 }
 
 impl Session {
@@ -148,7 +153,9 @@ impl Session {
             id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
             tx,
         };
+        let alive = state.lifecycle.guard();
         let session = Session {
+            alive,
             state,
             credential: handshake.credential,
             conn,
@@ -161,6 +168,9 @@ impl Session {
 
     /// Attaches to the node named at the handshake, then queues `connection.ack`.
     pub async fn start(&mut self) -> Result<(), Refusal> {
+        if self.alive.is_none() {
+            return Err(Refusal::Unavailable("the server is shutting down".into()));
+        }
         if let Some(node) = self.pending_node.take() {
             self.bind(&node.id).await?;
         }

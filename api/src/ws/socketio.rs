@@ -1,0 +1,143 @@
+//! The same node protocol over Socket.IO v4 (namespace `/ws/node`, the
+//! default `/socket.io/` path), as AIWM's own daemons speak it: the token
+//! in `auth: {token}` (or `?token=` / `Authorization`), the node in the
+//! token's `sub`, `auth.nodeId`, `?nodeId=` or `node.register`. Each event
+//! is named by the envelope's `type` and carries the envelope.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use socketioxide::SocketIo;
+use socketioxide::extract::{Data, Event, SocketRef, State, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::layer::SocketIoLayer;
+use tokio::sync::Mutex;
+use warden_actors::node::protocol::Outbound;
+
+use super::session::{Handshake, Refusal, Session, authenticate};
+use crate::AppState;
+
+const NAMESPACE: &str = "/ws/node";
+
+fn text(v: Option<&Value>) -> Option<String> {
+    v.and_then(Value::as_str).map(str::to_owned)
+}
+
+fn query(s: &SocketRef, key: &str) -> Option<String> {
+    let q = s.req_parts().uri.query()?;
+    form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn bearer(s: &SocketRef) -> Option<String> {
+    let v = s
+        .req_parts()
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// The checked handshake and the node id the client asked for.
+type Checked = (Handshake, Option<String>);
+
+/// What the connect middleware hands the connect handler (taken once).
+#[derive(Clone)]
+struct Accepted(Arc<std::sync::Mutex<Option<Checked>>>);
+
+/// Refuses a connection before it joins the namespace: the client gets a
+/// `connect_error` and no event is read.
+async fn check(
+    s: SocketRef,
+    State(state): State<AppState>,
+    TryData(auth): TryData<Value>,
+) -> Result<(), Refusal> {
+    let auth = auth.unwrap_or(Value::Null);
+    let token = text(auth.get("token"))
+        .or_else(|| query(&s, "token"))
+        .or_else(|| bearer(&s));
+    let node_id = text(auth.get("nodeId")).or_else(|| query(&s, "nodeId"));
+    let handshake = authenticate(&state, token.as_deref(), node_id.as_deref())?;
+    s.extensions
+        .insert(Accepted(Arc::new(std::sync::Mutex::new(Some((
+            handshake, node_id,
+        ))))));
+    Ok(())
+}
+
+async fn connected(s: SocketRef, State(state): State<AppState>) {
+    let taken = s
+        .extensions
+        .get::<Accepted>()
+        .and_then(|a| a.0.lock().ok().and_then(|mut g| g.take()));
+    let Some((handshake, requested)) = taken else {
+        let _ = s.disconnect();
+        return;
+    };
+    let (mut session, mut rx) = Session::new(state, handshake, requested);
+    // The writer: the actor's frames become events named by their type.
+    let writer_socket = s.clone();
+    tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            match out {
+                Outbound::Event(env) => {
+                    if writer_socket.emit(env.kind.clone(), &env).is_err() {
+                        break;
+                    }
+                }
+                Outbound::Close(reason) => {
+                    tracing::info!(%reason, "closing a Socket.IO node connection");
+                    let _ = writer_socket.disconnect();
+                    break;
+                }
+            }
+        }
+    });
+    if let Err(e) = session.start().await {
+        tracing::warn!(error = %e, "refused a Socket.IO node connection");
+        let _ = s.disconnect();
+        return;
+    }
+    // Taken out at disconnect, so the session (and its shutdown guard) ends with the socket.
+    let session = Arc::new(Mutex::new(Some(session)));
+    let on_event = session.clone();
+    s.on_fallback(
+        async move |Event(event): Event, Data(mut payload): Data<Value>| {
+            if let Value::Object(map) = &mut payload {
+                map.entry("type").or_insert(Value::String(event));
+            } else {
+                payload = serde_json::json!({"type": event, "data": payload});
+            }
+            if let Some(session) = on_event.lock().await.as_mut() {
+                session.on_text(&payload.to_string()).await;
+            }
+        },
+    );
+    s.on_disconnect(async move || {
+        if let Some(session) = session.lock().await.take() {
+            session.close();
+        }
+    });
+}
+
+/// The Socket.IO layer; at shutdown it closes every transport (a Socket.IO
+/// disconnect would make AIWM's daemon give up for good).
+pub(crate) fn layer(state: AppState) -> SocketIoLayer {
+    let lifecycle = state.lifecycle.clone();
+    let (layer, io) = SocketIo::builder()
+        .with_state(state)
+        .max_payload(super::MAX_FRAME_BYTES as u64)
+        .ws_read_buffer_size(4096)
+        .build_layer();
+    io.ns(NAMESPACE, connected.with(check));
+    tokio::spawn(async move {
+        lifecycle.stopping().await;
+        io.close().await;
+    });
+    layer
+}
