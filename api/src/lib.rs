@@ -111,6 +111,7 @@ pub fn router(state: AppState) -> Router {
     let api = openapi::Api::new()
         .merge(health::routes())
         .merge(dialects::aiwm::routes())
+        .merge(dialects::vareon::routes())
         .merge(ws::routes())
         .merge(admin::routes(state.config.enable_fault_injection));
     let (router, docs) = api.finish();

@@ -2,6 +2,7 @@
 //! body; all of them call the same core.
 
 pub(crate) mod aiwm;
+pub(crate) mod vareon;
 
 use axum::http::StatusCode;
 use axum::response::Response;

@@ -9,6 +9,37 @@ use serde_json::{Map, Value};
 use super::{Aiwm, AiwmError};
 use crate::error::ApiError;
 
+/// Reads a request body as one JSON object (an empty body is `{}`), with
+/// the size limit; refusals are written in dialect `D`'s error body.
+pub(crate) async fn read_object<D, S: Send + Sync>(
+    req: Request,
+    state: &S,
+) -> Result<Map<String, Value>, ApiError<D>> {
+    let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body is too large")
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("Could not read the request body: {e}"),
+            )
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::validation(vec![
+            "body must be a JSON object".into(),
+        ])),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("Malformed JSON: {e}"),
+        )),
+    }
+}
+
 /// A JSON object body, or the AIWM error body for anything else.
 pub(crate) struct AiwmBody(pub Map<String, Value>);
 
@@ -16,29 +47,7 @@ impl<S: Send + Sync> FromRequest<S> for AiwmBody {
     type Rejection = AiwmError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::<Aiwm>::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body is too large")
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("Could not read the request body: {e}"),
-                )
-            }
-        })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(AiwmBody(Map::new()));
-        }
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(map)) => Ok(AiwmBody(map)),
-            Ok(_) => Err(ApiError::validation(vec![
-                "body must be a JSON object".into(),
-            ])),
-            Err(e) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("Malformed JSON: {e}"),
-            )),
-        }
+        read_object::<Aiwm, S>(req, state).await.map(AiwmBody)
     }
 }
 
@@ -297,6 +306,11 @@ impl Fields {
     /// Everything valid so far, or the AIWM validation error. On success
     /// returns the fields not read, as JSON object text (may be empty).
     pub fn finish(self) -> Result<String, AiwmError> {
+        self.finish_as::<Aiwm>()
+    }
+
+    /// [`Fields::finish`] with dialect `D`'s error body.
+    pub fn finish_as<D>(self) -> Result<String, ApiError<D>> {
         if !self.errors.is_empty() {
             return Err(ApiError::validation(self.errors));
         }

@@ -1,0 +1,96 @@
+//! Vareon (seeds/vareon-api.md): FastAPI conventions — snake_case bodies,
+//! `skip`/`limit` paging into bare arrays, `{"detail": ...}` errors, 422
+//! for validation with FastAPI's detail list.
+
+mod telemetry;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::dialects::Dialect;
+use crate::error::ApiError;
+use crate::openapi::Api;
+
+#[derive(Debug)]
+pub(crate) struct Vareon;
+
+impl Dialect for Vareon {
+    fn error(status: StatusCode, message: String, errors: Vec<String>) -> Response {
+        if status == StatusCode::BAD_REQUEST && !errors.is_empty() {
+            let detail: Vec<Value> = errors
+                .iter()
+                .map(|e| {
+                    let field = e.split_whitespace().next().unwrap_or("body");
+                    json!({"loc": ["body", field], "msg": e, "type": "value_error"})
+                })
+                .collect();
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({"detail": detail})),
+            )
+                .into_response();
+        }
+        let message = if status == StatusCode::UNAUTHORIZED {
+            "Not authenticated".to_owned()
+        } else {
+            message
+        };
+        let mut response = (status, Json(json!({"detail": message}))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                "www-authenticate",
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+/// A JSON object body, refused in Vareon's error body.
+pub(crate) struct VareonBody(pub serde_json::Map<String, Value>);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for VareonBody {
+    type Rejection = VareonError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        crate::dialects::aiwm::read_object::<Vareon, S>(req, state)
+            .await
+            .map(VareonBody)
+    }
+}
+
+pub(crate) type VareonError = ApiError<Vareon>;
+pub(crate) type VareonResult<T> = Result<T, VareonError>;
+
+/// `skip` and `limit` (FastAPI's defaults 0 and 100).
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct SkipLimit {
+    pub skip: Option<String>,
+    pub limit: Option<String>,
+}
+
+impl SkipLimit {
+    pub fn parse(&self) -> VareonResult<(usize, usize)> {
+        let mut errors = Vec::new();
+        let mut read = |name: &str, v: &Option<String>, default: usize| match v {
+            None => default,
+            Some(s) => s.parse::<usize>().unwrap_or_else(|_| {
+                errors.push(format!("{name} must be a non-negative integer"));
+                default
+            }),
+        };
+        let skip = read("skip", &self.skip, 0);
+        let limit = read("limit", &self.limit, 100);
+        if errors.is_empty() {
+            Ok((skip, limit.min(1000)))
+        } else {
+            Err(ApiError::validation(errors))
+        }
+    }
+}
+
+pub(crate) fn routes() -> Api {
+    telemetry::routes()
+}
