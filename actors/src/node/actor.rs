@@ -186,6 +186,34 @@ impl NodeState {
         Ok(())
     }
 
+    /// Sends `register.ack` (with the intervals and the queued commands'
+    /// ids), then the queued commands themselves, in order.
+    async fn acknowledge_registration(&mut self) -> Result<(), DomainError> {
+        let key = format!("{}/{}", self.node.id, CommandStatus::Queued.as_str());
+        let pending = self
+            .store
+            .ids_by_index::<NodeCommand>("node_status", &key)?;
+        let mut ack = Envelope::new(
+            kinds::REGISTER_ACK,
+            json!({
+                "status": "success",
+                "nodeId": self.node.node_id,
+                "_id": self.node.id,
+                "registeredAt": super::protocol::iso_now(),
+                "controllerInfo": {
+                    "controllerId": "warden",
+                    "heartbeatInterval": self.timing.heartbeat.as_millis() as u64,
+                    "metricsInterval": self.timing.metrics.as_millis() as u64,
+                    "timezone": "UTC",
+                },
+                "pendingCommands": pending,
+            }),
+        );
+        ack.extra.insert("status".into(), json!("success"));
+        self.send(Outbound::Event(ack));
+        self.deliver_queued().await
+    }
+
     async fn command_reply(
         &mut self,
         kind: ReplyKind,
@@ -318,6 +346,8 @@ impl Actor for NodeActor {
                         "replaced by a newer connection of the same node".into(),
                     ));
                 }
+                // Persisted before connection.ack goes out: a client told it is
+                // connected reads websocketConnected: true.
                 let mut next = state.node.clone();
                 super::connected(&mut next, now);
                 let _ = reply.send(state.persist(next).await);
@@ -342,37 +372,11 @@ impl Actor for NodeActor {
                 }
                 let mut next = state.node.clone();
                 super::register(&mut next, &reg, now);
-                match state.persist(next).await {
-                    Ok(node) => {
-                        let pending = state.store.ids_by_index::<NodeCommand>(
-                            "node_status",
-                            &format!("{}/{}", node.id, CommandStatus::Queued.as_str()),
-                        )?;
-                        let mut ack = Envelope::new(
-                            kinds::REGISTER_ACK,
-                            json!({
-                                "status": "success",
-                                "nodeId": node.node_id,
-                                "_id": node.id,
-                                "registeredAt": super::protocol::iso_now(),
-                                "controllerInfo": {
-                                    "controllerId": "warden",
-                                    "heartbeatInterval": state.timing.heartbeat.as_millis() as u64,
-                                    "metricsInterval": state.timing.metrics.as_millis() as u64,
-                                    "timezone": "UTC",
-                                },
-                                "pendingCommands": pending,
-                            }),
-                        );
-                        ack.extra.insert("status".into(), json!("success"));
-                        state.send(Outbound::Event(ack));
-                        state.deliver_queued().await?;
-                        let _ = reply.send(Ok(node));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                }
+                let result = match state.persist(next).await {
+                    Ok(node) => state.acknowledge_registration().await.map(|()| node),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
             }
             NodeMsg::Heartbeat(hb) => {
                 super::heartbeat(&mut state.node, &hb, now);
