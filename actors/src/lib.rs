@@ -21,3 +21,10 @@ pub fn merge_extra(old: &str, new: &str) -> String {
         Value::Object(merged).to_string()
     }
 }
+
+/// Sets a field when a value was given (partial updates).
+pub fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
+    }
+}

@@ -21,6 +21,23 @@ pub(crate) struct RouteDoc {
     pub public: bool,
 }
 
+/// One builder method per HTTP method, recording the route as it adds it.
+macro_rules! route_methods {
+    ($($(#[$doc:meta])* $name:ident => $method:ident, $lower:literal, $public:expr;)*) => {$(
+        $(#[$doc])*
+        pub fn $name<H: Handler<T, AppState>, T: 'static>(
+            self,
+            path: &'static str,
+            tag: &'static str,
+            summary: impl Into<String>,
+            h: H,
+        ) -> Self {
+            let doc = RouteDoc { method: $lower, path, tag, summary: summary.into(), public: $public };
+            self.add(MethodFilter::$method, doc, h)
+        }
+    )*};
+}
+
 pub(crate) struct Api {
     router: Router<AppState>,
     docs: Vec<RouteDoc>,
@@ -44,120 +61,14 @@ impl Api {
         self
     }
 
-    pub fn get<H: Handler<T, AppState>, T: 'static>(
-        self,
-        path: &'static str,
-        tag: &'static str,
-        summary: impl Into<String>,
-        h: H,
-    ) -> Self {
-        self.add(
-            MethodFilter::GET,
-            RouteDoc {
-                method: "get",
-                path,
-                tag,
-                summary: summary.into(),
-                public: false,
-            },
-            h,
-        )
-    }
-    pub fn post<H: Handler<T, AppState>, T: 'static>(
-        self,
-        path: &'static str,
-        tag: &'static str,
-        summary: impl Into<String>,
-        h: H,
-    ) -> Self {
-        self.add(
-            MethodFilter::POST,
-            RouteDoc {
-                method: "post",
-                path,
-                tag,
-                summary: summary.into(),
-                public: false,
-            },
-            h,
-        )
-    }
-    pub fn put<H: Handler<T, AppState>, T: 'static>(
-        self,
-        path: &'static str,
-        tag: &'static str,
-        summary: impl Into<String>,
-        h: H,
-    ) -> Self {
-        self.add(
-            MethodFilter::PUT,
-            RouteDoc {
-                method: "put",
-                path,
-                tag,
-                summary: summary.into(),
-                public: false,
-            },
-            h,
-        )
-    }
-    pub fn delete<H: Handler<T, AppState>, T: 'static>(
-        self,
-        path: &'static str,
-        tag: &'static str,
-        summary: impl Into<String>,
-        h: H,
-    ) -> Self {
-        self.add(
-            MethodFilter::DELETE,
-            RouteDoc {
-                method: "delete",
-                path,
-                tag,
-                summary: summary.into(),
-                public: false,
-            },
-            h,
-        )
-    }
-    /// A route that needs no credential.
-    pub fn public_get<H: Handler<T, AppState>, T: 'static>(
-        self,
-        path: &'static str,
-        tag: &'static str,
-        summary: impl Into<String>,
-        h: H,
-    ) -> Self {
-        self.add(
-            MethodFilter::GET,
-            RouteDoc {
-                method: "get",
-                path,
-                tag,
-                summary: summary.into(),
-                public: true,
-            },
-            h,
-        )
-    }
-    pub fn public_post<H: Handler<T, AppState>, T: 'static>(
-        self,
-        path: &'static str,
-        tag: &'static str,
-        summary: impl Into<String>,
-        h: H,
-    ) -> Self {
-        self.add(
-            MethodFilter::POST,
-            RouteDoc {
-                method: "post",
-                path,
-                tag,
-                summary: summary.into(),
-                public: true,
-            },
-            h,
-        )
+    route_methods! {
+        get => GET, "get", false;
+        post => POST, "post", false;
+        put => PUT, "put", false;
+        delete => DELETE, "delete", false;
+        /// A route that needs no credential.
+        public_get => GET, "get", true;
+        public_post => POST, "post", true;
     }
 
     pub fn merge(mut self, other: Api) -> Self {

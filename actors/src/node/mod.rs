@@ -100,36 +100,16 @@ pub fn apply(node: &mut Node, patch: NodePatch, by: &str) -> Result<(), DomainEr
         gpu_devices,
         extra,
     } = patch;
-    if let Some(v) = node_id {
-        node.node_id = v;
-    }
-    if let Some(v) = name {
-        node.name = v;
-    }
-    if let Some(v) = role {
-        node.role = v;
-    }
-    if let Some(v) = status {
-        node.status = v;
-    }
-    if let Some(v) = is_local {
-        node.is_local = v;
-    }
-    if let Some(v) = vpn_ip {
-        node.vpn_ip = v;
-    }
-    if let Some(v) = cpu_cores {
-        node.cpu_cores = v;
-    }
-    if let Some(v) = ram_total {
-        node.ram_total = v;
-    }
-    if let Some(v) = ram_free {
-        node.ram_free = v;
-    }
-    if let Some(v) = gpu_devices {
-        node.gpu_devices = v;
-    }
+    crate::set(&mut node.node_id, node_id);
+    crate::set(&mut node.name, name);
+    crate::set(&mut node.role, role);
+    crate::set(&mut node.status, status);
+    crate::set(&mut node.is_local, is_local);
+    crate::set(&mut node.vpn_ip, vpn_ip);
+    crate::set(&mut node.cpu_cores, cpu_cores);
+    crate::set(&mut node.ram_total, ram_total);
+    crate::set(&mut node.ram_free, ram_free);
+    crate::set(&mut node.gpu_devices, gpu_devices);
     if let Some(v) = extra {
         node.extra = crate::merge_extra(&node.extra, &v);
     }

@@ -283,12 +283,7 @@ pub(crate) fn plain_routes<R: PlainResource>(
         )
 }
 
-/// Sets a field when the client sent it.
-pub(crate) fn set<T>(field: &mut T, value: Option<T>) {
-    if let Some(v) = value {
-        *field = v;
-    }
-}
+pub(crate) use warden_actors::set;
 
 /// Merges the extra fields a client sent into the stored ones.
 pub(crate) fn merge(extra: &mut String, sent: &str) {
