@@ -133,6 +133,17 @@ impl ServeArgs {
         if let Some(h) = file.nodes.telemetry_retention_hours {
             c.telemetry_retention = std::time::Duration::from_secs(h * 3600);
         }
+        let limit = |v: Option<u32>, default: Option<u32>| match v {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => default,
+        };
+        let d = c.rate_limits;
+        c.rate_limits.login_failures_per_minute = limit(
+            file.rate_limits.login_failures_per_minute,
+            d.login_failures_per_minute,
+        );
+        c.rate_limits.api_per_minute = limit(file.rate_limits.api_per_minute, d.api_per_minute);
         c.admin_username = std::env::var("WARDEN_ADMIN_USERNAME")
             .ok()
             .filter(|v| !v.is_empty());

@@ -28,6 +28,16 @@ pub struct FileConfig {
     pub supervision: SupervisionFile,
     #[serde(default)]
     pub nodes: NodesFile,
+    #[serde(default)]
+    pub rate_limits: RateLimitsFile,
+}
+
+/// `[rate_limits]`: per-minute limits; 0 switches one off.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsFile {
+    pub login_failures_per_minute: Option<u32>,
+    pub api_per_minute: Option<u32>,
 }
 
 /// `[nodes]`: the telemetry the server asks of daemons.
@@ -71,6 +81,7 @@ pub struct ServerConfig {
     pub node_policy: RestartPolicy,
     pub node_timing: NodeTiming,
     pub telemetry_retention: Duration,
+    pub rate_limits: warden_api::RateLimits,
     pub admin_username: Option<String>,
     pub admin_password: Option<String>,
     pub admin_email: Option<String>,
@@ -98,6 +109,7 @@ impl ServerConfig {
             node_policy: RestartPolicy::default(),
             node_timing: NodeTiming::default(),
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
+            rate_limits: warden_api::RateLimits::default(),
             admin_username: None,
             admin_password: None,
             admin_email: None,

@@ -2,13 +2,11 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use tokio::net::TcpSocket;
-use warden_api::{ApiConfig, AppState, Metrics};
+use warden_api::{ApiConfig, AppState};
 use warden_identity::Identity;
 use warden_storage::{Store, StoreConfig};
 use warden_supervisors::{Runtime, RuntimeConfig};
@@ -84,19 +82,19 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     .await
     .context("starting the supervision tree")?;
     let (lifecycle, mut lifecycle_control) = warden_api::Lifecycle::new();
-    let state = AppState {
-        lifecycle,
-        store: store.clone(),
+    let state = AppState::new(
+        store.clone(),
         identity,
-        runtime: runtime.clone(),
-        metrics: Arc::new(Metrics::default()),
-        config: Arc::new(ApiConfig {
+        runtime.clone(),
+        ApiConfig {
             enable_fault_injection: config.enable_fault_injection,
             max_body_bytes: config.max_body_bytes,
             version: env!("CARGO_PKG_VERSION"),
-        }),
-        started: Instant::now(),
-    };
+            rate_limits: config.rate_limits,
+        },
+        lifecycle,
+    );
+
     let listener = bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let listener = listener.tap_io(|tcp| {
@@ -106,19 +104,22 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let pruner = tokio::spawn(prune_telemetry(store.clone(), config.telemetry_retention));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-                lifecycle_control.stop();
-                // Upgraded connections outlive graceful shutdown: wait for them here.
-                if !lifecycle_control
-                    .wait(std::time::Duration::from_secs(10))
-                    .await
-                {
-                    tracing::warn!("some node sessions did not close in time");
-                }
-            })
-            .await?;
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx.await;
+            lifecycle_control.stop();
+            // Upgraded connections outlive graceful shutdown: wait for them here.
+            if !lifecycle_control
+                .wait(std::time::Duration::from_secs(10))
+                .await
+            {
+                tracing::warn!("some node sessions did not close in time");
+            }
+        })
+        .await?;
         pruner.abort();
         let _ = pruner.await;
         runtime.shutdown().await;

@@ -89,6 +89,7 @@ async fn create_user(
             roles: parsed,
             org_id,
             email_verified: true,
+            full_name: None,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(user_view(&user))))

@@ -18,14 +18,83 @@ pub(crate) struct CurrentUser<D>(pub Principal, pub PhantomData<D>);
 /// The authenticated caller, who must be an instance administrator.
 pub(crate) struct AdminUser<D>(pub Principal, pub PhantomData<D>);
 
-fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts
+/// The credential a request presents: `Authorization: Bearer`, else
+/// `X-API-Key` (any credential works on every dialect).
+fn presented(parts: &Parts) -> Option<&str> {
+    let bearer = parts
         .headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    bearer
+        .or_else(|| {
+            parts
+                .headers
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        })
+        .filter(|t| !t.is_empty())
+}
+
+/// The peer's IP address (loopback when unknown, e.g. in-process calls).
+pub(crate) struct ClientIp(pub std::net::IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        Ok(ClientIp(ip))
+    }
+}
+
+/// Checks a password login for every dialect: failed attempts are counted
+/// per IP and per account, and a caller over the limit is refused first.
+/// Unverified accounts are refused with 403.
+pub(crate) async fn password_login<D>(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    login: &str,
+    password: &str,
+) -> Result<warden_storage::model::User, ApiError<D>> {
+    let ip_key = ip.to_string();
+    let account_key = login.trim().to_lowercase();
+    if let Some(wait) = state
+        .limits
+        .login_ip
+        .blocked(&ip_key)
+        .or_else(|| state.limits.login_account.blocked(&account_key))
+    {
+        return Err(ApiError::too_many(wait));
+    }
+    let identity = state.identity.clone();
+    let (login_owned, password_owned) = (login.to_owned(), password.to_owned());
+    let outcome =
+        tokio::task::spawn_blocking(move || identity.authenticate(&login_owned, &password_owned))
+            .await
+            .map_err(ApiError::internal)?;
+    match outcome {
+        Ok(user) if !user.email_verified => Err(ApiError::forbidden("Email not verified")),
+        Ok(user) => Ok(user),
+        Err(warden_identity::IdentityError::InvalidCredentials) => {
+            state.limits.login_ip.record(&ip_key);
+            state.limits.login_account.record(&account_key);
+            tracing::info!(%ip, "failed login");
+            Err(ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "Invalid credentials",
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl<D: Dialect> FromRequestParts<AppState> for CurrentUser<D> {
@@ -35,11 +104,16 @@ impl<D: Dialect> FromRequestParts<AppState> for CurrentUser<D> {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+        let token = presented(parts).ok_or_else(ApiError::unauthorized)?;
         let principal = state.identity.verify_token(token).map_err(|e| {
-            tracing::debug!(error = %e, "refused a token");
+            tracing::debug!(error = %e, "refused a credential");
             ApiError::unauthorized()
         })?;
+        if D::API_RATE_LIMITED
+            && let Some(wait) = state.limits.api.hit(&principal.user_id)
+        {
+            return Err(ApiError::too_many(wait));
+        }
         Ok(CurrentUser(principal, PhantomData))
     }
 }

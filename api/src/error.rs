@@ -15,6 +15,8 @@ pub(crate) struct ApiError<D> {
     pub status: StatusCode,
     pub message: String,
     pub errors: Vec<String>,
+    /// Seconds, for 429 answers.
+    pub retry_after: Option<u64>,
     _dialect: PhantomData<D>,
 }
 
@@ -24,6 +26,7 @@ impl<D> ApiError<D> {
             status,
             message: message.into(),
             errors: Vec::new(),
+            retry_after: None,
             _dialect: PhantomData,
         }
     }
@@ -33,8 +36,18 @@ impl<D> ApiError<D> {
             status: StatusCode::BAD_REQUEST,
             message: "Validation failed".into(),
             errors,
+            retry_after: None,
             _dialect: PhantomData,
         }
+    }
+
+    pub fn too_many(retry_after: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many requests; try again later",
+        );
+        e.retry_after = Some(retry_after);
+        e
     }
 
     pub fn unauthorized() -> Self {
@@ -60,7 +73,14 @@ impl<D> ApiError<D> {
 
 impl<D: Dialect> IntoResponse for ApiError<D> {
     fn into_response(self) -> Response {
-        D::error(self.status, self.message, self.errors)
+        let retry_after = self.retry_after;
+        let mut response = D::error(self.status, self.message, self.errors);
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -93,6 +113,8 @@ impl<D> From<IdentityError> for ApiError<D> {
             }
             IdentityError::InvalidToken => Self::unauthorized(),
             IdentityError::Invalid(m) => Self::validation(vec![m]),
+            IdentityError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, m),
+            IdentityError::EmailNotVerified => Self::forbidden("Email not verified"),
             e @ IdentityError::Taken { .. } => Self::new(StatusCode::CONFLICT, e.to_string()),
             IdentityError::Secrets(e) => Self::internal(e),
             IdentityError::Storage(e) => Self::internal(e),

@@ -9,6 +9,7 @@ mod context;
 mod dialects;
 mod error;
 mod health;
+mod limits;
 mod metrics;
 mod openapi;
 mod ws;
@@ -22,6 +23,7 @@ use warden_identity::Identity;
 use warden_storage::Store;
 use warden_supervisors::Runtime;
 
+pub use limits::RateLimits;
 pub use metrics::Metrics;
 
 /// Settings the HTTP layer needs.
@@ -30,6 +32,7 @@ pub struct ApiConfig {
     pub enable_fault_injection: bool,
     pub max_body_bytes: usize,
     pub version: &'static str,
+    pub rate_limits: RateLimits,
 }
 
 /// Everything a handler can reach. Cheap to clone.
@@ -42,6 +45,28 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     pub started: Instant,
     pub lifecycle: Lifecycle,
+    pub(crate) limits: Arc<limits::Limits>,
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        identity: Identity,
+        runtime: Runtime,
+        config: ApiConfig,
+        lifecycle: Lifecycle,
+    ) -> AppState {
+        AppState {
+            store,
+            identity,
+            runtime,
+            metrics: Arc::new(Metrics::default()),
+            limits: Arc::new(limits::Limits::new(config.rate_limits)),
+            config: Arc::new(config),
+            started: Instant::now(),
+            lifecycle,
+        }
+    }
 }
 
 /// Lets long-lived connections (node sessions) hear about shutdown, and

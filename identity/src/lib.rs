@@ -14,7 +14,18 @@ use argon2::password_hash::{
 };
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use thiserror::Error;
-use warden_storage::model::{Org, Role, User};
+mod account;
+mod credentials;
+mod mail;
+mod mfa;
+
+pub use account::ProfileUpdate;
+pub use credentials::NewApiKey;
+pub use mail::Mailer;
+pub use mfa::MfaSetup;
+
+use warden_storage::Millis;
+use warden_storage::model::{Org, RevokedToken, Role, User};
 use warden_storage::{StorageError, Store, Write, new_object_id, now_millis};
 
 #[derive(Debug, Error)]
@@ -25,6 +36,10 @@ pub enum IdentityError {
     InvalidToken,
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("email address not verified")]
+    EmailNotVerified,
     #[error("{field} '{value}' is already taken")]
     Taken { field: String, value: String },
     #[error("secrets: {0}")]
@@ -50,7 +65,19 @@ pub struct Principal {
     pub email: String,
     pub org_id: String,
     pub roles: Vec<Role>,
-    pub token_id: String,
+    /// What the request presented, so logout can revoke exactly it.
+    pub presented: Presented,
+}
+
+/// The credential behind a principal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Presented {
+    /// A JWT: its `jti` and expiry (ms).
+    Jwt { jti: String, expires_at: Millis },
+    /// An opaque session: the SHA-256 of its token.
+    Session { id: String },
+    /// An API key: its public id.
+    ApiKey { key_id: String },
 }
 
 impl Principal {
@@ -81,6 +108,9 @@ struct Claims {
     iat: i64,
     exp: i64,
     typ: String,
+    /// Issue time in milliseconds: compared with `tokens_valid_after`.
+    #[serde(default)]
+    iat_ms: i64,
 }
 
 /// What a bearer token proves.
@@ -105,6 +135,7 @@ pub struct NewUser {
     /// `None` creates a new organisation named after the user.
     pub org_id: Option<String>,
     pub email_verified: bool,
+    pub full_name: Option<String>,
 }
 
 #[derive(Clone)]
@@ -114,6 +145,7 @@ pub struct Identity {
     decoding: DecodingKey,
     token_ttl_secs: i64,
     dummy_hash: String,
+    mailer: Mailer,
 }
 
 pub const MIN_PASSWORD_LEN: usize = 8;
@@ -126,12 +158,14 @@ impl Identity {
         token_ttl_secs: i64,
     ) -> Result<Identity, IdentityError> {
         let key = load_or_create_key(secrets_dir).map_err(IdentityError::Secrets)?;
+        let store_for_mail = store.clone();
         Ok(Identity {
             store,
             encoding: EncodingKey::from_secret(&key),
             decoding: DecodingKey::from_secret(&key),
             token_ttl_secs,
             dummy_hash: hash_password("not a real password, only for timing")?,
+            mailer: Mailer::new(store_for_mail),
         })
     }
 
@@ -158,6 +192,7 @@ impl Identity {
                 roles: vec![Role::Admin],
                 org_id: None,
                 email_verified: true,
+                full_name: None,
             })
             .await?;
         tracing::info!(user = %user.id, username = %user.username, "created the first admin");
@@ -201,6 +236,13 @@ impl Identity {
             },
             org_id,
             email_verified: new.email_verified,
+            full_name: new.full_name,
+            is_active: true,
+            mfa_secret: None,
+            mfa_enabled: false,
+            mfa_last_step: 0,
+            tokens_valid_after: 0,
+            preferences: String::new(),
             created_at: now,
             updated_at: now,
         };
@@ -216,13 +258,10 @@ impl Identity {
     /// Finds a user by username or email (case-insensitive) and checks the
     /// password. Unknown users cost as much time as wrong passwords.
     pub fn authenticate(&self, login: &str, password: &str) -> Result<User, IdentityError> {
-        let key = login.trim().to_lowercase();
-        let user = match self.store.get_by_unique::<User>("username", &key)? {
-            Some(u) => Some(u),
-            None => self.store.get_by_unique::<User>("email", &key)?,
-        };
-        match user {
-            Some(user) if verify_password(&user.password_hash, password) => Ok(user),
+        match self.find_login(login)? {
+            Some(user) if verify_password(&user.password_hash, password) && user.is_active => {
+                Ok(user)
+            }
             Some(_) => Err(IdentityError::InvalidCredentials),
             None => {
                 verify_password(&self.dummy_hash, password);
@@ -242,6 +281,7 @@ impl Identity {
             iat,
             exp: iat + self.token_ttl_secs,
             typ: "user".into(),
+            iat_ms: now_millis(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| IdentityError::Invalid(e.to_string()))?;
@@ -269,6 +309,7 @@ impl Identity {
             iat,
             exp: iat + ttl_secs,
             typ: "node".into(),
+            iat_ms: now_millis(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| IdentityError::Invalid(e.to_string()))?;
@@ -286,8 +327,12 @@ impl Identity {
             .map_err(|_| IdentityError::InvalidToken)
     }
 
-    /// Checks any bearer token: a user's (whose user still exists) or a node's.
+    /// Checks any bearer credential: a JWT (a user's or a node's), an
+    /// opaque session token, or an API key.
     pub fn verify_credential(&self, token: &str) -> Result<Credential, IdentityError> {
+        if !credentials::looks_like_jwt(token) {
+            return self.verify_opaque(token).map(Credential::User);
+        }
         let claims = self.decode(token)?;
         match claims.typ.as_str() {
             "node" => Ok(Credential::Node {
@@ -299,33 +344,71 @@ impl Identity {
         }
     }
 
-    /// Checks a bearer token and returns the principal of a still-existing user.
-    /// Node tokens are refused.
+    /// Checks a user's credential (JWT, session or API key) and returns the
+    /// principal of a still-existing, active user. Node tokens are refused.
     pub fn verify_token(&self, token: &str) -> Result<Principal, IdentityError> {
-        let claims = self.decode(token)?;
-        if claims.typ != "user" {
-            return Err(IdentityError::InvalidToken);
+        match self.verify_credential(token)? {
+            Credential::User(p) => Ok(p),
+            Credential::Node { .. } => Err(IdentityError::InvalidToken),
         }
-        self.principal(claims)
     }
 
     fn principal(&self, claims: Claims) -> Result<Principal, IdentityError> {
+        if self.store.get::<RevokedToken>(&claims.jti)?.is_some() {
+            return Err(IdentityError::InvalidToken);
+        }
+        let user = self.live_user(&claims.sub, claims.iat_ms)?;
+        Ok(principal_of(
+            user,
+            Presented::Jwt {
+                jti: claims.jti,
+                expires_at: claims.exp * 1000,
+            },
+        ))
+    }
+
+    /// A user who exists, is active, and whose credentials issued at
+    /// `issued_at` are still valid.
+    pub(crate) fn live_user(
+        &self,
+        user_id: &str,
+        issued_at: Millis,
+    ) -> Result<User, IdentityError> {
         let user = self
             .store
-            .get::<User>(&claims.sub)?
+            .get::<User>(user_id)?
             .ok_or(IdentityError::InvalidToken)?;
-        Ok(Principal {
-            user_id: user.id,
-            username: user.username,
-            email: user.email,
-            org_id: user.org_id,
-            roles: user.roles,
-            token_id: claims.jti,
-        })
+        if !user.is_active || issued_at < user.tokens_valid_after {
+            return Err(IdentityError::InvalidToken);
+        }
+        Ok(user)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn mailer(&self) -> &Mailer {
+        &self.mailer
+    }
+
+    pub fn token_ttl_secs(&self) -> i64 {
+        self.token_ttl_secs
     }
 }
 
-fn hash_password(password: &str) -> Result<String, IdentityError> {
+pub(crate) fn principal_of(user: User, presented: Presented) -> Principal {
+    Principal {
+        user_id: user.id,
+        username: user.username,
+        email: user.email,
+        org_id: user.org_id,
+        roles: user.roles,
+        presented,
+    }
+}
+
+pub(crate) fn hash_password(password: &str) -> Result<String, IdentityError> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
@@ -333,7 +416,7 @@ fn hash_password(password: &str) -> Result<String, IdentityError> {
         .map_err(|e| IdentityError::Invalid(e.to_string()))
 }
 
-fn verify_password(hash: &str, password: &str) -> bool {
+pub(crate) fn verify_password(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|parsed| {
         Argon2::default()
             .verify_password(password.as_bytes(), &parsed)
@@ -341,7 +424,7 @@ fn verify_password(hash: &str, password: &str) -> bool {
     })
 }
 
-fn validate_username(username: &str) -> Result<(), IdentityError> {
+pub(crate) fn validate_username(username: &str) -> Result<(), IdentityError> {
     let ok = (3..=64).contains(&username.chars().count())
         && username
             .chars()
@@ -355,7 +438,7 @@ fn validate_username(username: &str) -> Result<(), IdentityError> {
     }
 }
 
-fn validate_email(email: &str) -> Result<(), IdentityError> {
+pub(crate) fn validate_email(email: &str) -> Result<(), IdentityError> {
     let ok = email.len() <= 254
         && email
             .split_once('@')
@@ -370,7 +453,7 @@ fn validate_email(email: &str) -> Result<(), IdentityError> {
     }
 }
 
-fn validate_password(password: &str) -> Result<(), IdentityError> {
+pub(crate) fn validate_password(password: &str) -> Result<(), IdentityError> {
     if password.chars().count() < MIN_PASSWORD_LEN || password.len() > 1024 {
         return Err(IdentityError::Invalid(format!(
             "password must be between {MIN_PASSWORD_LEN} and 1024 characters long"
@@ -491,6 +574,7 @@ mod tests {
             roles: vec![],
             org_id: None,
             email_verified: true,
+            full_name: None,
         };
         id.create_user(new("alice", "a@example.com")).await.unwrap();
         assert!(matches!(

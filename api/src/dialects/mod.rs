@@ -11,6 +11,10 @@ use axum::response::Response;
 pub(crate) trait Dialect: Send + Sync + 'static {
     /// The dialect's documented error body.
     fn error(status: StatusCode, message: String, errors: Vec<String>) -> Response;
+
+    /// Whether the per-user API limit applies to this dialect's routes
+    /// (Forge documents one; the others none).
+    const API_RATE_LIMITED: bool = false;
 }
 
 pub(crate) use aiwm::Aiwm;

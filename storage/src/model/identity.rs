@@ -35,6 +35,18 @@ pub struct User {
     pub roles: Vec<Role>,
     pub org_id: String,
     pub email_verified: bool,
+    /// Display name (NeuroNest's `name`).
+    pub full_name: Option<String>,
+    pub is_active: bool,
+    /// Base32 TOTP secret, set at MFA setup; never shown again.
+    pub mfa_secret: Option<String>,
+    pub mfa_enabled: bool,
+    /// The last TOTP time step accepted, so a code is used once.
+    pub mfa_last_step: u64,
+    /// Credentials issued before this instant are void (password change).
+    pub tokens_valid_after: Millis,
+    /// Forge's preferences object, as JSON text.
+    pub preferences: String,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -66,5 +78,144 @@ impl Record for Org {
     const COLLECTION: &'static str = "orgs";
     fn id(&self) -> &str {
         &self.id
+    }
+}
+
+/// A revoked JWT, kept until it would have expired anyway.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RevokedToken {
+    /// The token's `jti`.
+    pub id: String,
+    pub expires_at: Millis,
+}
+
+impl Record for RevokedToken {
+    const COLLECTION: &'static str = "revoked_tokens";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// An opaque bearer session (Forge's tokens). Only the token's SHA-256 is stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Session {
+    /// Hex SHA-256 of the token.
+    pub id: String,
+    pub user_id: String,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    /// Issued to a user with MFA whose code has not been validated yet.
+    pub mfa_pending: bool,
+}
+
+impl Record for Session {
+    const COLLECTION: &'static str = "sessions";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn indexes(&self) -> Vec<(&'static str, String)> {
+        vec![("user", self.user_id.clone())]
+    }
+}
+
+/// An API key (Contenox's `X-API-Key`). Only the secret's SHA-256 is stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ApiKey {
+    /// Hex SHA-256 of the key.
+    pub id: String,
+    /// A public handle to list and delete it by.
+    pub key_id: String,
+    pub user_id: String,
+    pub name: String,
+    /// The first characters of the key, to recognise it.
+    pub prefix: String,
+    pub created_at: Millis,
+}
+
+impl Record for ApiKey {
+    const COLLECTION: &'static str = "api_keys";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn indexes(&self) -> Vec<(&'static str, String)> {
+        vec![("user", self.user_id.clone())]
+    }
+    fn uniques(&self) -> Vec<(&'static str, String)> {
+        vec![("key_id", self.key_id.clone())]
+    }
+}
+
+/// What a one-time secret proves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ChallengeKind {
+    VerifyEmail,
+    ResetPassword,
+}
+
+/// A one-time code or token sent by mail. Codes are keyed by user and
+/// kind (one live code each) and count failed attempts; link tokens are
+/// keyed by their SHA-256.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Challenge {
+    pub id: String,
+    pub user_id: String,
+    pub kind: ChallengeKind,
+    /// Hex SHA-256 of the secret.
+    pub secret_hash: String,
+    pub expires_at: Millis,
+    pub attempts: u32,
+}
+
+impl Record for Challenge {
+    const COLLECTION: &'static str = "challenges";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn indexes(&self) -> Vec<(&'static str, String)> {
+        vec![("user", self.user_id.clone())]
+    }
+}
+
+/// A mail Warden sent or would have sent (the outbox).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Mail {
+    pub id: String,
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+    pub created_at: Millis,
+    /// `delivered` by SMTP, `outbox` when no SMTP is configured, or the error.
+    pub status: String,
+}
+
+impl Record for Mail {
+    const COLLECTION: &'static str = "mail";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn indexes(&self) -> Vec<(&'static str, String)> {
+        vec![("to", self.to.to_lowercase())]
+    }
+}
+
+/// A push-notification token a user registered (Forge).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PushToken {
+    /// Hex SHA-256 of the token, so one device registers once.
+    pub id: String,
+    pub user_id: String,
+    pub token: String,
+    pub platform: String,
+    pub device_name: String,
+    pub created_at: Millis,
+}
+
+impl Record for PushToken {
+    const COLLECTION: &'static str = "push_tokens";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn indexes(&self) -> Vec<(&'static str, String)> {
+        vec![("user", self.user_id.clone())]
     }
 }

@@ -8,7 +8,9 @@ mod identity;
 mod node;
 mod plain;
 
-pub use identity::{Org, Role, User};
+pub use identity::{
+    ApiKey, Challenge, ChallengeKind, Mail, Org, PushToken, RevokedToken, Role, Session, User,
+};
 pub use node::{CommandStatus, GpuDevice, HostFacts, Node, NodeCommand, NodeStatus};
 pub use plain::{Instruction, Tool};
 

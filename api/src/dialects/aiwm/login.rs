@@ -5,11 +5,17 @@ use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
 
+use super::Aiwm;
 use super::{AiwmBody, AiwmResult, Fields};
 use crate::AppState;
+use crate::auth::{ClientIp, password_login};
 use crate::openapi::Api;
 
-async fn login(State(state): State<AppState>, AiwmBody(body): AiwmBody) -> AiwmResult<Json<Value>> {
+async fn login(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    AiwmBody(body): AiwmBody,
+) -> AiwmResult<Json<Value>> {
     let mut f = Fields::new(body);
     let username = f.string("username", false);
     let email = f.string("email", false);
@@ -20,11 +26,7 @@ async fn login(State(state): State<AppState>, AiwmBody(body): AiwmBody) -> AiwmR
     f.finish()?;
     let login = username.or(email).unwrap_or_default();
     let password = password.unwrap_or_default();
-    // argon2 is CPU-bound: keep it off the async workers.
-    let identity = state.identity.clone();
-    let user = tokio::task::spawn_blocking(move || identity.authenticate(&login, &password))
-        .await
-        .map_err(crate::error::ApiError::internal)??;
+    let user = password_login::<Aiwm>(&state, ip, &login, &password).await?;
     let issued = state.identity.issue_token(&user)?;
     Ok(Json(json!({
         "accessToken": issued.token,

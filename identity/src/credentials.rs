@@ -1,0 +1,183 @@
+//! Opaque credentials: Forge's bearer sessions and Contenox's API keys.
+//! Both are random secrets of which only the SHA-256 is stored; neither
+//! ever looks like a JWT (no dots), so a verifier can tell them apart.
+
+use sha2::{Digest, Sha256};
+use warden_storage::model::{ApiKey, RevokedToken, Session, User};
+use warden_storage::{Millis, now_millis};
+
+use crate::{Identity, IdentityError, IssuedToken, Presented, Principal, principal_of};
+
+/// Opaque session tokens carry this prefix; API keys `wk_`.
+const SESSION_PREFIX: &str = "wst_";
+const API_KEY_PREFIX: &str = "wk_";
+/// A session that waits for its MFA code lives this long.
+const MFA_PENDING_MS: Millis = 5 * 60 * 1000;
+
+pub(crate) fn looks_like_jwt(token: &str) -> bool {
+    token.matches('.').count() == 2
+}
+
+pub(crate) fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+fn secret() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
+/// An API key as it is shown once, at creation.
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub key_id: String,
+    pub key: String,
+    pub record: ApiKey,
+}
+
+impl Identity {
+    /// A new opaque session for `user`. With `mfa_pending` it is refused
+    /// everywhere until the user validates a TOTP code.
+    pub async fn issue_session(
+        &self,
+        user: &User,
+        mfa_pending: bool,
+    ) -> Result<IssuedToken, IdentityError> {
+        let token = format!("{SESSION_PREFIX}{}", secret());
+        let now = now_millis();
+        let ttl_ms = if mfa_pending {
+            MFA_PENDING_MS
+        } else {
+            self.token_ttl_secs() * 1000
+        };
+        let session = Session {
+            id: sha256_hex(&token),
+            user_id: user.id.clone(),
+            created_at: now,
+            expires_at: now + ttl_ms,
+            mfa_pending,
+        };
+        self.store().insert(session).await?;
+        Ok(IssuedToken {
+            token,
+            expires_in: ttl_ms / 1000,
+        })
+    }
+
+    /// Checks an opaque session token or API key.
+    pub(crate) fn verify_opaque(&self, token: &str) -> Result<Principal, IdentityError> {
+        let hash = sha256_hex(token);
+        if token.starts_with(API_KEY_PREFIX) {
+            let key = self
+                .store()
+                .get::<ApiKey>(&hash)?
+                .ok_or(IdentityError::InvalidToken)?;
+            let user = self.live_user(&key.user_id, key.created_at)?;
+            return Ok(principal_of(user, Presented::ApiKey { key_id: key.key_id }));
+        }
+        let session = self
+            .store()
+            .get::<Session>(&hash)?
+            .ok_or(IdentityError::InvalidToken)?;
+        if session.mfa_pending || session.expires_at <= now_millis() {
+            return Err(IdentityError::InvalidToken);
+        }
+        let user = self.live_user(&session.user_id, session.created_at)?;
+        Ok(principal_of(user, Presented::Session { id: session.id }))
+    }
+
+    /// Ends the credential a request presented: a JWT is revoked until it
+    /// expires, a session deleted. API keys are deleted by their own route.
+    pub async fn logout(&self, presented: &Presented) -> Result<(), IdentityError> {
+        match presented {
+            Presented::Jwt { jti, expires_at } => {
+                self.store()
+                    .put(&RevokedToken {
+                        id: jti.clone(),
+                        expires_at: *expires_at,
+                    })
+                    .await?;
+            }
+            Presented::Session { id } => self.store().remove::<Session>(id).await?,
+            Presented::ApiKey { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Ends every credential of a user issued before now (password
+    /// change or reset), sessions included.
+    pub(crate) async fn revoke_all(&self, user_id: &str) -> Result<(), IdentityError> {
+        for id in self.store().ids_by_index::<Session>("user", user_id)? {
+            self.store().remove::<Session>(&id).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the user's MFA-pending sessions usable.
+    pub(crate) async fn activate_pending_sessions(
+        &self,
+        user_id: &str,
+    ) -> Result<(), IdentityError> {
+        for id in self.store().ids_by_index::<Session>("user", user_id)? {
+            self.store()
+                .update::<Session, IdentityError>(&id, |s| {
+                    if !s.mfa_pending {
+                        return Ok(None);
+                    }
+                    s.mfa_pending = false;
+                    s.expires_at = now_millis() + self.token_ttl_secs() * 1000;
+                    Ok(Some(()))
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Creates an API key for a user; the key itself is returned once.
+    pub async fn create_api_key(
+        &self,
+        user_id: &str,
+        name: &str,
+    ) -> Result<NewApiKey, IdentityError> {
+        if name.trim().is_empty() || name.chars().count() > 128 {
+            return Err(IdentityError::Invalid(
+                "name must be 1 to 128 characters".into(),
+            ));
+        }
+        let key = format!("{API_KEY_PREFIX}{}", secret());
+        let record = ApiKey {
+            id: sha256_hex(&key),
+            key_id: uuid::Uuid::new_v4().to_string(),
+            user_id: user_id.to_owned(),
+            name: name.to_owned(),
+            prefix: key.chars().take(10).collect(),
+            created_at: now_millis(),
+        };
+        let record = self.store().insert(record).await?;
+        Ok(NewApiKey {
+            key_id: record.key_id.clone(),
+            key,
+            record,
+        })
+    }
+
+    pub fn api_keys(&self, user_id: &str) -> Result<Vec<ApiKey>, IdentityError> {
+        let mut keys = Vec::new();
+        for id in self.store().ids_by_index::<ApiKey>("user", user_id)? {
+            keys.extend(self.store().get::<ApiKey>(&id)?);
+        }
+        keys.sort_by_key(|k| k.created_at);
+        Ok(keys)
+    }
+
+    /// Deletes a user's API key by its public id; false when there is none.
+    pub async fn delete_api_key(&self, user_id: &str, key_id: &str) -> Result<bool, IdentityError> {
+        match self.store().get_by_unique::<ApiKey>("key_id", key_id)? {
+            Some(k) if k.user_id == user_id => {
+                self.store().remove::<ApiKey>(&k.id).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
