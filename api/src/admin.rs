@@ -100,6 +100,23 @@ async fn list_users(State(state): State<AppState>, _: Admin) -> AiwmResult<Json<
     Ok(Json(Value::Array(users.iter().map(user_view).collect())))
 }
 
+/// `GET /admin/outbox?to=`: mail Warden sent or kept, newest first.
+async fn outbox(
+    State(state): State<AppState>,
+    _: Admin,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> AiwmResult<Json<Value>> {
+    let mails = state
+        .identity
+        .mailer()
+        .outbox(q.get("to").map(String::as_str))?;
+    let items: Vec<Value> = mails
+        .iter()
+        .map(|m| json!({"id": m.id, "to": m.to, "subject": m.subject, "body": m.body, "status": m.status, "createdAt": crate::dialects::aiwm::iso(m.created_at)}))
+        .collect();
+    Ok(Json(Value::Array(items)))
+}
+
 pub(crate) fn routes(fault_injection: bool) -> Api {
     let api = Api::new()
         .get(
@@ -125,6 +142,12 @@ pub(crate) fn routes(fault_injection: bool) -> Api {
             "admin",
             "List users (admin only)",
             list_users,
+        )
+        .get(
+            "/admin/outbox",
+            "admin",
+            "Mail sent or kept in the outbox, newest first (?to=)",
+            outbox,
         );
     if fault_injection {
         api.post(

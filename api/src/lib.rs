@@ -137,6 +137,8 @@ pub fn router(state: AppState) -> Router {
         .merge(health::routes())
         .merge(dialects::aiwm::routes())
         .merge(dialects::vareon::routes())
+        .merge(dialects::neuronest::routes())
+        .merge(dialects::forge::routes())
         .merge(ws::routes())
         .merge(admin::routes(state.config.enable_fault_injection));
     let (router, docs) = api.finish();

@@ -2,6 +2,8 @@
 //! body; all of them call the same core.
 
 pub(crate) mod aiwm;
+pub(crate) mod forge;
+pub(crate) mod neuronest;
 pub(crate) mod vareon;
 
 use axum::http::StatusCode;

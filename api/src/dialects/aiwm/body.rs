@@ -40,6 +40,19 @@ pub(crate) async fn read_object<D, S: Send + Sync>(
     }
 }
 
+/// A JSON object body, refused in dialect `D`'s error body.
+pub(crate) struct JsonBody<D>(pub Map<String, Value>, pub std::marker::PhantomData<D>);
+
+impl<D: crate::dialects::Dialect, S: Send + Sync> FromRequest<S> for JsonBody<D> {
+    type Rejection = ApiError<D>;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        read_object::<D, S>(req, state)
+            .await
+            .map(|m| JsonBody(m, std::marker::PhantomData))
+    }
+}
+
 /// A JSON object body, or the AIWM error body for anything else.
 pub(crate) struct AiwmBody(pub Map<String, Value>);
 

@@ -22,7 +22,7 @@ use crate::dialects::Dialect;
 use crate::error::ApiError;
 use crate::openapi::Api;
 
-pub(crate) use body::{AiwmBody, Fields, read_object};
+pub(crate) use body::{AiwmBody, Fields, JsonBody};
 pub(crate) use paging::AiwmQuery;
 
 #[derive(Debug)]

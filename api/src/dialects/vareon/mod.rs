@@ -3,6 +3,7 @@
 //! for validation with FastAPI's detail list.
 
 mod telemetry;
+mod users;
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -48,18 +49,7 @@ impl Dialect for Vareon {
     }
 }
 
-/// A JSON object body, refused in Vareon's error body.
-pub(crate) struct VareonBody(pub serde_json::Map<String, Value>);
-
-impl<S: Send + Sync> axum::extract::FromRequest<S> for VareonBody {
-    type Rejection = VareonError;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        crate::dialects::aiwm::read_object::<Vareon, S>(req, state)
-            .await
-            .map(VareonBody)
-    }
-}
+pub(crate) type VareonBody = crate::dialects::aiwm::JsonBody<Vareon>;
 
 pub(crate) type VareonError = ApiError<Vareon>;
 pub(crate) type VareonResult<T> = Result<T, VareonError>;
@@ -92,5 +82,5 @@ impl SkipLimit {
 }
 
 pub(crate) fn routes() -> Api {
-    telemetry::routes()
+    telemetry::routes().merge(users::routes())
 }

@@ -77,7 +77,7 @@ fn optional_uuid(f: &mut Fields, key: &str) -> Option<String> {
 async fn ingest(
     State(state): State<AppState>,
     CurrentUser(p, _): User,
-    VareonBody(body): VareonBody,
+    crate::dialects::aiwm::JsonBody(body, _): VareonBody,
 ) -> VareonResult<(StatusCode, Json<Value>)> {
     let mut f = Fields::new(body);
     let metric_name = f.string("metric_name", true);
