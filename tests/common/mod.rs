@@ -313,3 +313,96 @@ impl WsNode {
         }
     }
 }
+
+/// The newest mail to `to` in the outbox (admin route).
+pub async fn latest_mail(s: &TestServer, to: &str) -> Value {
+    let r = s
+        .get(&format!("/admin/outbox?to={to}"), &s.admin_token)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body[0].clone()
+}
+
+/// The first run of `len` digits in a text (a mailed code).
+pub fn digits(text: &str, len: usize) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    chars
+        .windows(len)
+        .find(|w| w.iter().all(char::is_ascii_digit))
+        .map(|w| w.iter().collect())
+        .unwrap_or_else(|| panic!("no {len}-digit code in {text:?}"))
+}
+
+/// The last whitespace-separated word after `marker` (a mailed token).
+pub fn after(text: &str, marker: &str) -> String {
+    text.split(marker)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {marker:?} in {text:?}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// TOTP per RFC 6238 (HMAC-SHA1, 6 digits, 30 s), written independently
+/// of the server's implementation.
+pub fn totp(secret_base32: &str, unix_secs: u64) -> String {
+    use hmac::{Hmac, Mac};
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut bits: u64 = 0;
+    let mut nbits = 0;
+    let mut key = Vec::new();
+    for c in secret_base32.trim_end_matches('=').bytes() {
+        let v = alphabet
+            .iter()
+            .position(|a| *a == c.to_ascii_uppercase())
+            .expect("base32") as u64;
+        bits = (bits << 5) | v;
+        nbits += 5;
+        if nbits >= 8 {
+            nbits -= 8;
+            key.push((bits >> nbits) as u8);
+            bits &= (1 << nbits) - 1;
+        }
+    }
+    let counter = (unix_secs / 30).to_be_bytes();
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(&key).unwrap();
+    mac.update(&counter);
+    let h = mac.finalize().into_bytes();
+    let offset = (h[19] & 0x0f) as usize;
+    let bin = ((h[offset] as u32 & 0x7f) << 24)
+        | ((h[offset + 1] as u32) << 16)
+        | ((h[offset + 2] as u32) << 8)
+        | h[offset + 3] as u32;
+    format!("{:06}", bin % 1_000_000)
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Posts an `application/x-www-form-urlencoded` body.
+pub async fn post_form(s: &TestServer, path: &str, pairs: &[(&str, &str)]) -> Reply {
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
+    let resp = s
+        .http
+        .post(format!("{}{}", s.base, path))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .expect("request sent");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.json().await.unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}

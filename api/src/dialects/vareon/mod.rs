@@ -33,7 +33,7 @@ impl Dialect for Vareon {
             )
                 .into_response();
         }
-        let message = if status == StatusCode::UNAUTHORIZED {
+        let message = if status == StatusCode::UNAUTHORIZED && message == "Unauthorized" {
             "Not authenticated".to_owned()
         } else {
             message
