@@ -712,6 +712,11 @@ async fn credentials_cross_dialects_and_revocation_is_everywhere() {
     );
     assert_eq!(s.get("/api/users/me", &forge).await.status, 200);
     assert_eq!(s.get("/api/auth/me", &forge).await.status, 200);
+    assert_eq!(
+        s.get("/users", &forge).await.status,
+        200,
+        "a Forge token on a Contenox route"
+    );
 
     // Logout through Vareon's neighbour NeuroNest revokes the JWT everywhere.
     assert_eq!(

@@ -40,6 +40,19 @@ fn presented(parts: &Parts) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// A cookie's value from the request headers.
+pub(crate) fn cookie_value(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name && !v.is_empty()).then(|| v.to_owned())
+        })
+}
+
 /// The peer's IP address (loopback when unknown, e.g. in-process calls).
 pub(crate) struct ClientIp(pub std::net::IpAddr);
 
@@ -104,7 +117,10 @@ impl<D: Dialect> FromRequestParts<AppState> for CurrentUser<D> {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = presented(parts).ok_or_else(ApiError::unauthorized)?;
+        let cookie = D::ACCEPTS_COOKIE.and_then(|name| cookie_value(&parts.headers, name));
+        let token = presented(parts)
+            .or(cookie.as_deref())
+            .ok_or_else(ApiError::unauthorized)?;
         let principal = state.identity.verify_token(token).map_err(|e| {
             tracing::debug!(error = %e, "refused a credential");
             ApiError::unauthorized()

@@ -139,6 +139,7 @@ pub fn router(state: AppState) -> Router {
         .merge(dialects::vareon::routes())
         .merge(dialects::neuronest::routes())
         .merge(dialects::forge::routes())
+        .merge(dialects::contenox::routes())
         .merge(ws::routes())
         .merge(admin::routes(state.config.enable_fault_injection));
     let (router, docs) = api.finish();

@@ -2,6 +2,7 @@
 //! body; all of them call the same core.
 
 pub(crate) mod aiwm;
+pub(crate) mod contenox;
 pub(crate) mod forge;
 pub(crate) mod neuronest;
 pub(crate) mod vareon;
@@ -17,6 +18,10 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     /// Whether the per-user API limit applies to this dialect's routes
     /// (Forge documents one; the others none).
     const API_RATE_LIMITED: bool = false;
+
+    /// The cookie this dialect also accepts a credential from, if any
+    /// (Contenox's UI). Never used for WebSocket upgrades.
+    const ACCEPTS_COOKIE: Option<&'static str> = None;
 }
 
 pub(crate) use aiwm::Aiwm;

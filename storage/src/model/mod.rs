@@ -12,7 +12,7 @@ pub use identity::{
     ApiKey, Challenge, ChallengeKind, Mail, Org, PushToken, RevokedToken, Role, Session, User,
 };
 pub use node::{CommandStatus, GpuDevice, HostFacts, Node, NodeCommand, NodeStatus};
-pub use plain::{Instruction, Tool};
+pub use plain::{AccessEntry, Instruction, Tool};
 
 use crate::{Millis, now_millis};
 

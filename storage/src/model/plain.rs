@@ -94,3 +94,37 @@ impl Owned for Tool {
         &self.owner
     }
 }
+
+/// A grant of a permission level on a resource to an identity (a user or a
+/// service), Contenox's access control.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AccessEntry {
+    pub id: String,
+    pub identity: String,
+    pub resource: String,
+    pub resource_type: String,
+    /// `none`, `view`, `edit` or `manage`.
+    pub permission: String,
+    pub org_id: String,
+    pub created_at: crate::Millis,
+    pub updated_at: crate::Millis,
+}
+
+impl Record for AccessEntry {
+    const COLLECTION: &'static str = "access_entries";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn indexes(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("identity", self.identity.clone()),
+            ("org", self.org_id.clone()),
+        ]
+    }
+    fn uniques(&self) -> Vec<(&'static str, String)> {
+        vec![(
+            "grant",
+            format!("{}/{}/{}", self.identity, self.resource_type, self.resource),
+        )]
+    }
+}

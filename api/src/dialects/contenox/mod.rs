@@ -1,0 +1,61 @@
+//! Contenox (seeds/contenox-runtime-api.md): camelCase, `limit`/`cursor`
+//! (RFC 3339) paging into bare arrays, `{"error": {code, message, param,
+//! type}}` errors; credentials by `X-API-Key`, Bearer JWT or the UI's
+//! HTTP-only cookie. This module: users, login/register/refresh (also the
+//! cookie flavour under `/ui/`), access control, and API keys.
+
+mod access;
+mod users;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::dialects::Dialect;
+use crate::error::ApiError;
+use crate::openapi::Api;
+
+#[derive(Debug)]
+pub(crate) struct Contenox;
+
+/// The UI's cookie: HTTP-only, Secure, SameSite=Strict.
+pub(crate) const COOKIE: &str = "auth_token";
+
+impl Dialect for Contenox {
+    const ACCEPTS_COOKIE: Option<&'static str> = Some(COOKIE);
+
+    fn error(status: StatusCode, message: String, errors: Vec<String>) -> Response {
+        let (code, kind) = match status.as_u16() {
+            400 => ("bad_request", "invalid_request_error"),
+            401 => ("unauthorized", "authentication_error"),
+            403 => ("forbidden", "permission_error"),
+            404 => ("not_found", "invalid_request_error"),
+            409 => ("conflict", "invalid_request_error"),
+            413 => ("payload_too_large", "invalid_request_error"),
+            429 => ("rate_limited", "rate_limit_error"),
+            _ => ("internal_error", "api_error"),
+        };
+        let (message, param) = match errors.first() {
+            Some(first) => (
+                errors.join("; "),
+                first.split_whitespace().next().unwrap_or("").to_owned(),
+            ),
+            None => (message, String::new()),
+        };
+        (
+            status,
+            Json(
+                json!({"error": {"code": code, "message": message, "param": param, "type": kind}}),
+            ),
+        )
+            .into_response()
+    }
+}
+
+pub(crate) type ContenoxError = ApiError<Contenox>;
+pub(crate) type ContenoxResult<T> = Result<T, ContenoxError>;
+
+pub(crate) fn routes() -> Api {
+    users::routes().merge(access::routes())
+}
