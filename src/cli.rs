@@ -144,6 +144,7 @@ impl ServeArgs {
             d.login_failures_per_minute,
         );
         c.rate_limits.api_per_minute = limit(file.rate_limits.api_per_minute, d.api_per_minute);
+        c.smtp = smtp_config(file.smtp)?;
         c.admin_username = std::env::var("WARDEN_ADMIN_USERNAME")
             .ok()
             .filter(|v| !v.is_empty());
@@ -190,4 +191,50 @@ pub fn render_tree(node: &serde_json::Value, depth: usize, out: &mut String) {
     for child in node["children"].as_array().into_iter().flatten() {
         render_tree(child, depth + 1, out);
     }
+}
+
+/// SMTP from the environment (`WARDEN_SMTP_HOST`, `_PORT`, `_SECURITY`,
+/// `_USERNAME`, `_PASSWORD`, `_FROM`) over the file's `[smtp]`.
+fn smtp_config(
+    file: Option<crate::config::SmtpFile>,
+) -> anyhow::Result<Option<warden_identity::SmtpConfig>> {
+    use warden_identity::{SmtpConfig, SmtpSecurity};
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let host = env("WARDEN_SMTP_HOST").or_else(|| file.as_ref().map(|f| f.host.clone()));
+    let Some(host) = host else { return Ok(None) };
+    let security = match env("WARDEN_SMTP_SECURITY").as_deref() {
+        Some("starttls") => SmtpSecurity::Starttls,
+        Some("tls") => SmtpSecurity::Tls,
+        Some("none") => SmtpSecurity::None,
+        Some(other) => {
+            anyhow::bail!("WARDEN_SMTP_SECURITY must be starttls, tls or none, not {other:?}")
+        }
+        None => file
+            .as_ref()
+            .and_then(|f| f.security)
+            .unwrap_or(SmtpSecurity::Starttls),
+    };
+    let default_port = match security {
+        SmtpSecurity::Starttls => 587,
+        SmtpSecurity::Tls => 465,
+        SmtpSecurity::None => 25,
+    };
+    let port = match env("WARDEN_SMTP_PORT") {
+        Some(p) => p.parse()?,
+        None => file.as_ref().and_then(|f| f.port).unwrap_or(default_port),
+    };
+    let from = env("WARDEN_SMTP_FROM").or_else(|| file.as_ref().map(|f| f.from.clone()));
+    let from = from.ok_or_else(|| {
+        anyhow::anyhow!("SMTP needs a from address (WARDEN_SMTP_FROM or [smtp] from)")
+    })?;
+    Ok(Some(SmtpConfig {
+        host,
+        port,
+        security,
+        username: env("WARDEN_SMTP_USERNAME")
+            .or_else(|| file.as_ref().and_then(|f| f.username.clone())),
+        password: env("WARDEN_SMTP_PASSWORD")
+            .or_else(|| file.as_ref().and_then(|f| f.password.clone())),
+        from,
+    }))
 }

@@ -30,6 +30,20 @@ pub struct FileConfig {
     pub nodes: NodesFile,
     #[serde(default)]
     pub rate_limits: RateLimitsFile,
+    pub smtp: Option<SmtpFile>,
+}
+
+/// `[smtp]`: where mail goes. Without it, mail stays in the outbox.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpFile {
+    pub host: String,
+    pub port: Option<u16>,
+    pub security: Option<warden_identity::SmtpSecurity>,
+    pub username: Option<String>,
+    /// Better set through WARDEN_SMTP_PASSWORD.
+    pub password: Option<String>,
+    pub from: String,
 }
 
 /// `[rate_limits]`: per-minute limits; 0 switches one off.
@@ -82,6 +96,7 @@ pub struct ServerConfig {
     pub node_timing: NodeTiming,
     pub telemetry_retention: Duration,
     pub rate_limits: warden_api::RateLimits,
+    pub smtp: Option<warden_identity::SmtpConfig>,
     pub admin_username: Option<String>,
     pub admin_password: Option<String>,
     pub admin_email: Option<String>,
@@ -110,6 +125,7 @@ impl ServerConfig {
             node_timing: NodeTiming::default(),
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             rate_limits: warden_api::RateLimits::default(),
+            smtp: None,
             admin_username: None,
             admin_password: None,
             admin_email: None,

@@ -62,6 +62,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         store.clone(),
         &config.data_dir.join("secrets"),
         config.token_ttl_secs,
+        config.smtp.clone(),
     )?;
     let generated_admin = identity
         .bootstrap_admin(

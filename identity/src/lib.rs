@@ -21,7 +21,7 @@ mod mfa;
 
 pub use account::ProfileUpdate;
 pub use credentials::NewApiKey;
-pub use mail::Mailer;
+pub use mail::{Mailer, SmtpConfig, SmtpSecurity};
 pub use mfa::MfaSetup;
 
 use warden_storage::Millis;
@@ -156,6 +156,7 @@ impl Identity {
         store: Store,
         secrets_dir: &Path,
         token_ttl_secs: i64,
+        smtp: Option<SmtpConfig>,
     ) -> Result<Identity, IdentityError> {
         let key = load_or_create_key(secrets_dir).map_err(IdentityError::Secrets)?;
         let store_for_mail = store.clone();
@@ -165,7 +166,7 @@ impl Identity {
             decoding: DecodingKey::from_secret(&key),
             token_ttl_secs,
             dummy_hash: hash_password("not a real password, only for timing")?,
-            mailer: Mailer::new(store_for_mail),
+            mailer: Mailer::new(store_for_mail, smtp)?,
         })
     }
 
@@ -507,7 +508,7 @@ mod tests {
             durability: Durability::Flush,
         })
         .unwrap();
-        Identity::open(store, &dir.join("secrets"), 3600).unwrap()
+        Identity::open(store, &dir.join("secrets"), 3600, None).unwrap()
     }
 
     #[tokio::test]
@@ -559,7 +560,8 @@ mod tests {
             id.verify_credential(&token.token).unwrap(),
             Credential::User(_)
         ));
-        let again = Identity::open(id.store.clone(), &dir.path().join("secrets"), 3600).unwrap();
+        let again =
+            Identity::open(id.store.clone(), &dir.path().join("secrets"), 3600, None).unwrap();
         assert!(again.verify_token(&token.token).is_ok());
     }
 
