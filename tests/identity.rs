@@ -924,3 +924,61 @@ async fn passwords_and_secrets_stay_secret() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn forge_cli_device_code_login() {
+    let s = TestServer::start().await;
+    let init = s
+        .call(Method::POST, "/api/v1/auth/cli/init", None, None)
+        .await;
+    assert_eq!(init.status, 200, "{}", init.body);
+    let device = init.body["device_code"].as_str().unwrap().to_owned();
+    let user_code = init.body["user_code"].as_str().unwrap().to_owned();
+    assert_eq!(user_code.len(), 9);
+    assert_eq!(init.body["interval"], 5);
+    let poll = format!("/api/v1/auth/cli/poll?code={device}");
+    assert_eq!(
+        s.call(Method::GET, &poll, None, None).await.body["status"],
+        "pending"
+    );
+    let admin = forge_login(&s, "admin", common::ADMIN_PASSWORD).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        s.post(
+            "/api/v1/auth/cli/verify",
+            &admin,
+            json!({"user_code": "XXXX-XXXX"})
+        )
+        .await
+        .status,
+        400
+    );
+    assert_eq!(
+        s.post(
+            "/api/v1/auth/cli/verify",
+            &admin,
+            json!({"user_code": user_code.to_lowercase()})
+        )
+        .await
+        .body["message"],
+        "Device authorized"
+    );
+    let r = s.call(Method::GET, &poll, None, None).await;
+    assert_eq!(r.body["status"], "approved");
+    let token = r.body["token"].as_str().unwrap();
+    assert_eq!(
+        s.get("/api/v1/auth/me", token).await.body["username"],
+        "admin"
+    );
+    // Spent: a second poll gets nothing.
+    assert_eq!(s.call(Method::GET, &poll, None, None).await.status, 410);
+    assert_eq!(
+        s.call(Method::GET, "/api/v1/auth/cli/poll", None, None)
+            .await
+            .status,
+        400
+    );
+    s.stop().await;
+}

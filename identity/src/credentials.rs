@@ -181,3 +181,95 @@ impl Identity {
         }
     }
 }
+
+/// A device-code login as the CLI starts it.
+#[derive(Debug, Clone)]
+pub struct DeviceLogin {
+    pub device_code: String,
+    pub user_code: String,
+    pub expires_in: i64,
+}
+
+/// Where a device-code login stands when the CLI polls.
+#[derive(Debug, Clone)]
+pub enum DevicePoll {
+    Pending,
+    /// Approved: a session for the approving user (the code is spent).
+    Approved(IssuedToken),
+    Expired,
+}
+
+const DEVICE_CODE_MS: Millis = 10 * 60 * 1000;
+
+impl Identity {
+    /// Starts a device-code login: a secret device code for the CLI and a
+    /// short user code (`ABCD-EFGH`) for a person to approve.
+    pub async fn device_init(&self) -> Result<DeviceLogin, IdentityError> {
+        const LETTERS: &[u8] = b"BCDFGHJKLMNPQRSTVWXZ";
+        let device_code = secret();
+        let mut code = String::new();
+        for i in 0..8 {
+            if i == 4 {
+                code.push('-');
+            }
+            code.push(LETTERS[rand::random_range(0..LETTERS.len())] as char);
+        }
+        let record = warden_storage::model::DeviceCode {
+            id: sha256_hex(&device_code),
+            user_code: code.clone(),
+            user_id: None,
+            expires_at: now_millis() + DEVICE_CODE_MS,
+        };
+        self.store().insert(record).await?;
+        Ok(DeviceLogin {
+            device_code,
+            user_code: code,
+            expires_in: DEVICE_CODE_MS / 1000,
+        })
+    }
+
+    /// A signed-in user approves a device by its user code.
+    pub async fn device_approve(
+        &self,
+        user_code: &str,
+        user_id: &str,
+    ) -> Result<(), IdentityError> {
+        let code = user_code.trim().to_uppercase();
+        let record = self
+            .store()
+            .get_by_unique::<warden_storage::model::DeviceCode>("user_code", &code)?
+            .filter(|d| d.expires_at > now_millis() && d.user_id.is_none())
+            .ok_or_else(|| IdentityError::Invalid("Invalid or expired code".into()))?;
+        self.store()
+            .update::<warden_storage::model::DeviceCode, IdentityError>(&record.id, |d| {
+                d.user_id = Some(user_id.to_owned());
+                Ok(Some(()))
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The CLI's poll: pending, a session once approved (only once), or expired.
+    pub async fn device_poll(&self, device_code: &str) -> Result<DevicePoll, IdentityError> {
+        let id = sha256_hex(device_code);
+        let Some(record) = self.store().get::<warden_storage::model::DeviceCode>(&id)? else {
+            return Ok(DevicePoll::Expired);
+        };
+        if record.expires_at <= now_millis() {
+            self.store()
+                .remove::<warden_storage::model::DeviceCode>(&id)
+                .await?;
+            return Ok(DevicePoll::Expired);
+        }
+        let Some(user_id) = record.user_id else {
+            return Ok(DevicePoll::Pending);
+        };
+        self.store()
+            .remove::<warden_storage::model::DeviceCode>(&id)
+            .await?;
+        let user = self.live_user(&user_id, 0)?;
+        Ok(DevicePoll::Approved(
+            self.issue_session(&user, false).await?,
+        ))
+    }
+}

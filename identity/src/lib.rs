@@ -20,7 +20,7 @@ mod mail;
 mod mfa;
 
 pub use account::ProfileUpdate;
-pub use credentials::NewApiKey;
+pub use credentials::{DeviceLogin, DevicePoll, NewApiKey};
 pub use mail::{Mailer, SmtpConfig, SmtpSecurity};
 pub use mfa::MfaSetup;
 

@@ -219,3 +219,25 @@ impl Record for PushToken {
         vec![("user", self.user_id.clone())]
     }
 }
+
+/// A device-code login in progress (Forge's CLI: init, verify, poll).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceCode {
+    /// Hex SHA-256 of the device code the CLI polls with.
+    pub id: String,
+    /// The short code a signed-in user enters to approve.
+    pub user_code: String,
+    /// Set when a user approves.
+    pub user_id: Option<String>,
+    pub expires_at: Millis,
+}
+
+impl Record for DeviceCode {
+    const COLLECTION: &'static str = "device_codes";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn uniques(&self) -> Vec<(&'static str, String)> {
+        vec![("user_code", self.user_code.clone())]
+    }
+}

@@ -9,7 +9,8 @@ mod node;
 mod plain;
 
 pub use identity::{
-    ApiKey, Challenge, ChallengeKind, Mail, Org, PushToken, RevokedToken, Role, Session, User,
+    ApiKey, Challenge, ChallengeKind, DeviceCode, Mail, Org, PushToken, RevokedToken, Role,
+    Session, User,
 };
 pub use node::{CommandStatus, GpuDevice, HostFacts, Node, NodeCommand, NodeStatus};
 pub use plain::{AccessEntry, Instruction, Tool};

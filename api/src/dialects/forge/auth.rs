@@ -519,6 +519,68 @@ async fn admin_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /api/v1/auth/cli/init`: starts a device-code login for the CLI.
+async fn cli_init(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> ForgeResult<Json<Value>> {
+    let login = state.identity.device_init().await?;
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1:8080");
+    Ok(Json(json!({
+        "device_code": login.device_code,
+        "user_code": login.user_code,
+        "verification_uri": format!("http://{host}/api/v1/auth/cli/verify"),
+        "expires_in": login.expires_in,
+        "interval": 5,
+    })))
+}
+
+#[derive(serde::Deserialize)]
+struct PollQuery {
+    code: Option<String>,
+}
+
+/// `GET /api/v1/auth/cli/poll?code=`: pending, then the session once.
+async fn cli_poll(
+    State(state): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<PollQuery>,
+) -> ForgeResult<Json<Value>> {
+    let code = q
+        .code
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ApiError::validation(vec!["code is required".into()]))?;
+    match state.identity.device_poll(&code).await? {
+        warden_identity::DevicePoll::Pending => Ok(Json(json!({"status": "pending"}))),
+        warden_identity::DevicePoll::Approved(session) => {
+            Ok(Json(json!({"status": "approved", "token": session.token})))
+        }
+        warden_identity::DevicePoll::Expired => Err(ApiError::new(
+            StatusCode::GONE,
+            "Device code expired or unknown",
+        )),
+    }
+}
+
+/// `POST /api/v1/auth/cli/verify`: a signed-in user approves a user code.
+async fn cli_verify(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    JsonBody(body, _): Body,
+) -> ForgeResult<Json<Value>> {
+    let mut f = Fields::new(body);
+    let code = f.string("user_code", true);
+    f.finish_as::<Forge>()?;
+    state
+        .identity
+        .device_approve(&code.unwrap_or_default(), &p.user_id)
+        .await
+        .map_err(|_| bad("Invalid or expired code"))?;
+    Ok(Json(json!({"message": "Device authorized"})))
+}
+
 pub(super) fn routes() -> Api {
     let (auth, acct, admin) = ("forge: auth", "forge: account", "forge: admin");
     Api::new()
@@ -576,6 +638,24 @@ pub(super) fn routes() -> Api {
             auth,
             "Second step of an MFA login",
             mfa_validate,
+        )
+        .public_post(
+            "/api/v1/auth/cli/init",
+            auth,
+            "Start a device-code login (CLI)",
+            cli_init,
+        )
+        .public_get(
+            "/api/v1/auth/cli/poll",
+            auth,
+            "Poll a device-code login (?code=)",
+            cli_poll,
+        )
+        .post(
+            "/api/v1/auth/cli/verify",
+            auth,
+            "Approve a device by its user code",
+            cli_verify,
         )
         .put(
             "/api/v1/auth/change-password",

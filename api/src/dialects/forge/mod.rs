@@ -23,6 +23,7 @@ fn code(status: StatusCode) -> &'static str {
         403 => "FORBIDDEN",
         404 => "NOT_FOUND",
         409 => "CONFLICT",
+        410 => "EXPIRED",
         413 => "PAYLOAD_TOO_LARGE",
         429 => "RATE_LIMITED",
         503 => "UNAVAILABLE",
