@@ -112,7 +112,7 @@ async fn outbox(
         .outbox(q.get("to").map(String::as_str))?;
     let items: Vec<Value> = mails
         .iter()
-        .map(|m| json!({"id": m.id, "to": m.to, "subject": m.subject, "body": m.body, "status": m.status, "createdAt": crate::dialects::aiwm::iso(m.created_at)}))
+        .map(|m| json!({"id": m.id, "to": m.to, "subject": m.subject, "body": m.body, "status": m.status, "createdAt": crate::dialects::iso(m.created_at)}))
         .collect();
     Ok(Json(Value::Array(items)))
 }

@@ -2,6 +2,7 @@
 //! body; all of them call the same core.
 
 pub(crate) mod aiwm;
+pub(crate) mod body;
 pub(crate) mod contenox;
 pub(crate) mod forge;
 pub(crate) mod neuronest;
@@ -25,3 +26,13 @@ pub(crate) trait Dialect: Send + Sync + 'static {
 }
 
 pub(crate) use aiwm::Aiwm;
+
+pub(crate) use body::{Fields, JsonBody};
+pub(crate) use warden_actors::set;
+
+/// Timestamps on the wire: ISO 8601 with milliseconds, UTC.
+pub(crate) fn iso(millis: warden_storage::Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -2,7 +2,6 @@
 //! `page/limit/filter[field]/sort` paging, soft delete, audit fields,
 //! tenancy by `owner.orgId`, and NestJS-style error bodies.
 
-mod body;
 mod instructions;
 mod login;
 mod nodes;
@@ -14,15 +13,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use warden_identity::Principal;
+use warden_storage::Record;
 use warden_storage::model::{Audit, Owned, Owner};
-use warden_storage::{Millis, Record};
 
 use crate::AppState;
 use crate::dialects::Dialect;
 use crate::error::ApiError;
 use crate::openapi::Api;
 
-pub(crate) use body::{AiwmBody, Fields, JsonBody};
+pub(crate) use crate::dialects::body::{AiwmBody, Fields};
+pub(crate) use crate::dialects::{iso, set};
 pub(crate) use paging::AiwmQuery;
 
 #[derive(Debug)]
@@ -54,13 +54,6 @@ pub(crate) fn routes() -> Api {
         .merge(nodes::routes())
         .merge(instructions::routes())
         .merge(tools::routes())
-}
-
-/// AIWM's timestamps: ISO 8601 with milliseconds, UTC.
-pub(crate) fn iso(millis: Millis) -> String {
-    chrono::DateTime::from_timestamp_millis(millis)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// A record the AIWM routes show: owned, audited, with a JSON view.
@@ -282,8 +275,6 @@ pub(crate) fn plain_routes<R: PlainResource>(
             delete_handler::<R>,
         )
 }
-
-pub(crate) use warden_actors::set;
 
 /// Merges the extra fields a client sent into the stored ones.
 pub(crate) fn merge(extra: &mut String, sent: &str) {

@@ -12,7 +12,7 @@ use warden_storage::{new_object_id, now_millis};
 use super::{Contenox, ContenoxResult};
 use crate::AppState;
 use crate::auth::CurrentUser;
-use crate::dialects::aiwm::{Fields, JsonBody, iso};
+use crate::dialects::{Fields, JsonBody, iso};
 use crate::error::ApiError;
 use crate::openapi::Api;
 
@@ -121,10 +121,10 @@ fn read(
         "withUserDetails",
     ]);
     f.finish_as::<Contenox>()?;
-    crate::dialects::aiwm::set(&mut target.identity, identity);
-    crate::dialects::aiwm::set(&mut target.resource, resource);
-    crate::dialects::aiwm::set(&mut target.resource_type, resource_type);
-    crate::dialects::aiwm::set(&mut target.permission, permission);
+    crate::dialects::set(&mut target.identity, identity);
+    crate::dialects::set(&mut target.resource, resource);
+    crate::dialects::set(&mut target.resource_type, resource_type);
+    crate::dialects::set(&mut target.permission, permission);
     target.updated_at = now_millis();
     Ok(())
 }

@@ -12,7 +12,7 @@ use warden_storage::model::{Role, User};
 use super::{Forge, ForgeResult, user_id};
 use crate::AppState;
 use crate::auth::{ClientIp, CurrentUser, password_login};
-use crate::dialects::aiwm::{Fields, JsonBody, iso};
+use crate::dialects::{Fields, JsonBody, iso};
 use crate::error::ApiError;
 use crate::openapi::Api;
 

@@ -12,8 +12,8 @@ use warden_storage::model::{Role, User};
 
 use crate::AppState;
 use crate::auth::{ClientIp, CurrentUser, password_login};
-use crate::dialects::aiwm::iso;
-use crate::dialects::aiwm::{Fields, JsonBody};
+use crate::dialects::iso;
+use crate::dialects::{Fields, JsonBody};
 use crate::error::ApiError;
 use crate::openapi::Api;
 

@@ -49,7 +49,7 @@ impl Dialect for Vareon {
     }
 }
 
-pub(crate) type VareonBody = crate::dialects::aiwm::JsonBody<Vareon>;
+pub(crate) type VareonBody = crate::dialects::JsonBody<Vareon>;
 
 pub(crate) type VareonError = ApiError<Vareon>;
 pub(crate) type VareonResult<T> = Result<T, VareonError>;

@@ -14,7 +14,7 @@ use warden_storage::series::Range;
 use super::{SkipLimit, Vareon, VareonBody, VareonResult};
 use crate::AppState;
 use crate::auth::CurrentUser;
-use crate::dialects::aiwm::Fields;
+use crate::dialects::Fields;
 use crate::error::ApiError;
 use crate::openapi::Api;
 
@@ -77,7 +77,7 @@ fn optional_uuid(f: &mut Fields, key: &str) -> Option<String> {
 async fn ingest(
     State(state): State<AppState>,
     CurrentUser(p, _): User,
-    crate::dialects::aiwm::JsonBody(body, _): VareonBody,
+    crate::dialects::JsonBody(body, _): VareonBody,
 ) -> VareonResult<(StatusCode, Json<Value>)> {
     let mut f = Fields::new(body);
     let metric_name = f.string("metric_name", true);

@@ -13,7 +13,7 @@ use warden_storage::model::{Role, User};
 use super::{Vareon, VareonBody, VareonResult};
 use crate::AppState;
 use crate::auth::{ClientIp, CurrentUser, password_login};
-use crate::dialects::aiwm::{Fields, JsonBody};
+use crate::dialects::{Fields, JsonBody};
 use crate::error::ApiError;
 use crate::openapi::Api;
 

@@ -1,4 +1,4 @@
-//! Request bodies: JSON objects only, size-limited, validated field by
+//! Request bodies, for every dialect: JSON objects only, size-limited, validated field by
 //! field with class-validator's messages ("name must be a string").
 
 use axum::body::Bytes;
@@ -6,7 +6,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
 
-use super::{Aiwm, AiwmError};
+use crate::dialects::aiwm::{Aiwm, AiwmError};
 use crate::error::ApiError;
 
 /// Reads a request body as one JSON object (an empty body is `{}`), with
