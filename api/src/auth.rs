@@ -40,6 +40,17 @@ fn presented(parts: &Parts) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The caller's own user record (gone: the credential is no longer good).
+pub(crate) fn caller<D>(
+    state: &AppState,
+    p: &Principal,
+) -> Result<warden_storage::model::User, ApiError<D>> {
+    state
+        .identity
+        .user(&p.user_id)?
+        .ok_or_else(ApiError::unauthorized)
+}
+
 /// A cookie's value from the request headers.
 pub(crate) fn cookie_value(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
     headers

@@ -200,10 +200,7 @@ async fn ui_me(State(state): State<AppState>, headers: HeaderMap) -> ContenoxRes
         .identity
         .verify_token(&token)
         .map_err(|_| ApiError::unauthorized())?;
-    let user = state
-        .identity
-        .user(&p.user_id)?
-        .ok_or_else(ApiError::unauthorized)?;
+    let user = crate::auth::caller(&state, &p)?;
     Ok(Json(user_view(&user)))
 }
 

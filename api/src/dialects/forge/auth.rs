@@ -11,7 +11,7 @@ use warden_storage::model::{Role, User};
 
 use super::{Forge, ForgeResult, user_id};
 use crate::AppState;
-use crate::auth::{ClientIp, CurrentUser, password_login};
+use crate::auth::{ClientIp, CurrentUser, caller, password_login};
 use crate::dialects::{Fields, JsonBody, iso};
 use crate::error::ApiError;
 use crate::openapi::Api;
@@ -44,6 +44,14 @@ fn admin_view(u: &User) -> Value {
 
 fn bad(message: &str) -> ApiError<Forge> {
     ApiError::new(StatusCode::BAD_REQUEST, message)
+}
+
+/// Identity errors as Forge words them: a refused input is a plain 400.
+fn refused(e: IdentityError) -> ApiError<Forge> {
+    match e {
+        IdentityError::Invalid(m) => bad(&m),
+        other => other.into(),
+    }
 }
 
 fn strings(f: &mut Fields, keys: &[&str]) -> Vec<Option<String>> {
@@ -89,10 +97,7 @@ async fn session(
     State(state): State<AppState>,
     CurrentUser(p, _): Caller,
 ) -> ForgeResult<Json<Value>> {
-    let user = state
-        .identity
-        .user(&p.user_id)?
-        .ok_or_else(ApiError::unauthorized)?;
+    let user = caller::<Forge>(&state, &p)?;
     Ok(Json(
         json!({"valid": true, "user": {"id": user_id(&user.id), "username": user.username, "role": role(&user)}}),
     ))
@@ -127,8 +132,7 @@ async fn signup(
                     "Username"
                 }
             )),
-            IdentityError::Invalid(m) => bad(&m),
-            other => other.into(),
+            other => refused(other),
         })?;
     state.identity.send_verification(&user, true).await?;
     Ok((
@@ -201,18 +205,12 @@ async fn reset_password(
         .identity
         .reset_password(v[0].as_deref().unwrap_or(""), v[1].as_deref().unwrap_or(""))
         .await
-        .map_err(|e| match e {
-            IdentityError::Invalid(m) => bad(&m),
-            other => other.into(),
-        })?;
+        .map_err(refused)?;
     Ok(Json(json!({"message": "Password reset successfully"})))
 }
 
 async fn me(State(state): State<AppState>, CurrentUser(p, _): Caller) -> ForgeResult<Json<Value>> {
-    let user = state
-        .identity
-        .user(&p.user_id)?
-        .ok_or_else(ApiError::unauthorized)?;
+    let user = caller::<Forge>(&state, &p)?;
     Ok(Json(me_view(&user)))
 }
 
@@ -220,10 +218,7 @@ async fn profile(
     State(state): State<AppState>,
     CurrentUser(p, _): Caller,
 ) -> ForgeResult<Json<Value>> {
-    let user = state
-        .identity
-        .user(&p.user_id)?
-        .ok_or_else(ApiError::unauthorized)?;
+    let user = caller::<Forge>(&state, &p)?;
     Ok(Json(admin_view(&user)))
 }
 
@@ -231,10 +226,7 @@ async fn preferences(
     State(state): State<AppState>,
     CurrentUser(p, _): Caller,
 ) -> ForgeResult<Json<Value>> {
-    let user = state
-        .identity
-        .user(&p.user_id)?
-        .ok_or_else(ApiError::unauthorized)?;
+    let user = caller::<Forge>(&state, &p)?;
     Ok(Json(
         serde_json::from_str(&user.preferences).unwrap_or_else(|_| json!({})),
     ))
@@ -286,8 +278,7 @@ async fn change_password(
             IdentityError::InvalidCredentials => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "Current password is incorrect")
             }
-            IdentityError::Invalid(m) => bad(&m),
-            other => other.into(),
+            other => refused(other),
         })?;
     Ok(Json(json!({"message": "Password changed successfully"})))
 }
@@ -322,10 +313,7 @@ async fn mfa_setup(
         .identity
         .mfa_setup(&p.user_id)
         .await
-        .map_err(|e| match e {
-            IdentityError::Invalid(m) => bad(&m),
-            other => other.into(),
-        })?;
+        .map_err(refused)?;
     Ok(Json(
         json!({"secret": setup.secret, "provisioning_uri": setup.provisioning_uri, "qr_code": setup.qr_code}),
     ))
@@ -457,8 +445,7 @@ async fn admin_create(
             IdentityError::Taken { field, .. } => {
                 ApiError::new(StatusCode::CONFLICT, format!("{field} already taken"))
             }
-            IdentityError::Invalid(m) => bad(&m),
-            other => other.into(),
+            other => refused(other),
         })?;
     Ok((StatusCode::CREATED, Json(admin_view(&user))))
 }
@@ -499,8 +486,7 @@ async fn admin_update(
             IdentityError::Taken { field, .. } => {
                 ApiError::new(StatusCode::CONFLICT, format!("{field} already taken"))
             }
-            IdentityError::Invalid(m) => bad(&m),
-            other => other.into(),
+            other => refused(other),
         })?;
     Ok(Json(admin_view(&user)))
 }

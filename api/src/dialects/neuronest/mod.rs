@@ -101,10 +101,7 @@ async fn login(
 }
 
 async fn me(State(state): State<AppState>, CurrentUser(p, _): Caller) -> Result<Json<Value>> {
-    let user = state
-        .identity
-        .user(&p.user_id)?
-        .ok_or_else(ApiError::unauthorized)?;
+    let user = crate::auth::caller(&state, &p)?;
     Ok(Json(user_view(&user, true)))
 }
 
