@@ -13,14 +13,18 @@ const BIN: &str = env!("CARGO_BIN_EXE_warden");
 
 /// Starts `warden serve` on an ephemeral port; returns the child and base URL.
 fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
+    spawn_server_logging(data_dir, "warn", Stdio::inherit())
+}
+
+fn spawn_server_logging(data_dir: &std::path::Path, log: &str, stderr: Stdio) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("WARDEN_ADMIN_USERNAME", ADMIN)
         .env("WARDEN_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("WARDEN_LOG", "warn")
+        .env("WARDEN_LOG", log)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("the warden binary starts");
     let stdout = child.stdout.take().unwrap();
@@ -229,4 +233,59 @@ async fn sigterm_stops_gracefully_with_exit_zero() {
     assert_eq!(list["pagination"]["total"], 1);
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_never_reach_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let (mut child, base) =
+        spawn_server_logging(&dir.path().join("data"), "debug", Stdio::from(log));
+    let http = reqwest::Client::new();
+    let secret = "Very-Secret-Passw0rd-42";
+    let post =
+        |path: &str, body: serde_json::Value| http.post(format!("{base}{path}")).json(&body).send();
+    post(
+        "/api/auth/register",
+        json!({"email": "logs@example.com", "password": secret, "name": "L"}),
+    )
+    .await
+    .unwrap();
+    post(
+        "/api/auth/login",
+        json!({"email": "logs@example.com", "password": secret}),
+    )
+    .await
+    .unwrap();
+    post(
+        "/api/auth/login",
+        json!({"email": "logs@example.com", "password": format!("{secret}-wrong")}),
+    )
+    .await
+    .unwrap();
+    post(
+        "/api/v1/auth/signup",
+        json!({"username": "logsf", "email": "logsf@example.com", "password": secret}),
+    )
+    .await
+    .unwrap();
+    post(
+        "/auth/login",
+        json!({"username": "admin", "password": ADMIN_PASSWORD}),
+    )
+    .await
+    .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        text.contains("failed login"),
+        "the log was written at debug level: {text}"
+    );
+    assert!(!text.contains(secret), "a log line holds a password");
+    assert!(
+        !text.contains(ADMIN_PASSWORD),
+        "a log line holds the admin password"
+    );
 }
