@@ -289,3 +289,75 @@ async fn passwords_never_reach_the_logs() {
         "a log line holds the admin password"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_precedence_flag_env_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/warden.example.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let from_file = dir.path().join("from-file");
+    let from_env = dir.path().join("from-env");
+    let from_flag = dir.path().join("from-flag");
+    let config = dir.path().join("warden.toml");
+    std::fs::write(
+        &config,
+        text.replace(
+            "data_dir = \"./warden-data\"",
+            &format!("data_dir = {:?}", from_file.display().to_string()),
+        ),
+    )
+    .unwrap();
+
+    let run = |extra: &[&str], env_dir: Option<&std::path::Path>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .args(extra);
+        cmd.env_remove("WARDEN_DATA_DIR");
+        if let Some(d) = env_dir {
+            cmd.env("WARDEN_DATA_DIR", d);
+        }
+        let mut child = cmd
+            .env("WARDEN_LOG", "warn")
+            .env("WARDEN_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("warden listening on"), "{line}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    };
+    run(&[], None);
+    assert!(from_file.join("db").exists(), "the file's data_dir");
+    run(&[], Some(&from_env));
+    assert!(
+        from_env.join("db").exists(),
+        "the environment beats the file"
+    );
+    run(
+        &["--data-dir", from_flag.to_str().unwrap()],
+        Some(&from_env),
+    );
+    assert!(
+        from_flag.join("db").exists(),
+        "the flag beats the environment"
+    );
+
+    // A mistyped key is refused with a message, not ignored.
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nheartbeat = 5\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown field"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
