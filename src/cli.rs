@@ -130,6 +130,9 @@ impl ServeArgs {
         {
             c.node_timing.metrics = std::time::Duration::from_millis(ms.max(1));
         }
+        if let Some(secs) = file.nodes.idle_passivate_secs {
+            c.node_timing.idle = std::time::Duration::from_secs(secs.max(1));
+        }
         if let Some(h) = file.nodes.telemetry_retention_hours {
             c.telemetry_retention = std::time::Duration::from_secs(h * 3600);
         }

@@ -62,6 +62,8 @@ pub struct NodesFile {
     pub metrics_interval_ms: Option<u64>,
     /// How long telemetry points are kept.
     pub telemetry_retention_hours: Option<u64>,
+    /// An unconnected, idle node's actor stops after this long.
+    pub idle_passivate_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

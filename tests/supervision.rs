@@ -247,3 +247,40 @@ async fn the_crash_route_exists_only_with_fault_injection() {
     assert_eq!(r.headers.get("x-warden-route").unwrap(), "unmatched");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn idle_node_actors_passivate_and_come_back_with_their_state() {
+    let s = TestServer::start_with(|c| {
+        c.node_timing.heartbeat = std::time::Duration::from_millis(100);
+        c.node_timing.idle = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let t = s.admin_token.clone();
+    let id = s
+        .post("/api/nodes", &t, node_body("sleepy", "Sleepy"))
+        .await
+        .body["_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/api/nodes/{id}");
+    let name = format!("node:{id}");
+    assert_eq!(s.put(&path, &t, json!({"name": "Awake"})).await.status, 200);
+    assert!(actor(&s, &name).await.is_some());
+    eventually(5, "the idle actor to passivate", || async {
+        actor(&s, &name).await.is_none().then_some(())
+    })
+    .await;
+    let r = s.put(&path, &t, json!({"ramFree": 7})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["name"], "Awake", "re-activated from storage");
+    assert!(actor(&s, &name).await.is_some());
+    // Updates racing the passivation all land.
+    for i in 0..8u64 {
+        tokio::time::sleep(std::time::Duration::from_millis(280 + i * 10)).await;
+        let r = s.put(&path, &t, json!({"cpuCores": i})).await;
+        assert_eq!(r.status, 200, "update {i}: {}", r.body);
+        assert_eq!(r.body["cpuCores"], i);
+    }
+    s.stop().await;
+}

@@ -38,6 +38,15 @@ pub trait Kind: Send + Sync + 'static {
     fn crash(actor: &ActorRef<Self::Msg>);
 }
 
+fn is_live<M>(actor: &ActorRef<M>) -> bool {
+    matches!(
+        actor.get_status(),
+        ractor::ActorStatus::Running
+            | ractor::ActorStatus::Starting
+            | ractor::ActorStatus::Upgrading
+    )
+}
+
 pub(crate) enum SupMsg<M> {
     GetOrActivate(String, RpcReplyPort<Result<ActorRef<M>, DomainError>>),
     Restart(String),
@@ -187,9 +196,10 @@ impl<K: Kind> Actor for KindSupervisor<K> {
                         reason,
                     }));
                 }
+                // A live actor; one that is stopping (passivating) is replaced.
                 Some(Child {
                     actor: Some(actor), ..
-                }) => {
+                }) if is_live(actor) => {
                     let _ = reply.send(Ok(actor.clone()));
                 }
                 _ => {
@@ -298,6 +308,13 @@ impl<K: Kind> Actor for KindSupervisor<K> {
                 let Some(child) = state.children.get_mut(&id) else {
                     return Ok(());
                 };
+                if child
+                    .actor
+                    .as_ref()
+                    .is_some_and(|a| a.get_id() != cell.get_id())
+                {
+                    return Ok(()); // an older actor of the entity; a newer one runs
+                }
                 let reason = err.to_string();
                 tracing::warn!(kind = K::KIND, entity = %id, %reason, "actor failed");
                 child.actor = None;
@@ -323,7 +340,15 @@ impl<K: Kind> Actor for KindSupervisor<K> {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 if let Some(id) = state.by_actor.remove(&cell.get_id()) {
                     tracing::debug!(kind = K::KIND, entity = %id, ?reason, "actor stopped");
-                    state.children.remove(&id);
+                    // Only if no newer actor of the entity was started meanwhile.
+                    let current = state
+                        .children
+                        .get(&id)
+                        .and_then(|c| c.actor.as_ref())
+                        .map(|a| a.get_id());
+                    if current.is_none_or(|a| a == cell.get_id()) {
+                        state.children.remove(&id);
+                    }
                 }
             }
             _ => {}

@@ -18,6 +18,9 @@ use crate::DomainError;
 pub struct NodeTiming {
     pub heartbeat: Duration,
     pub metrics: Duration,
+    /// An actor with no connection and no message for this long stops
+    /// (passivates); the supervisor starts it again on the next use.
+    pub idle: Duration,
 }
 
 impl Default for NodeTiming {
@@ -26,6 +29,7 @@ impl Default for NodeTiming {
         NodeTiming {
             heartbeat: Duration::from_secs(30),
             metrics: Duration::from_secs(60),
+            idle: Duration::from_secs(300),
         }
     }
 }
@@ -102,6 +106,8 @@ pub struct NodeState {
     node: Node,
     conn: Option<Connection>,
     timing: NodeTiming,
+    /// When the last message other than a tick arrived.
+    last_used: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -284,6 +290,7 @@ impl Actor for NodeActor {
             node,
             conn: None,
             timing: args.timing,
+            last_used: std::time::Instant::now(),
         })
     }
 
@@ -315,6 +322,9 @@ impl Actor for NodeActor {
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
         let now = now_millis();
+        if !matches!(msg, NodeMsg::Tick) {
+            state.last_used = std::time::Instant::now();
+        }
         match msg {
             NodeMsg::Update { patch, by, reply } => {
                 let mut next = state.node.clone();
@@ -439,6 +449,16 @@ impl Actor for NodeActor {
                 ) {
                     tracing::info!(node = %state.node.id, "no heartbeat for three intervals: offline");
                     state.persist_soon();
+                }
+                // Idle and unconnected: passivate (an online node keeps its
+                // actor, which is what turns it offline when heartbeats stop).
+                let idle = state.last_used.elapsed() >= state.timing.idle;
+                if idle
+                    && state.conn.is_none()
+                    && state.node.status != warden_storage::model::NodeStatus::Online
+                {
+                    tracing::debug!(node = %state.node.id, "idle: passivating");
+                    myself.stop(Some("passivated".into()));
                 }
             }
             NodeMsg::Crash => panic!("fault injection: node {} was told to crash", state.node.id),
