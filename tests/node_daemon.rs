@@ -80,8 +80,8 @@ async fn the_daemon_brings_its_node_online_and_offline() {
     })
     .await;
     assert!(
-        killed.elapsed() <= std::time::Duration::from_millis(4500),
-        "offline within three 1 s intervals (plus a tick)"
+        killed.elapsed() <= std::time::Duration::from_millis(5500),
+        "offline three intervals after the last heartbeat, judged on the next 1 s tick (slack for a loaded machine)"
     );
 
     let mut d = daemon(&s.base, &s.admin_token, "daemon-a", dir.path());

@@ -110,7 +110,8 @@ async fn a_daemon_with_a_user_token_registers_and_stays_alive() {
         (node_by(&s, &token, &id).await["status"] == "offline").then_some(())
     })
     .await;
-    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // Three 1 s intervals after the last heartbeat, judged on a 1 s tick.
+    assert!(started.elapsed() < std::time::Duration::from_millis(5500));
 
     // It comes back.
     let mut ws = WsNode::connect(&s, &format!("token={token}&nodeId=gpu-box-1"))
