@@ -83,6 +83,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     .await
     .context("starting the supervision tree")?;
     let (lifecycle, mut lifecycle_control) = warden_api::Lifecycle::new();
+    let housekeeping_identity = identity.clone();
     let state = AppState::new(
         store.clone(),
         identity,
@@ -102,7 +103,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         let _ = tcp.set_nodelay(true);
     });
     let app = warden_api::router(state);
-    let pruner = tokio::spawn(prune_telemetry(store.clone(), config.telemetry_retention));
+    let pruner = tokio::spawn(housekeeping(
+        store.clone(),
+        housekeeping_identity,
+        config.telemetry_retention,
+    ));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         axum::serve(
@@ -137,8 +142,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     })
 }
 
-/// Drops telemetry points older than the retention, every ten minutes.
-async fn prune_telemetry(store: Store, retention: std::time::Duration) {
+/// Every ten minutes: drops telemetry points older than the retention,
+/// and credentials and one-time secrets that have expired.
+async fn housekeeping(store: Store, identity: Identity, retention: std::time::Duration) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
     loop {
         every.tick().await;
@@ -147,6 +153,11 @@ async fn prune_telemetry(store: Store, retention: std::time::Duration) {
             Ok(0) => {}
             Ok(n) => tracing::info!(points = n, "pruned old telemetry"),
             Err(e) => tracing::warn!(error = %e, "could not prune telemetry"),
+        }
+        match identity.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(records = n, "swept expired credentials and codes"),
+            Err(e) => tracing::warn!(error = %e, "could not sweep expired credentials"),
         }
     }
 }

@@ -273,3 +273,42 @@ impl Identity {
         ))
     }
 }
+
+impl Identity {
+    /// Deletes what can no longer be used: revoked JWTs past their expiry,
+    /// expired sessions, verification and reset secrets, device codes.
+    /// Returns how many records went.
+    pub async fn sweep(&self) -> Result<usize, IdentityError> {
+        use warden_storage::Write;
+        use warden_storage::model::{Challenge, DeviceCode};
+        let now = now_millis();
+        let store = self.store();
+        let mut writes = Vec::new();
+        for r in store.all::<RevokedToken>()? {
+            if r.expires_at <= now {
+                writes.push(Write::remove::<RevokedToken>(&r.id));
+            }
+        }
+        for s in store.all::<Session>()? {
+            if s.expires_at <= now {
+                writes.push(Write::remove::<Session>(&s.id));
+            }
+        }
+        for c in store.all::<Challenge>()? {
+            if c.expires_at <= now {
+                writes.push(Write::remove::<Challenge>(&c.id));
+            }
+        }
+        for d in store.all::<DeviceCode>()? {
+            if d.expires_at <= now {
+                writes.push(Write::remove::<DeviceCode>(&d.id));
+            }
+        }
+        let n = writes.len();
+        while !writes.is_empty() {
+            let rest = writes.split_off(writes.len().min(512));
+            store.commit(std::mem::replace(&mut writes, rest)).await?;
+        }
+        Ok(n)
+    }
+}

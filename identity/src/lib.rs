@@ -566,6 +566,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sweep_removes_only_what_has_expired() {
+        use warden_storage::model::{RevokedToken, Session};
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(dir.path());
+        let now = now_millis();
+        let store = id.store.clone();
+        store
+            .put(&RevokedToken {
+                id: "old".into(),
+                expires_at: now - 1,
+            })
+            .await
+            .unwrap();
+        store
+            .put(&RevokedToken {
+                id: "live".into(),
+                expires_at: now + 60_000,
+            })
+            .await
+            .unwrap();
+        let session = |sid: &str, expires_at| Session {
+            id: sid.into(),
+            user_id: "u".into(),
+            created_at: now,
+            expires_at,
+            mfa_pending: false,
+        };
+        store.put(&session("gone", now - 1)).await.unwrap();
+        store.put(&session("kept", now + 60_000)).await.unwrap();
+        assert_eq!(id.sweep().await.unwrap(), 2);
+        assert!(store.get::<RevokedToken>("old").unwrap().is_none());
+        assert!(store.get::<RevokedToken>("live").unwrap().is_some());
+        assert!(store.get::<Session>("gone").unwrap().is_none());
+        assert!(store.get::<Session>("kept").unwrap().is_some());
+        assert_eq!(id.sweep().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
     async fn usernames_and_emails_are_unique_case_insensitively() {
         let dir = tempfile::tempdir().unwrap();
         let id = identity(dir.path());
