@@ -7,20 +7,7 @@ pub mod node;
 
 pub use error::DomainError;
 
-/// Merges a JSON object text of extra fields into the stored one: keys in
-/// `new` replace those in `old`; anything that is not an object is ignored.
-pub fn merge_extra(old: &str, new: &str) -> String {
-    use serde_json::{Map, Value};
-    let mut merged: Map<String, Value> = serde_json::from_str(old).unwrap_or_default();
-    if let Ok(Value::Object(update)) = serde_json::from_str::<Value>(new) {
-        merged.extend(update);
-    }
-    if merged.is_empty() {
-        String::new()
-    } else {
-        Value::Object(merged).to_string()
-    }
-}
+pub use warden_storage::model::merge_json_objects as merge_extra;
 
 /// Sets a field when a value was given (partial updates).
 pub fn set<T>(field: &mut T, value: Option<T>) {

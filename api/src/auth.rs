@@ -21,15 +21,7 @@ pub(crate) struct AdminUser<D>(pub Principal, pub PhantomData<D>);
 /// The credential a request presents: `Authorization: Bearer`, else
 /// `X-API-Key` (any credential works on every dialect).
 fn presented(parts: &Parts) -> Option<&str> {
-    let bearer = parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    bearer
+    bearer(&parts.headers)
         .or_else(|| {
             parts
                 .headers
@@ -38,6 +30,16 @@ fn presented(parts: &Parts) -> Option<&str> {
                 .map(str::trim)
         })
         .filter(|t| !t.is_empty())
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let v = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// The caller's own user record (gone: the credential is no longer good).
@@ -89,14 +91,7 @@ pub(crate) async fn password_login<D>(
     login: &str,
     password: &str,
 ) -> Result<warden_storage::model::User, ApiError<D>> {
-    let ip_key = ip.to_string();
-    let account_key = login.trim().to_lowercase();
-    if let Some(wait) = state
-        .limits
-        .login_ip
-        .blocked(&ip_key)
-        .or_else(|| state.limits.login_account.blocked(&account_key))
-    {
+    if let Some(wait) = state.limits.login_blocked(ip, login) {
         return Err(ApiError::too_many(wait));
     }
     let identity = state.identity.clone();
@@ -109,8 +104,7 @@ pub(crate) async fn password_login<D>(
         Ok(user) if !user.email_verified => Err(ApiError::forbidden("Email not verified")),
         Ok(user) => Ok(user),
         Err(warden_identity::IdentityError::InvalidCredentials) => {
-            state.limits.login_ip.record(&ip_key);
-            state.limits.login_account.record(&account_key);
+            state.limits.login_failed(ip, login);
             tracing::info!(%ip, "failed login");
             Err(ApiError::new(
                 axum::http::StatusCode::UNAUTHORIZED,

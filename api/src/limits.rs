@@ -93,12 +93,26 @@ fn retry_after(start: Instant) -> u64 {
 
 /// The server's limiters.
 pub(crate) struct Limits {
-    pub login_ip: Limiter,
-    pub login_account: Limiter,
+    login_ip: Limiter,
+    login_account: Limiter,
     pub api: Limiter,
 }
 
 impl Limits {
+    /// Seconds to wait when this IP or this account has failed too often.
+    pub fn login_blocked(&self, ip: std::net::IpAddr, account: &str) -> Option<u64> {
+        let account = account.trim().to_lowercase();
+        self.login_ip
+            .blocked(&ip.to_string())
+            .or_else(|| self.login_account.blocked(&account))
+    }
+
+    /// Counts one failed login (password or second factor) against both.
+    pub fn login_failed(&self, ip: std::net::IpAddr, account: &str) {
+        self.login_ip.record(&ip.to_string());
+        self.login_account.record(&account.trim().to_lowercase());
+    }
+
     pub fn new(c: RateLimits) -> Self {
         Limits {
             login_ip: Limiter::new(c.login_failures_per_minute),

@@ -275,7 +275,7 @@ impl Identity {
                     u.full_name = Some(v.clone());
                 }
                 if let Some(v) = &update.preferences {
-                    u.preferences = warden_storage_merge(&u.preferences, v);
+                    u.preferences = warden_storage::model::merge_json_objects(&u.preferences, v);
                 }
                 if let Some(v) = &update.roles {
                     u.roles = v.clone();
@@ -348,14 +348,4 @@ impl Identity {
         self.store().put(&record).await?;
         Ok(())
     }
-}
-
-/// Merges two JSON object texts (keys of `new` win).
-fn warden_storage_merge(old: &str, new: &str) -> String {
-    use serde_json::{Map, Value};
-    let mut merged: Map<String, Value> = serde_json::from_str(old).unwrap_or_default();
-    if let Ok(Value::Object(update)) = serde_json::from_str::<Value>(new) {
-        merged.extend(update);
-    }
-    Value::Object(merged).to_string()
 }

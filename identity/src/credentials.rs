@@ -162,10 +162,7 @@ impl Identity {
     }
 
     pub fn api_keys(&self, user_id: &str) -> Result<Vec<ApiKey>, IdentityError> {
-        let mut keys = Vec::new();
-        for id in self.store().ids_by_index::<ApiKey>("user", user_id)? {
-            keys.extend(self.store().get::<ApiKey>(&id)?);
-        }
+        let mut keys = self.store().by_index::<ApiKey>("user", user_id)?;
         keys.sort_by_key(|k| k.created_at);
         Ok(keys)
     }

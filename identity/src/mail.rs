@@ -118,16 +118,7 @@ impl Mailer {
     /// The outbox, newest first; optionally only mail to one address.
     pub fn outbox(&self, to: Option<&str>) -> Result<Vec<Mail>, IdentityError> {
         let mut mails = match to {
-            Some(addr) => {
-                let mut out = Vec::new();
-                for id in self
-                    .store
-                    .ids_by_index::<Mail>("to", &addr.to_lowercase())?
-                {
-                    out.extend(self.store.get::<Mail>(&id)?);
-                }
-                out
-            }
+            Some(addr) => self.store.by_index::<Mail>("to", &addr.to_lowercase())?,
             None => self.store.all::<Mail>()?,
         };
         mails.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));

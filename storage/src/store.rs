@@ -268,6 +268,15 @@ impl Store {
         Ok(ids)
     }
 
+    /// The records with `value` under `index`, in id order.
+    pub fn by_index<T: Record>(&self, index: &str, value: &str) -> Result<Vec<T>, StorageError> {
+        let mut out = Vec::new();
+        for id in self.ids_by_index::<T>(index, value)? {
+            out.extend(self.get::<T>(&id)?);
+        }
+        Ok(out)
+    }
+
     pub fn count<T: Record>(&self) -> usize {
         self.inner
             .tree
@@ -296,15 +305,7 @@ impl Store {
     pub fn list<T: Record>(&self, query: &ListQuery<'_, T>) -> Result<Listed<T>, StorageError> {
         let candidates = match query.scope {
             Scope::All => self.all::<T>()?,
-            Scope::Index(index, value) => {
-                let mut out = Vec::new();
-                for id in self.ids_by_index::<T>(index, value)? {
-                    if let Some(r) = self.get::<T>(&id)? {
-                        out.push(r);
-                    }
-                }
-                out
-            }
+            Scope::Index(index, value) => self.by_index::<T>(index, value)?,
         };
         let mut items: Vec<T> = candidates
             .into_iter()

@@ -21,12 +21,6 @@ impl NodeKind {
     pub(crate) fn new(store: Store, timing: NodeTiming) -> Self {
         NodeKind { store, timing }
     }
-
-    fn ids_with_status(&self, status: NodeStatus) -> Vec<String> {
-        self.store
-            .ids_by_index::<Node>("status", status.as_str())
-            .unwrap_or_default()
-    }
 }
 
 impl Kind for NodeKind {
@@ -55,13 +49,16 @@ impl Kind for NodeKind {
     /// Nodes that were online when the server stopped: their actors come
     /// back to watch for the daemon's return.
     fn boot_ids(&self) -> Vec<String> {
-        self.ids_with_status(NodeStatus::Online)
+        self.store
+            .ids_by_index::<Node>("status", NodeStatus::Online.as_str())
+            .unwrap_or_default()
     }
 
     fn failed(&self) -> Vec<(String, String)> {
-        self.ids_with_status(NodeStatus::Failed)
+        self.store
+            .by_index::<Node>("status", NodeStatus::Failed.as_str())
+            .unwrap_or_default()
             .into_iter()
-            .filter_map(|id| self.store.get::<Node>(&id).ok().flatten())
             .filter(|n| !n.is_deleted())
             .map(|n| (n.id, n.failure.unwrap_or_default()))
             .collect()

@@ -176,15 +176,7 @@ impl NodeState {
 
     async fn deliver_queued(&mut self) -> Result<(), DomainError> {
         let key = format!("{}/{}", self.node.id, CommandStatus::Queued.as_str());
-        let mut queued = Vec::new();
-        for id in self
-            .store
-            .ids_by_index::<NodeCommand>("node_status", &key)?
-        {
-            if let Some(cmd) = self.store.get::<NodeCommand>(&id)? {
-                queued.push(cmd);
-            }
-        }
+        let mut queued = self.store.by_index::<NodeCommand>("node_status", &key)?;
         queued.sort_by_key(|c| c.created_at);
         for cmd in queued {
             self.deliver(cmd).await?;

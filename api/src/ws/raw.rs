@@ -23,17 +23,6 @@ struct WsQuery {
     node_id: Option<String>,
 }
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let v = headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
-}
-
 pub(crate) fn refusal_response(r: Refusal) -> Response {
     let status = match r {
         Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -50,7 +39,9 @@ async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let token = q.token.or_else(|| bearer(&headers));
+    let token = q
+        .token
+        .or_else(|| crate::auth::bearer(&headers).map(str::to_owned));
     let handshake = match authenticate(&state, token.as_deref(), q.node_id.as_deref()) {
         Ok(h) => h,
         Err(r) => return refusal_response(r),

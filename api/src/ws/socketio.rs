@@ -30,19 +30,6 @@ fn query(s: &SocketRef, key: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-fn bearer(s: &SocketRef) -> Option<String> {
-    let v = s
-        .req_parts()
-        .headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
-}
-
 /// The checked handshake and the node id the client asked for.
 type Checked = (Handshake, Option<String>);
 
@@ -60,7 +47,7 @@ async fn check(
     let auth = auth.unwrap_or(Value::Null);
     let token = text(auth.get("token"))
         .or_else(|| query(&s, "token"))
-        .or_else(|| bearer(&s));
+        .or_else(|| crate::auth::bearer(&s.req_parts().headers).map(str::to_owned));
     let node_id = text(auth.get("nodeId")).or_else(|| query(&s, "nodeId"));
     let handshake = authenticate(&state, token.as_deref(), node_id.as_deref())?;
     s.extensions

@@ -61,6 +61,22 @@ impl Audit {
     }
 }
 
+/// Merges a JSON object text into another (`extra` fields, preferences):
+/// keys in `new` replace those in `old`; anything not an object is
+/// ignored; an empty result is the empty string.
+pub fn merge_json_objects(old: &str, new: &str) -> String {
+    use serde_json::{Map, Value};
+    let mut merged: Map<String, Value> = serde_json::from_str(old).unwrap_or_default();
+    if let Ok(Value::Object(update)) = serde_json::from_str::<Value>(new) {
+        merged.extend(update);
+    }
+    if merged.is_empty() {
+        String::new()
+    } else {
+        Value::Object(merged).to_string()
+    }
+}
+
 /// Records owned by an organisation: tenancy is checked through this.
 pub trait Owned {
     fn owner(&self) -> &Owner;

@@ -363,12 +363,7 @@ async fn list_commands(
     q: super::AiwmQuery,
 ) -> AiwmResult<Json<Value>> {
     let node: Node = find_visible(&state, &p, &id)?;
-    let mut commands = Vec::new();
-    for cid in state.store.ids_by_index::<NodeCommand>("node", &node.id)? {
-        if let Some(c) = state.store.get::<NodeCommand>(&cid)? {
-            commands.push(c);
-        }
-    }
+    let mut commands = state.store.by_index::<NodeCommand>("node", &node.id)?;
     commands.sort_by_key(|c| std::cmp::Reverse(c.created_at));
     Ok(Json(q.page_of(commands.iter().map(command_view).collect())))
 }

@@ -11,13 +11,14 @@ use warden_storage::{new_object_id, now_millis};
 
 use super::{Contenox, ContenoxResult};
 use crate::AppState;
-use crate::auth::CurrentUser;
+use crate::auth::{AdminUser, CurrentUser};
 use crate::dialects::{Fields, JsonBody, iso};
 use crate::error::ApiError;
 use crate::openapi::Api;
 
 type Body = JsonBody<Contenox>;
 type Caller = CurrentUser<Contenox>;
+type Admin = AdminUser<Contenox>;
 
 pub(crate) const PERMISSIONS: [&str; 4] = ["none", "view", "edit", "manage"];
 
@@ -35,14 +36,6 @@ fn view(state: &AppState, e: &AccessEntry, expand_user: bool) -> Value {
         v["identityDetails"] = super::users::user_view(&u);
     }
     v
-}
-
-fn require_admin(p: &warden_identity::Principal) -> ContenoxResult<()> {
-    if p.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("admin role required"))
-    }
 }
 
 #[derive(serde::Deserialize)]
@@ -64,34 +57,11 @@ async fn list(
         Some(p.user_id.clone())
     };
     let mut entries: Vec<AccessEntry> = match &identity {
-        Some(id) => state
-            .store
-            .ids_by_index::<AccessEntry>("identity", id)?
-            .iter()
-            .filter_map(|i| state.store.get(i).ok().flatten())
-            .collect(),
+        Some(id) => state.store.by_index::<AccessEntry>("identity", id)?,
         None => state.store.all::<AccessEntry>()?,
     };
     entries.retain(|e| p.sees_org(&e.org_id) || e.identity == p.user_id);
-    let from = match &q.from {
-        None => None,
-        Some(t) => Some(
-            chrono::DateTime::parse_from_rfc3339(t)
-                .map(|t| t.timestamp_millis())
-                .map_err(|_| {
-                    ApiError::validation(vec!["from must be an RFC 3339 timestamp".into()])
-                })?,
-        ),
-    };
-    let limit = match &q.limit {
-        None => 100,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| ApiError::validation(vec!["limit must be a positive integer".into()]))?
-            .min(1000),
-    };
+    let (limit, from) = super::page_params(q.limit.as_deref(), "from", q.from.as_deref())?;
     entries.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
     let expand = q.expand.as_deref() == Some("user");
     let page: Vec<Value> = entries
@@ -141,10 +111,9 @@ fn conflict(e: warden_storage::StorageError) -> ApiError<Contenox> {
 
 async fn create(
     State(state): State<AppState>,
-    CurrentUser(p, _): Caller,
+    AdminUser(p, _): Admin,
     JsonBody(body, _): Body,
 ) -> ContenoxResult<(StatusCode, Json<Value>)> {
-    require_admin(&p)?;
     let now = now_millis();
     let mut entry = AccessEntry {
         id: new_object_id(),
@@ -199,11 +168,10 @@ async fn get(
 
 async fn update(
     State(state): State<AppState>,
-    CurrentUser(p, _): Caller,
+    AdminUser(p, _): Admin,
     Path(id): Path<String>,
     JsonBody(body, _): Body,
 ) -> ContenoxResult<Json<Value>> {
-    require_admin(&p)?;
     visible(&state, &p, &id)?;
     let mut outcome = Ok(());
     let updated = state
@@ -225,10 +193,9 @@ async fn update(
 
 async fn delete(
     State(state): State<AppState>,
-    CurrentUser(p, _): Caller,
+    AdminUser(p, _): Admin,
     Path(id): Path<String>,
 ) -> ContenoxResult<Json<Value>> {
-    require_admin(&p)?;
     visible(&state, &p, &id)?;
     state.store.remove::<AccessEntry>(&id).await?;
     Ok(Json(json!("access entry deleted")))

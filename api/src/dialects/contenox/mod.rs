@@ -56,6 +56,35 @@ impl Dialect for Contenox {
 pub(crate) type ContenoxError = ApiError<Contenox>;
 pub(crate) type ContenoxResult<T> = Result<T, ContenoxError>;
 
+/// Contenox paging: `limit` (default 100, at most 1000) and an RFC 3339
+/// cursor (named `cursor` or `from`): items created before it.
+pub(crate) fn page_params(
+    limit: Option<&str>,
+    cursor_name: &str,
+    cursor: Option<&str>,
+) -> ContenoxResult<(usize, Option<i64>)> {
+    let limit =
+        match limit {
+            None => 100,
+            Some(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ApiError::validation(vec!["limit must be a positive integer".into()])
+            })?,
+        };
+    let cursor = match cursor {
+        None => None,
+        Some(c) => Some(
+            chrono::DateTime::parse_from_rfc3339(c)
+                .map(|t| t.timestamp_millis())
+                .map_err(|_| {
+                    ApiError::validation(vec![format!(
+                        "{cursor_name} must be an RFC 3339 timestamp"
+                    )])
+                })?,
+        ),
+    };
+    Ok((limit.min(1000), cursor))
+}
+
 pub(crate) fn routes() -> Api {
     users::routes().merge(access::routes())
 }

@@ -10,13 +10,14 @@ use warden_storage::model::{Role, User};
 
 use super::{COOKIE, Contenox, ContenoxResult};
 use crate::AppState;
-use crate::auth::{ClientIp, CurrentUser, password_login};
+use crate::auth::{AdminUser, ClientIp, CurrentUser, password_login};
 use crate::dialects::{Fields, JsonBody, iso};
 use crate::error::ApiError;
 use crate::openapi::Api;
 
 type Body = JsonBody<Contenox>;
 type Caller = CurrentUser<Contenox>;
+type Admin = AdminUser<Contenox>;
 
 pub(crate) fn user_view(u: &User) -> Value {
     json!({
@@ -224,42 +225,12 @@ struct Paging {
     cursor: Option<String>,
 }
 
-/// `limit` (default 100, at most 1000) and an RFC 3339 `cursor`: items created before it.
-fn paging(q: &Paging) -> ContenoxResult<(usize, Option<i64>)> {
-    let limit =
-        match &q.limit {
-            None => 100,
-            Some(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                ApiError::validation(vec!["limit must be a positive integer".into()])
-            })?,
-        };
-    let cursor = match &q.cursor {
-        None => None,
-        Some(c) => Some(
-            chrono::DateTime::parse_from_rfc3339(c)
-                .map(|t| t.timestamp_millis())
-                .map_err(|_| {
-                    ApiError::validation(vec!["cursor must be an RFC 3339 timestamp".into()])
-                })?,
-        ),
-    };
-    Ok((limit.min(1000), cursor))
-}
-
-fn require_admin(p: &warden_identity::Principal) -> ContenoxResult<()> {
-    if p.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("admin role required"))
-    }
-}
-
 async fn list_users(
     State(state): State<AppState>,
     CurrentUser(p, _): Caller,
     Query(q): Query<Paging>,
 ) -> ContenoxResult<Json<Value>> {
-    let (limit, cursor) = paging(&q)?;
+    let (limit, cursor) = super::page_params(q.limit.as_deref(), "cursor", q.cursor.as_deref())?;
     let mut users: Vec<User> = state
         .identity
         .store()
@@ -279,10 +250,9 @@ async fn list_users(
 
 async fn create_user(
     State(state): State<AppState>,
-    CurrentUser(p, _): Caller,
+    AdminUser(p, _): Admin,
     JsonBody(body, _): Body,
 ) -> ContenoxResult<(StatusCode, Json<Value>)> {
-    require_admin(&p)?;
     let user = create_from(&state, body, Some(p.org_id.clone()), Role::Operator).await?;
     Ok((StatusCode::CREATED, Json(user_view(&user))))
 }
@@ -332,10 +302,9 @@ async fn update_user(
 
 async fn delete_user(
     State(state): State<AppState>,
-    CurrentUser(p, _): Caller,
+    AdminUser(p, _): Admin,
     Path(id): Path<String>,
 ) -> ContenoxResult<Json<Value>> {
-    require_admin(&p)?;
     let user = visible(&state, &p, &id)?;
     if user.id == p.user_id {
         return Err(ApiError::validation(vec![

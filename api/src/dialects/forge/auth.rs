@@ -11,13 +11,14 @@ use warden_storage::model::{Role, User};
 
 use super::{Forge, ForgeResult, user_id};
 use crate::AppState;
-use crate::auth::{ClientIp, CurrentUser, caller, password_login};
+use crate::auth::{AdminUser, ClientIp, CurrentUser, caller, password_login};
 use crate::dialects::{Fields, JsonBody, iso};
 use crate::error::ApiError;
 use crate::openapi::Api;
 
 type Body = JsonBody<Forge>;
 type Caller = CurrentUser<Forge>;
+type Admin = AdminUser<Forge>;
 
 fn role(u: &User) -> &'static str {
     u.roles.first().copied().unwrap_or(Role::Viewer).as_str()
@@ -362,13 +363,7 @@ async fn mfa_validate(
     let v = strings(&mut f, &["username", "code"]);
     f.finish_as::<Forge>()?;
     let username = v[0].clone().unwrap_or_default();
-    let (ip_key, account_key) = (ip.to_string(), username.to_lowercase());
-    if let Some(wait) = state
-        .limits
-        .login_ip
-        .blocked(&ip_key)
-        .or_else(|| state.limits.login_account.blocked(&account_key))
-    {
+    if let Some(wait) = state.limits.login_blocked(ip, &username) {
         return Err(ApiError::too_many(wait));
     }
     match state
@@ -380,18 +375,9 @@ async fn mfa_validate(
             json!({"message": "MFA validated", "token": session.token}),
         )),
         Err(_) => {
-            state.limits.login_ip.record(&ip_key);
-            state.limits.login_account.record(&account_key);
+            state.limits.login_failed(ip, &username);
             Err(ApiError::new(StatusCode::UNAUTHORIZED, "Invalid MFA code"))
         }
-    }
-}
-
-fn require_admin(p: &warden_identity::Principal) -> ForgeResult<()> {
-    if p.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("Admin role required"))
     }
 }
 
@@ -408,11 +394,7 @@ fn parse_role(f: &mut Fields, required: bool) -> Option<Role> {
         .and_then(|r| Role::parse(&r))
 }
 
-async fn admin_list(
-    State(state): State<AppState>,
-    CurrentUser(p, _): Caller,
-) -> ForgeResult<Json<Value>> {
-    require_admin(&p)?;
+async fn admin_list(State(state): State<AppState>, _: Admin) -> ForgeResult<Json<Value>> {
     let mut users = state.identity.store().all::<User>()?;
     users.sort_by(|a, b| a.username.cmp(&b.username));
     Ok(Json(Value::Array(users.iter().map(admin_view).collect())))
@@ -420,10 +402,9 @@ async fn admin_list(
 
 async fn admin_create(
     State(state): State<AppState>,
-    CurrentUser(p, _): Caller,
+    AdminUser(p, _): Admin,
     JsonBody(body, _): Body,
 ) -> ForgeResult<(StatusCode, Json<Value>)> {
-    require_admin(&p)?;
     let mut f = Fields::new(body);
     let v = strings(&mut f, &["username", "email", "password"]);
     let role = parse_role(&mut f, false);
@@ -452,20 +433,18 @@ async fn admin_create(
 
 async fn admin_get(
     State(state): State<AppState>,
-    CurrentUser(p, _): Caller,
+    _: Admin,
     Path(username): Path<String>,
 ) -> ForgeResult<Json<Value>> {
-    require_admin(&p)?;
     Ok(Json(admin_view(&by_username(&state, &username)?)))
 }
 
 async fn admin_update(
     State(state): State<AppState>,
-    CurrentUser(p, _): Caller,
+    _: Admin,
     Path(username): Path<String>,
     JsonBody(body, _): Body,
 ) -> ForgeResult<Json<Value>> {
-    require_admin(&p)?;
     let user = by_username(&state, &username)?;
     let mut f = Fields::new(body);
     let email = f.string("email", false);
@@ -493,10 +472,9 @@ async fn admin_update(
 
 async fn admin_delete(
     State(state): State<AppState>,
-    CurrentUser(p, _): Caller,
+    AdminUser(p, _): Admin,
     Path(username): Path<String>,
 ) -> ForgeResult<StatusCode> {
-    require_admin(&p)?;
     let user = by_username(&state, &username)?;
     if user.id == p.user_id {
         return Err(bad("You cannot delete your own account"));
