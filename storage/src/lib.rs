@@ -31,6 +31,14 @@ pub fn now_millis() -> Millis {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// A time as ISO 8601 with milliseconds, UTC (`2025-11-16T10:30:00.000Z`),
+/// the one format every view uses.
+pub fn iso_millis(millis: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// A new time-ordered 24-hex-digit id (the shape of AIWM's ObjectId):
 /// 4 bytes of seconds since the epoch, then 8 random bytes.
 pub fn new_object_id() -> String {

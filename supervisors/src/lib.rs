@@ -25,8 +25,4 @@ use std::pin::Pin;
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-pub(crate) fn rfc3339(millis: warden_storage::Millis) -> String {
-    chrono::DateTime::from_timestamp_millis(millis)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
+pub(crate) use warden_storage::iso_millis as rfc3339;

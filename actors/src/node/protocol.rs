@@ -27,7 +27,7 @@ pub struct Envelope {
 }
 
 pub fn iso_now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    warden_storage::iso_millis(warden_storage::now_millis())
 }
 
 impl Envelope {

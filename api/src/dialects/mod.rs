@@ -31,8 +31,4 @@ pub(crate) use body::{Fields, JsonBody};
 pub(crate) use warden_actors::set;
 
 /// Timestamps on the wire: ISO 8601 with milliseconds, UTC.
-pub(crate) fn iso(millis: warden_storage::Millis) -> String {
-    chrono::DateTime::from_timestamp_millis(millis)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
+pub(crate) use warden_storage::iso_millis as iso;
