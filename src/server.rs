@@ -29,10 +29,13 @@ impl Running {
         self.task.await?
     }
 
-    /// Runs until `signal` resolves, then stops gracefully.
-    pub async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
-        signal.await;
-        self.stop().await
+    /// Runs until `signal` resolves, then stops gracefully; or until the
+    /// server stops by itself (a poisoned store), with its error.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = signal => self.stop().await,
+            ended = &mut self.task => ended?,
+        }
     }
 }
 
@@ -109,13 +112,24 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         config.telemetry_retention,
     ));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let poisoned = store.poisoned();
+    let poison = std::sync::Arc::new(std::sync::OnceLock::<String>::new());
     let task = tokio::spawn(async move {
+        let cause = poison.clone();
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move {
-            let _ = rx.await;
+            // A failed flush means acknowledgements can no longer be
+            // trusted: stop, as PostgreSQL does after a failed fsync.
+            tokio::select! {
+                _ = rx => {}
+                reason = poisoned => {
+                    tracing::error!(%reason, "the store is poisoned by a failed flush; stopping");
+                    let _ = cause.set(reason);
+                }
+            }
             lifecycle_control.stop();
             // Upgraded connections outlive graceful shutdown: wait for them here.
             if !lifecycle_control
@@ -130,6 +144,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         let _ = pruner.await;
         runtime.shutdown().await;
         store.close();
+        if let Some(reason) = poison.get() {
+            anyhow::bail!("stopped because the store is poisoned: {reason}");
+        }
         tracing::info!("stopped");
         Ok(())
     });

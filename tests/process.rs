@@ -17,9 +17,19 @@ fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
 }
 
 fn spawn_server_logging(data_dir: &std::path::Path, log: &str, stderr: Stdio) -> (Child, String) {
+    spawn_server_with(data_dir, &[], log, stderr)
+}
+
+fn spawn_server_with(
+    data_dir: &std::path::Path,
+    extra: &[&str],
+    log: &str,
+    stderr: Stdio,
+) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(extra)
         .env("WARDEN_ADMIN_USERNAME", ADMIN)
         .env("WARDEN_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env("WARDEN_LOG", log)
@@ -360,4 +370,69 @@ async fn configuration_precedence_flag_env_file() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_flush_poisons_the_store_answers_503_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = spawn_server_with(
+        dir.path(),
+        &["--enable-fault-injection"],
+        "info",
+        Stdio::piped(),
+    );
+    let http = reqwest::Client::new();
+    let token = login(&http, &base).await;
+    let create = |node: &str| {
+        http.post(format!("{base}/api/nodes"))
+            .bearer_auth(&token)
+            .json(&node_body(node, node))
+            .send()
+    };
+    assert_eq!(create("before").await.unwrap().status(), 201);
+
+    let r = http
+        .post(format!("{base}/admin/store/fail-next-flush"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = create("during").await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["statusCode"], 503);
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("failed flush"), "{body}");
+    // The cause is in the log, never in the body.
+    assert!(!body.to_string().contains("injected"), "{body}");
+
+    // The process stops by itself with a non-zero status and says why.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "{status:?}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(log.contains("injected flush failure"), "{log}");
+    assert!(log.contains("poisoned"), "{log}");
+
+    // What was acknowledged before is still there after a restart.
+    let (mut child, base) = spawn_server(dir.path());
+    let token = login(&http, &base).await;
+    let r = http
+        .get(format!("{base}/api/nodes?filter[nodeId]=before"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["data"][0]["nodeId"], "before", "{body}");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

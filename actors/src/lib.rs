@@ -7,7 +7,7 @@ pub mod node;
 
 pub use error::DomainError;
 
-pub use warden_storage::model::merge_json_objects as merge_extra;
+pub use warden_domain::merge_json_objects as merge_extra;
 
 /// Sets a field when a value was given (partial updates).
 pub fn set<T>(field: &mut T, value: Option<T>) {

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use warden_identity::NewUser;
-use warden_storage::model::{Role, User};
+use warden_identity::model::{Role, User};
 
 use crate::AppState;
 use crate::auth::AdminUser;
@@ -44,6 +44,20 @@ async fn restart(
     tracing::info!(actor = %name, by = %admin.username, "failed actor reset");
     Ok(Json(
         json!({"message": format!("{name} was reset and will start on next use")}),
+    ))
+}
+
+/// Fault injection: the store's next flush fails, which poisons it: every
+/// later write answers 503 and the server stops with a non-zero exit.
+async fn fail_flush(
+    State(state): State<AppState>,
+    AdminUser(admin, _): Admin,
+) -> AiwmResult<(StatusCode, Json<Value>)> {
+    state.store.inject_flush_failure();
+    tracing::warn!(by = %admin.username, "fault injection: the next flush of the store fails");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"message": "the next flush of the store will fail"})),
     ))
 }
 
@@ -155,6 +169,12 @@ pub(crate) fn routes(fault_injection: bool) -> Api {
             "admin",
             "Make an actor panic (fault injection)",
             crash,
+        )
+        .post(
+            "/admin/store/fail-next-flush",
+            "admin",
+            "Make the store's next flush fail, poisoning it (fault injection)",
+            fail_flush,
         )
     } else {
         api

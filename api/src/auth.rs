@@ -46,7 +46,7 @@ pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 pub(crate) fn caller<D>(
     state: &AppState,
     p: &Principal,
-) -> Result<warden_storage::model::User, ApiError<D>> {
+) -> Result<warden_identity::model::User, ApiError<D>> {
     state
         .identity
         .user(&p.user_id)?
@@ -90,7 +90,7 @@ pub(crate) async fn password_login<D>(
     ip: std::net::IpAddr,
     login: &str,
     password: &str,
-) -> Result<warden_storage::model::User, ApiError<D>> {
+) -> Result<warden_identity::model::User, ApiError<D>> {
     if let Some(wait) = state.limits.login_blocked(ip, login) {
         return Err(ApiError::too_many(wait));
     }

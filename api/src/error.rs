@@ -65,9 +65,37 @@ impl<D> ApiError<D> {
         )
     }
 
+    /// A 500 whose body says nothing of the cause; the log has it, with
+    /// the request's correlation id.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
+    }
+
+    /// A 503: safe to retry later. The cause goes to the log, not the body.
+    pub fn unavailable(detail: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %detail, "service unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service temporarily unavailable; try again later",
+        )
+    }
+
+    /// A store failure: 503 when the store cannot take or answer the
+    /// request now (poisoned, closed, busy), 500 otherwise.
+    pub fn storage(e: warden_storage::StorageError) -> Self {
+        use warden_storage::StorageError as S;
+        match e {
+            S::Poisoned(_) => {
+                tracing::error!(error = %e, "write refused");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The store cannot take writes after a failed flush; the server is stopping",
+                )
+            }
+            S::Closed | S::Unavailable(_) => Self::unavailable(e),
+            other => Self::internal(other),
+        }
     }
 }
 
@@ -93,8 +121,8 @@ impl<D> From<DomainError> for ApiError<D> {
             e @ DomainError::Failed { .. } => {
                 Self::new(StatusCode::CONFLICT, capitalise(&e.to_string()))
             }
-            DomainError::Unavailable(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, m),
-            DomainError::Storage(e) => Self::internal(e),
+            DomainError::Unavailable(m) => Self::unavailable(m),
+            DomainError::Storage(e) => Self::storage(e),
         }
     }
 }
@@ -117,7 +145,7 @@ impl<D> From<IdentityError> for ApiError<D> {
             IdentityError::EmailNotVerified => Self::forbidden("Email not verified"),
             e @ IdentityError::Taken { .. } => Self::new(StatusCode::CONFLICT, e.to_string()),
             IdentityError::Secrets(e) => Self::internal(e),
-            IdentityError::Storage(e) => Self::internal(e),
+            IdentityError::Storage(e) => Self::storage(e),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Account flows every dialect shares: verification by code or link,
 //! password reset, password change, profile updates, deletion.
 
-use warden_storage::model::{ApiKey, Challenge, ChallengeKind, PushToken, Session, User};
+use crate::model::{ApiKey, Challenge, ChallengeKind, PushToken, Session, User};
 use warden_storage::{Millis, now_millis};
 
 use crate::credentials::sha256_hex;
@@ -25,7 +25,7 @@ pub struct ProfileUpdate {
     pub password: Option<String>,
     /// JSON object text, merged into the stored preferences.
     pub preferences: Option<String>,
-    pub roles: Option<Vec<warden_storage::model::Role>>,
+    pub roles: Option<Vec<crate::model::Role>>,
 }
 
 fn code_id(kind: ChallengeKind, user_id: &str) -> String {
@@ -275,7 +275,7 @@ impl Identity {
                     u.full_name = Some(v.clone());
                 }
                 if let Some(v) = &update.preferences {
-                    u.preferences = warden_storage::model::merge_json_objects(&u.preferences, v);
+                    u.preferences = warden_domain::merge_json_objects(&u.preferences, v);
                 }
                 if let Some(v) = &update.roles {
                     u.roles = v.clone();

@@ -2,8 +2,8 @@
 //! Both are random secrets of which only the SHA-256 is stored; neither
 //! ever looks like a JWT (no dots), so a verifier can tell them apart.
 
+use crate::model::{ApiKey, RevokedToken, Session, User};
 use sha2::{Digest, Sha256};
-use warden_storage::model::{ApiKey, RevokedToken, Session, User};
 use warden_storage::{Millis, now_millis};
 
 use crate::{Identity, IdentityError, IssuedToken, Presented, Principal, principal_of};
@@ -211,7 +211,7 @@ impl Identity {
             }
             code.push(LETTERS[rand::random_range(0..LETTERS.len())] as char);
         }
-        let record = warden_storage::model::DeviceCode {
+        let record = crate::model::DeviceCode {
             id: sha256_hex(&device_code),
             user_code: code.clone(),
             user_id: None,
@@ -234,11 +234,11 @@ impl Identity {
         let code = user_code.trim().to_uppercase();
         let record = self
             .store()
-            .get_by_unique::<warden_storage::model::DeviceCode>("user_code", &code)?
+            .get_by_unique::<crate::model::DeviceCode>("user_code", &code)?
             .filter(|d| d.expires_at > now_millis() && d.user_id.is_none())
             .ok_or_else(|| IdentityError::Invalid("Invalid or expired code".into()))?;
         self.store()
-            .update::<warden_storage::model::DeviceCode, IdentityError>(&record.id, |d| {
+            .update::<crate::model::DeviceCode, IdentityError>(&record.id, |d| {
                 d.user_id = Some(user_id.to_owned());
                 Ok(Some(()))
             })
@@ -249,21 +249,17 @@ impl Identity {
     /// The CLI's poll: pending, a session once approved (only once), or expired.
     pub async fn device_poll(&self, device_code: &str) -> Result<DevicePoll, IdentityError> {
         let id = sha256_hex(device_code);
-        let Some(record) = self.store().get::<warden_storage::model::DeviceCode>(&id)? else {
+        let Some(record) = self.store().get::<crate::model::DeviceCode>(&id)? else {
             return Ok(DevicePoll::Expired);
         };
         if record.expires_at <= now_millis() {
-            self.store()
-                .remove::<warden_storage::model::DeviceCode>(&id)
-                .await?;
+            self.store().remove::<crate::model::DeviceCode>(&id).await?;
             return Ok(DevicePoll::Expired);
         }
         let Some(user_id) = record.user_id else {
             return Ok(DevicePoll::Pending);
         };
-        self.store()
-            .remove::<warden_storage::model::DeviceCode>(&id)
-            .await?;
+        self.store().remove::<crate::model::DeviceCode>(&id).await?;
         let user = self.live_user(&user_id, 0)?;
         Ok(DevicePoll::Approved(
             self.issue_session(&user, false).await?,
@@ -276,8 +272,8 @@ impl Identity {
     /// expired sessions, verification and reset secrets, device codes.
     /// Returns how many records went.
     pub async fn sweep(&self) -> Result<usize, IdentityError> {
+        use crate::model::{Challenge, DeviceCode};
         use warden_storage::Write;
-        use warden_storage::model::{Challenge, DeviceCode};
         let now = now_millis();
         let store = self.store();
         let mut writes = Vec::new();

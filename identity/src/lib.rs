@@ -18,14 +18,15 @@ mod account;
 mod credentials;
 mod mail;
 mod mfa;
+pub mod model;
 
 pub use account::ProfileUpdate;
 pub use credentials::{DeviceLogin, DevicePoll, NewApiKey};
 pub use mail::{Mailer, SmtpConfig, SmtpSecurity};
 pub use mfa::MfaSetup;
 
+use crate::model::{Org, RevokedToken, Role, User};
 use warden_storage::Millis;
-use warden_storage::model::{Org, RevokedToken, Role, User};
 use warden_storage::{StorageError, Store, Write, new_object_id, now_millis};
 
 #[derive(Debug, Error)]
@@ -567,7 +568,7 @@ mod tests {
 
     #[tokio::test]
     async fn sweep_removes_only_what_has_expired() {
-        use warden_storage::model::{RevokedToken, Session};
+        use crate::model::{RevokedToken, Session};
         let dir = tempfile::tempdir().unwrap();
         let id = identity(dir.path());
         let now = now_millis();

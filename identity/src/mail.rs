@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
+use crate::model::Mail;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use warden_storage::model::Mail;
 use warden_storage::{Store, new_object_id, now_millis};
 
 use crate::IdentityError;

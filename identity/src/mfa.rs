@@ -1,8 +1,8 @@
 //! TOTP (RFC 6238: SHA-1, 6 digits, 30 s steps, one step of drift either
 //! way). Each accepted code's step is remembered, so a code works once.
 
+use crate::model::User;
 use totp_rs::{Algorithm, Builder, Secret, Totp};
-use warden_storage::model::User;
 use warden_storage::now_millis;
 
 use crate::{Identity, IdentityError, IssuedToken};

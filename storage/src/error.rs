@@ -4,7 +4,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum StorageError {
     #[error("storage engine: {0}")]
-    Engine(#[from] sled::Error),
+    Engine(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("encoding: {0}")]
@@ -26,6 +26,16 @@ pub enum StorageError {
     },
     #[error("the store is closed")]
     Closed,
-    #[error("schema version {found} is newer than this build understands ({supported})")]
+    /// A flush failed: nothing more is acknowledged until a restart.
+    #[error("the store is poisoned by a failed flush: {0}")]
+    Poisoned(String),
+    /// The store cannot answer now (a read waited too long for a flush, or
+    /// the queue of unacknowledged writes is full); safe to retry.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error(
+        "the data directory's schema version {found} is newer than this build understands \
+         ({supported}): run the newer Warden that wrote it, or restore a backup"
+    )]
     SchemaTooNew { found: u32, supported: u32 },
 }

@@ -11,10 +11,15 @@
 //! | `r` collection id                        | bincode [`Envelope`](crate::record) |
 //! | `i` collection index value id            | empty                        |
 //! | `u` collection constraint value          | owning record id             |
-//! | `m` name                                 | metadata (schema version)    |
+//! | `m` name                                 | metadata (schema version, commit sequence) |
+//!
+//! Schema history (migrations in `migrations.rs`):
+//! 1. the layout above; envelopes hold version, index and unique keys, body.
+//! 2. envelopes also hold the body's layout and the commit group (`seq`);
+//!    `m commit_seq` holds the last commit group stamped.
 
-/// The schema this build writes. Bump it with a migration in `store.rs`.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema this build writes. Bump it with a migration in `migrations.rs`.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Name of the sled tree that holds records, indexes and metadata.
 pub const MAIN_TREE: &str = "warden";
@@ -30,6 +35,7 @@ pub(crate) const UNIQUE: u8 = b'u';
 pub(crate) const META: u8 = b'm';
 
 pub(crate) const SCHEMA_KEY: &str = "schema_version";
+pub(crate) const COMMIT_SEQ_KEY: &str = "commit_seq";
 
 pub(crate) fn push(buf: &mut Vec<u8>, component: &[u8]) {
     for &b in component {

@@ -1,27 +1,39 @@
 //! Warden's embedded store: sled underneath, typed collections on top.
 //!
+//! Storage knows bytes, keys, indexes and versions; the entity kinds own
+//! their record types (identity's users, the node actor's nodes, ...) and
+//! declare each type's stored layout ([`Versioned`]).
+//!
 //! Invariants:
-//! - Every write goes through one committer thread ([`Store::commit`]), which
-//!   checks constraints, applies each request as one atomic sled batch and
-//!   flushes once per group of requests before any caller is answered. A
-//!   caller that got `Ok` has its write on disk (process-crash durable; with
-//!   [`Durability::Fsync`] also power-loss durable).
+//! - The store runs on an [`Engine`] (sled today); no crate outside this one
+//!   names the engine.
+//! - Every write goes through one committer ([`Store::commit`]), which
+//!   checks constraints, applies each request atomically and flushes once
+//!   per group of requests before any caller is answered. A caller that got
+//!   `Ok` has its write on disk (process-crash durable; with
+//!   [`Durability::Fsync`] also power-loss durable), and no reader sees a
+//!   write before it is durable. A failed flush poisons the store.
 //! - A record and its index and unique entries change in the same batch.
-//! - Key layouts live in [`keys`], with the schema version.
+//! - Key layouts live in [`keys`], with the schema version; store-level
+//!   migrations in `migrations.rs`.
 
 mod blobs;
-mod committer;
+pub mod engine;
 mod error;
 pub mod keys;
-pub mod model;
+mod migrations;
 mod record;
 pub mod series;
+mod sled_engine;
 mod store;
+mod versioned;
 
 pub use blobs::{BlobRef, BlobStore};
+pub use engine::Engine;
 pub use error::StorageError;
 pub use record::{Record, Write};
-pub use store::{Durability, ListQuery, Listed, Migration, Scope, Store, StoreConfig};
+pub use store::{Durability, ListQuery, Listed, Scope, Store, StoreConfig};
+pub use versioned::{Initial, Versioned};
 
 /// Milliseconds since the Unix epoch: the one time representation stored.
 pub type Millis = i64;

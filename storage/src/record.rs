@@ -2,11 +2,12 @@
 
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::{StorageError, keys};
+use crate::{StorageError, Versioned, keys};
 
 /// A value stored in a collection. Values are bincode: no
 /// `skip_serializing_if`, `flatten` or untagged enums in record types.
-pub trait Record: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+/// Its [`Versioned`] layout is stamped on every body written.
+pub trait Record: Versioned + Serialize + Clone + Send + Sync + 'static {
     /// Collection name; part of every key of this type (see [`keys`]).
     const COLLECTION: &'static str;
 
@@ -30,10 +31,27 @@ pub trait Record: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     }
 }
 
-/// What is stored under a record key: the body plus the index and unique
-/// keys it owns, so the committer can replace them without knowing the type.
+/// What is stored under a record key (schema 2): the body, the layout it
+/// was written in, the index and unique keys it owns (so the committer can
+/// replace them without knowing the type), the record's write count and
+/// the commit group that wrote it (readers wait until that group is durable).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct Envelope {
+    /// Writes of this record so far: the optimistic-concurrency version.
+    pub version: u64,
+    /// The commit group that wrote it (see `committer.rs`).
+    pub seq: u64,
+    /// The body's [`Versioned::VERSION`].
+    pub layout: u32,
+    pub index_keys: Vec<Vec<u8>>,
+    pub unique_keys: Vec<(String, String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+/// The envelope of schema 1: no layout (every body was its type's first
+/// layout) and no commit group. Read only by the migration to schema 2.
+#[derive(serde::Deserialize)]
+pub(crate) struct EnvelopeV1 {
     pub version: u64,
     pub index_keys: Vec<Vec<u8>>,
     pub unique_keys: Vec<(String, String, Vec<u8>)>,
@@ -73,6 +91,7 @@ pub enum Write {
         expect_version: Option<u64>,
         index_keys: Vec<Vec<u8>>,
         unique_keys: Vec<(String, String, Vec<u8>)>,
+        layout: u32,
         body: Vec<u8>,
     },
     /// Remove a record and everything it owns (hard delete).
@@ -115,6 +134,7 @@ impl Write {
             expect_version,
             index_keys,
             unique_keys,
+            layout: T::VERSION,
             body: encode(record)?,
         })
     }

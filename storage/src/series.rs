@@ -4,6 +4,7 @@
 //! A point's key ends with its id, so writing the same point twice (a
 //! daemon re-sending buffered telemetry) stores it once.
 
+use crate::engine::Space;
 use crate::{Millis, StorageError, Store, Write, keys};
 
 /// One stored point.
@@ -98,7 +99,10 @@ impl Store {
     }
 
     /// Points of one series within a time range.
+    /// Waits first for every point already applied to be durable, so no
+    /// point a crash could still take away is ever answered.
     pub fn points(&self, series: &str, range: Range) -> Result<Vec<Point>, StorageError> {
+        self.engine().watermark().wait_applied()?;
         let p = prefix(series);
         let mut start = p.clone();
         start.extend_from_slice(&time_bytes(range.from));
@@ -108,10 +112,14 @@ impl Store {
             end = p.clone();
             end.extend_from_slice(&[0xFF; 9]);
         }
-        let iter = self.series_tree().range(start..end);
+        let iter = self.engine().range(
+            Space::Series,
+            std::ops::Bound::Included(start),
+            std::ops::Bound::Excluded(end),
+        );
         let mut out = Vec::new();
         let mut push =
-            |item: Result<(sled::IVec, sled::IVec), sled::Error>| -> Result<bool, StorageError> {
+            |item: Result<(Vec<u8>, Vec<u8>), StorageError>| -> Result<bool, StorageError> {
                 let (k, v) = item?;
                 if let Some(point) = decode(p.len(), &k, &v) {
                     out.push(point);
@@ -138,15 +146,20 @@ impl Store {
     /// how many were removed.
     pub async fn prune_points(&self, before: Millis) -> Result<usize, StorageError> {
         let mut doomed = Vec::new();
-        for item in self.series_tree().iter().keys() {
-            let key = item?;
+        let all = self.engine().range(
+            Space::Series,
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+        );
+        for item in all {
+            let (key, _) = item?;
             let Some((_, rest)) = keys::pop(&key) else {
                 continue;
             };
             if let Some(t) = rest.get(..8).and_then(|t| <[u8; 8]>::try_from(t).ok())
                 && ((u64::from_be_bytes(t) ^ (1 << 63)) as Millis) < before
             {
-                doomed.push(key.to_vec());
+                doomed.push(key);
             }
         }
         let n = doomed.len();

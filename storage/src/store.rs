@@ -1,14 +1,16 @@
 //! [`Store`]: opening, reads, list queries, commits and shutdown.
 
 use std::cmp::Ordering;
-use std::fs::File;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use crate::committer::{self, Request};
+use crate::engine::{Engine, Request, Scan, Space};
 use crate::record::{Envelope, Write, decode};
+use crate::sled_engine::SledEngine;
+use crate::versioned::decode_layout;
 use crate::{BlobStore, Record, StorageError, keys};
 
 /// How far a successful commit is guaranteed to have gone.
@@ -26,12 +28,6 @@ pub enum Durability {
 pub struct StoreConfig {
     pub data_dir: PathBuf,
     pub durability: Durability,
-}
-
-/// A schema migration: brings the tree from `from` to `from + 1`.
-pub struct Migration {
-    pub from: u32,
-    pub run: fn(&sled::Tree) -> Result<(), StorageError>,
 }
 
 /// Where a list looks: the whole collection, or one value of one index.
@@ -73,58 +69,28 @@ pub struct Listed<T> {
 }
 
 struct Inner {
-    db: sled::Db,
-    tree: sled::Tree,
-    writer: Mutex<Option<mpsc::Sender<Request>>>,
-    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    engine: Box<dyn Engine>,
     blobs: BlobStore,
-    series: sled::Tree,
     data_dir: PathBuf,
 }
 
-/// Cheap to clone; all clones share one database and one committer.
+/// Cheap to clone; all clones share one engine and one committer.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
 }
 
 impl Store {
+    /// Opens `<data_dir>/db` and `<data_dir>/blobs`, bringing an older
+    /// store to the current schema and refusing a newer one.
     pub fn open(config: &StoreConfig) -> Result<Store, StorageError> {
-        Self::open_with_migrations(config, &[])
-    }
-
-    /// Opens `<data_dir>/db` and `<data_dir>/blobs`, then runs every
-    /// migration from the stored schema version up to [`keys::SCHEMA_VERSION`].
-    pub fn open_with_migrations(
-        config: &StoreConfig,
-        migrations: &[Migration],
-    ) -> Result<Store, StorageError> {
-        let db_path = config.data_dir.join("db");
         std::fs::create_dir_all(&config.data_dir)?;
-        let db = sled::Config::new()
-            .path(&db_path)
-            .flush_every_ms(Some(1000))
-            .open()?;
-        let tree = db.open_tree(keys::MAIN_TREE)?;
-        migrate(&db, &tree, migrations, keys::SCHEMA_VERSION)?;
-        let log_file = File::open(db_path.join("db")).ok();
-        let series = db.open_tree(keys::SERIES_TREE)?;
-        let (tx, handle) = committer::spawn(
-            db.clone(),
-            tree.clone(),
-            series.clone(),
-            config.durability,
-            log_file,
-        );
+        let engine = SledEngine::open(&config.data_dir.join("db"), config.durability)?;
         let blobs = BlobStore::open(config.data_dir.join("blobs"))?;
         Ok(Store {
             inner: Arc::new(Inner {
-                db,
-                tree,
-                writer: Mutex::new(Some(tx)),
-                committer: Mutex::new(Some(handle)),
+                engine: Box::new(engine),
                 blobs,
-                series,
                 data_dir: config.data_dir.clone(),
             }),
         })
@@ -138,48 +104,68 @@ impl Store {
         &self.inner.blobs
     }
 
-    /// A separate sled tree for data with its own layout (time series, ...).
-    pub fn tree(&self, name: &str) -> Result<sled::Tree, StorageError> {
-        Ok(self.inner.db.open_tree(name)?)
+    pub(crate) fn engine(&self) -> &dyn Engine {
+        self.inner.engine.as_ref()
     }
 
     pub fn schema_version(&self) -> Result<u32, StorageError> {
-        read_schema(&self.inner.tree)
+        Ok(
+            match self
+                .engine()
+                .get(Space::Records, &keys::meta(keys::SCHEMA_KEY))?
+            {
+                Some(v) if v.len() == 4 => u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
+                _ => 0,
+            },
+        )
+    }
+
+    /// Resolves with the cause once a failed flush has poisoned the store;
+    /// the server then stops (PostgreSQL's answer to a failed fsync).
+    pub fn poisoned(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        self.engine().watermark().poisoned()
+    }
+
+    /// Fault injection: the committer's next flush fails.
+    pub fn inject_flush_failure(&self) {
+        self.engine().watermark().fail_next_flush();
+    }
+
+    /// Unacknowledged writes queued now, and dropped for want of room since start.
+    pub fn nowait_backlog(&self) -> (usize, u64) {
+        let w = self.engine().watermark();
+        (w.nowait_queued(), w.nowait_dropped())
     }
 
     /// Queues `writes` without waiting: for state nobody was promised
     /// (telemetry). Still atomic, still in order with every other write.
+    /// Bounded: past [`MAX_NOWAIT_QUEUED`](crate::engine::MAX_NOWAIT_QUEUED)
+    /// queued requests it answers `Unavailable` and counts the drop.
     pub fn commit_nowait(&self, writes: Vec<Write>) -> Result<(), StorageError> {
-        let (reply, _) = oneshot::channel();
-        let guard = self
-            .inner
-            .writer
-            .lock()
-            .expect("writer lock is never poisoned: no code panics holding it");
-        let sender = guard.as_ref().ok_or(StorageError::Closed)?;
-        sender
-            .send(Request { writes, reply })
-            .map_err(|_| StorageError::Closed)
-    }
-
-    pub(crate) fn series_tree(&self) -> &sled::Tree {
-        &self.inner.series
+        let watermark = self.engine().watermark();
+        watermark.check()?;
+        if !watermark.reserve_nowait() {
+            return Err(StorageError::Unavailable(
+                "too many unacknowledged writes queued".into(),
+            ));
+        }
+        let sent = self.engine().submit(Request {
+            writes,
+            reply: None,
+        });
+        if sent.is_err() {
+            watermark.release_nowait();
+        }
+        sent
     }
 
     /// Applies `writes` atomically and durably; returns each put's new version.
     pub async fn commit(&self, writes: Vec<Write>) -> Result<Vec<u64>, StorageError> {
         let (reply, answer) = oneshot::channel();
-        {
-            let guard = self
-                .inner
-                .writer
-                .lock()
-                .expect("writer lock is never poisoned: no code panics holding it");
-            let sender = guard.as_ref().ok_or(StorageError::Closed)?;
-            sender
-                .send(Request { writes, reply })
-                .map_err(|_| StorageError::Closed)?;
-        }
+        self.engine().submit(Request {
+            writes,
+            reply: Some(reply),
+        })?;
         answer.await.map_err(|_| StorageError::Closed)?
     }
 
@@ -226,13 +212,26 @@ impl Store {
     }
 
     pub fn get_versioned<T: Record>(&self, id: &str) -> Result<Option<(T, u64)>, StorageError> {
-        match self.inner.tree.get(keys::record(T::COLLECTION, id))? {
+        match self
+            .engine()
+            .get(Space::Records, &keys::record(T::COLLECTION, id))?
+        {
             None => Ok(None),
-            Some(bytes) => {
-                let env: Envelope = decode(&bytes, T::COLLECTION, id)?;
-                Ok(Some((decode(&env.body, T::COLLECTION, id)?, env.version)))
-            }
+            Some(bytes) => self.open_envelope::<T>(&bytes, id).map(Some),
         }
+    }
+
+    /// Decodes a stored envelope once its commit group is durable.
+    fn open_envelope<T: Record>(&self, bytes: &[u8], id: &str) -> Result<(T, u64), StorageError> {
+        let env: Envelope = decode(bytes, T::COLLECTION, id)?;
+        self.engine().watermark().wait(env.seq)?;
+        let record =
+            decode_layout::<T>(env.layout, &env.body).map_err(|reason| StorageError::Decode {
+                collection: T::COLLECTION,
+                id: id.to_owned(),
+                reason,
+            })?;
+        Ok((record, env.version))
     }
 
     /// The live record holding `value` under a unique constraint.
@@ -241,14 +240,19 @@ impl Store {
         constraint: &str,
         value: &str,
     ) -> Result<Option<T>, StorageError> {
-        match self
-            .inner
-            .tree
-            .get(keys::unique(T::COLLECTION, constraint, value))?
-        {
+        match self.engine().get(
+            Space::Records,
+            &keys::unique(T::COLLECTION, constraint, value),
+        )? {
             None => Ok(None),
             Some(id) => self.get(&String::from_utf8_lossy(&id)),
         }
+    }
+
+    /// Entries whose keys start with `prefix`, in key order.
+    pub(crate) fn scan_prefix(&self, space: Space, prefix: Vec<u8>) -> Scan<'_> {
+        let end = prefix_end(&prefix);
+        self.engine().range(space, Bound::Included(prefix), end)
     }
 
     /// Ids of the records with `value` under `index`, in id order.
@@ -259,8 +263,8 @@ impl Store {
     ) -> Result<Vec<String>, StorageError> {
         let prefix = keys::index_prefix(T::COLLECTION, index, value);
         let mut ids = Vec::new();
-        for item in self.inner.tree.scan_prefix(&prefix).keys() {
-            let key = item?;
+        for item in self.scan_prefix(Space::Records, prefix.clone()) {
+            let (key, _) = item?;
             if let Some((id, _)) = keys::pop(&key[prefix.len()..]) {
                 ids.push(String::from_utf8_lossy(&id).into_owned());
             }
@@ -278,9 +282,7 @@ impl Store {
     }
 
     pub fn count<T: Record>(&self) -> usize {
-        self.inner
-            .tree
-            .scan_prefix(keys::records(T::COLLECTION))
+        self.scan_prefix(Space::Records, keys::records(T::COLLECTION))
             .count()
     }
 
@@ -288,13 +290,12 @@ impl Store {
     pub fn all<T: Record>(&self) -> Result<Vec<T>, StorageError> {
         let prefix = keys::records(T::COLLECTION);
         let mut out = Vec::new();
-        for item in self.inner.tree.scan_prefix(&prefix) {
+        for item in self.scan_prefix(Space::Records, prefix.clone()) {
             let (key, bytes) = item?;
             let id = keys::pop(&key[prefix.len()..])
-                .map(|(id, _)| String::from_utf8_lossy(&id).into_owned());
-            let id = id.unwrap_or_default();
-            let env: Envelope = decode(&bytes, T::COLLECTION, &id)?;
-            out.push(decode(&env.body, T::COLLECTION, &id)?);
+                .map(|(id, _)| String::from_utf8_lossy(&id).into_owned())
+                .unwrap_or_default();
+            out.push(self.open_envelope::<T>(&bytes, &id)?.0);
         }
         Ok(out)
     }
@@ -326,61 +327,20 @@ impl Store {
 
     /// Stops the committer after it has flushed everything sent so far.
     pub fn close(&self) {
-        let sender = self
-            .inner
-            .writer
-            .lock()
-            .expect("writer lock is never poisoned")
-            .take();
-        drop(sender);
-        if let Some(handle) = self
-            .inner
-            .committer
-            .lock()
-            .expect("committer lock is never poisoned")
-            .take()
-        {
-            let _ = handle.join();
-        }
+        self.engine().close();
     }
 }
 
-fn read_schema(tree: &sled::Tree) -> Result<u32, StorageError> {
-    Ok(match tree.get(keys::meta(keys::SCHEMA_KEY))? {
-        Some(v) if v.len() == 4 => u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
-        _ => 0,
-    })
-}
-
-/// Brings the tree to `target`: a new store is stamped directly; an older
-/// one runs its migrations in order, each stamped and flushed as it ends.
-fn migrate(
-    db: &sled::Db,
-    tree: &sled::Tree,
-    migrations: &[Migration],
-    target: u32,
-) -> Result<(), StorageError> {
-    let mut version = read_schema(tree)?;
-    if version > target {
-        return Err(StorageError::SchemaTooNew {
-            found: version,
-            supported: target,
-        });
-    }
-    if version == 0 && tree.is_empty() {
-        version = target;
-    }
-    while version < target {
-        if let Some(m) = migrations.iter().find(|m| m.from == version) {
-            (m.run)(tree)?;
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Bound<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Bound::Excluded(end);
         }
-        version += 1;
-        tree.insert(keys::meta(keys::SCHEMA_KEY), &version.to_be_bytes())?;
-        db.flush()?;
     }
-    tree.insert(keys::meta(keys::SCHEMA_KEY), &version.to_be_bytes())?;
-    db.flush()?;
-    Ok(())
+    Bound::Unbounded
 }
 
 #[cfg(test)]
@@ -395,6 +355,8 @@ mod tests {
         name: String,
         deleted: bool,
     }
+
+    crate::first_layout!(Thing);
 
     impl Record for Thing {
         const COLLECTION: &'static str = "things";
@@ -559,40 +521,161 @@ mod tests {
         assert_eq!(store.schema_version().unwrap(), keys::SCHEMA_VERSION);
     }
 
-    #[test]
-    fn migrations_run_in_order_and_newer_schemas_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        {
-            let db = sled::Config::new().path(&path).open().unwrap();
-            let tree = db.open_tree(keys::MAIN_TREE).unwrap();
-            tree.insert(b"legacy", b"1").unwrap();
-            tree.insert(keys::meta(keys::SCHEMA_KEY), &0u32.to_be_bytes())
-                .unwrap();
-            fn rename(tree: &sled::Tree) -> Result<(), StorageError> {
-                let v = tree.remove(b"legacy")?.expect("the fixture wrote it");
-                tree.insert(b"current", v)?;
-                Ok(())
+    /// `Thing` as a later build would have it: one more field. Its first
+    /// layout is the `Thing` above, upgraded on read.
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    struct ThingV2 {
+        id: String,
+        org: String,
+        name: String,
+        deleted: bool,
+        colour: String,
+    }
+
+    impl crate::Versioned for ThingV2 {
+        const VERSION: u32 = 2;
+        type Previous = Thing;
+        fn upgrade(old: Thing) -> ThingV2 {
+            ThingV2 {
+                id: old.id,
+                org: old.org,
+                name: old.name,
+                deleted: old.deleted,
+                colour: "unknown".into(),
             }
-            migrate(
-                &db,
-                &tree,
-                &[Migration {
-                    from: 0,
-                    run: rename,
-                }],
-                1,
-            )
-            .unwrap();
-            assert!(tree.get(b"current").unwrap().is_some());
-            assert_eq!(read_schema(&tree).unwrap(), 1);
-            assert!(matches!(
-                migrate(&db, &tree, &[], 0),
-                Err(StorageError::SchemaTooNew {
-                    found: 1,
-                    supported: 0
-                })
-            ));
         }
+    }
+
+    impl Record for ThingV2 {
+        const COLLECTION: &'static str = "things";
+        fn id(&self) -> &str {
+            &self.id
+        }
+        fn indexes(&self) -> Vec<(&'static str, String)> {
+            vec![("org", self.org.clone())]
+        }
+    }
+
+    #[tokio::test]
+    async fn an_added_field_reads_old_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            store.insert(thing("1", "a", "x")).await.unwrap();
+            store.close();
+        }
+        let store = open(dir.path());
+        let upgraded: ThingV2 = store.get("1").unwrap().unwrap();
+        assert_eq!(upgraded.colour, "unknown");
+        assert_eq!(upgraded.name, "x");
+        // Written back in the new layout, read in the new layout; the old
+        // build's type cannot read a layout newer than its own.
+        let mut v2 = upgraded;
+        v2.colour = "blue".into();
+        store.put(&v2).await.unwrap();
+        assert_eq!(store.get::<ThingV2>("1").unwrap().unwrap().colour, "blue");
+        assert!(matches!(
+            store.get::<Thing>("1"),
+            Err(StorageError::Decode { .. })
+        ));
+        assert_eq!(store.by_index::<ThingV2>("org", "a").unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_poisons_the_store_and_hides_what_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.insert(thing("1", "a", "x")).await.unwrap();
+        let poisoned = store.poisoned();
+        store.inject_flush_failure();
+        assert!(matches!(
+            store.insert(thing("2", "a", "y")).await,
+            Err(StorageError::Poisoned(_))
+        ));
+        assert!(poisoned.await.contains("injected"));
+        // The write that was never acknowledged is never read...
+        assert!(matches!(
+            store.get::<Thing>("2"),
+            Err(StorageError::Poisoned(_))
+        ));
+        // ...what was acknowledged still is, and nothing more is taken.
+        assert_eq!(store.get::<Thing>("1").unwrap().unwrap().name, "x");
+        assert!(matches!(
+            store.insert(thing("3", "a", "z")).await,
+            Err(StorageError::Poisoned(_))
+        ));
+        assert!(matches!(
+            store.commit_nowait(vec![Write::insert(&thing("4", "a", "w")).unwrap()]),
+            Err(StorageError::Poisoned(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_readers_never_see_a_write_before_its_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for i in 0..100 {
+                        let id = format!("{w}-{i}");
+                        store.insert(thing(&id, "a", &id)).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        // Every record a reader gets must already be durable: its commit
+        // group at or below the durable watermark when the read returns.
+        let reader = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut seen = std::collections::HashSet::new();
+                while seen.len() < 400 {
+                    for w in 0..4 {
+                        for i in 0..100 {
+                            let id = format!("{w}-{i}");
+                            if seen.contains(&id) || store.get::<Thing>(&id).unwrap().is_none() {
+                                continue;
+                            }
+                            let durable = store.engine().watermark().durable();
+                            let raw = store
+                                .engine()
+                                .get(Space::Records, &keys::record("things", &id))
+                                .unwrap()
+                                .unwrap();
+                            let env: Envelope = decode(&raw, "things", &id).unwrap();
+                            assert!(env.seq <= durable, "{id} was read before its flush");
+                            seen.insert(id);
+                        }
+                    }
+                }
+            })
+        };
+        for w in writers {
+            w.await.unwrap();
+        }
+        reader.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unacknowledged_writes_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let w = store.engine().watermark();
+        for _ in 0..crate::engine::MAX_NOWAIT_QUEUED {
+            assert!(w.reserve_nowait());
+        }
+        assert!(matches!(
+            store.commit_nowait(vec![Write::insert(&thing("1", "a", "x")).unwrap()]),
+            Err(StorageError::Unavailable(_))
+        ));
+        assert_eq!(store.nowait_backlog().1, 1);
+        for _ in 0..crate::engine::MAX_NOWAIT_QUEUED {
+            w.release_nowait();
+        }
+        store
+            .commit_nowait(vec![Write::insert(&thing("1", "a", "x")).unwrap()])
+            .unwrap();
     }
 }

@@ -2,12 +2,13 @@
 
 use ractor::ActorRef;
 use warden_actors::DomainError;
+use warden_actors::node::NodeCommand;
 use warden_actors::node::protocol::Connection;
 use warden_actors::node::{
     self, NewCommand, NewNode, NodeActor, NodeArgs, NodeHandle, NodeMsg, NodePatch, NodeTiming,
 };
-use warden_storage::model::NodeCommand;
-use warden_storage::model::{Node, NodeStatus, Owner};
+use warden_actors::node::{Node, NodeStatus};
+use warden_domain::Owner;
 use warden_storage::{Record, Store};
 
 use crate::{Kind, KindRef};

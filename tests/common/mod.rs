@@ -36,6 +36,16 @@ impl TestServer {
         Self::start_in(tempfile::tempdir().expect("temp dir"), adjust).await
     }
 
+    /// Starts on a copy of a committed data directory (`tests/fixtures/NAME`).
+    pub async fn start_from_fixture(name: &str) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        copy_dir(&from, &dir.path().join("data"));
+        Self::start_in(dir, |_| {}).await
+    }
+
     /// Stops the server and starts a new one on the same data directory.
     pub async fn restart(mut self, adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
         if let Some(r) = self.running.take() {
@@ -404,5 +414,19 @@ pub async fn post_form(s: &TestServer, path: &str, pairs: &[(&str, &str)]) -> Re
         status,
         headers,
         body,
+    }
+}
+
+/// Copies a directory tree (fixtures into a temporary data directory).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create the copy");
+    for entry in std::fs::read_dir(from).expect("read the fixture") {
+        let entry = entry.expect("fixture entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy a fixture file");
+        }
     }
 }

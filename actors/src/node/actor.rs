@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use crate::node::{CommandStatus, Node, NodeCommand};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::{Value, json};
-use warden_storage::model::{CommandStatus, Node, NodeCommand};
 use warden_storage::{Millis, Record, Store, Write, now_millis};
 
 use super::protocol::{
@@ -447,7 +447,7 @@ impl Actor for NodeActor {
                 let idle = state.last_used.elapsed() >= state.timing.idle;
                 if idle
                     && state.conn.is_none()
-                    && state.node.status != warden_storage::model::NodeStatus::Online
+                    && state.node.status != crate::node::NodeStatus::Online
                 {
                     tracing::debug!(node = %state.node.id, "idle: passivating");
                     myself.stop(Some("passivated".into()));

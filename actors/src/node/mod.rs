@@ -4,12 +4,15 @@
 
 mod actor;
 pub mod protocol;
+mod record;
+
+pub use record::{CommandStatus, GpuDevice, HostFacts, Node, NodeCommand, NodeStatus};
 
 pub use actor::{
     NewCommand, NodeActor, NodeArgs, NodeHandle, NodeMsg, NodeTiming, ReplyKind, series_name,
 };
 
-use warden_storage::model::{Audit, GpuDevice, Node, NodeStatus, Owner};
+use warden_domain::{Audit, Owner};
 use warden_storage::{Millis, new_object_id, now_millis};
 
 use crate::DomainError;

@@ -11,13 +11,14 @@ use std::time::Instant;
 use serde_json::json;
 use tokio::sync::mpsc;
 use warden_actors::DomainError;
+use warden_actors::node::Node;
 use warden_actors::node::protocol::{
     CommandReply, Connection, Envelope, Heartbeat, Outbound, Registration, kinds,
 };
 use warden_actors::node::{NewNode, NodeHandle, ReplyKind};
+use warden_domain::Owner;
 use warden_identity::{Credential, Principal};
 use warden_storage::Record;
-use warden_storage::model::{Node, Owner};
 
 use crate::AppState;
 

@@ -1,8 +1,8 @@
 //! `/api/instructions` (AIWM §3): plain records through the store.
 
 use serde_json::{Map, Value, json};
+use warden_domain::{Audit, Instruction};
 use warden_identity::Principal;
-use warden_storage::model::{Audit, Instruction};
 use warden_storage::new_object_id;
 
 use super::{

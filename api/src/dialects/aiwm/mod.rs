@@ -12,9 +12,9 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
+use warden_domain::{Audit, Owned, Owner};
 use warden_identity::Principal;
 use warden_storage::Record;
-use warden_storage::model::{Audit, Owned, Owner};
 
 use crate::AppState;
 use crate::dialects::Dialect;

@@ -4,8 +4,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
+use warden_actors::node::{GpuDevice, Node, NodeCommand, NodeStatus};
 use warden_actors::node::{NewCommand, NewNode, NodePatch};
-use warden_storage::model::{Audit, GpuDevice, Node, NodeCommand, NodeStatus};
+use warden_domain::Audit;
 use warden_storage::series::Range;
 
 use super::{

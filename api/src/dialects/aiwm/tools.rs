@@ -1,8 +1,8 @@
 //! `/api/tools` (AIWM §7): plain records through the store.
 
 use serde_json::{Map, Value, json};
+use warden_domain::{Audit, Tool};
 use warden_identity::Principal;
-use warden_storage::model::{Audit, Tool};
 use warden_storage::new_object_id;
 
 use super::{

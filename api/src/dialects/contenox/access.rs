@@ -6,7 +6,8 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use warden_storage::model::{AccessEntry, User};
+use warden_domain::AccessEntry;
+use warden_identity::model::User;
 use warden_storage::{new_object_id, now_millis};
 
 use super::{Contenox, ContenoxResult};

@@ -5,8 +5,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use warden_identity::model::{Role, User};
 use warden_identity::{IdentityError, NewUser, ProfileUpdate};
-use warden_storage::model::{Role, User};
 
 use super::{COOKIE, Contenox, ContenoxResult};
 use crate::AppState;
@@ -315,7 +315,7 @@ async fn delete_user(
     Ok(Json(json!("user deleted")))
 }
 
-fn key_view(k: &warden_storage::model::ApiKey) -> Value {
+fn key_view(k: &warden_identity::model::ApiKey) -> Value {
     json!({"id": k.key_id, "name": k.name, "prefix": k.prefix, "createdAt": iso(k.created_at)})
 }
 

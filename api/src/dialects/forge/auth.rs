@@ -6,8 +6,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
+use warden_identity::model::{Role, User};
 use warden_identity::{IdentityError, NewUser, ProfileUpdate};
-use warden_storage::model::{Role, User};
 
 use super::{Forge, ForgeResult, user_id};
 use crate::AppState;

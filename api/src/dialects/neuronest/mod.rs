@@ -7,8 +7,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
+use warden_identity::model::{Role, User};
 use warden_identity::{IdentityError, NewUser, ProfileUpdate};
-use warden_storage::model::{Role, User};
 
 use crate::AppState;
 use crate::auth::{ClientIp, CurrentUser, password_login};

@@ -7,8 +7,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
+use warden_identity::model::{Role, User};
 use warden_identity::{IdentityError, NewUser, ProfileUpdate};
-use warden_storage::model::{Role, User};
 
 use super::{Vareon, VareonBody, VareonResult};
 use crate::AppState;

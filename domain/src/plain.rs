@@ -1,7 +1,10 @@
 //! Records without behaviour, written through the store's repository calls.
 
-use super::{Audit, Owned, Owner};
-use crate::Record;
+use warden_storage::Record;
+
+use crate::{Audit, Owned, Owner};
+
+warden_storage::first_layout!(Instruction, Tool, AccessEntry);
 
 /// How an agent behaves: a system prompt and guidelines (AIWM §3).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -106,8 +109,8 @@ pub struct AccessEntry {
     /// `none`, `view`, `edit` or `manage`.
     pub permission: String,
     pub org_id: String,
-    pub created_at: crate::Millis,
-    pub updated_at: crate::Millis,
+    pub created_at: warden_storage::Millis,
+    pub updated_at: warden_storage::Millis,
 }
 
 impl Record for AccessEntry {

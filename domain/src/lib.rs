@@ -1,21 +1,17 @@
-//! The record types of the shared core. Field names are Warden's own;
-//! each dialect renders its view of them in `api`.
+//! The shared vocabulary of the core: tenancy ([`Owner`]), audit stamps,
+//! and the plain records without an actor (instructions, tools, access
+//! entries). Entity kinds with behaviour own their record types (nodes in
+//! `warden-actors`, users and credentials in `warden-identity`). Field
+//! names are Warden's own; each dialect renders its view in `api`.
 //!
 //! `extra` fields hold, as a JSON object text, whatever a client sent that
 //! the core does not model, so nothing is lost on a round trip.
 
-mod identity;
-mod node;
 mod plain;
 
-pub use identity::{
-    ApiKey, Challenge, ChallengeKind, DeviceCode, Mail, Org, PushToken, RevokedToken, Role,
-    Session, User,
-};
-pub use node::{CommandStatus, GpuDevice, HostFacts, Node, NodeCommand, NodeStatus};
 pub use plain::{AccessEntry, Instruction, Tool};
 
-use crate::{Millis, now_millis};
+use warden_storage::{Millis, now_millis};
 
 /// AIWM's ownership block, used for tenancy by every dialect.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

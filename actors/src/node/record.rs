@@ -1,5 +1,9 @@
-use super::{Audit, Owned, Owner};
-use crate::{Millis, Record};
+//! The records the node actor owns: the node and its commands.
+
+use warden_domain::{Audit, Owned, Owner};
+use warden_storage::{Millis, Record};
+
+warden_storage::first_layout!(Node, NodeCommand);
 
 /// Liveness of a node as Warden judges it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -1,4 +1,18 @@
-use crate::{Millis, Record};
+//! The records identity owns: users, organisations and every credential.
+
+use warden_storage::{Millis, Record};
+
+warden_storage::first_layout!(
+    User,
+    Org,
+    RevokedToken,
+    Session,
+    ApiKey,
+    Challenge,
+    Mail,
+    PushToken,
+    DeviceCode,
+);
 
 /// What a user may do. Admins are instance administrators and see every
 /// organisation; operators change their organisation's data; viewers read it.
