@@ -284,3 +284,214 @@ async fn idle_node_actors_passivate_and_come_back_with_their_state() {
     }
     s.stop().await;
 }
+
+/// A daemon connected and registered as `node_id`; returns it and the node's `_id`.
+async fn connected_node(s: &TestServer, token: &str, node_id: &str) -> (common::WsNode, String) {
+    let mut ws = common::WsNode::connect(s, &format!("token={token}&nodeId={node_id}"))
+        .await
+        .unwrap();
+    ws.expect("connection.ack").await;
+    ws.send(
+        "node.register",
+        json!({"nodeId": node_id, "name": node_id, "cpuCores": 4, "ramTotal": 1024}),
+    )
+    .await;
+    let ack = ws.expect("register.ack").await;
+    (ws, ack["data"]["_id"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn a_crashed_actor_keeps_its_connection_and_commands_queued_meanwhile_flow() {
+    let s = TestServer::start_with(|c| {
+        fault_injection(c);
+        common::fast_nodes(c);
+    })
+    .await;
+    let t = s.admin_token.clone();
+    let (mut ws, id) = connected_node(&s, &t, "crash-conn").await;
+    let name = format!("node:{id}");
+    assert_eq!(
+        s.post(&format!("/admin/actors/{name}/crash"), &t, json!({}))
+            .await
+            .status,
+        202
+    );
+    // Queued right behind the crash: answered by the restarted actor, and
+    // delivered over the daemon's connection without it sending anything.
+    let r = s
+        .post(
+            &format!("/api/nodes/{id}/commands"),
+            &t,
+            json!({"type": "model.download", "resource": {"type": "model", "id": "m"}, "data": {"modelId": "m"}}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let sent = ws.expect("model.download").await;
+    assert_eq!(sent["messageId"], r.body["messageId"]);
+    wait_status(&s, &name, "running", 1).await;
+    let node = s.get(&format!("/api/nodes/{id}"), &t).await.body;
+    assert_eq!(node["websocketConnected"], true, "{node}");
+    assert_eq!(node["status"], "online", "{node}");
+    // The connection still works both ways after the restart.
+    ws.send(
+        "command.result",
+        json!({"originalMessageId": sent["messageId"], "status": "success", "result": {"ok": true}}),
+    )
+    .await;
+    eventually(5, "the command succeeded", || async {
+        let c = s
+            .get(
+                &format!(
+                    "/api/nodes/{id}/commands/{}",
+                    sent["messageId"].as_str().unwrap()
+                ),
+                &t,
+            )
+            .await;
+        (c.body["status"] == "succeeded").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_retried_command_with_its_idempotency_key_is_made_and_sent_once() {
+    let s = TestServer::start_with(common::fast_nodes).await;
+    let t = s.admin_token.clone();
+    let (mut ws, id) = connected_node(&s, &t, "idem").await;
+    let send = |key: &'static str| {
+        let url = format!("{}/api/nodes/{id}/commands", s.base);
+        let t = t.clone();
+        let http = s.http.clone();
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(t)
+                .header("idempotency-key", key)
+                .json(&json!({"type": "model.download", "resource": {"type": "model", "id": "m"}, "data": {"modelId": key}}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, first) = send("retry-me").await;
+    assert_eq!(status, 202, "{first}");
+    let (status, again) = send("retry-me").await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(first["messageId"], again["messageId"]);
+    let (_, other) = send("another").await;
+    assert_ne!(other["messageId"], first["messageId"]);
+
+    let list = s.get(&format!("/api/nodes/{id}/commands"), &t).await.body;
+    let n = list["data"]
+        .as_array()
+        .or(list.as_array())
+        .map(Vec::len)
+        .unwrap();
+    assert_eq!(n, 2, "{list}");
+    // The daemon got each command exactly once, in order.
+    assert_eq!(
+        ws.expect("model.download").await["messageId"],
+        first["messageId"]
+    );
+    assert_eq!(
+        ws.expect("model.download").await["messageId"],
+        other["messageId"]
+    );
+
+    let r = s
+        .http
+        .post(format!("{}/api/nodes/{id}/commands", s.base))
+        .bearer_auth(&t)
+        .header("idempotency-key", "")
+        .json(&json!({"type": "model.download", "resource": {"type": "model", "id": "m"}, "data": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_online_nodes_reactivate_in_parallel_while_the_supervisor_answers() {
+    const NODES: usize = 10_000;
+    let s = TestServer::start().await;
+    let t = s.admin_token.clone();
+    let probe = s
+        .post("/api/nodes", &t, node_body("probe", "Probe"))
+        .await
+        .body["_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let org = s.get(&format!("/api/nodes/{probe}"), &t).await.body["owner"]["orgId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // 10,000 nodes that were online when the server stopped, written
+    // straight into the stopped server's store.
+    let s = s
+        .stop_edit_start(|data_dir| async move {
+            let store = warden_storage::Store::open(&warden_storage::StoreConfig {
+                data_dir,
+                durability: warden_storage::Durability::Flush,
+            })
+            .unwrap();
+            let owner = warden_domain::Owner {
+                org_id: org,
+                user_id: "fixture".into(),
+                group_id: String::new(),
+            };
+            let mut writes = Vec::new();
+            for i in 0..NODES {
+                let new = warden_actors::node::NewNode {
+                    node_id: format!("boot-{i}"),
+                    name: format!("Boot {i}"),
+                    ..Default::default()
+                };
+                let mut node = warden_actors::node::create(new, owner.clone(), "fixture").unwrap();
+                node.status = warden_actors::node::NodeStatus::Online;
+                writes.push(warden_storage::Write::insert(&node).unwrap());
+                if writes.len() == 500 {
+                    store.commit(std::mem::take(&mut writes)).await.unwrap();
+                }
+            }
+            if !writes.is_empty() {
+                store.commit(writes).await.unwrap();
+            }
+            store.close();
+        })
+        .await;
+    let started = std::time::Instant::now();
+    // The supervisor answers while it re-activates: a write to another node
+    // goes through long before the boot is over.
+    let r = s
+        .put(
+            &format!("/api/nodes/{probe}"),
+            &t,
+            json!({"name": "During boot"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answered = started.elapsed();
+    let running = eventually(60, "10,000 node actors running", || async {
+        let tree = s.get("/admin/actors", &t).await.body;
+        let nodes = tree["children"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == "nodes")?;
+        let n = nodes["children"]
+            .as_array()?
+            .iter()
+            .filter(|c| c["status"] == "running")
+            .count();
+        (n >= NODES).then_some(n)
+    })
+    .await;
+    let all = started.elapsed();
+    eprintln!("probe answered after {answered:?}; {running} actors running after {all:?}");
+    assert!(
+        all < std::time::Duration::from_secs(30),
+        "re-activation took {all:?}"
+    );
+    s.stop().await;
+}

@@ -21,6 +21,10 @@ pub enum DomainError {
     /// The actor went away while handling the request; safe to retry.
     #[error("{0}")]
     Unavailable(String),
+    /// The actor did not answer in time. The request may still take
+    /// effect: not retried automatically (retry with an idempotency key).
+    #[error("{0}")]
+    TimedOut(String),
     #[error(transparent)]
     Storage(StorageError),
 }

@@ -121,7 +121,7 @@ impl<D> From<DomainError> for ApiError<D> {
             e @ DomainError::Failed { .. } => {
                 Self::new(StatusCode::CONFLICT, capitalise(&e.to_string()))
             }
-            DomainError::Unavailable(m) => Self::unavailable(m),
+            DomainError::Unavailable(m) | DomainError::TimedOut(m) => Self::unavailable(m),
             DomainError::Storage(e) => Self::storage(e),
         }
     }

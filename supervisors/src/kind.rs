@@ -47,8 +47,14 @@ fn is_live<M>(actor: &ActorRef<M>) -> bool {
     )
 }
 
+/// How many entities boot re-activation starts at once; the supervisor
+/// answers other messages between two such chunks.
+const BOOT_CHUNK: usize = 256;
+
 pub(crate) enum SupMsg<M> {
     GetOrActivate(String, RpcReplyPort<Result<ActorRef<M>, DomainError>>),
+    /// Boot re-activation still to do.
+    Boot(Vec<String>),
     Restart(String),
     Crash(String, RpcReplyPort<bool>),
     Reset(String, RpcReplyPort<bool>),
@@ -111,15 +117,95 @@ impl<K: Kind> KindSupervisor<K> {
         )
         .await
         .map_err(|e| DomainError::Unavailable(format!("{}:{id} could not start: {e}", K::KIND)))?;
+        Self::adopt(state, id, actor.clone());
+        Ok(actor)
+    }
+
+    /// Records a newly started actor as the entity's current one.
+    fn adopt(state: &mut SupState<K::Msg>, id: &str, actor: ActorRef<K::Msg>) {
         state.by_actor.insert(actor.get_id(), id.to_owned());
         let child = state
             .children
             .entry(id.to_owned())
             .or_insert_with(Child::new);
-        child.actor = Some(actor.clone());
+        child.actor = Some(actor);
         child.status = Status::Running;
         child.started_at = Some(now_millis());
-        Ok(actor)
+    }
+
+    /// Starts up to [`BOOT_CHUNK`] of `ids` concurrently (those not started
+    /// meanwhile by a caller), then queues the rest as a new message, so
+    /// the supervisor keeps answering while thousands of entities come back.
+    async fn boot(
+        &self,
+        myself: &ActorRef<SupMsg<K::Msg>>,
+        state: &mut SupState<K::Msg>,
+        mut ids: Vec<String>,
+    ) {
+        let rest = ids.split_off(ids.len().min(BOOT_CHUNK));
+        let mut starting = tokio::task::JoinSet::new();
+        for id in ids {
+            if state.children.contains_key(&id) {
+                continue;
+            }
+            let (actor, args, cell) = (self.kind.actor(), self.kind.args(&id), myself.get_cell());
+            starting
+                .spawn(async move { (K::Actor::spawn_linked(None, actor, args, cell).await, id) });
+        }
+        while let Some(started) = starting.join_next().await {
+            match started {
+                Ok((Ok((actor, _)), id)) => Self::adopt(state, &id, actor),
+                Ok((Err(e), id)) => {
+                    tracing::warn!(kind = K::KIND, entity = %id, error = %e, "could not re-activate at boot")
+                }
+                Err(e) => tracing::warn!(kind = K::KIND, error = %e, "a boot activation panicked"),
+            }
+        }
+        if !rest.is_empty() {
+            let _ = myself.cast(SupMsg::Boot(rest));
+        }
+    }
+
+    /// Starts a restarting child again and hands it to everyone waiting.
+    async fn restart(
+        &self,
+        myself: &ActorRef<SupMsg<K::Msg>>,
+        state: &mut SupState<K::Msg>,
+        id: &str,
+    ) {
+        if !state
+            .children
+            .get(id)
+            .is_some_and(|c| c.status == Status::Restarting)
+        {
+            return;
+        }
+        match self.kind.exists(id) {
+            Ok(true) => match self.spawn_child(myself, state, id).await {
+                Ok(actor) => {
+                    let child = state
+                        .children
+                        .get_mut(id)
+                        .expect("spawn_child inserts the child");
+                    child.restarts += 1;
+                    tracing::info!(kind = K::KIND, entity = %id, restarts = child.restarts, "restarted");
+                    for waiter in child.waiting.drain(..) {
+                        let _ = waiter.send(Ok(actor.clone()));
+                    }
+                }
+                Err(e) => self.give_up(state, id, e.to_string()).await,
+            },
+            _ => {
+                if let Some(mut child) = state.children.remove(id) {
+                    for waiter in child.waiting.drain(..) {
+                        let _ = waiter.send(Err(DomainError::NotFound {
+                            kind: K::KIND,
+                            id: id.to_owned(),
+                        }));
+                    }
+                }
+            }
+        }
     }
 
     async fn give_up(&self, state: &mut SupState<K::Msg>, id: &str, reason: String) {
@@ -167,10 +253,15 @@ impl<K: Kind> Actor for KindSupervisor<K> {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        for id in self.kind.boot_ids() {
-            if let Err(e) = self.spawn_child(&myself, state, &id).await {
-                tracing::warn!(kind = K::KIND, entity = %id, error = %e, "could not re-activate at boot");
-            }
+        let _ = state;
+        let ids = self.kind.boot_ids();
+        if !ids.is_empty() {
+            tracing::info!(
+                kind = K::KIND,
+                entities = ids.len(),
+                "re-activating at boot"
+            );
+            myself.cast(SupMsg::Boot(ids))?;
         }
         Ok(())
     }
@@ -211,40 +302,8 @@ impl<K: Kind> Actor for KindSupervisor<K> {
                     let _ = reply.send(answer);
                 }
             },
-            SupMsg::Restart(id) => {
-                if state
-                    .children
-                    .get(&id)
-                    .is_some_and(|c| c.status == Status::Restarting)
-                {
-                    match self.kind.exists(&id) {
-                        Ok(true) => match self.spawn_child(&myself, state, &id).await {
-                            Ok(actor) => {
-                                let child = state
-                                    .children
-                                    .get_mut(&id)
-                                    .expect("spawn_child inserts the child");
-                                child.restarts += 1;
-                                tracing::info!(kind = K::KIND, entity = %id, restarts = child.restarts, "restarted");
-                                for waiter in child.waiting.drain(..) {
-                                    let _ = waiter.send(Ok(actor.clone()));
-                                }
-                            }
-                            Err(e) => self.give_up(state, &id, e.to_string()).await,
-                        },
-                        _ => {
-                            if let Some(mut child) = state.children.remove(&id) {
-                                for waiter in child.waiting.drain(..) {
-                                    let _ = waiter.send(Err(DomainError::NotFound {
-                                        kind: K::KIND,
-                                        id: id.clone(),
-                                    }));
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            SupMsg::Restart(id) => self.restart(&myself, state, &id).await,
+            SupMsg::Boot(ids) => self.boot(&myself, state, ids).await,
             SupMsg::Crash(id, reply) => {
                 let actor = state.children.get(&id).and_then(|c| c.actor.clone());
                 if let Some(actor) = &actor {
@@ -331,8 +390,14 @@ impl<K: Kind> Actor for KindSupervisor<K> {
                     child.recent.push_back(now);
                     child.status = Status::Restarting;
                     let delay: Duration = self.policy.delay(child.recent.len() as u32);
-                    let target = id.clone();
-                    myself.send_after(delay, move || SupMsg::Restart(target));
+                    if delay.is_zero() {
+                        // Restart in this very turn: callers that arrive
+                        // meanwhile queue behind it and meet the new actor.
+                        self.restart(&myself, state, &id).await;
+                    } else {
+                        let target = id.clone();
+                        myself.send_after(delay, move || SupMsg::Restart(target));
+                    }
                 } else {
                     self.give_up(state, &id, reason).await;
                 }
@@ -404,6 +469,10 @@ impl<K: Kind> KindRef<K> {
     ) -> Result<T, DomainError> {
         match self.supervisor()?.call(msg, Some(CALL_TIMEOUT)).await {
             Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
+            Ok(ractor::rpc::CallResult::Timeout) => Err(DomainError::TimedOut(format!(
+                "the {} supervisor did not answer in time",
+                K::SUPERVISOR
+            ))),
             _ => Err(DomainError::Unavailable(format!(
                 "the {} supervisor did not answer",
                 K::SUPERVISOR

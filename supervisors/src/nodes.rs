@@ -5,7 +5,8 @@ use warden_actors::DomainError;
 use warden_actors::node::NodeCommand;
 use warden_actors::node::protocol::Connection;
 use warden_actors::node::{
-    self, NewCommand, NewNode, NodeActor, NodeArgs, NodeHandle, NodeMsg, NodePatch, NodeTiming,
+    self, LiveConnections, NewCommand, NewNode, NodeActor, NodeArgs, NodeHandle, NodeMsg,
+    NodePatch, NodeTiming,
 };
 use warden_actors::node::{Node, NodeStatus};
 use warden_domain::Owner;
@@ -16,11 +17,16 @@ use crate::{Kind, KindRef};
 pub struct NodeKind {
     store: Store,
     timing: NodeTiming,
+    live: LiveConnections,
 }
 
 impl NodeKind {
     pub(crate) fn new(store: Store, timing: NodeTiming) -> Self {
-        NodeKind { store, timing }
+        NodeKind {
+            store,
+            timing,
+            live: LiveConnections::default(),
+        }
     }
 }
 
@@ -40,6 +46,7 @@ impl Kind for NodeKind {
             store: self.store.clone(),
             id: id.to_owned(),
             timing: self.timing,
+            live: self.live.clone(),
         }
     }
 
@@ -151,7 +158,16 @@ impl Nodes {
     }
 
     /// Queues a command for a node; sent at once when it is connected.
-    pub async fn enqueue(&self, id: &str, command: NewCommand) -> Result<NodeCommand, DomainError> {
+    /// Retries (here, when the actor died mid-call, or a client's retry
+    /// with the same key) carry one idempotency key: one command at most.
+    pub async fn enqueue(
+        &self,
+        id: &str,
+        mut command: NewCommand,
+    ) -> Result<NodeCommand, DomainError> {
+        command
+            .idempotency_key
+            .get_or_insert_with(|| uuid::Uuid::new_v4().to_string());
         self.kind
             .with_actor(id, |a| {
                 let command = command.clone();

@@ -1,8 +1,9 @@
 use std::time::Duration;
 
 /// OTP-style restart intensity: at most `max_restarts` restarts within
-/// `within`; the n-th restart in the window waits `backoff * 2^(n-1)`,
-/// capped at `max_backoff`. One more failure and the entity is failed.
+/// `within`. The first restart in the window is immediate, as in OTP; the
+/// n-th after it waits `backoff * 2^(n-2)`, capped at `max_backoff`, so
+/// only repeated failures back off. One more failure and the entity is failed.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RestartPolicy {
     pub max_restarts: u32,
@@ -28,7 +29,10 @@ impl Default for RestartPolicy {
 impl RestartPolicy {
     /// The delay before restart number `n` (1-based) within the window.
     pub fn delay(&self, n: u32) -> Duration {
-        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
+        if n <= 1 {
+            return Duration::ZERO;
+        }
+        let factor = 1u32.checked_shl(n - 2).unwrap_or(u32::MAX);
         self.backoff.saturating_mul(factor).min(self.max_backoff)
     }
 }
@@ -57,9 +61,10 @@ mod tests {
             max_backoff: Duration::from_millis(300),
             ..Default::default()
         };
-        assert_eq!(p.delay(1), Duration::from_millis(100));
-        assert_eq!(p.delay(2), Duration::from_millis(200));
-        assert_eq!(p.delay(3), Duration::from_millis(300));
+        assert_eq!(p.delay(1), Duration::ZERO);
+        assert_eq!(p.delay(2), Duration::from_millis(100));
+        assert_eq!(p.delay(3), Duration::from_millis(200));
+        assert_eq!(p.delay(4), Duration::from_millis(300));
         assert_eq!(p.delay(40), Duration::from_millis(300));
     }
 }

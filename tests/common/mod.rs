@@ -46,6 +46,19 @@ impl TestServer {
         Self::start_in(dir, |_| {}).await
     }
 
+    /// Stops the server, lets `edit` change its data directory, starts again.
+    pub async fn stop_edit_start<F, Fut>(mut self, edit: F) -> TestServer
+    where
+        F: FnOnce(PathBuf) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        if let Some(r) = self.running.take() {
+            r.stop().await.expect("server stops cleanly");
+        }
+        edit(self.data_dir.clone()).await;
+        Self::start_in(self._dir, |_| {}).await
+    }
+
     /// Stops the server and starts a new one on the same data directory.
     pub async fn restart(mut self, adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
         if let Some(r) = self.running.take() {

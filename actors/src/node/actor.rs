@@ -1,6 +1,8 @@
 //! `NodeActor`: the one writer of a node's record, the holder of its live
 //! connection, and the keeper of its command queue.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::node::{CommandStatus, Node, NodeCommand};
@@ -34,6 +36,14 @@ impl Default for NodeTiming {
     }
 }
 
+/// How long a caller waits for a node actor's answer. A handler does at
+/// most a few durable writes; far beyond them is a stuck actor.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The live connections of nodes, kept outside their actors so that an
+/// actor restarted after a crash takes its node's connection back at once.
+pub type LiveConnections = Arc<Mutex<HashMap<String, Connection>>>;
+
 /// A command to queue for a node.
 #[derive(Debug, Clone)]
 pub struct NewCommand {
@@ -43,6 +53,25 @@ pub struct NewCommand {
     pub data: Value,
     pub metadata: Value,
     pub created_by: String,
+    /// The same key always names the same command: a retried enqueue
+    /// returns the command the first attempt made, never a second one.
+    pub idempotency_key: Option<String>,
+}
+
+/// The id of the command an idempotency key names on a node: a UUID
+/// (version 8) from the SHA-256 of both, so it is the envelope's messageId.
+pub fn command_id(node_id: &str, key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(node_id.as_bytes())
+        .chain_update([0])
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// Whether a node's reply acknowledges or completes a command.
@@ -99,12 +128,18 @@ pub struct NodeArgs {
     pub store: Store,
     pub id: String,
     pub timing: NodeTiming,
+    pub live: LiveConnections,
 }
 
 pub struct NodeState {
     store: Store,
     node: Node,
+    /// The stored version of `node` once every write asked for lands: the
+    /// actor writes with expected versions, so a write of a stale actor
+    /// (or one racing the supervisor's failure mark) is refused, not applied.
+    version: u64,
     conn: Option<Connection>,
+    live: LiveConnections,
     timing: NodeTiming,
     /// When the last message other than a tick arrived.
     last_used: std::time::Instant,
@@ -132,22 +167,71 @@ fn envelope_of(cmd: &NodeCommand) -> Envelope {
 
 impl NodeState {
     /// Persists and waits for the flush: for changes a caller is told about.
+    /// A version mismatch means an earlier unacknowledged write was lost
+    /// (dropped under back-pressure) or someone else wrote: re-read, and
+    /// write again only if the node was not marked failed meanwhile.
     async fn persist(&mut self, next: Node) -> Result<Node, DomainError> {
-        self.store.put(&next).await?;
+        let first = self
+            .store
+            .commit(vec![Write::put(&next, Some(self.version))?])
+            .await;
+        let version = match first {
+            Ok(v) => v[0],
+            Err(warden_storage::StorageError::VersionMismatch { .. }) => {
+                let (stored, version) = self
+                    .store
+                    .get_versioned::<Node>(&self.node.id)?
+                    .ok_or_else(|| DomainError::NotFound {
+                        kind: "node",
+                        id: self.node.id.clone(),
+                    })?;
+                if stored.status == crate::node::NodeStatus::Failed {
+                    return Err(DomainError::Failed {
+                        kind: "node",
+                        id: stored.id,
+                        reason: stored.failure.unwrap_or_default(),
+                    });
+                }
+                self.store
+                    .commit(vec![Write::put(&next, Some(version))?])
+                    .await?[0]
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.version = version;
         self.node = next.clone();
         Ok(next)
     }
 
     /// Persists without waiting: telemetry-driven changes nobody awaits.
-    fn persist_soon(&self) {
-        match Write::put(&self.node, None) {
-            Ok(w) => {
-                if let Err(e) = self.store.commit_nowait(vec![w]) {
-                    tracing::warn!(node = %self.node.id, error = %e, "could not queue a node write");
+    fn persist_soon(&mut self) {
+        match Write::put(&self.node, Some(self.version)) {
+            Ok(w) => match self.store.commit_nowait(vec![w]) {
+                Ok(()) => self.version += 1,
+                Err(e) => {
+                    tracing::warn!(node = %self.node.id, error = %e, "could not queue a node write")
                 }
-            }
+            },
             Err(e) => tracing::warn!(node = %self.node.id, error = %e, "could not encode a node"),
         }
+    }
+
+    /// Sets (or clears) the live connection, here and in the shared map.
+    fn set_conn(&mut self, conn: Option<Connection>) -> Option<Connection> {
+        let mut live = self
+            .live
+            .lock()
+            .expect("the connection map is never poisoned");
+        match &conn {
+            Some(c) => {
+                live.insert(self.node.id.clone(), c.clone());
+            }
+            None => {
+                live.remove(&self.node.id);
+            }
+        }
+        drop(live);
+        std::mem::replace(&mut self.conn, conn)
     }
 
     fn send(&mut self, out: Outbound) -> bool {
@@ -270,17 +354,27 @@ impl Actor for NodeActor {
         _myself: ActorRef<NodeMsg>,
         args: NodeArgs,
     ) -> Result<NodeState, ActorProcessingErr> {
-        let mut node = args
+        let (mut node, version) = args
             .store
-            .get::<Node>(&args.id)?
-            .filter(|n| !n.is_deleted())
+            .get_versioned::<Node>(&args.id)?
+            .filter(|(n, _)| !n.is_deleted())
             .ok_or_else(|| format!("node {} does not exist", args.id))?;
-        // A connection does not survive its actor: the gateway re-attaches.
-        node.websocket_connected = false;
+        // A connection outlives a crashed actor: the restarted one takes it
+        // back at once, so the daemon notices nothing and commands flow.
+        let conn = args
+            .live
+            .lock()
+            .expect("the connection map is never poisoned")
+            .get(&args.id)
+            .filter(|c| !c.tx.is_closed())
+            .cloned();
+        node.websocket_connected = conn.is_some();
         Ok(NodeState {
             store: args.store,
             node,
-            conn: None,
+            version,
+            conn,
+            live: args.live,
             timing: args.timing,
             last_used: std::time::Instant::now(),
         })
@@ -292,6 +386,18 @@ impl Actor for NodeActor {
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
         myself.send_interval(state.timing.heartbeat, || NodeMsg::Tick);
+        if state.conn.is_some() {
+            // Commands queued while the actor was down go out now.
+            if let Err(e) = state.deliver_queued().await {
+                tracing::warn!(node = %state.node.id, error = %e, "could not deliver queued commands");
+            }
+        } else {
+            state
+                .live
+                .lock()
+                .expect("the connection map is never poisoned")
+                .remove(&state.node.id);
+        }
         Ok(())
     }
 
@@ -300,7 +406,7 @@ impl Actor for NodeActor {
         _myself: ActorRef<NodeMsg>,
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
-        if state.conn.take().is_some() && !state.node.is_deleted() {
+        if state.set_conn(None).is_some() && !state.node.is_deleted() {
             state.node.websocket_connected = false;
             state.persist_soon();
         }
@@ -333,7 +439,7 @@ impl Actor for NodeActor {
                 match state.persist(next).await {
                     Ok(node) => {
                         state.send(Outbound::Close("the node was deleted".into()));
-                        state.conn = None;
+                        state.set_conn(None);
                         let _ = reply.send(Ok(node));
                         myself.stop(Some("deleted".into()));
                     }
@@ -343,7 +449,7 @@ impl Actor for NodeActor {
                 }
             }
             NodeMsg::Attach { conn, reply } => {
-                if let Some(old) = state.conn.replace(conn) {
+                if let Some(old) = state.set_conn(Some(conn)) {
                     old.send(Outbound::Close(
                         "replaced by a newer connection of the same node".into(),
                     ));
@@ -356,7 +462,7 @@ impl Actor for NodeActor {
             }
             NodeMsg::Detach { conn_id } => {
                 if state.conn.as_ref().is_some_and(|c| c.id == conn_id) {
-                    state.conn = None;
+                    state.set_conn(None);
                     super::disconnected(&mut state.node, now);
                     state.persist_soon();
                 }
@@ -409,8 +515,31 @@ impl Actor for NodeActor {
                 }
             }
             NodeMsg::Enqueue { command, reply } => {
+                let id = match &command.idempotency_key {
+                    Some(key) => command_id(&state.node.id, key),
+                    None => uuid::Uuid::new_v4().to_string(),
+                };
+                // A retry of an enqueue that landed answers what it made.
+                match state.store.get::<NodeCommand>(&id) {
+                    Ok(Some(existing)) if existing.node_id == state.node.id => {
+                        let _ = reply.send(Ok(existing));
+                        return Ok(());
+                    }
+                    Ok(Some(_)) => {
+                        let _ = reply.send(Err(DomainError::Conflict {
+                            field: "idempotencyKey".into(),
+                            value: command.idempotency_key.unwrap_or_default(),
+                        }));
+                        return Ok(());
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                        return Ok(());
+                    }
+                }
                 let cmd = NodeCommand {
-                    id: uuid::Uuid::new_v4().to_string(),
+                    id,
                     node_id: state.node.id.clone(),
                     kind: command.kind,
                     resource_type: command.resource_type,
@@ -467,8 +596,11 @@ async fn call<T: Send + 'static>(
     actor: &ActorRef<NodeMsg>,
     msg: impl FnOnce(RpcReplyPort<Result<T, DomainError>>) -> NodeMsg,
 ) -> Result<T, DomainError> {
-    match actor.call(msg, None).await {
+    match actor.call(msg, Some(CALL_TIMEOUT)).await {
         Ok(ractor::rpc::CallResult::Success(result)) => result,
+        Ok(ractor::rpc::CallResult::Timeout) => Err(DomainError::TimedOut(
+            "the node's actor did not answer in time".into(),
+        )),
         Ok(_) | Err(_) => Err(DomainError::Unavailable(
             "the node's actor stopped while handling the request".into(),
         )),

@@ -9,7 +9,8 @@ mod record;
 pub use record::{CommandStatus, GpuDevice, HostFacts, Node, NodeCommand, NodeStatus};
 
 pub use actor::{
-    NewCommand, NodeActor, NodeArgs, NodeHandle, NodeMsg, NodeTiming, ReplyKind, series_name,
+    CALL_TIMEOUT, LiveConnections, NewCommand, NodeActor, NodeArgs, NodeHandle, NodeMsg,
+    NodeTiming, ReplyKind, command_id, series_name,
 };
 
 use warden_domain::{Audit, Owner};

@@ -317,12 +317,30 @@ fn command_view(c: &NodeCommand) -> Value {
     })
 }
 
+/// The `Idempotency-Key` header: a retried request with the same key
+/// makes nothing new. 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &axum::http::HeaderMap) -> AiwmResult<Option<String>> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(k.to_owned()))
+        }
+        _ => Err(crate::error::ApiError::validation(vec![
+            "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+        ])),
+    }
+}
+
 /// `POST /api/nodes/{id}/commands`: queue a command; sent at once to a
-/// connected node, on its next registration otherwise.
+/// connected node, on its next registration otherwise. With an
+/// `Idempotency-Key`, a retry answers the command the first request made.
 async fn send_command(
     State(state): State<AppState>,
     CurrentUser(p, _): User,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
     AiwmBody(body): AiwmBody,
 ) -> AiwmResult<(StatusCode, Json<Value>)> {
     require_write(&p, "send commands")?;
@@ -352,6 +370,7 @@ async fn send_command(
             .and_then(|d| serde_json::from_str(&d).ok())
             .unwrap_or(json!({})),
         created_by: p.user_id.clone(),
+        idempotency_key: idempotency_key(&headers)?,
     };
     let cmd = state.runtime.nodes.enqueue(&node.id, command).await?;
     Ok((StatusCode::ACCEPTED, Json(command_view(&cmd))))
