@@ -36,6 +36,30 @@ pub enum Command {
     Actors(ActorsArgs),
     /// Run the node daemon: connect this host to a server as a node.
     Node(NodeArgs),
+    /// JWT signing keys of a running server.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// List the signing keys (ids, ages, retirement; never secrets).
+    List(ServerArgs),
+    /// Make a new signing key; older tokens stay valid until they expire.
+    Rotate(ServerArgs),
+}
+
+/// Where a running server is, and an admin's credential for it.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Base URL of the server.
+    #[arg(long, env = "WARDEN_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// An admin's access token (from POST /auth/login).
+    #[arg(long, env = "WARDEN_TOKEN")]
+    pub token: String,
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +92,18 @@ pub struct ServeArgs {
     /// `flush` survives a killed process; `fsync` also survives power loss [default: flush].
     #[arg(long, env = "WARDEN_DURABILITY", value_parser = parse_durability)]
     pub durability: Option<Durability>,
+    /// Reverse proxies whose X-Forwarded-For names the client: addresses
+    /// or CIDR ranges, comma-separated [default: none; the header is ignored].
+    #[arg(long, env = "WARDEN_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
+}
+
+/// An address (`10.0.0.1`) or a CIDR range (`10.0.0.0/8`).
+pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{s}` is neither an IP address nor a CIDR range"))
 }
 
 #[derive(Debug, Args)]
@@ -133,6 +169,15 @@ impl ServeArgs {
         if let Some(secs) = file.nodes.idle_passivate_secs {
             c.node_timing.idle = std::time::Duration::from_secs(secs.max(1));
         }
+        if let Some(days) = file.nodes.token_lifetime_days {
+            c.node_tokens.default_secs = days.max(1).saturating_mul(86400);
+        }
+        if let Some(days) = file.nodes.token_max_lifetime_days {
+            c.node_tokens.max_secs = days.max(1).saturating_mul(86400);
+        }
+        if c.node_tokens.default_secs > c.node_tokens.max_secs {
+            anyhow::bail!("[nodes] token_lifetime_days must not exceed token_max_lifetime_days");
+        }
         if let Some(h) = file.nodes.telemetry_retention_hours {
             c.telemetry_retention = std::time::Duration::from_secs(h * 3600);
         }
@@ -147,6 +192,16 @@ impl ServeArgs {
             d.login_failures_per_minute,
         );
         c.rate_limits.api_per_minute = limit(file.rate_limits.api_per_minute, d.api_per_minute);
+        c.rate_limits.mail_per_minute = limit(file.rate_limits.mail_per_minute, d.mail_per_minute);
+        c.trusted_proxies = match self.trusted_proxies {
+            Some(nets) => nets,
+            None => file
+                .trusted_proxies
+                .iter()
+                .map(|s| parse_net(s))
+                .collect::<Result<_, _>>()
+                .map_err(anyhow::Error::msg)?,
+        };
         c.smtp = smtp_config(file.smtp)?;
         c.admin_username = std::env::var("WARDEN_ADMIN_USERNAME")
             .ok()

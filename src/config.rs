@@ -30,6 +30,9 @@ pub struct FileConfig {
     pub nodes: NodesFile,
     #[serde(default)]
     pub rate_limits: RateLimitsFile,
+    /// Reverse proxies whose X-Forwarded-For names the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     pub smtp: Option<SmtpFile>,
 }
 
@@ -52,6 +55,8 @@ pub struct SmtpFile {
 pub struct RateLimitsFile {
     pub login_failures_per_minute: Option<u32>,
     pub api_per_minute: Option<u32>,
+    /// Sign-ups, code resends and password-reset requests per client address.
+    pub mail_per_minute: Option<u32>,
 }
 
 /// `[nodes]`: the telemetry the server asks of daemons.
@@ -64,6 +69,10 @@ pub struct NodesFile {
     pub telemetry_retention_hours: Option<u64>,
     /// An unconnected, idle node's actor stops after this long.
     pub idle_passivate_secs: Option<u64>,
+    /// Lifetime of a node token whose request names none (default 30).
+    pub token_lifetime_days: Option<i64>,
+    /// The longest lifetime a node token may have (default 365).
+    pub token_max_lifetime_days: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +107,8 @@ pub struct ServerConfig {
     pub node_timing: NodeTiming,
     pub telemetry_retention: Duration,
     pub rate_limits: warden_api::RateLimits,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub node_tokens: warden_identity::NodeTokenPolicy,
     pub smtp: Option<warden_identity::SmtpConfig>,
     pub admin_username: Option<String>,
     pub admin_password: Option<String>,
@@ -127,6 +138,8 @@ impl ServerConfig {
             node_timing: NodeTiming::default(),
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             rate_limits: warden_api::RateLimits::default(),
+            trusted_proxies: Vec::new(),
+            node_tokens: warden_identity::NodeTokenPolicy::default(),
             smtp: None,
             admin_username: None,
             admin_password: None,

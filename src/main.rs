@@ -2,7 +2,7 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::Value;
 use tracing_subscriber::EnvFilter;
-use warden::cli::{ActorsArgs, Cli, Command};
+use warden::cli::{ActorsArgs, Cli, Command, KeysAction};
 use warden::config::FileConfig;
 
 fn init_logging(filter: &str, json: bool) {
@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
             running.run_until(warden::server::shutdown_signal()).await
         }
         Command::Actors(args) => print_actors(args).await,
+        Command::Keys { action } => keys(action).await,
         Command::Node(args) => {
             let config = warden::node::DaemonConfig {
                 server: args.server,
@@ -54,6 +55,53 @@ async fn main() -> anyhow::Result<()> {
             warden::node::run(config, warden::server::shutdown_signal()).await
         }
     }
+}
+
+/// `warden keys list|rotate`: the signing keys of a running server.
+async fn keys(action: KeysAction) -> anyhow::Result<()> {
+    let (args, method, path) = match action {
+        KeysAction::List(a) => (a, reqwest::Method::GET, "/admin/keys"),
+        KeysAction::Rotate(a) => (a, reqwest::Method::POST, "/admin/keys/rotate"),
+    };
+    let url = format!("{}{path}", args.server.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .request(method, &url)
+        .bearer_auth(&args.token)
+        .send()
+        .await
+        .with_context(|| format!("requesting {url}"))?;
+    let status = response.status();
+    let body: Value = response.json().await.context("reading the answer")?;
+    if !status.is_success() {
+        anyhow::bail!(
+            "{url} answered {status}: {}",
+            body["message"].as_str().unwrap_or("")
+        );
+    }
+    let keys = match body {
+        Value::Array(keys) => keys,
+        key => vec![key],
+    };
+    for k in keys {
+        println!(
+            "{}  created {}{}{}",
+            k["kid"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("(legacy jwt.key)"),
+            k["createdAt"].as_str().unwrap_or("-"),
+            if k["current"] == true {
+                "  signing"
+            } else {
+                ""
+            },
+            k["retiresAt"]
+                .as_str()
+                .map(|t| format!("  retires {t}"))
+                .unwrap_or_default(),
+        );
+    }
+    Ok(())
 }
 
 async fn print_actors(args: ActorsArgs) -> anyhow::Result<()> {

@@ -65,6 +65,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         store.clone(),
         &config.data_dir.join("secrets"),
         config.token_ttl_secs,
+        config.node_tokens,
         config.smtp.clone(),
     )?;
     let generated_admin = identity
@@ -96,6 +97,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             max_body_bytes: config.max_body_bytes,
             version: env!("CARGO_PKG_VERSION"),
             rate_limits: config.rate_limits,
+            trusted_proxies: config.trusted_proxies.clone(),
         },
         lifecycle,
     );

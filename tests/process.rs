@@ -436,3 +436,70 @@ async fn a_failed_flush_poisons_the_store_answers_503_and_exits_non_zero() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Peak resident memory of a process, from /proc.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        / 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_concurrent_wrong_logins_keep_memory_bounded_and_the_server_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    // Login limits off, so every attempt reaches the password check.
+    let config = dir.path().join("warden.toml");
+    std::fs::write(&config, "[rate_limits]\nlogin_failures_per_minute = 0\n").unwrap();
+    let (mut child, base) = spawn_server_with(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+        "warn",
+        Stdio::inherit(),
+    );
+    let baseline = peak_rss_mib(child.id());
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..2000 {
+        let (http, base) = (http.clone(), base.clone());
+        flood.spawn(async move {
+            http.post(format!("{base}/auth/login"))
+                .json(&json!({"username": ADMIN, "password": "wrong-password"}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        });
+    }
+    // Past the bounded queue, attempts are refused at once (503), and
+    // other routes keep answering while the queue drains.
+    let mut busy = 0;
+    while busy < 2000 - warden_identity::MAX_PASSWORD_CHECKS_WAITING - 16 {
+        match tokio::time::timeout(std::time::Duration::from_secs(30), flood.join_next()).await {
+            Ok(Some(Ok(503))) => busy += 1,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the flood stalled: {other:?} after {busy} refusals"),
+        }
+    }
+    let started = std::time::Instant::now();
+    let health = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let waited = started.elapsed();
+    assert!(
+        waited < std::time::Duration::from_secs(5),
+        "health took {waited:?}"
+    );
+    let peak = peak_rss_mib(child.id());
+    eprintln!("baseline {baseline} MiB, peak {peak} MiB during the flood, health in {waited:?}");
+    // One argon2 check at a time (19 MiB each) plus 2,000 connections.
+    assert!(peak < baseline + 250, "peak {peak} MiB from {baseline} MiB");
+    flood.abort_all();
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

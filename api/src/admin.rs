@@ -61,6 +61,32 @@ async fn fail_flush(
     ))
 }
 
+fn key_view(k: &warden_identity::KeyInfo) -> Value {
+    json!({
+        "kid": k.kid,
+        "createdAt": crate::dialects::iso(k.created_at),
+        "current": k.current,
+        "retiresAt": k.retires_at.map(crate::dialects::iso),
+    })
+}
+
+/// `GET /admin/keys`: the JWT signing keys (ids and lifetimes only).
+async fn keys(State(state): State<AppState>, _: Admin) -> AiwmResult<Json<Value>> {
+    let keys = state.identity.signing_keys();
+    Ok(Json(Value::Array(keys.iter().map(key_view).collect())))
+}
+
+/// `POST /admin/keys/rotate`: a new signing key; tokens signed with the
+/// older ones stay valid until they expire.
+async fn rotate_key(
+    State(state): State<AppState>,
+    AdminUser(admin, _): Admin,
+) -> AiwmResult<(StatusCode, Json<Value>)> {
+    let key = state.identity.rotate_signing_key()?;
+    tracing::info!(kid = %key.kid, by = %admin.username, "signing key rotated");
+    Ok((StatusCode::CREATED, Json(key_view(&key))))
+}
+
 fn user_view(u: &User) -> Value {
     json!({
         "id": u.id,
@@ -156,6 +182,18 @@ pub(crate) fn routes(fault_injection: bool) -> Api {
             "admin",
             "List users (admin only)",
             list_users,
+        )
+        .get(
+            "/admin/keys",
+            "admin",
+            "The JWT signing keys: ids, ages, which signs, when each retires",
+            keys,
+        )
+        .post(
+            "/admin/keys/rotate",
+            "admin",
+            "Rotate the JWT signing key (older tokens stay valid until they expire)",
+            rotate_key,
         )
         .get(
             "/admin/outbox",

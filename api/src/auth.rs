@@ -66,19 +66,66 @@ pub(crate) fn cookie_value(headers: &axum::http::HeaderMap, name: &str) -> Optio
         })
 }
 
-/// The peer's IP address (loopback when unknown, e.g. in-process calls).
+/// The client's IP address: the peer's, or, when the peer is one of the
+/// configured trusted proxies, the nearest address in `X-Forwarded-For`
+/// that is not a trusted proxy itself (loopback when unknown, e.g.
+/// in-process calls). A client cannot choose its address by sending the
+/// header: from an untrusted peer it is ignored.
 pub(crate) struct ClientIp(pub std::net::IpAddr);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+pub(crate) fn client_ip(parts: &Parts, trusted: &[ipnet::IpNet]) -> std::net::IpAddr {
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<std::net::IpAddr> = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map_while(|hop| hop.trim().parse().ok())
+        .collect();
+    hops.iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .or(hops.first())
+        .copied()
+        .unwrap_or(peer)
+}
+
+impl FromRequestParts<AppState> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip())
-            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
-        Ok(ClientIp(ip))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(client_ip(parts, &state.config.trusted_proxies)))
+    }
+}
+
+/// A mail-sending route (sign-up, resend-code, forgot-password): at most
+/// `mail_per_minute` per client address, answered with the dialect's 429.
+pub(crate) struct MailLimited<D>(PhantomData<D>);
+
+impl<D: Dialect> FromRequestParts<AppState> for MailLimited<D> {
+    type Rejection = ApiError<D>;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let ip = client_ip(parts, &state.config.trusted_proxies);
+        match state.limits.mail.hit(&format!("mail {ip}")) {
+            Some(wait) => Err(ApiError::too_many(wait)),
+            None => Ok(MailLimited(PhantomData)),
+        }
     }
 }
 
@@ -91,27 +138,31 @@ pub(crate) async fn password_login<D>(
     login: &str,
     password: &str,
 ) -> Result<warden_identity::model::User, ApiError<D>> {
-    if let Some(wait) = state.limits.login_blocked(ip, login) {
-        return Err(ApiError::too_many(wait));
-    }
-    let identity = state.identity.clone();
-    let (login_owned, password_owned) = (login.to_owned(), password.to_owned());
-    let outcome =
-        tokio::task::spawn_blocking(move || identity.authenticate(&login_owned, &password_owned))
-            .await
-            .map_err(ApiError::internal)?;
-    match outcome {
-        Ok(user) if !user.email_verified => Err(ApiError::forbidden("Email not verified")),
-        Ok(user) => Ok(user),
+    let attempt = state
+        .limits
+        .login_attempt(ip, login)
+        .map_err(ApiError::too_many)?;
+    match state.identity.authenticate(login, password).await {
+        Ok(user) => {
+            attempt.succeeded();
+            if user.email_verified {
+                Ok(user)
+            } else {
+                Err(ApiError::forbidden("Email not verified"))
+            }
+        }
         Err(warden_identity::IdentityError::InvalidCredentials) => {
-            state.limits.login_failed(ip, login);
             tracing::info!(%ip, "failed login");
             Err(ApiError::new(
                 axum::http::StatusCode::UNAUTHORIZED,
                 "Invalid credentials",
             ))
         }
-        Err(e) => Err(e.into()),
+        Err(e) => {
+            // Not a wrong password (busy, storage): the slot goes back.
+            attempt.succeeded();
+            Err(e.into())
+        }
     }
 }
 

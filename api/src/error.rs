@@ -145,6 +145,11 @@ impl<D> From<IdentityError> for ApiError<D> {
             IdentityError::EmailNotVerified => Self::forbidden("Email not verified"),
             e @ IdentityError::Taken { .. } => Self::new(StatusCode::CONFLICT, e.to_string()),
             IdentityError::Secrets(e) => Self::internal(e),
+            IdentityError::Busy => {
+                let mut e = Self::unavailable("password checks queue full");
+                e.retry_after = Some(1);
+                e
+            }
             IdentityError::Storage(e) => Self::storage(e),
         }
     }

@@ -33,6 +33,8 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     pub version: &'static str,
     pub rate_limits: RateLimits,
+    /// Peers whose `X-Forwarded-For` names the client (reverse proxies).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Everything a handler can reach. Cheap to clone.

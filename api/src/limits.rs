@@ -2,11 +2,17 @@
 //! user), as fixed one-minute windows per key. Forge's agent limit
 //! (20/min per user) arrives with its agent routes.
 //!
-//! Login limits count *failed* attempts, per IP and per account, so a busy
-//! client that logs in correctly is never locked out; a caller over a limit
-//! is refused before its password is even checked.
+//! Login limits count *failed* attempts, per client address and per
+//! account *from that address*: a stranger's failures from elsewhere never
+//! lock a user out of their own address, and a busy client that logs in
+//! correctly is never locked out. Each attempt reserves its slot before
+//! the password is checked and gives it back when the password was right,
+//! so a concurrent burst cannot slip more guesses past the limit than it
+//! allows. Mail-sending routes (sign-up, resend-code, forgot-password) are
+//! limited per address.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,6 +23,8 @@ const WINDOW: Duration = Duration::from_secs(60);
 pub struct RateLimits {
     pub login_failures_per_minute: Option<u32>,
     pub api_per_minute: Option<u32>,
+    /// Sign-ups, code resends and password-reset requests per address.
+    pub mail_per_minute: Option<u32>,
 }
 
 impl Default for RateLimits {
@@ -24,6 +32,7 @@ impl Default for RateLimits {
         RateLimits {
             login_failures_per_minute: Some(30),
             api_per_minute: Some(1000),
+            mail_per_minute: Some(10),
         }
     }
 }
@@ -42,10 +51,11 @@ impl Limiter {
         }
     }
 
-    fn with_window<T>(
+    /// Runs `f` on the current window of every key, under one lock.
+    fn with_windows<T>(
         &self,
-        key: &str,
-        f: impl FnOnce(&mut (Instant, u32), u32) -> T,
+        keys: &[&str],
+        f: impl FnOnce(&mut [&mut (Instant, u32)], u32) -> T,
     ) -> Option<T> {
         let max = self.max?;
         let now = Instant::now();
@@ -53,37 +63,48 @@ impl Limiter {
         if windows.len() > 100_000 {
             windows.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
         }
-        let entry = windows.entry(key.to_owned()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= WINDOW {
-            *entry = (now, 0);
+        for key in keys {
+            let entry = windows.entry((*key).to_owned()).or_insert((now, 0));
+            if now.duration_since(entry.0) >= WINDOW {
+                *entry = (now, 0);
+            }
         }
-        Some(f(entry, max))
-    }
-
-    /// Seconds until `key` may try again, when it is over the limit now.
-    pub fn blocked(&self, key: &str) -> Option<u64> {
-        self.with_window(key, |(start, n), max| {
-            (*n >= max).then(|| retry_after(*start))
-        })
-        .flatten()
+        // Distinct keys, so the borrows are disjoint.
+        let mut entries: Vec<&mut (Instant, u32)> = windows
+            .iter_mut()
+            .filter(|(k, _)| keys.contains(&k.as_str()))
+            .map(|(_, v)| v)
+            .collect();
+        Some(f(&mut entries, max))
     }
 
     /// Counts one event; returns the wait when this one is over the limit.
     pub fn hit(&self, key: &str) -> Option<u64> {
-        self.with_window(key, |(start, n), max| {
-            if *n >= max {
-                Some(retry_after(*start))
-            } else {
-                *n += 1;
-                None
-            }
-        })
-        .flatten()
+        self.reserve(&[key]).err()
     }
 
-    /// Counts one event without refusing it (a failed login).
-    pub fn record(&self, key: &str) {
-        self.with_window(key, |(_, n), _| *n = n.saturating_add(1));
+    /// Counts one event against every key, or none of them when any is
+    /// at its limit (then the seconds to wait).
+    pub fn reserve(&self, keys: &[&str]) -> Result<(), u64> {
+        self.with_windows(keys, |entries, max| {
+            if let Some(full) = entries.iter().find(|(_, n)| *n >= max) {
+                return Err(retry_after(full.0));
+            }
+            for (_, n) in entries.iter_mut() {
+                *n += 1;
+            }
+            Ok(())
+        })
+        .unwrap_or(Ok(()))
+    }
+
+    /// Gives back events counted by [`reserve`](Self::reserve).
+    pub fn release(&self, keys: &[&str]) {
+        self.with_windows(keys, |entries, _| {
+            for (_, n) in entries.iter_mut() {
+                *n = n.saturating_sub(1);
+            }
+        });
     }
 }
 
@@ -93,31 +114,44 @@ fn retry_after(start: Instant) -> u64 {
 
 /// The server's limiters.
 pub(crate) struct Limits {
-    login_ip: Limiter,
-    login_account: Limiter,
+    login: Limiter,
     pub api: Limiter,
+    pub mail: Limiter,
+}
+
+/// A login attempt's reserved failure slots: dropped as it is, the attempt
+/// counts as failed; [`LoginAttempt::succeeded`] gives the slots back.
+pub(crate) struct LoginAttempt<'a> {
+    limiter: &'a Limiter,
+    keys: [String; 2],
+}
+
+impl LoginAttempt<'_> {
+    pub fn succeeded(self) {
+        let [a, b] = &self.keys;
+        self.limiter.release(&[a, b]);
+    }
 }
 
 impl Limits {
-    /// Seconds to wait when this IP or this account has failed too often.
-    pub fn login_blocked(&self, ip: std::net::IpAddr, account: &str) -> Option<u64> {
+    /// Reserves a failure slot for this address and for this account from
+    /// this address, before any password is checked; the seconds to wait
+    /// when either is used up.
+    pub fn login_attempt(&self, ip: IpAddr, account: &str) -> Result<LoginAttempt<'_>, u64> {
         let account = account.trim().to_lowercase();
-        self.login_ip
-            .blocked(&ip.to_string())
-            .or_else(|| self.login_account.blocked(&account))
-    }
-
-    /// Counts one failed login (password or second factor) against both.
-    pub fn login_failed(&self, ip: std::net::IpAddr, account: &str) {
-        self.login_ip.record(&ip.to_string());
-        self.login_account.record(&account.trim().to_lowercase());
+        let keys = [format!("ip {ip}"), format!("account {account} {ip}")];
+        self.login.reserve(&[&keys[0], &keys[1]])?;
+        Ok(LoginAttempt {
+            limiter: &self.login,
+            keys,
+        })
     }
 
     pub fn new(c: RateLimits) -> Self {
         Limits {
-            login_ip: Limiter::new(c.login_failures_per_minute),
-            login_account: Limiter::new(c.login_failures_per_minute),
+            login: Limiter::new(c.login_failures_per_minute),
             api: Limiter::new(c.api_per_minute),
+            mail: Limiter::new(c.mail_per_minute),
         }
     }
 }
@@ -133,10 +167,11 @@ mod tests {
         assert_eq!(l.hit("a"), None);
         assert!(l.hit("a").is_some_and(|s| (1..=60).contains(&s)));
         assert_eq!(l.hit("b"), None, "keys are separate");
-        l.record("c");
-        assert_eq!(l.blocked("c"), None);
-        l.record("c");
-        assert!(l.blocked("c").is_some());
+        // All or nothing: "a" is full, so "c" is not counted either.
+        assert!(l.reserve(&["c", "a"]).is_err());
+        l.release(&["a"]);
+        assert_eq!(l.reserve(&["c", "a"]), Ok(()));
+        assert!(l.hit("a").is_some());
         let off = Limiter::new(None);
         for _ in 0..10 {
             assert_eq!(off.hit("a"), None);

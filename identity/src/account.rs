@@ -5,10 +5,7 @@ use crate::model::{ApiKey, Challenge, ChallengeKind, PushToken, Session, User};
 use warden_storage::{Millis, now_millis};
 
 use crate::credentials::sha256_hex;
-use crate::{
-    Identity, IdentityError, hash_password, validate_email, validate_password, validate_username,
-    verify_password,
-};
+use crate::{Identity, IdentityError, validate_email, validate_password, validate_username};
 
 /// Email codes live 15 minutes (Forge); reset links 30 minutes.
 pub const VERIFY_CODE_MS: Millis = 15 * 60 * 1000;
@@ -204,19 +201,14 @@ impl Identity {
     ) -> Result<(), IdentityError> {
         validate_password(new_password)?;
         let user = self.user(user_id)?.ok_or(IdentityError::InvalidToken)?;
-        let hash = user.password_hash.clone();
-        let current = current.to_owned();
-        let matches = tokio::task::spawn_blocking(move || verify_password(&hash, &current))
-            .await
-            .map_err(|e| IdentityError::Invalid(e.to_string()))?;
-        if !matches {
+        if !self.passwords.verify(&user.password_hash, current).await? {
             return Err(IdentityError::InvalidCredentials);
         }
         self.set_password(user_id, new_password).await
     }
 
     async fn set_password(&self, user_id: &str, password: &str) -> Result<(), IdentityError> {
-        let hash = hash_password(password)?;
+        let hash = self.passwords.hash(password).await?;
         let user = self
             .store()
             .update::<User, IdentityError>(user_id, |u| {
@@ -255,7 +247,7 @@ impl Identity {
         let password_hash = match &update.password {
             Some(p) => {
                 validate_password(p)?;
-                Some(hash_password(p)?)
+                Some(self.passwords.hash(p).await?)
             }
             None => None,
         };

@@ -1,31 +1,35 @@
 //! One user store and one credential scheme behind every dialect.
 //!
-//! Passwords are argon2id PHC strings; access tokens are HS256 JWTs with a
-//! `jti`, signed with a key generated at first boot under
-//! `<data-dir>/secrets/jwt.key` (mode 0600). A token is only as good as its
-//! user: every verification reloads the user, so a deleted user's tokens
-//! stop working at once and roles are always current.
+//! Passwords are argon2id PHC strings, hashed and checked on a bounded
+//! pool (`passwords.rs`); access tokens are HS256 JWTs with a `jti` and a
+//! `kid`, signed with rotating keys under `<data-dir>/secrets/jwt-keys/`
+//! (`keys.rs`). A token is only as good as its user: every verification
+//! reloads the user, so a deleted user's tokens stop working at once and
+//! roles are always current. Node tokens are recorded and revocable.
 
 use std::path::Path;
 
-use argon2::Argon2;
-use argon2::password_hash::{
-    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
-};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, Header, Validation};
 use thiserror::Error;
 mod account;
 mod credentials;
+mod keys;
 mod mail;
 mod mfa;
 pub mod model;
+mod passwords;
+
+pub use keys::KeyInfo;
+
+pub use passwords::MAX_WAITING as MAX_PASSWORD_CHECKS_WAITING;
+use passwords::{Passwords, hash_password};
 
 pub use account::ProfileUpdate;
 pub use credentials::{DeviceLogin, DevicePoll, NewApiKey};
 pub use mail::{Mailer, SmtpConfig, SmtpSecurity};
 pub use mfa::MfaSetup;
 
-use crate::model::{Org, RevokedToken, Role, User};
+use crate::model::{NodeToken, Org, RevokedToken, Role, User};
 use warden_storage::Millis;
 use warden_storage::{StorageError, Store, Write, new_object_id, now_millis};
 
@@ -45,6 +49,9 @@ pub enum IdentityError {
     Taken { field: String, value: String },
     #[error("secrets: {0}")]
     Secrets(std::io::Error),
+    /// Too many password checks are waiting: try again shortly.
+    #[error("too many password checks in progress")]
+    Busy,
     #[error(transparent)]
     Storage(StorageError),
 }
@@ -142,31 +149,55 @@ pub struct NewUser {
 #[derive(Clone)]
 pub struct Identity {
     store: Store,
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    keys: std::sync::Arc<std::sync::RwLock<keys::KeyRing>>,
     token_ttl_secs: i64,
+    node_tokens: NodeTokenPolicy,
     dummy_hash: String,
+    passwords: Passwords,
     mailer: Mailer,
 }
 
 pub const MIN_PASSWORD_LEN: usize = 8;
 
+/// How long node tokens live: `default_secs` when the request names no
+/// lifetime, never more than `max_secs` (which also bounds how long a
+/// rotated signing key is kept).
+#[derive(Debug, Clone, Copy)]
+pub struct NodeTokenPolicy {
+    pub default_secs: i64,
+    pub max_secs: i64,
+}
+
+impl Default for NodeTokenPolicy {
+    fn default() -> Self {
+        NodeTokenPolicy {
+            default_secs: 30 * 86400,
+            max_secs: 365 * 86400,
+        }
+    }
+}
+
 impl Identity {
-    /// Loads the signing key from `secrets_dir`, creating it on first boot.
+    /// Loads the signing keys from `secrets_dir`, creating the first on first boot.
     pub fn open(
         store: Store,
         secrets_dir: &Path,
         token_ttl_secs: i64,
+        node_tokens: NodeTokenPolicy,
         smtp: Option<SmtpConfig>,
     ) -> Result<Identity, IdentityError> {
-        let key = load_or_create_key(secrets_dir).map_err(IdentityError::Secrets)?;
+        let longest = token_ttl_secs
+            .max(node_tokens.max_secs)
+            .saturating_mul(1000);
+        let keys = keys::KeyRing::load(secrets_dir, longest).map_err(IdentityError::Secrets)?;
         let store_for_mail = store.clone();
         Ok(Identity {
             store,
-            encoding: EncodingKey::from_secret(&key),
-            decoding: DecodingKey::from_secret(&key),
+            keys: std::sync::Arc::new(std::sync::RwLock::new(keys)),
             token_ttl_secs,
+            node_tokens,
             dummy_hash: hash_password("not a real password, only for timing")?,
+            passwords: Passwords::new(),
             mailer: Mailer::new(store_for_mail, smtp)?,
         })
     }
@@ -230,7 +261,7 @@ impl Identity {
             id: new_object_id(),
             username: new.username,
             email: new.email,
-            password_hash: hash_password(&new.password)?,
+            password_hash: self.passwords.hash(&new.password).await?,
             roles: if new.roles.is_empty() {
                 vec![Role::Operator]
             } else {
@@ -259,14 +290,19 @@ impl Identity {
 
     /// Finds a user by username or email (case-insensitive) and checks the
     /// password. Unknown users cost as much time as wrong passwords.
-    pub fn authenticate(&self, login: &str, password: &str) -> Result<User, IdentityError> {
+    /// Runs on the bounded password pool (`passwords.rs`).
+    pub async fn authenticate(&self, login: &str, password: &str) -> Result<User, IdentityError> {
         match self.find_login(login)? {
-            Some(user) if verify_password(&user.password_hash, password) && user.is_active => {
-                Ok(user)
+            Some(user) => {
+                let matches = self.passwords.verify(&user.password_hash, password).await?;
+                if matches && user.is_active {
+                    Ok(user)
+                } else {
+                    Err(IdentityError::InvalidCredentials)
+                }
             }
-            Some(_) => Err(IdentityError::InvalidCredentials),
             None => {
-                verify_password(&self.dummy_hash, password);
+                self.passwords.verify(&self.dummy_hash, password).await?;
                 Err(IdentityError::InvalidCredentials)
             }
         }
@@ -285,23 +321,70 @@ impl Identity {
             typ: "user".into(),
             iat_ms: now_millis(),
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| IdentityError::Invalid(e.to_string()))?;
         Ok(IssuedToken {
-            token,
+            token: self.sign(&claims)?,
             expires_in: self.token_ttl_secs,
         })
     }
 
+    /// Signs with the current key, naming it in the header (`kid`).
+    fn sign(&self, claims: &Claims) -> Result<String, IdentityError> {
+        let keys = self
+            .keys
+            .read()
+            .expect("the key ring lock is never poisoned");
+        let (kid, key) = keys.signing();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = kid;
+        jsonwebtoken::encode(&header, claims, key)
+            .map_err(|e| IdentityError::Invalid(e.to_string()))
+    }
+
+    /// A new JWT signing key; tokens signed with older keys stay valid
+    /// until they expire.
+    pub fn rotate_signing_key(&self) -> Result<KeyInfo, IdentityError> {
+        let info = self
+            .keys
+            .write()
+            .expect("the key ring lock is never poisoned")
+            .rotate()
+            .map_err(IdentityError::Secrets)?;
+        tracing::info!(kid = %info.kid, "JWT signing key rotated");
+        Ok(info)
+    }
+
+    /// The signing keys: ids, ages and retirement times, never secrets.
+    pub fn signing_keys(&self) -> Vec<KeyInfo> {
+        self.keys
+            .read()
+            .expect("the key ring lock is never poisoned")
+            .list()
+    }
+
+    /// The lifetimes node tokens get and may have.
+    pub fn node_token_policy(&self) -> NodeTokenPolicy {
+        self.node_tokens
+    }
+
     /// A node credential: `sub` names the node, `typ` marks it as a node's,
     /// so the node gateway accepts it and every user route refuses it.
-    pub fn issue_node_token(
+    /// Recorded (by `jti`, never the token) so it can be listed and revoked.
+    pub async fn issue_node_token(
         &self,
         node_id: &str,
         org_id: &str,
-        ttl_secs: i64,
-    ) -> Result<IssuedToken, IdentityError> {
-        let iat = now_millis() / 1000;
+        ttl_secs: Option<i64>,
+        by: &str,
+    ) -> Result<(IssuedToken, NodeToken), IdentityError> {
+        let ttl_secs = ttl_secs.unwrap_or(self.node_tokens.default_secs);
+        if !(60..=self.node_tokens.max_secs).contains(&ttl_secs) {
+            return Err(IdentityError::Invalid(format!(
+                "expiresIn must be between 60 seconds and {} days",
+                self.node_tokens.max_secs / 86400
+            )));
+        }
+        let now = now_millis();
+        let iat = now / 1000;
         let claims = Claims {
             sub: node_id.to_owned(),
             username: String::new(),
@@ -311,20 +394,82 @@ impl Identity {
             iat,
             exp: iat + ttl_secs,
             typ: "node".into(),
-            iat_ms: now_millis(),
+            iat_ms: now,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| IdentityError::Invalid(e.to_string()))?;
-        Ok(IssuedToken {
-            token,
-            expires_in: ttl_secs,
-        })
+        let record = NodeToken {
+            id: claims.jti.clone(),
+            node_id: node_id.to_owned(),
+            org_id: org_id.to_owned(),
+            created_by: by.to_owned(),
+            created_at: now,
+            expires_at: claims.exp * 1000,
+            revoked_at: None,
+        };
+        let token = self.sign(&claims)?;
+        self.store.insert(record.clone()).await?;
+        Ok((
+            IssuedToken {
+                token,
+                expires_in: ttl_secs,
+            },
+            record,
+        ))
+    }
+
+    /// A node's tokens issued since tokens are recorded, newest first.
+    pub fn node_tokens(&self, node_id: &str) -> Result<Vec<NodeToken>, IdentityError> {
+        let mut tokens = self.store.by_index::<NodeToken>("node", node_id)?;
+        tokens.sort_by_key(|t| std::cmp::Reverse(t.created_at));
+        Ok(tokens)
+    }
+
+    /// Revokes one of a node's tokens: no new connection with it is
+    /// accepted. Returns the token as it is now.
+    pub async fn revoke_node_token(
+        &self,
+        node_id: &str,
+        token_id: &str,
+    ) -> Result<NodeToken, IdentityError> {
+        let not_found = || IdentityError::NotFound(format!("Node token {token_id} not found"));
+        let token = self
+            .store
+            .get::<NodeToken>(token_id)?
+            .filter(|t| t.node_id == node_id)
+            .ok_or_else(not_found)?;
+        if token.revoked_at.is_some() {
+            return Ok(token);
+        }
+        let mut revoked = token.clone();
+        revoked.revoked_at = Some(now_millis());
+        self.store
+            .commit(vec![
+                warden_storage::Write::put(&revoked, None)?,
+                Write::put(
+                    &RevokedToken {
+                        id: token.id.clone(),
+                        expires_at: token.expires_at,
+                    },
+                    None,
+                )?,
+            ])
+            .await?;
+        Ok(revoked)
     }
 
     fn decode(&self, token: &str) -> Result<Claims, IdentityError> {
+        let kid = jsonwebtoken::decode_header(token)
+            .map_err(|_| IdentityError::InvalidToken)?
+            .kid;
+        let keys = self
+            .keys
+            .read()
+            .expect("the key ring lock is never poisoned");
+        let key = keys
+            .verifying(kid.as_deref())
+            .ok_or(IdentityError::InvalidToken)?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+        jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map(|d| d.claims)
             .map_err(|_| IdentityError::InvalidToken)
     }
@@ -337,6 +482,9 @@ impl Identity {
         }
         let claims = self.decode(token)?;
         match claims.typ.as_str() {
+            "node" if self.store.get::<RevokedToken>(&claims.jti)?.is_some() => {
+                Err(IdentityError::InvalidToken)
+            }
             "node" => Ok(Credential::Node {
                 node_id: claims.sub,
                 org_id: claims.org,
@@ -410,22 +558,6 @@ pub(crate) fn principal_of(user: User, presented: Presented) -> Principal {
     }
 }
 
-pub(crate) fn hash_password(password: &str) -> Result<String, IdentityError> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| IdentityError::Invalid(e.to_string()))
-}
-
-pub(crate) fn verify_password(hash: &str, password: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|parsed| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-    })
-}
-
 pub(crate) fn validate_username(username: &str) -> Result<(), IdentityError> {
     let ok = (3..=64).contains(&username.chars().count())
         && username
@@ -464,39 +596,6 @@ pub(crate) fn validate_password(password: &str) -> Result<(), IdentityError> {
     Ok(())
 }
 
-/// The HS256 key: 64 random bytes in a 0600 file in a 0700 directory.
-fn load_or_create_key(dir: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let path = dir.join("jwt.key");
-    match std::fs::read(&path) {
-        Ok(key) if key.len() >= 32 => return Ok(key),
-        Ok(_) => {
-            return Err(std::io::Error::other(format!(
-                "{} is too short to be a signing key",
-                path.display()
-            )));
-        }
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        Err(_) => {}
-    }
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    let key: [u8; 64] = rand::random();
-    let tmp = dir.join("jwt.key.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(&key)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(key.to_vec())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,7 +608,14 @@ mod tests {
             durability: Durability::Flush,
         })
         .unwrap();
-        Identity::open(store, &dir.join("secrets"), 3600, None).unwrap()
+        Identity::open(
+            store,
+            &dir.join("secrets"),
+            3600,
+            NodeTokenPolicy::default(),
+            None,
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -525,14 +631,14 @@ mod tests {
                 .is_none(),
             "only on first boot"
         );
-        let user = id.authenticate(&name, &password).unwrap();
+        let user = id.authenticate(&name, &password).await.unwrap();
         assert!(user.password_hash.starts_with("$argon2id$"));
         assert!(matches!(
-            id.authenticate(&name, "wrong-password"),
+            id.authenticate(&name, "wrong-password").await,
             Err(IdentityError::InvalidCredentials)
         ));
         assert!(matches!(
-            id.authenticate("nobody", &password),
+            id.authenticate("nobody", &password).await,
             Err(IdentityError::InvalidCredentials)
         ));
         let token = id.issue_token(&user).unwrap();
@@ -540,13 +646,17 @@ mod tests {
         assert_eq!(p.user_id, user.id);
         assert!(p.is_admin());
         assert!(id.verify_token(&format!("{}x", token.token)).is_err());
-        let mode = std::fs::metadata(dir.path().join("secrets/jwt.key"))
+        let kid = id.signing_keys()[0].kid.clone();
+        let mode = std::fs::metadata(dir.path().join(format!("secrets/jwt-keys/{kid}.key")))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         // The same key is used after a restart.
-        let node = id.issue_node_token("node-1", &user.org_id, 60).unwrap();
+        let (node, _) = id
+            .issue_node_token("node-1", &user.org_id, Some(60), &user.id)
+            .await
+            .unwrap();
         assert!(
             id.verify_token(&node.token).is_err(),
             "user routes refuse node tokens"
@@ -561,8 +671,14 @@ mod tests {
             id.verify_credential(&token.token).unwrap(),
             Credential::User(_)
         ));
-        let again =
-            Identity::open(id.store.clone(), &dir.path().join("secrets"), 3600, None).unwrap();
+        let again = Identity::open(
+            id.store.clone(),
+            &dir.path().join("secrets"),
+            3600,
+            NodeTokenPolicy::default(),
+            None,
+        )
+        .unwrap();
         assert!(again.verify_token(&token.token).is_ok());
     }
 

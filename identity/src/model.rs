@@ -12,7 +12,32 @@ warden_storage::first_layout!(
     Mail,
     PushToken,
     DeviceCode,
+    NodeToken,
 );
+
+/// A node token that was issued (its `jti`; the token itself is never
+/// stored), so operators can list and revoke a node's tokens.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeToken {
+    /// The token's `jti`.
+    pub id: String,
+    pub node_id: String,
+    pub org_id: String,
+    pub created_by: String,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub revoked_at: Option<Millis>,
+}
+
+impl Record for NodeToken {
+    const COLLECTION: &'static str = "node_tokens";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn indexes(&self) -> Vec<(&'static str, String)> {
+        vec![("node", self.node_id.clone())]
+    }
+}
 
 /// What a user may do. Admins are instance administrators and see every
 /// organisation; operators change their organisation's data; viewers read it.

@@ -176,6 +176,16 @@ impl Nodes {
             .await
     }
 
+    /// Closes a node's live connection, if it has one.
+    pub async fn disconnect(&self, id: &str, reason: &str) -> Result<(), DomainError> {
+        self.kind
+            .with_actor(
+                id,
+                |a| async move { NodeHandle(a).disconnect(reason).await },
+            )
+            .await
+    }
+
     pub fn timing(&self) -> NodeTiming {
         self.kind.kind().timing
     }

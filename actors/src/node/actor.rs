@@ -99,6 +99,11 @@ pub enum NodeMsg {
     Detach {
         conn_id: u64,
     },
+    /// Closes the live connection (a credential was revoked).
+    Disconnect {
+        reason: String,
+        reply: RpcReplyPort<Result<(), DomainError>>,
+    },
     Register {
         conn_id: u64,
         reg: Box<Registration>,
@@ -467,6 +472,16 @@ impl Actor for NodeActor {
                     state.persist_soon();
                 }
             }
+            NodeMsg::Disconnect { reason, reply } => {
+                if let Some(conn) = state.set_conn(None) {
+                    conn.send(Outbound::Close(reason));
+                    super::disconnected(&mut state.node, now);
+                    let next = state.node.clone();
+                    let _ = reply.send(state.persist(next).await.map(|_| ()));
+                } else {
+                    let _ = reply.send(Ok(()));
+                }
+            }
             NodeMsg::Register {
                 conn_id,
                 reg,
@@ -629,6 +644,11 @@ impl NodeHandle {
             reply,
         })
         .await
+    }
+
+    pub async fn disconnect(&self, reason: &str) -> Result<(), DomainError> {
+        let reason = reason.to_owned();
+        call(&self.0, |reply| NodeMsg::Disconnect { reason, reply }).await
     }
 
     pub async fn enqueue(&self, command: NewCommand) -> Result<NodeCommand, DomainError> {

@@ -222,39 +222,84 @@ async fn delete(
 }
 
 /// `expiresIn`: seconds, or a number with `s`, `m`, `h` or `d` (`"30d"`).
-fn parse_expiry(v: Option<&Value>) -> Result<i64, String> {
-    const MAX: i64 = 10 * 365 * 86400;
-    let secs = match v {
-        None | Some(Value::Null) => 365 * 86400,
+/// `expiresIn`: seconds, or `"60m"`, `"12h"`, `"30d"`; `None` when absent
+/// (the configured default lifetime). Bounds are identity's policy.
+fn parse_expiry(v: Option<&Value>) -> Result<Option<i64>, String> {
+    const FORMAT: &str = "expiresIn must look like 3600, \"60m\", \"12h\" or \"30d\"";
+    Ok(Some(match v {
+        None | Some(Value::Null) => return Ok(None),
         Some(Value::Number(n)) => n
             .as_i64()
             .ok_or("expiresIn must be a whole number of seconds")?,
         Some(Value::String(s)) => {
             let s = s.trim();
             let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-            let n: i64 = num
-                .parse()
-                .map_err(|_| "expiresIn must look like 3600, \"60m\", \"12h\" or \"30d\"")?;
+            let n: i64 = num.parse().map_err(|_| FORMAT)?;
             let mult = match unit {
                 "" | "s" => 1,
                 "m" => 60,
                 "h" => 3600,
                 "d" => 86400,
-                _ => {
-                    return Err("expiresIn must look like 3600, \"60m\", \"12h\" or \"30d\"".into());
-                }
+                _ => return Err(FORMAT.into()),
             };
             n.saturating_mul(mult)
         }
         Some(_) => return Err("expiresIn must be a number or a string".into()),
-    };
-    if !(60..=MAX).contains(&secs) {
-        return Err(format!(
-            "expiresIn must be between 60 seconds and {} days",
-            MAX / 86400
-        ));
-    }
-    Ok(secs)
+    }))
+}
+
+fn node_token_view(t: &warden_identity::model::NodeToken) -> Value {
+    json!({
+        "id": t.id,
+        "nodeId": t.node_id,
+        "createdBy": t.created_by,
+        "createdAt": iso(t.created_at),
+        "expiresAt": iso(t.expires_at),
+        "revokedAt": t.revoked_at.map(iso),
+        "status": if t.revoked_at.is_some() {
+            "revoked"
+        } else if t.expires_at <= warden_storage::now_millis() {
+            "expired"
+        } else {
+            "active"
+        },
+    })
+}
+
+/// `GET /api/nodes/{id}/tokens`: the node's tokens (never the tokens
+/// themselves: ids, lifetimes and status).
+async fn list_tokens(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    Path(id): Path<String>,
+) -> AiwmResult<Json<Value>> {
+    let node: Node = find_visible(&state, &p, &id)?;
+    let tokens = state.identity.node_tokens(&node.id)?;
+    Ok(Json(json!({
+        "data": tokens.iter().map(node_token_view).collect::<Vec<_>>(),
+    })))
+}
+
+/// `DELETE /api/nodes/{id}/tokens/{tokenId}`: revokes a node token; the
+/// node's daemon is disconnected and comes back only with a valid credential.
+async fn revoke_token(
+    State(state): State<AppState>,
+    CurrentUser(p, _): User,
+    Path((id, token_id)): Path<(String, String)>,
+) -> AiwmResult<Json<Value>> {
+    require_write(&p, "revoke node tokens")?;
+    let node: Node = find_visible(&state, &p, &id)?;
+    let token = state
+        .identity
+        .revoke_node_token(&node.id, &token_id)
+        .await?;
+    state
+        .runtime
+        .nodes
+        .disconnect(&node.id, "a node token was revoked")
+        .await?;
+    tracing::info!(node = %node.id, token = %token.id, by = %p.username, "node token revoked");
+    Ok(Json(node_token_view(&token)))
 }
 
 /// `POST /api/nodes/{id}/token`: a node-scoped token for a daemon.
@@ -269,9 +314,10 @@ async fn token(
     let node: Node = find_visible(&state, &p, &id)?;
     let ttl = parse_expiry(body.get("expiresIn"))
         .map_err(|e| crate::error::ApiError::validation(vec![e]))?;
-    let issued = state
+    let (issued, record) = state
         .identity
-        .issue_node_token(&node.id, &node.owner.org_id, ttl)?;
+        .issue_node_token(&node.id, &node.owner.org_id, ttl, &p.user_id)
+        .await?;
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -283,8 +329,9 @@ async fn token(
     );
     tracing::info!(node = %node.id, by = %p.username, "node token minted");
     Ok(Json(json!({
+        "id": record.id,
         "token": issued.token,
-        "expiresAt": iso(warden_storage::now_millis() + ttl * 1000),
+        "expiresAt": iso(record.expires_at),
         "installScript": install,
     })))
 }
@@ -472,8 +519,20 @@ pub(super) fn routes() -> Api {
         .post(
             "/api/nodes/{id}/token",
             "aiwm: nodes",
-            "Mint a node token {expiresIn} -> {token, expiresAt, installScript}",
+            "Mint a node token {expiresIn} -> {id, token, expiresAt, installScript}",
             token,
+        )
+        .get(
+            "/api/nodes/{id}/tokens",
+            "aiwm: nodes",
+            "A node's tokens: ids, lifetimes, status (never the tokens)",
+            list_tokens,
+        )
+        .delete(
+            "/api/nodes/{id}/tokens/{tokenId}",
+            "aiwm: nodes",
+            "Revoke a node token (its daemon is disconnected)",
+            revoke_token,
         )
         .post(
             "/api/nodes/{id}/commands",

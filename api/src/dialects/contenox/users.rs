@@ -120,6 +120,7 @@ async fn login(
 }
 
 async fn register(
+    _: crate::auth::MailLimited<Contenox>,
     State(state): State<AppState>,
     JsonBody(body, _): Body,
 ) -> ContenoxResult<(StatusCode, Json<Value>)> {

@@ -105,6 +105,7 @@ async fn session(
 }
 
 async fn signup(
+    _: crate::auth::MailLimited<Forge>,
     State(state): State<AppState>,
     JsonBody(body, _): Body,
 ) -> ForgeResult<(StatusCode, Json<Value>)> {
@@ -160,6 +161,7 @@ async fn verify_email(
 }
 
 async fn resend_verification(
+    _: crate::auth::MailLimited<Forge>,
     State(state): State<AppState>,
     JsonBody(body, _): Body,
 ) -> ForgeResult<Json<Value>> {
@@ -180,6 +182,7 @@ async fn resend_verification(
 }
 
 async fn forgot_password(
+    _: crate::auth::MailLimited<Forge>,
     State(state): State<AppState>,
     JsonBody(body, _): Body,
 ) -> ForgeResult<Json<Value>> {
@@ -363,21 +366,22 @@ async fn mfa_validate(
     let v = strings(&mut f, &["username", "code"]);
     f.finish_as::<Forge>()?;
     let username = v[0].clone().unwrap_or_default();
-    if let Some(wait) = state.limits.login_blocked(ip, &username) {
-        return Err(ApiError::too_many(wait));
-    }
+    let attempt = state
+        .limits
+        .login_attempt(ip, &username)
+        .map_err(ApiError::too_many)?;
     match state
         .identity
         .mfa_validate(&username, v[1].as_deref().unwrap_or(""))
         .await
     {
-        Ok(session) => Ok(Json(
-            json!({"message": "MFA validated", "token": session.token}),
-        )),
-        Err(_) => {
-            state.limits.login_failed(ip, &username);
-            Err(ApiError::new(StatusCode::UNAUTHORIZED, "Invalid MFA code"))
+        Ok(session) => {
+            attempt.succeeded();
+            Ok(Json(
+                json!({"message": "MFA validated", "token": session.token}),
+            ))
         }
+        Err(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "Invalid MFA code")),
     }
 }
 

@@ -46,7 +46,11 @@ fn token_body(state: &AppState, user: &User) -> Result<Json<Value>> {
     })))
 }
 
-async fn register(State(state): State<AppState>, JsonBody(body, _): Body) -> Result<Json<Value>> {
+async fn register(
+    _: crate::auth::MailLimited<Neuronest>,
+    State(state): State<AppState>,
+    JsonBody(body, _): Body,
+) -> Result<Json<Value>> {
     let mut f = Fields::new(body);
     let email = f.string("email", true);
     let password = f.string_max("password", true, 1024);
@@ -161,6 +165,7 @@ async fn change_password(
 }
 
 async fn forgot_password(
+    _: crate::auth::MailLimited<Neuronest>,
     State(state): State<AppState>,
     JsonBody(body, _): Body,
 ) -> Result<Json<Value>> {

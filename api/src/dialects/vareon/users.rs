@@ -121,6 +121,7 @@ async fn token(
 }
 
 async fn register(
+    _: crate::auth::MailLimited<Vareon>,
     State(state): State<AppState>,
     JsonBody(body, _): VareonBody,
 ) -> VareonResult<Json<Value>> {
