@@ -61,6 +61,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         durability: config.durability,
     })
     .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    // Collections whose indexes changed since the store was written are
+    // re-indexed once, before anything reads them.
+    warden_identity::model::ensure_indexes(&store).await?;
+    warden_actors::node::ensure_indexes(&store).await?;
+    warden_domain::ensure_indexes(&store).await?;
     let identity = Identity::open(
         store.clone(),
         &config.data_dir.join("secrets"),

@@ -381,3 +381,46 @@ async fn api_keys_are_shown_once_and_work_everywhere() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_paging_never_skips_users_created_in_the_same_millisecond() {
+    let s = TestServer::start().await;
+    let t = s.admin_token.clone();
+    // Created all at once: many would share a millisecond.
+    let created = futures_util::future::join_all((0..24).map(|i| {
+        let (s, t) = (&s, t.clone());
+        async move {
+            let r = s.post("/users", &t, json!({"email": format!("burst{i}@example.com"), "password": "user-password", "friendlyName": format!("B{i}"), "allowedResources": []})).await;
+            assert_eq!(r.status, 201, "{}", r.body);
+            r.body["id"].as_str().unwrap().to_owned()
+        }
+    }))
+    .await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/users?limit=5&cursor={c}"),
+            None => "/users?limit=5".into(),
+        };
+        let page = s.get(&path, &t).await.body;
+        let page = page.as_array().unwrap().clone();
+        if page.is_empty() {
+            break;
+        }
+        for u in &page {
+            seen.push(u["id"].as_str().unwrap().to_owned());
+        }
+        cursor = page.last().unwrap()["createdAt"]
+            .as_str()
+            .map(str::to_owned);
+    }
+    for id in &created {
+        assert_eq!(
+            seen.iter().filter(|s| *s == id).count(),
+            1,
+            "{id} in {seen:?}"
+        );
+    }
+    assert_eq!(seen.len(), created.len() + 1, "the burst and the admin");
+}

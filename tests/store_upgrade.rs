@@ -93,6 +93,26 @@ async fn a_schema_1_store_opens_and_everything_reads_back() {
     assert_eq!(commands[0]["type"], "model.download");
     assert_eq!(commands[0]["status"], "queued");
 
+    // Re-indexed at the upgrade: the ordered lists see every node.
+    let r = s
+        .get("/api/nodes?sort=-createdAt&limit=1&page=2", &olga)
+        .await;
+    assert_eq!(r.body["pagination"]["total"], 2, "{}", r.body);
+    assert_eq!(r.body["data"][0]["nodeId"], "node-gpu-01", "{}", r.body);
+    let by_status = |status: &'static str| {
+        let (s, olga) = (&s, &olga);
+        async move {
+            s.get(&format!("/api/nodes?filter[status]={status}"), olga)
+                .await
+                .body["pagination"]["total"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    assert_eq!(by_status("offline").await + by_status("online").await, 2);
+    let r = s.get("/users", &s.admin_token).await;
+    assert_eq!(r.body.as_array().map(Vec::len), Some(5), "{}", r.body);
+
     // Plain records.
     let r = s.get("/api/instructions", &olga).await;
     assert_eq!(r.body["data"][0]["instructionId"], "inst-support");
@@ -173,5 +193,29 @@ async fn a_schema_1_store_opens_and_everything_reads_back() {
             .len(),
         2
     );
+    // The old points were given time-index entries by the upgrade: a
+    // retention sweep by time range finds every one of them.
+    let s = s
+        .stop_edit_start(|data_dir| async move {
+            let store = warden_storage::Store::open(&warden_storage::StoreConfig {
+                data_dir,
+                durability: warden_storage::Durability::Flush,
+            })
+            .unwrap();
+            let pruned = store
+                .prune_points(warden_storage::now_millis() + 86_400_000)
+                .await
+                .unwrap();
+            assert!(pruned >= 4, "pruned {pruned}");
+            store.close();
+        })
+        .await;
+    let r = s
+        .get(
+            "/api/neosyntis/telemetry/",
+            &s.login("olga", "olga-password-1").await,
+        )
+        .await;
+    assert_eq!(r.body, json!([]));
     s.stop().await;
 }

@@ -73,6 +73,25 @@ pub fn merge_json_objects(old: &str, new: &str) -> String {
     }
 }
 
+/// Re-indexes the plain records once when their indexes changed.
+pub async fn ensure_indexes(
+    store: &warden_storage::Store,
+) -> Result<(), warden_storage::StorageError> {
+    store.ensure_indexes::<Instruction>().await?;
+    store.ensure_indexes::<Tool>().await?;
+    Ok(())
+}
+
+/// The ordered index every owned record has: by creation time within its
+/// organisation, and across all (`"*"`, for admins).
+pub fn created_order(owner: &Owner, audit: &Audit) -> Vec<(&'static str, String, Vec<u8>)> {
+    let t = warden_storage::time_sort_key(audit.created_at);
+    vec![
+        ("created", owner.org_id.clone(), t.clone()),
+        ("created", "*".into(), t),
+    ]
+}
+
 /// Records owned by an organisation: tenancy is checked through this.
 pub trait Owned {
     fn owner(&self) -> &Owner;

@@ -39,6 +39,10 @@ impl Record for Instruction {
     fn is_deleted(&self) -> bool {
         self.audit.deleted_at.is_some()
     }
+    fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
+        crate::created_order(&self.owner, &self.audit)
+    }
+    const INDEX_VERSION: u32 = 1;
 }
 
 impl Owned for Instruction {
@@ -90,6 +94,10 @@ impl Record for Tool {
     fn is_deleted(&self) -> bool {
         self.audit.deleted_at.is_some()
     }
+    fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
+        crate::created_order(&self.owner, &self.audit)
+    }
+    const INDEX_VERSION: u32 = 1;
 }
 
 impl Owned for Tool {

@@ -274,34 +274,31 @@ impl Identity {
     pub async fn sweep(&self) -> Result<usize, IdentityError> {
         use crate::model::{Challenge, DeviceCode};
         use warden_storage::Write;
-        let now = now_millis();
+        let until = warden_storage::time_sort_key(now_millis());
         let store = self.store();
-        let mut writes = Vec::new();
-        for r in store.all::<RevokedToken>()? {
-            if r.expires_at <= now {
-                writes.push(Write::remove::<RevokedToken>(&r.id));
+        let mut n = 0;
+        // Each kind's expiry index, read up to now: the cost is what has
+        // expired, never what is still valid.
+        async fn sweep_kind<T: warden_storage::Record>(
+            store: &warden_storage::Store,
+            until: &[u8],
+        ) -> Result<usize, IdentityError> {
+            let mut n = 0;
+            loop {
+                let ids = store.ids_up_to::<T>("expires", "*", until, 512)?;
+                if ids.is_empty() {
+                    return Ok(n);
+                }
+                n += ids.len();
+                store
+                    .commit(ids.iter().map(|id| Write::remove::<T>(id)).collect())
+                    .await?;
             }
         }
-        for s in store.all::<Session>()? {
-            if s.expires_at <= now {
-                writes.push(Write::remove::<Session>(&s.id));
-            }
-        }
-        for c in store.all::<Challenge>()? {
-            if c.expires_at <= now {
-                writes.push(Write::remove::<Challenge>(&c.id));
-            }
-        }
-        for d in store.all::<DeviceCode>()? {
-            if d.expires_at <= now {
-                writes.push(Write::remove::<DeviceCode>(&d.id));
-            }
-        }
-        let n = writes.len();
-        while !writes.is_empty() {
-            let rest = writes.split_off(writes.len().min(512));
-            store.commit(std::mem::replace(&mut writes, rest)).await?;
-        }
+        n += sweep_kind::<RevokedToken>(store, &until).await?;
+        n += sweep_kind::<Session>(store, &until).await?;
+        n += sweep_kind::<Challenge>(store, &until).await?;
+        n += sweep_kind::<DeviceCode>(store, &until).await?;
         Ok(n)
     }
 }

@@ -154,6 +154,9 @@ pub struct Identity {
     node_tokens: NodeTokenPolicy,
     dummy_hash: String,
     passwords: Passwords,
+    /// The last creation time given to a user: each gets a distinct
+    /// millisecond, so a timestamp cursor (Contenox) never splits a tie.
+    last_created: std::sync::Arc<std::sync::atomic::AtomicI64>,
     mailer: Mailer,
 }
 
@@ -198,6 +201,7 @@ impl Identity {
             node_tokens,
             dummy_hash: hash_password("not a real password, only for timing")?,
             passwords: Passwords::new(),
+            last_created: Default::default(),
             mailer: Mailer::new(store_for_mail, smtp)?,
         })
     }
@@ -236,7 +240,16 @@ impl Identity {
         validate_username(&new.username)?;
         validate_email(&new.email)?;
         validate_password(&new.password)?;
-        let now = now_millis();
+        let now = {
+            use std::sync::atomic::Ordering;
+            let now = now_millis();
+            let last = self.last_created.fetch_max(now, Ordering::AcqRel);
+            if last >= now {
+                self.last_created.fetch_add(1, Ordering::AcqRel) + 1
+            } else {
+                now
+            }
+        };
         let mut writes = Vec::new();
         let org_id = match new.org_id {
             Some(id) => {

@@ -104,6 +104,15 @@ impl Record for User {
             ("email", self.email.to_lowercase()),
         ]
     }
+    /// By creation time within the organisation, and across all (`"*"`).
+    fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
+        let t = warden_storage::time_sort_key(self.created_at);
+        vec![
+            ("created", self.org_id.clone(), t.clone()),
+            ("created", "*".into(), t),
+        ]
+    }
+    const INDEX_VERSION: u32 = 1;
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -120,6 +129,28 @@ impl Record for Org {
     }
 }
 
+/// Re-indexes identity's collections whose indexes changed (once).
+pub async fn ensure_indexes(
+    store: &warden_storage::Store,
+) -> Result<(), warden_storage::StorageError> {
+    store.ensure_indexes::<User>().await?;
+    store.ensure_indexes::<RevokedToken>().await?;
+    store.ensure_indexes::<Session>().await?;
+    store.ensure_indexes::<Challenge>().await?;
+    store.ensure_indexes::<DeviceCode>().await?;
+    Ok(())
+}
+
+/// The expiry index the housekeeping sweep reads: all records of a kind,
+/// by expiry time.
+fn expiry(expires_at: Millis) -> Vec<(&'static str, String, Vec<u8>)> {
+    vec![(
+        "expires",
+        "*".into(),
+        warden_storage::time_sort_key(expires_at),
+    )]
+}
+
 /// A revoked JWT, kept until it would have expired anyway.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RevokedToken {
@@ -133,6 +164,10 @@ impl Record for RevokedToken {
     fn id(&self) -> &str {
         &self.id
     }
+    fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
+        expiry(self.expires_at)
+    }
+    const INDEX_VERSION: u32 = 1;
 }
 
 /// An opaque bearer session (Forge's tokens). Only the token's SHA-256 is stored.
@@ -155,6 +190,10 @@ impl Record for Session {
     fn indexes(&self) -> Vec<(&'static str, String)> {
         vec![("user", self.user_id.clone())]
     }
+    fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
+        expiry(self.expires_at)
+    }
+    const INDEX_VERSION: u32 = 1;
 }
 
 /// An API key (Contenox's `X-API-Key`). Only the secret's SHA-256 is stored.
@@ -213,6 +252,10 @@ impl Record for Challenge {
     fn indexes(&self) -> Vec<(&'static str, String)> {
         vec![("user", self.user_id.clone())]
     }
+    fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
+        expiry(self.expires_at)
+    }
+    const INDEX_VERSION: u32 = 1;
 }
 
 /// A mail Warden sent or would have sent (the outbox).
@@ -279,4 +322,8 @@ impl Record for DeviceCode {
     fn uniques(&self) -> Vec<(&'static str, String)> {
         vec![("user_code", self.user_code.clone())]
     }
+    fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
+        expiry(self.expires_at)
+    }
+    const INDEX_VERSION: u32 = 1;
 }

@@ -11,15 +11,18 @@
 //! | `r` collection id                        | bincode [`Envelope`](crate::record) |
 //! | `i` collection index value id            | empty                        |
 //! | `u` collection constraint value          | owning record id             |
+//! | `o` collection index scope sortkey id    | empty (ordered index, live records only) |
+//! | `c` collection index scope               | u64 BE: entries under that scope |
 //! | `m` name                                 | metadata (schema version, commit sequence) |
 //!
 //! Schema history (migrations in `migrations.rs`):
 //! 1. the layout above; envelopes hold version, index and unique keys, body.
 //! 2. envelopes also hold the body's layout and the commit group (`seq`);
 //!    `m commit_seq` holds the last commit group stamped.
+//! 3. every time-series point has a time-index key (see `series.rs`).
 
 /// The schema this build writes. Bump it with a migration in `migrations.rs`.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Name of the sled tree that holds records, indexes and metadata.
 pub const MAIN_TREE: &str = "warden";
@@ -33,6 +36,8 @@ pub(crate) const RECORD: u8 = b'r';
 pub(crate) const INDEX: u8 = b'i';
 pub(crate) const UNIQUE: u8 = b'u';
 pub(crate) const META: u8 = b'm';
+pub(crate) const ORDERED: u8 = b'o';
+pub(crate) const COUNT: u8 = b'c';
 
 pub(crate) const SCHEMA_KEY: &str = "schema_version";
 pub(crate) const COMMIT_SEQ_KEY: &str = "commit_seq";
@@ -113,6 +118,53 @@ pub(crate) fn unique(collection: &str, constraint: &str, value: &str) -> Vec<u8>
             value.as_bytes(),
         ],
     )
+}
+
+pub(crate) fn ordered(
+    collection: &str,
+    index: &str,
+    scope: &str,
+    sort_key: &[u8],
+    id: &str,
+) -> Vec<u8> {
+    key(
+        ORDERED,
+        &[
+            collection.as_bytes(),
+            index.as_bytes(),
+            scope.as_bytes(),
+            sort_key,
+            id.as_bytes(),
+        ],
+    )
+}
+
+pub(crate) fn ordered_scope(collection: &str, index: &str, scope: &str) -> Vec<u8> {
+    key(
+        ORDERED,
+        &[collection.as_bytes(), index.as_bytes(), scope.as_bytes()],
+    )
+}
+
+/// The counter of the scope an ordered key belongs to.
+pub(crate) fn count_of(ordered_key: &[u8]) -> Option<Vec<u8>> {
+    let (collection, rest) = pop(ordered_key.get(1..)?)?;
+    let (index, rest) = pop(rest)?;
+    let (scope, _) = pop(rest)?;
+    Some(key(COUNT, &[&collection, &index, &scope]))
+}
+
+pub(crate) fn count(collection: &str, index: &str, scope: &str) -> Vec<u8> {
+    key(
+        COUNT,
+        &[collection.as_bytes(), index.as_bytes(), scope.as_bytes()],
+    )
+}
+
+/// A time as a sort key: 8 bytes, big-endian with the sign bit flipped,
+/// so byte order is time order (negative times included).
+pub fn time_sort_key(millis: i64) -> Vec<u8> {
+    ((millis as u64) ^ (1 << 63)).to_be_bytes().to_vec()
 }
 
 pub(crate) fn meta(name: &str) -> Vec<u8> {

@@ -31,8 +31,9 @@ mod versioned;
 pub use blobs::{BlobRef, BlobStore};
 pub use engine::Engine;
 pub use error::StorageError;
+pub use keys::time_sort_key;
 pub use record::{Record, Write};
-pub use store::{Durability, ListQuery, Listed, Scope, Store, StoreConfig};
+pub use store::{Durability, ListQuery, Listed, PageQuery, Paged, Scope, Store, StoreConfig};
 pub use versioned::{Initial, Versioned};
 
 /// Milliseconds since the Unix epoch: the one time representation stored.

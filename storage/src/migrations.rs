@@ -2,13 +2,16 @@
 //! every record shares (a change to one type's body is a new
 //! [`Versioned`](crate::Versioned) layout instead, upgraded on read).
 //!
-//! Each migration reads the records space as it is and returns changes;
-//! the changes and the new schema stamp are applied as one atomic batch
-//! and flushed, so a crash leaves the store either before or after a step,
-//! never half-way, and re-opening runs exactly the steps not yet stamped.
+//! Each migration reads one space as it is and returns changes. In the
+//! records space the changes and the new schema stamp are applied as one
+//! atomic batch and flushed, so a crash leaves the store either before or
+//! after a step, never half-way, and re-opening runs exactly the steps not
+//! yet stamped. A step in the series space is applied, flushed, then
+//! stamped: such steps must be idempotent (they only add derived keys), so
+//! that one interrupted before its stamp simply runs again.
 //! A store stamped newer than this build is refused.
 
-use crate::engine::Entry;
+use crate::engine::{Entry, Space};
 use crate::record::{Envelope, EnvelopeV1, decode, encode};
 use crate::{StorageError, keys};
 
@@ -26,6 +29,7 @@ pub(crate) type Entries<'a> = &'a mut dyn Iterator<Item = Result<Entry, StorageE
 pub(crate) struct Migration {
     pub from: u32,
     pub what: &'static str,
+    pub space: Space,
     pub run: fn(Entries<'_>, &mut Vec<Change>) -> Result<(), StorageError>,
 }
 
@@ -34,14 +38,39 @@ pub(crate) const ALL: &[Migration] = &[
     Migration {
         from: 0,
         what: "stamp the schema",
+        space: Space::Records,
         run: |_, _| Ok(()),
     },
     Migration {
         from: 1,
         what: "envelopes carry the body's layout and the commit group",
+        space: Space::Records,
         run: envelopes_with_layout,
     },
+    Migration {
+        from: 2,
+        what: "every time-series point gets a time-index entry",
+        space: Space::Series,
+        run: series_time_index,
+    },
 ];
+
+/// Schema 2 → 3: the time index of every stored point (idempotent).
+fn series_time_index(entries: Entries<'_>, out: &mut Vec<Change>) -> Result<(), StorageError> {
+    for entry in entries {
+        let (key, _) = entry?;
+        if key.starts_with(&[0, 0]) {
+            continue;
+        }
+        if let Some(at) = crate::series::time_of_point_key(&key) {
+            out.push(Change::Put(
+                crate::series::time_index_key(at, &key),
+                Vec::new(),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Schema 1 → 2: every record envelope gains `layout` (1: every body of
 /// schema 1 is its type's first layout) and `seq` (0: durable).
@@ -77,6 +106,7 @@ pub(crate) fn read_schema(tree: &sled::Tree) -> Result<u32, StorageError> {
 pub(crate) fn run(
     db: &sled::Db,
     tree: &sled::Tree,
+    series: &sled::Tree,
     migrations: &[Migration],
     target: u32,
 ) -> Result<(), StorageError> {
@@ -97,8 +127,12 @@ pub(crate) fn run(
             .iter()
             .find(|m| m.from == version)
             .ok_or_else(|| StorageError::Engine(format!("no migration from schema {version}")))?;
+        let space = match step.space {
+            Space::Records => tree,
+            Space::Series => series,
+        };
         let mut changes = Vec::new();
-        let mut entries = tree.iter().map(|item| {
+        let mut entries = space.iter().map(|item| {
             item.map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .map_err(Into::into)
         });
@@ -111,8 +145,15 @@ pub(crate) fn run(
                 Change::Remove(k) => batch.remove(k),
             }
         }
-        batch.insert(keys::meta(keys::SCHEMA_KEY), &(version + 1).to_be_bytes());
-        tree.apply_batch(batch)?;
+        let stamp = (keys::meta(keys::SCHEMA_KEY), (version + 1).to_be_bytes());
+        if step.space == Space::Records {
+            batch.insert(stamp.0, &stamp.1);
+            tree.apply_batch(batch)?;
+        } else {
+            space.apply_batch(batch)?;
+            db.flush()?;
+            tree.insert(stamp.0, &stamp.1)?;
+        }
         db.flush()?;
         tracing::info!(
             from = version,
@@ -158,25 +199,28 @@ mod tests {
             Migration {
                 from: 1,
                 what: "rename",
+                space: Space::Records,
                 run: rename,
             },
             Migration {
                 from: 2,
                 what: "fail",
+                space: Space::Records,
                 run: fail,
             },
         ];
         // The second step fails: the first stays done, the second left nothing.
-        assert!(run(&db, &tree, &steps, 3).is_err());
+        let series = db.open_tree(keys::SERIES_TREE).unwrap();
+        assert!(run(&db, &tree, &series, &steps, 3).is_err());
         assert_eq!(read_schema(&tree).unwrap(), 2);
         assert_eq!(tree.get(b"current").unwrap().unwrap().as_ref(), b"1");
         assert!(tree.get(b"legacy").unwrap().is_none());
         assert!(tree.get(b"half").unwrap().is_none());
         // Re-running does only what is not stamped yet.
-        run(&db, &tree, &steps[..1], 2).unwrap();
+        run(&db, &tree, &series, &steps[..1], 2).unwrap();
         assert_eq!(tree.get(b"current").unwrap().unwrap().as_ref(), b"1");
         assert!(matches!(
-            run(&db, &tree, &[], 1),
+            run(&db, &tree, &series, &[], 1),
             Err(StorageError::SchemaTooNew {
                 found: 2,
                 supported: 1

@@ -29,6 +29,18 @@ pub trait Record: Versioned + Serialize + Clone + Send + Sync + 'static {
     fn is_deleted(&self) -> bool {
         false
     }
+
+    /// Ordered indexes `(index, scope, sort key)` of a live record: lists
+    /// page through a scope in sort-key order (then id) without loading
+    /// the collection, and each scope keeps its count (see
+    /// [`Store::page`](crate::Store::page)). Deleted records have none.
+    fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
+        Vec::new()
+    }
+
+    /// Bump when `indexes` or `ordered` change: stores written before are
+    /// re-indexed once by [`Store::ensure_indexes`](crate::Store::ensure_indexes).
+    const INDEX_VERSION: u32 = 0;
 }
 
 /// What is stored under a record key (schema 2): the body, the layout it
@@ -111,11 +123,18 @@ impl Write {
     /// A put of a typed record; indexes and constraints come from the record.
     pub fn put<T: Record>(record: &T, expect_version: Option<u64>) -> Result<Write, StorageError> {
         let id = record.id();
-        let index_keys = record
+        let mut index_keys: Vec<Vec<u8>> = record
             .indexes()
             .into_iter()
             .map(|(name, value)| keys::index(T::COLLECTION, name, &value, id))
             .collect();
+        if !record.is_deleted() {
+            index_keys.extend(
+                record.ordered().into_iter().map(|(name, scope, sort)| {
+                    keys::ordered(T::COLLECTION, name, &scope, &sort, id)
+                }),
+            );
+        }
         let unique_keys = if record.is_deleted() {
             Vec::new()
         } else {

@@ -2,7 +2,9 @@
 //! (`node/{id}/metrics`, `telemetry/{owner}`), kept in their own tree.
 //!
 //! A point's key ends with its id, so writing the same point twice (a
-//! daemon re-sending buffered telemetry) stores it once.
+//! daemon re-sending buffered telemetry) stores it once. Every point also
+//! has a time-index key (`00 00`, time, point key), so retention deletes
+//! by time range: its cost is the points it removes.
 
 use crate::engine::Space;
 use crate::{Millis, StorageError, Store, Write, keys};
@@ -55,6 +57,38 @@ pub fn point_key(series: &str, at: Millis, id: &str) -> Vec<u8> {
     k
 }
 
+/// Starts the time index. No series key starts with it: an escaped
+/// component's 0x00 is always followed by 0xFF or 0x01.
+const TIME_INDEX: [u8; 2] = [0, 0];
+
+/// The time-index key of a point: `00 00`, its time, its key.
+pub(crate) fn time_index_key(at: Millis, point_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + point_key.len());
+    k.extend_from_slice(&TIME_INDEX);
+    k.extend_from_slice(&time_bytes(at));
+    k.extend_from_slice(point_key);
+    k
+}
+
+/// The time of a point's key (after its series component).
+pub(crate) fn time_of_point_key(key: &[u8]) -> Option<Millis> {
+    let (_, rest) = keys::pop(key)?;
+    let t: [u8; 8] = rest.get(..8)?.try_into().ok()?;
+    Some((u64::from_be_bytes(t) ^ (1 << 63)) as Millis)
+}
+
+/// The writes that store a point: itself and its time-index entry.
+fn point_writes(series: &str, at: Millis, id: &str, value: Vec<u8>) -> Vec<Write> {
+    let key = point_key(series, at, id);
+    vec![
+        Write::Point {
+            key: time_index_key(at, &key),
+            value: Vec::new(),
+        },
+        Write::Point { key, value },
+    ]
+}
+
 fn decode(series_len: usize, key: &[u8], value: &[u8]) -> Option<Point> {
     let rest = key.get(series_len..)?;
     let t: [u8; 8] = rest.get(..8)?.try_into().ok()?;
@@ -76,12 +110,9 @@ impl Store {
         id: &str,
         value: Vec<u8>,
     ) -> Result<(), StorageError> {
-        self.commit(vec![Write::Point {
-            key: point_key(series, at, id),
-            value,
-        }])
-        .await
-        .map(|_| ())
+        self.commit(point_writes(series, at, id, value))
+            .await
+            .map(|_| ())
     }
 
     /// Appends a point without waiting for the flush.
@@ -92,10 +123,7 @@ impl Store {
         id: &str,
         value: Vec<u8>,
     ) -> Result<(), StorageError> {
-        self.commit_nowait(vec![Write::Point {
-            key: point_key(series, at, id),
-            value,
-        }])
+        self.commit_nowait(point_writes(series, at, id, value))
     }
 
     /// Points of one series within a time range.
@@ -142,34 +170,33 @@ impl Store {
         Ok(out.into_iter().skip(range.skip).collect())
     }
 
-    /// Removes every point older than `before`, in every series. Returns
-    /// how many were removed.
+    /// Removes every point older than `before`, in every series, by a
+    /// range of the time index. Returns how many were removed.
     pub async fn prune_points(&self, before: Millis) -> Result<usize, StorageError> {
-        let mut doomed = Vec::new();
-        let all = self.engine().range(
-            Space::Series,
-            std::ops::Bound::Unbounded,
-            std::ops::Bound::Unbounded,
-        );
-        for item in all {
-            let (key, _) = item?;
-            let Some((_, rest)) = keys::pop(&key) else {
-                continue;
-            };
-            if let Some(t) = rest.get(..8).and_then(|t| <[u8; 8]>::try_from(t).ok())
-                && ((u64::from_be_bytes(t) ^ (1 << 63)) as Millis) < before
-            {
+        let mut end = TIME_INDEX.to_vec();
+        end.extend_from_slice(&time_bytes(before));
+        let mut removed = 0;
+        loop {
+            let mut doomed = Vec::new();
+            for item in self.engine().range(
+                Space::Series,
+                std::ops::Bound::Included(TIME_INDEX.to_vec()),
+                std::ops::Bound::Excluded(end.clone()),
+            ) {
+                let (key, _) = item?;
+                doomed.push(key[10..].to_vec());
                 doomed.push(key);
+                if doomed.len() >= 2048 {
+                    break;
+                }
             }
+            if doomed.is_empty() {
+                return Ok(removed);
+            }
+            removed += doomed.len() / 2;
+            self.commit(vec![Write::RemovePoints { keys: doomed }])
+                .await?;
         }
-        let n = doomed.len();
-        for chunk in doomed.chunks(1024) {
-            self.commit(vec![Write::RemovePoints {
-                keys: chunk.to_vec(),
-            }])
-            .await?;
-        }
-        Ok(n)
     }
 }
 

@@ -13,7 +13,7 @@
 //! it deadlocks under concurrency in 0.34.7. A failed flush poisons the
 //! engine: the group and every later request are refused.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::ops::Bound;
 use std::path::Path;
@@ -48,8 +48,8 @@ impl SledEngine {
             .flush_every_ms(Some(1000))
             .open()?;
         let tree = db.open_tree(keys::MAIN_TREE)?;
-        migrations::run(&db, &tree, migrations::ALL, keys::SCHEMA_VERSION)?;
         let series = db.open_tree(keys::SERIES_TREE)?;
+        migrations::run(&db, &tree, &series, migrations::ALL, keys::SCHEMA_VERSION)?;
         let durable = match tree.get(keys::meta(keys::COMMIT_SEQ_KEY))? {
             Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")),
             _ => 0,
@@ -228,6 +228,8 @@ fn apply(tree: &sled::Tree, series: &sled::Tree, writes: Vec<Write>, seq: u64) -
     let mut has_points = false;
     let mut batch = sled::Batch::default();
     let mut versions = Vec::with_capacity(writes.len());
+    // Changes to the counts of ordered-index scopes, written with the batch.
+    let mut counts: HashMap<Vec<u8>, i64> = HashMap::new();
     // Unique keys claimed by earlier writes of this same request.
     let mut claimed: HashSet<Vec<u8>> = HashSet::new();
     for write in writes {
@@ -286,6 +288,11 @@ fn apply(tree: &sled::Tree, series: &sled::Tree, writes: Vec<Write>, seq: u64) -
                         batch.remove(k.as_slice());
                     }
                 }
+                count_changes(
+                    &mut counts,
+                    old.as_ref().map_or(&[][..], |o| &o.index_keys[..]),
+                    &index_keys,
+                );
                 for k in &index_keys {
                     batch.insert(k.as_slice(), &[] as &[u8]);
                 }
@@ -309,6 +316,7 @@ fn apply(tree: &sled::Tree, series: &sled::Tree, writes: Vec<Write>, seq: u64) -
                 let rkey = keys::record(collection, &id);
                 if let Some(bytes) = tree.get(&rkey)? {
                     let old: Envelope = decode(&bytes, collection, &id)?;
+                    count_changes(&mut counts, &old.index_keys, &[]);
                     for k in &old.index_keys {
                         batch.remove(k.as_slice());
                     }
@@ -337,9 +345,42 @@ fn apply(tree: &sled::Tree, series: &sled::Tree, writes: Vec<Write>, seq: u64) -
             }
         }
     }
+    for (key, delta) in counts {
+        if delta == 0 {
+            continue;
+        }
+        let current = tree
+            .get(&key)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let next = (current as i64).saturating_add(delta).max(0) as u64;
+        batch.insert(key, &next.to_be_bytes());
+    }
     tree.apply_batch(batch)?;
     if has_points {
         series.apply_batch(points)?;
     }
     Ok(versions)
+}
+
+/// Adds to `counts` the scope-count changes of replacing the ordered keys
+/// among `old` by those among `new`.
+fn count_changes(counts: &mut HashMap<Vec<u8>, i64>, old: &[Vec<u8>], new: &[Vec<u8>]) {
+    let ordered = |keys: &[Vec<u8>]| -> HashSet<Vec<u8>> {
+        keys.iter()
+            .filter(|k| k.first() == Some(&keys::ORDERED))
+            .cloned()
+            .collect()
+    };
+    let (old, new) = (ordered(old), ordered(new));
+    for k in old.difference(&new) {
+        if let Some(c) = keys::count_of(k) {
+            *counts.entry(c).or_default() -= 1;
+        }
+    }
+    for k in new.difference(&old) {
+        if let Some(c) = keys::count_of(k) {
+            *counts.entry(c).or_default() += 1;
+        }
+    }
 }

@@ -68,6 +68,29 @@ pub struct Listed<T> {
     pub total: usize,
 }
 
+/// A page of one scope of an ordered index (see [`Record::ordered`]).
+#[derive(Debug, Clone)]
+pub struct PageQuery<'a> {
+    pub index: &'a str,
+    pub scope: &'a str,
+    /// Newest (largest sort key) first.
+    pub descending: bool,
+    /// Entries to pass over first (offset paging).
+    pub skip: usize,
+    /// Start strictly after this entry (cursor paging): the sort key and id
+    /// of the last item of the previous page. Ties on the key go by id.
+    pub after: Option<(&'a [u8], &'a str)>,
+    pub limit: usize,
+}
+
+/// What a page read found: the records, the scope's total, and each
+/// record's sort key (for the next cursor).
+#[derive(Debug)]
+pub struct Paged<T> {
+    pub items: Vec<(Vec<u8>, T)>,
+    pub total: u64,
+}
+
 struct Inner {
     engine: Box<dyn Engine>,
     blobs: BlobStore,
@@ -300,6 +323,130 @@ impl Store {
         Ok(out)
     }
 
+    /// One page of a scope of an ordered index, read in key order: the
+    /// cost is the page (plus `skip` keys passed over), never the
+    /// collection; the total is the scope's maintained count.
+    pub fn page<T: Record>(&self, q: &PageQuery<'_>) -> Result<Paged<T>, StorageError> {
+        let prefix = keys::ordered_scope(T::COLLECTION, q.index, q.scope);
+        let total = self
+            .engine()
+            .get(
+                Space::Records,
+                &keys::count(T::COLLECTION, q.index, q.scope),
+            )?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let end = prefix_end(&prefix);
+        let (from, to) = match (q.after, q.descending) {
+            (None, _) => (Bound::Included(prefix.clone()), end),
+            (Some((sort, id)), false) => {
+                let mut after = prefix.clone();
+                keys::push(&mut after, sort);
+                keys::push(&mut after, id.as_bytes());
+                (Bound::Excluded(after), end)
+            }
+            (Some((sort, id)), true) => {
+                let mut before = prefix.clone();
+                keys::push(&mut before, sort);
+                keys::push(&mut before, id.as_bytes());
+                (Bound::Included(prefix.clone()), Bound::Excluded(before))
+            }
+        };
+        let scan = self.engine().range(Space::Records, from, to);
+        let entries: Box<dyn Iterator<Item = _>> = if q.descending {
+            Box::new(scan.rev())
+        } else {
+            Box::new(scan)
+        };
+        let mut items = Vec::with_capacity(q.limit.min(1024));
+        for entry in entries.skip(q.skip).take(q.limit) {
+            let (key, _) = entry?;
+            let Some((sort, rest)) = keys::pop(&key[prefix.len()..]) else {
+                continue;
+            };
+            let Some((id, _)) = keys::pop(rest) else {
+                continue;
+            };
+            if let Some(record) = self.get::<T>(&String::from_utf8_lossy(&id))? {
+                items.push((sort, record));
+            }
+        }
+        Ok(Paged { items, total })
+    }
+
+    /// Ids of up to `limit` records of a scope of an ordered index whose
+    /// sort key is at most `max_key`, smallest first: what a sweep of an
+    /// expiry index reads (the expired, never the rest).
+    pub fn ids_up_to<T: Record>(
+        &self,
+        index: &str,
+        scope: &str,
+        max_key: &[u8],
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        let prefix = keys::ordered_scope(T::COLLECTION, index, scope);
+        let mut ids = Vec::new();
+        for entry in self.scan_prefix(Space::Records, prefix.clone()) {
+            let (key, _) = entry?;
+            let Some((sort, rest)) = keys::pop(&key[prefix.len()..]) else {
+                continue;
+            };
+            if sort.as_slice() > max_key || ids.len() >= limit {
+                break;
+            }
+            if let Some((id, _)) = keys::pop(rest) {
+                ids.push(String::from_utf8_lossy(&id).into_owned());
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Re-indexes a collection once when its [`Record::INDEX_VERSION`] is
+    /// newer than the store's: every record is written again (in its
+    /// current layout, with its current indexes and counts), then the
+    /// version is stamped. Returns how many records were rewritten.
+    pub async fn ensure_indexes<T: Record>(&self) -> Result<usize, StorageError> {
+        let meta = keys::meta(&format!("index_version/{}", T::COLLECTION));
+        let stored = self
+            .engine()
+            .get(Space::Records, &meta)?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
+            .map_or(0, u32::from_be_bytes);
+        if stored >= T::INDEX_VERSION {
+            return Ok(0);
+        }
+        let prefix = keys::records(T::COLLECTION);
+        let mut ids = Vec::new();
+        for item in self.scan_prefix(Space::Records, prefix.clone()) {
+            let (key, _) = item?;
+            if let Some((id, _)) = keys::pop(&key[prefix.len()..]) {
+                ids.push(String::from_utf8_lossy(&id).into_owned());
+            }
+        }
+        let mut rewritten = 0;
+        for chunk in ids.chunks(256) {
+            let mut writes = Vec::with_capacity(chunk.len());
+            for id in chunk {
+                if let Some((record, version)) = self.get_versioned::<T>(id)? {
+                    writes.push(Write::put(&record, Some(version))?);
+                }
+            }
+            rewritten += writes.len();
+            self.commit(writes).await?;
+        }
+        self.commit(vec![Write::Meta {
+            name: format!("index_version/{}", T::COLLECTION),
+            value: T::INDEX_VERSION.to_be_bytes().to_vec(),
+        }])
+        .await?;
+        tracing::info!(
+            collection = T::COLLECTION,
+            records = rewritten,
+            "re-indexed"
+        );
+        Ok(rewritten)
+    }
+
     /// Filter, sort and page a collection (soft-deleted records hidden
     /// unless asked for). Loads the scope into memory: scopes are tenants,
     /// whose collections are expected to stay in the thousands.
@@ -371,6 +518,14 @@ mod tests {
         }
         fn is_deleted(&self) -> bool {
             self.deleted
+        }
+        fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
+            // By the first letter only, so that ties happen.
+            vec![(
+                "by_name",
+                self.org.clone(),
+                self.name.as_bytes()[..1].to_vec(),
+            )]
         }
     }
 
@@ -677,5 +832,82 @@ mod tests {
         store
             .commit_nowait(vec![Write::insert(&thing("1", "a", "x")).unwrap()])
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn ordered_pages_read_only_the_page_and_keep_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        // Two records share the sort key "b": ties go by id.
+        for (id, name) in [("1", "c"), ("2", "b1"), ("3", "a"), ("4", "b2"), ("5", "d")] {
+            store.insert(thing(id, "o", name)).await.unwrap();
+        }
+        store.insert(thing("x", "other", "a")).await.unwrap();
+        let page = |descending, skip, limit, after: Option<(Vec<u8>, String)>| {
+            let after_ref = after.as_ref().map(|(k, id)| (k.as_slice(), id.as_str()));
+            let p = store
+                .page::<Thing>(&PageQuery {
+                    index: "by_name",
+                    scope: "o",
+                    descending,
+                    skip,
+                    after: after_ref,
+                    limit,
+                })
+                .unwrap();
+            (
+                p.total,
+                p.items
+                    .into_iter()
+                    .map(|(k, t)| (k, t.id))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let ids = |items: &[(Vec<u8>, String)]| {
+            items.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>()
+        };
+        let (total, items) = page(false, 0, 10, None);
+        assert_eq!(total, 5);
+        assert_eq!(ids(&items), ["3", "2", "4", "1", "5"]);
+        let (_, items) = page(true, 1, 2, None);
+        assert_eq!(ids(&items), ["1", "4"]);
+        // A cursor after the first "b" (id 2) still finds the second (id 4).
+        let (_, first) = page(false, 0, 2, None);
+        let last = first.last().cloned().unwrap();
+        let (_, next) = page(false, 0, 2, Some(last));
+        assert_eq!(ids(&next), ["4", "1"]);
+        let (_, back) = page(true, 0, 2, Some(next[0].clone()));
+        assert_eq!(ids(&back), ["2", "3"]);
+
+        // Renames move entries; soft deletes and removals leave the count.
+        store
+            .update::<Thing, StorageError>("5", |t| {
+                t.name = "0".into();
+                Ok(Some(()))
+            })
+            .await
+            .unwrap();
+        store
+            .update::<Thing, StorageError>("1", |t| {
+                t.deleted = true;
+                Ok(Some(()))
+            })
+            .await
+            .unwrap();
+        store.remove::<Thing>("3").await.unwrap();
+        let (total, items) = page(false, 0, 10, None);
+        assert_eq!(total, 3);
+        assert_eq!(ids(&items), ["5", "2", "4"]);
+        let other = store
+            .page::<Thing>(&PageQuery {
+                index: "by_name",
+                scope: "other",
+                descending: false,
+                skip: 0,
+                after: None,
+                limit: 10,
+            })
+            .unwrap();
+        assert_eq!(other.total, 1);
     }
 }

@@ -19,6 +19,14 @@ use warden_storage::{Millis, new_object_id, now_millis};
 use crate::DomainError;
 use protocol::{GpuReport, Heartbeat, Registration};
 
+/// Re-indexes the node records once when their indexes changed.
+pub async fn ensure_indexes(
+    store: &warden_storage::Store,
+) -> Result<(), warden_storage::StorageError> {
+    store.ensure_indexes::<Node>().await?;
+    Ok(())
+}
+
 /// The fields a client supplies to register a node.
 #[derive(Debug, Clone, Default)]
 pub struct NewNode {

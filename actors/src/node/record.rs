@@ -110,6 +110,17 @@ impl Record for Node {
     fn is_deleted(&self) -> bool {
         self.audit.deleted_at.is_some()
     }
+    /// Newest-first lists of an organisation (`"*"`: every organisation,
+    /// for admins), whole or by status.
+    fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
+        let t = warden_storage::time_sort_key(self.audit.created_at);
+        let (org, status) = (&self.owner.org_id, self.status.as_str());
+        let mut ordered = warden_domain::created_order(&self.owner, &self.audit);
+        ordered.push(("status_created", format!("{org}/{status}"), t.clone()));
+        ordered.push(("status_created", format!("*/{status}"), t));
+        ordered
+    }
+    const INDEX_VERSION: u32 = 1;
 }
 
 impl Owned for Node {

@@ -62,6 +62,9 @@ pub(crate) trait Resource: Record + Owned {
     const NAME: &'static str;
     /// The client-chosen key (`nodeId`, `instructionId`, ...), unique per org.
     const KEY: &'static str;
+    /// Filters that an ordered index answers (`status` for nodes): a list
+    /// by creation time with at most one of them reads only its page.
+    const INDEXED_FILTERS: &'static [&'static str] = &[];
     fn view(&self) -> Value;
     fn audit(&self) -> &Audit;
     fn audit_mut(&mut self) -> &mut Audit;
@@ -123,13 +126,44 @@ pub(crate) fn find_visible<R: Resource>(
         .ok_or_else(|| ApiError::not_found(R::NAME, id))
 }
 
-/// `GET` on a collection: tenant scope, then the dialect's filter, sort and page.
+/// `GET` on a collection: tenant scope, then the dialect's filter, sort
+/// and page. Lists in creation order (the default, or `sort=createdAt` /
+/// `-createdAt`), unfiltered or filtered by one indexed field, read one
+/// page of an ordered index; any other query filters and sorts the
+/// tenant's records in memory.
 pub(crate) fn list<R: Resource>(
     state: &AppState,
     p: &Principal,
     q: &AiwmQuery,
 ) -> AiwmResult<Json<Value>> {
-    use warden_storage::{ListQuery, Scope};
+    use warden_storage::{ListQuery, PageQuery, Scope};
+    let descending = match q.sort.as_slice() {
+        [] => Some(false),
+        [(field, desc)] if field == "createdAt" => Some(*desc),
+        _ => None,
+    };
+    let org = if p.is_admin() { "*" } else { p.org_id.as_str() };
+    let index = match q.filters.as_slice() {
+        [] => Some(("created", org.to_owned())),
+        [(field, value)] if R::INDEXED_FILTERS.contains(&field.as_str()) => {
+            Some(("status_created", format!("{org}/{value}")))
+        }
+        _ => None,
+    };
+    if let (Some(descending), Some((index, scope))) = (descending, index) {
+        let page = state.store.page::<R>(&PageQuery {
+            index,
+            scope: &scope,
+            descending,
+            skip: (q.page - 1).saturating_mul(q.limit),
+            after: None,
+            limit: q.limit,
+        })?;
+        let data: Vec<Value> = page.items.iter().map(|(_, r)| r.view()).collect();
+        return Ok(Json(
+            json!({"data": data, "pagination": {"page": q.page, "limit": q.limit, "total": page.total}}),
+        ));
+    }
     let scope = if p.is_admin() {
         Scope::All
     } else {

@@ -22,6 +22,7 @@ type User = CurrentUser<super::Aiwm>;
 const STATUSES: [&str; 3] = ["online", "offline", "maintenance"];
 
 impl Resource for Node {
+    const INDEXED_FILTERS: &'static [&'static str] = &["status"];
     const NAME: &'static str = "Node";
     const KEY: &'static str = "nodeId";
 

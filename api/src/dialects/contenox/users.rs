@@ -232,21 +232,25 @@ async fn list_users(
     Query(q): Query<Paging>,
 ) -> ContenoxResult<Json<Value>> {
     let (limit, cursor) = super::page_params(q.limit.as_deref(), "cursor", q.cursor.as_deref())?;
-    let mut users: Vec<User> = state
+    // Newest first, strictly before the cursor. Every user has a distinct
+    // creation millisecond (identity stamps them so), so a page that ends
+    // on one never hides another created in the same millisecond.
+    let cursor_key = cursor.map(warden_storage::time_sort_key);
+    let scope = if p.is_admin() { "*" } else { p.org_id.as_str() };
+    let page = state
         .identity
         .store()
-        .all::<User>()?
-        .into_iter()
-        .filter(|u| p.sees_org(&u.org_id))
-        .collect();
-    users.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
-    let page: Vec<Value> = users
-        .iter()
-        .filter(|u| cursor.is_none_or(|c| u.created_at < c))
-        .take(limit)
-        .map(user_view)
-        .collect();
-    Ok(Json(Value::Array(page)))
+        .page::<User>(&warden_storage::PageQuery {
+            index: "created",
+            scope,
+            descending: true,
+            skip: 0,
+            after: cursor_key.as_deref().map(|k| (k, "")),
+            limit,
+        })?;
+    Ok(Json(Value::Array(
+        page.items.iter().map(|(_, u)| user_view(u)).collect(),
+    )))
 }
 
 async fn create_user(
