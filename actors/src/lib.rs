@@ -2,10 +2,9 @@
 //! state with plain transition functions, and an actor that persists every
 //! change before it replies. Supervision lives in `warden-supervisors`.
 
-mod error;
 pub mod node;
 
-pub use error::DomainError;
+pub use warden_domain::DomainError;
 
 pub use warden_domain::merge_json_objects as merge_extra;
 

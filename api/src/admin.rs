@@ -5,8 +5,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use warden_identity::NewUser;
 use warden_identity::model::{Role, User};
+use warden_identity::{Enrolment, SignUp};
 
 use crate::AppState;
 use crate::auth::AdminUser;
@@ -122,15 +122,18 @@ async fn create_user(
     f.finish()?;
     let user = state
         .identity
-        .create_user(NewUser {
-            username: username.unwrap_or_default(),
-            email: email.unwrap_or_default(),
-            password: password.unwrap_or_default(),
-            roles: parsed,
-            org_id,
-            email_verified: true,
-            full_name: None,
-        })
+        .enrol(
+            SignUp {
+                username: Some(username.unwrap_or_default()),
+                email: email.unwrap_or_default(),
+                password: password.unwrap_or_default(),
+                full_name: None,
+            },
+            Enrolment::ByAdmin {
+                org_id,
+                roles: parsed,
+            },
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(user_view(&user))))
 }

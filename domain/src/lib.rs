@@ -7,8 +7,10 @@
 //! `extra` fields hold, as a JSON object text, whatever a client sent that
 //! the core does not model, so nothing is lost on a round trip.
 
+mod error;
 mod plain;
 
+pub use error::DomainError;
 pub use plain::{AccessEntry, Instruction, Tool};
 
 use warden_storage::{Millis, now_millis};

@@ -146,6 +146,37 @@ pub struct NewUser {
     pub full_name: Option<String>,
 }
 
+/// How an account comes to be: the sign-up policy every dialect shares.
+/// It decides the organisation, the roles and whether the address counts
+/// as verified; dialects only say which way their route works.
+#[derive(Debug, Clone)]
+pub enum Enrolment {
+    /// A stranger signs up and must prove the address (Vareon's mailed
+    /// link, Forge's code): an organisation of their own, operator,
+    /// unverified until proven.
+    SelfServiceVerified,
+    /// A stranger signs up on a dialect that has no verification step
+    /// (NeuroNest, Contenox): an organisation of their own, operator.
+    SelfService,
+    /// An admin creates the account: in the given organisation (a new one
+    /// when none), with the given roles (operator when none); it can log
+    /// in at once.
+    ByAdmin {
+        org_id: Option<String>,
+        roles: Vec<Role>,
+    },
+}
+
+/// What a sign-up says of the new user; the username is derived from the
+/// email when a dialect has none.
+#[derive(Debug, Clone)]
+pub struct SignUp {
+    pub username: Option<String>,
+    pub email: String,
+    pub password: String,
+    pub full_name: Option<String>,
+}
+
 #[derive(Clone)]
 pub struct Identity {
     store: Store,
@@ -234,6 +265,29 @@ impl Identity {
             .await?;
         tracing::info!(user = %user.id, username = %user.username, "created the first admin");
         Ok(Some((username, generated.then_some(password))))
+    }
+
+    /// Creates an account by the sign-up policy (`Enrolment`).
+    pub async fn enrol(&self, signup: SignUp, how: Enrolment) -> Result<User, IdentityError> {
+        let username = match signup.username {
+            Some(u) => u,
+            None => self.username_for(&signup.email)?,
+        };
+        let (org_id, roles, email_verified) = match how {
+            Enrolment::SelfServiceVerified => (None, vec![Role::Operator], false),
+            Enrolment::SelfService => (None, vec![Role::Operator], true),
+            Enrolment::ByAdmin { org_id, roles } => (org_id, roles, true),
+        };
+        self.create_user(NewUser {
+            username,
+            email: signup.email,
+            password: signup.password,
+            roles,
+            org_id,
+            email_verified,
+            full_name: signup.full_name,
+        })
+        .await
     }
 
     pub async fn create_user(&self, new: NewUser) -> Result<User, IdentityError> {

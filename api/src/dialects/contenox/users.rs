@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use warden_identity::model::{Role, User};
-use warden_identity::{IdentityError, NewUser, ProfileUpdate};
+use warden_identity::{Enrolment, IdentityError, ProfileUpdate, SignUp};
 
 use super::{COOKIE, Contenox, ContenoxResult};
 use crate::AppState;
@@ -67,8 +67,7 @@ fn taken(e: IdentityError) -> ApiError<Contenox> {
 async fn create_from(
     state: &AppState,
     body: serde_json::Map<String, Value>,
-    org_id: Option<String>,
-    role: Role,
+    how: Enrolment,
 ) -> ContenoxResult<User> {
     let mut f = Fields::new(body);
     let email = f.string("email", true);
@@ -76,18 +75,17 @@ async fn create_from(
     let friendly = f.string("friendlyName", false);
     f.drop(&["allowedResources"]);
     f.finish_as::<Contenox>()?;
-    let email = email.unwrap_or_default();
     state
         .identity
-        .create_user(NewUser {
-            username: state.identity.username_for(&email)?,
-            email,
-            password: password.unwrap_or_default(),
-            roles: vec![role],
-            org_id,
-            email_verified: true,
-            full_name: friendly,
-        })
+        .enrol(
+            SignUp {
+                username: None,
+                email: email.unwrap_or_default(),
+                password: password.unwrap_or_default(),
+                full_name: friendly,
+            },
+            how,
+        )
         .await
         .map_err(taken)
 }
@@ -124,7 +122,7 @@ async fn register(
     State(state): State<AppState>,
     JsonBody(body, _): Body,
 ) -> ContenoxResult<(StatusCode, Json<Value>)> {
-    let user = create_from(&state, body, None, Role::Operator).await?;
+    let user = create_from(&state, body, Enrolment::SelfService).await?;
     Ok((StatusCode::CREATED, Json(session_body(&state, &user)?.1)))
 }
 
@@ -177,7 +175,7 @@ async fn ui_register(
     State(state): State<AppState>,
     JsonBody(body, _): Body,
 ) -> ContenoxResult<Response> {
-    let user = create_from(&state, body, None, Role::Operator).await?;
+    let user = create_from(&state, body, Enrolment::SelfService).await?;
     let (token, _) = session_body(&state, &user)?;
     Ok(with_cookie(
         StatusCode::CREATED,
@@ -258,7 +256,15 @@ async fn create_user(
     AdminUser(p, _): Admin,
     JsonBody(body, _): Body,
 ) -> ContenoxResult<(StatusCode, Json<Value>)> {
-    let user = create_from(&state, body, Some(p.org_id.clone()), Role::Operator).await?;
+    let user = create_from(
+        &state,
+        body,
+        Enrolment::ByAdmin {
+            org_id: Some(p.org_id.clone()),
+            roles: vec![Role::Operator],
+        },
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(user_view(&user))))
 }
 

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use warden_identity::model::{Role, User};
-use warden_identity::{IdentityError, NewUser, ProfileUpdate};
+use warden_identity::{Enrolment, IdentityError, ProfileUpdate, SignUp};
 
 use super::{Forge, ForgeResult, user_id};
 use crate::AppState;
@@ -115,15 +115,15 @@ async fn signup(
     let username = v[0].clone().unwrap_or_default();
     let user = state
         .identity
-        .create_user(NewUser {
-            username: username.clone(),
-            email: v[1].clone().unwrap_or_default(),
-            password: v[2].clone().unwrap_or_default(),
-            roles: vec![Role::Operator],
-            org_id: None,
-            email_verified: false,
-            full_name: None,
-        })
+        .enrol(
+            SignUp {
+                username: Some(username.clone()),
+                email: v[1].clone().unwrap_or_default(),
+                password: v[2].clone().unwrap_or_default(),
+                full_name: None,
+            },
+            Enrolment::SelfServiceVerified,
+        )
         .await
         .map_err(|e| match e {
             IdentityError::Taken { field, .. } => bad(&format!(
@@ -415,16 +415,18 @@ async fn admin_create(
     f.finish_as::<Forge>()?;
     let user = state
         .identity
-        .create_user(NewUser {
-            username: v[0].clone().unwrap_or_default(),
-            email: v[1].clone().unwrap_or_default(),
-            password: v[2].clone().unwrap_or_default(),
-            roles: vec![role.unwrap_or(Role::Operator)],
-            org_id: Some(p.org_id.clone()),
-            // Users an admin creates can log in at once.
-            email_verified: true,
-            full_name: None,
-        })
+        .enrol(
+            SignUp {
+                username: Some(v[0].clone().unwrap_or_default()),
+                email: v[1].clone().unwrap_or_default(),
+                password: v[2].clone().unwrap_or_default(),
+                full_name: None,
+            },
+            Enrolment::ByAdmin {
+                org_id: Some(p.org_id.clone()),
+                roles: vec![role.unwrap_or(Role::Operator)],
+            },
+        )
         .await
         .map_err(|e| match e {
             IdentityError::Taken { field, .. } => {

@@ -7,8 +7,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use warden_identity::model::{Role, User};
-use warden_identity::{IdentityError, NewUser, ProfileUpdate};
+use warden_identity::model::User;
+use warden_identity::{Enrolment, IdentityError, ProfileUpdate, SignUp};
 
 use crate::AppState;
 use crate::auth::{ClientIp, CurrentUser, password_login};
@@ -59,15 +59,15 @@ async fn register(
     let email = email.unwrap_or_default();
     let user = state
         .identity
-        .create_user(NewUser {
-            username: state.identity.username_for(&email)?,
-            email,
-            password: password.unwrap_or_default(),
-            roles: vec![Role::Operator],
-            org_id: None,
-            email_verified: true,
-            full_name: name,
-        })
+        .enrol(
+            SignUp {
+                username: None,
+                email,
+                password: password.unwrap_or_default(),
+                full_name: name,
+            },
+            Enrolment::SelfService,
+        )
         .await
         .map_err(|e| match e {
             IdentityError::Taken { .. } => {

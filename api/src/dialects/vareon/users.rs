@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use warden_identity::model::{Role, User};
-use warden_identity::{IdentityError, NewUser, ProfileUpdate};
+use warden_identity::{Enrolment, IdentityError, ProfileUpdate, SignUp};
 
 use super::{Vareon, VareonBody, VareonResult};
 use crate::AppState;
@@ -132,15 +132,15 @@ async fn register(
     f.finish_as::<Vareon>()?;
     let user = state
         .identity
-        .create_user(NewUser {
-            username: username.unwrap_or_default(),
-            email: email.unwrap_or_default(),
-            password: password.unwrap_or_default(),
-            roles: vec![Role::Operator],
-            org_id: None,
-            email_verified: false,
-            full_name: None,
-        })
+        .enrol(
+            SignUp {
+                username: Some(username.unwrap_or_default()),
+                email: email.unwrap_or_default(),
+                password: password.unwrap_or_default(),
+                full_name: None,
+            },
+            Enrolment::SelfServiceVerified,
+        )
         .await
         .map_err(taken)?;
     state.identity.send_verification(&user, false).await?;

@@ -1,0 +1,188 @@
+//! Access control (Contenox's `/access-control`): grants of a permission
+//! level on a resource to an identity, with their rules and their writes.
+//! Dialects parse and render; everything a grant must be is checked here.
+
+use warden_storage::{Store, new_object_id, now_millis};
+
+use crate::{AccessEntry, DomainError};
+
+/// The permission levels, lowest first.
+pub const PERMISSIONS: [&str; 4] = ["none", "view", "edit", "manage"];
+
+const MAX_RESOURCE: usize = 1024;
+
+/// A grant or a change of one: `None` leaves a field as it is (and is
+/// refused on a new grant).
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    pub identity: Option<String>,
+    pub resource: Option<String>,
+    pub resource_type: Option<String>,
+    pub permission: Option<String>,
+}
+
+/// Who asks: enough of a principal to apply the rules.
+#[derive(Debug, Clone, Copy)]
+pub struct Asker<'a> {
+    pub user_id: &'a str,
+    pub is_admin: bool,
+}
+
+fn is_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_:@".contains(c))
+}
+
+impl Grant {
+    /// The grant's own rules; `create` makes every field required.
+    fn check(&self, create: bool) -> Result<(), DomainError> {
+        let mut errors = Vec::new();
+        let mut need = |name: &str, v: &Option<String>| {
+            if create && v.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                errors.push(format!("{name} should not be empty"));
+            }
+        };
+        need("identity", &self.identity);
+        need("resource", &self.resource);
+        need("resourceType", &self.resource_type);
+        need("permission", &self.permission);
+        for (name, v) in [("identity", &self.identity), ("resourceType", &self.resource_type)] {
+            if let Some(v) = v
+                && !v.is_empty()
+                && !is_key(v)
+            {
+                errors.push(format!(
+                    "{name} must contain only letters, digits and . - _ : @ (at most 128)"
+                ));
+            }
+        }
+        if self
+            .resource
+            .as_ref()
+            .is_some_and(|r| r.chars().count() > MAX_RESOURCE)
+        {
+            errors.push(format!(
+                "resource must be shorter than or equal to {MAX_RESOURCE} characters"
+            ));
+        }
+        if let Some(p) = &self.permission
+            && !p.is_empty()
+            && !PERMISSIONS.contains(&p.as_str())
+        {
+            errors.push(format!(
+                "permission must be one of the following values: {}",
+                PERMISSIONS.join(", ")
+            ));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(DomainError::Invalid(errors))
+        }
+    }
+
+    fn apply(self, entry: &mut AccessEntry) {
+        crate::set(&mut entry.identity, self.identity);
+        crate::set(&mut entry.resource, self.resource);
+        crate::set(&mut entry.resource_type, self.resource_type);
+        crate::set(&mut entry.permission, self.permission);
+        entry.updated_at = now_millis().max(entry.updated_at);
+    }
+}
+
+fn not_found(id: &str) -> DomainError {
+    DomainError::NotFound {
+        kind: "access entry",
+        id: id.to_owned(),
+    }
+}
+
+
+/// The access-control service over the store.
+#[derive(Clone)]
+pub struct AccessControl {
+    store: Store,
+}
+
+impl AccessControl {
+    pub fn new(store: Store) -> AccessControl {
+        AccessControl { store }
+    }
+
+    /// A new grant in the asker's organisation.
+    pub async fn grant(&self, org_id: &str, grant: Grant) -> Result<AccessEntry, DomainError> {
+        grant.check(true)?;
+        let now = now_millis();
+        let mut entry = AccessEntry {
+            id: new_object_id(),
+            identity: String::new(),
+            resource: String::new(),
+            resource_type: String::new(),
+            permission: String::new(),
+            org_id: org_id.to_owned(),
+            created_at: now,
+            updated_at: now,
+        };
+        grant.apply(&mut entry);
+        Ok(self.store.insert(entry).await?)
+    }
+
+    /// An entry the asker may see: grants made to them, and every grant
+    /// for an admin. Anything else is "not found".
+    pub fn visible(&self, asker: Asker<'_>, id: &str) -> Result<AccessEntry, DomainError> {
+        self.store
+            .get::<AccessEntry>(id)?
+            .filter(|e| e.identity == asker.user_id || asker.is_admin)
+            .ok_or_else(|| not_found(id))
+    }
+
+    pub async fn change(
+        &self,
+        asker: Asker<'_>,
+        id: &str,
+        grant: Grant,
+    ) -> Result<AccessEntry, DomainError> {
+        self.visible(asker, id)?;
+        grant.check(false)?;
+        self.store
+            .update::<AccessEntry, DomainError>(id, |e| {
+                grant.clone().apply(e);
+                Ok(Some(()))
+            })
+            .await?
+            .ok_or_else(|| not_found(id))
+    }
+
+    pub async fn revoke(&self, asker: Asker<'_>, id: &str) -> Result<(), DomainError> {
+        self.visible(asker, id)?;
+        Ok(self.store.remove::<AccessEntry>(id).await?)
+    }
+
+    /// Grants newest first, strictly older than `before`: an asker's own,
+    /// or (for admins) `identity`'s or all they may see.
+    pub fn list(
+        &self,
+        asker: Asker<'_>,
+        identity: Option<&str>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AccessEntry>, DomainError> {
+        let identity = if asker.is_admin {
+            identity
+        } else {
+            Some(asker.user_id)
+        };
+        let mut entries: Vec<AccessEntry> = match identity {
+            Some(id) => self.store.by_index::<AccessEntry>("identity", id)?,
+            None => self.store.all::<AccessEntry>()?,
+        };
+        entries.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        Ok(entries
+            .into_iter()
+            .filter(|e| before.is_none_or(|f| e.created_at < f))
+            .take(limit)
+            .collect())
+    }
+}
