@@ -8,9 +8,4 @@ pub use warden_domain::DomainError;
 
 pub use warden_domain::merge_json_objects as merge_extra;
 
-/// Sets a field when a value was given (partial updates).
-pub fn set<T>(field: &mut T, value: Option<T>) {
-    if let Some(v) = value {
-        *field = v;
-    }
-}
+pub use warden_domain::set;

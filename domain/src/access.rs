@@ -40,7 +40,11 @@ impl Grant {
     fn check(&self, create: bool) -> Result<(), DomainError> {
         let mut errors = Vec::new();
         let mut need = |name: &str, v: &Option<String>| {
-            if create && v.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            let empty = match v.as_deref() {
+                None => create,
+                Some(s) => s.trim().is_empty(),
+            };
+            if empty {
                 errors.push(format!("{name} should not be empty"));
             }
         };
@@ -48,7 +52,10 @@ impl Grant {
         need("resource", &self.resource);
         need("resourceType", &self.resource_type);
         need("permission", &self.permission);
-        for (name, v) in [("identity", &self.identity), ("resourceType", &self.resource_type)] {
+        for (name, v) in [
+            ("identity", &self.identity),
+            ("resourceType", &self.resource_type),
+        ] {
             if let Some(v) = v
                 && !v.is_empty()
                 && !is_key(v)
@@ -98,7 +105,6 @@ fn not_found(id: &str) -> DomainError {
         id: id.to_owned(),
     }
 }
-
 
 /// The access-control service over the store.
 #[derive(Clone)]
@@ -184,5 +190,41 @@ impl AccessControl {
             .filter(|e| before.is_none_or(|f| e.created_at < f))
             .take(limit)
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(identity: &str, permission: &str) -> Grant {
+        Grant {
+            identity: Some(identity.into()),
+            resource: Some("files/a.pdf".into()),
+            resource_type: Some("file".into()),
+            permission: Some(permission.into()),
+        }
+    }
+
+    #[test]
+    fn a_grant_must_be_whole_and_well_formed() {
+        assert!(grant("u1", "view").check(true).is_ok());
+        let Err(DomainError::Invalid(errors)) = grant("u 1", "godmode").check(true) else {
+            panic!("expected errors");
+        };
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            Grant::default().check(false).is_ok(),
+            "a change may name nothing"
+        );
+        let Err(DomainError::Invalid(errors)) = Grant::default().check(true) else {
+            panic!("expected errors");
+        };
+        assert_eq!(errors.len(), 4);
+        let blank = Grant {
+            identity: Some(" ".into()),
+            ..Default::default()
+        };
+        assert!(blank.check(false).is_err(), "a field may not be emptied");
     }
 }

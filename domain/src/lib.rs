@@ -7,6 +7,8 @@
 //! `extra` fields hold, as a JSON object text, whatever a client sent that
 //! the core does not model, so nothing is lost on a round trip.
 
+pub mod access;
+pub mod catalog;
 mod error;
 mod plain;
 
@@ -72,6 +74,13 @@ pub fn merge_json_objects(old: &str, new: &str) -> String {
         String::new()
     } else {
         Value::Object(merged).to_string()
+    }
+}
+
+/// Sets a field when a value was given (partial updates).
+pub fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
     }
 }
 

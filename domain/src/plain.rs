@@ -45,6 +45,16 @@ impl Record for Instruction {
     const INDEX_VERSION: u32 = 1;
 }
 
+impl crate::catalog::Plain for Instruction {
+    const KIND: &'static str = "Instruction";
+    fn audit(&self) -> &Audit {
+        &self.audit
+    }
+    fn audit_mut(&mut self) -> &mut Audit {
+        &mut self.audit
+    }
+}
+
 impl Owned for Instruction {
     fn owner(&self) -> &Owner {
         &self.owner
@@ -98,6 +108,16 @@ impl Record for Tool {
         crate::created_order(&self.owner, &self.audit)
     }
     const INDEX_VERSION: u32 = 1;
+}
+
+impl crate::catalog::Plain for Tool {
+    const KIND: &'static str = "Tool";
+    fn audit(&self) -> &Audit {
+        &self.audit
+    }
+    fn audit_mut(&mut self) -> &mut Audit {
+        &mut self.audit
+    }
 }
 
 impl Owned for Tool {

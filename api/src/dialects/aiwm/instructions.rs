@@ -35,10 +35,6 @@ impl Resource for Instruction {
     fn audit(&self) -> &Audit {
         &self.audit
     }
-
-    fn audit_mut(&mut self) -> &mut Audit {
-        &mut self.audit
-    }
 }
 
 impl PlainResource for Instruction {

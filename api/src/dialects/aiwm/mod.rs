@@ -12,7 +12,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use warden_domain::{Audit, Owned, Owner};
+use warden_domain::{Audit, DomainError, Owned, Owner, catalog};
 use warden_identity::Principal;
 use warden_storage::Record;
 
@@ -67,7 +67,6 @@ pub(crate) trait Resource: Record + Owned {
     const INDEXED_FILTERS: &'static [&'static str] = &[];
     fn view(&self) -> Value;
     fn audit(&self) -> &Audit;
-    fn audit_mut(&mut self) -> &mut Audit;
 }
 
 /// The view every AIWM record shares: extra fields first, then the core
@@ -178,25 +177,25 @@ pub(crate) fn list<R: Resource>(
 }
 
 /// Soft delete of a record without an actor.
-pub(crate) async fn soft_delete<R: Resource>(
+pub(crate) async fn soft_delete<R: PlainResource>(
     state: &AppState,
     p: &Principal,
     id: &str,
 ) -> AiwmResult<Json<Value>> {
     require_write(p, "delete")?;
     let record: R = find_visible(state, p, id)?;
-    let deleted = state
-        .store
-        .update::<R, AiwmError>(record.id(), |r| {
-            if r.is_deleted() {
-                return Err(ApiError::not_found(R::NAME, id));
-            }
-            r.audit_mut().delete(&p.user_id);
-            Ok(Some(()))
-        })
-        .await?
-        .ok_or_else(|| ApiError::not_found(R::NAME, id))?;
-    Ok(deleted_body(R::NAME, deleted.audit()))
+    let deleted: R = catalog::soft_delete(&state.store, record.id(), &p.user_id)
+        .await
+        .map_err(|e| not_found_as(e, R::NAME, id))?;
+    Ok(deleted_body(R::NAME, Resource::audit(&deleted)))
+}
+
+/// The caller named the record by `id` (maybe its key): say so.
+fn not_found_as(e: DomainError, name: &str, id: &str) -> AiwmError {
+    match e {
+        DomainError::NotFound { .. } => ApiError::not_found(name, id),
+        other => other.into(),
+    }
 }
 
 pub(crate) fn deleted_body(name: &str, audit: &Audit) -> Json<Value> {
@@ -206,9 +205,9 @@ pub(crate) fn deleted_body(name: &str, audit: &Audit) -> Json<Value> {
     }))
 }
 
-/// A record without an actor: created and changed through the store with
-/// optimistic retries.
-pub(crate) trait PlainResource: Resource {
+/// A record without an actor: created and changed through the core's
+/// catalog (`warden_domain::catalog`), never by the handler itself.
+pub(crate) trait PlainResource: Resource + catalog::Plain {
     /// A new record with its defaults, generated ids, owner and audit.
     fn blank(p: &Principal) -> Self;
     /// Applies a client's body; `create` makes the required fields required.
@@ -245,7 +244,7 @@ pub(crate) async fn create_handler<R: PlainResource>(
     require_write(&p, "create")?;
     let mut record = R::blank(&p);
     record.apply(body, true)?;
-    let record = state.store.insert(record).await?;
+    let record = catalog::create(&state.store, record).await?;
     Ok((StatusCode::CREATED, Json(record.view())))
 }
 
@@ -257,18 +256,12 @@ pub(crate) async fn update_handler<R: PlainResource>(
 ) -> AiwmResult<Json<Value>> {
     require_write(&p, "update")?;
     let found: R = find_visible(&state, &p, &id)?;
-    let updated = state
-        .store
-        .update::<R, AiwmError>(found.id(), |r| {
-            if r.is_deleted() {
-                return Err(ApiError::not_found(R::NAME, &id));
-            }
-            r.apply(body.clone(), false)?;
-            r.audit_mut().touch(&p.user_id);
-            Ok(Some(()))
-        })
-        .await?
-        .ok_or_else(|| ApiError::not_found(R::NAME, &id))?;
+    let updated: R = catalog::update(&state.store, found.id(), &p.user_id, |r: &mut R| {
+        r.apply(body.clone(), false)
+            .map_err(|e| DomainError::Invalid(e.errors))
+    })
+    .await
+    .map_err(|e| not_found_as(e, R::NAME, &id))?;
     Ok(Json(updated.view()))
 }
 

@@ -93,10 +93,6 @@ impl Resource for Node {
     fn audit(&self) -> &Audit {
         &self.audit
     }
-
-    fn audit_mut(&mut self) -> &mut Audit {
-        &mut self.audit
-    }
 }
 
 fn gpu(f: &mut Fields) -> Option<GpuDevice> {

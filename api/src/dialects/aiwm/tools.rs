@@ -52,10 +52,6 @@ impl Resource for Tool {
     fn audit(&self) -> &Audit {
         &self.audit
     }
-
-    fn audit_mut(&mut self) -> &mut Audit {
-        &mut self.audit
-    }
 }
 
 impl PlainResource for Tool {

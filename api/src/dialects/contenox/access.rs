@@ -6,9 +6,9 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use warden_domain::AccessEntry;
+use warden_domain::access::{AccessControl, Asker, Grant, PERMISSIONS};
+use warden_domain::{AccessEntry, DomainError};
 use warden_identity::model::User;
-use warden_storage::{new_object_id, now_millis};
 
 use super::{Contenox, ContenoxResult};
 use crate::AppState;
@@ -20,8 +20,6 @@ use crate::openapi::Api;
 type Body = JsonBody<Contenox>;
 type Caller = CurrentUser<Contenox>;
 type Admin = AdminUser<Contenox>;
-
-pub(crate) const PERMISSIONS: [&str; 4] = ["none", "view", "edit", "manage"];
 
 fn view(state: &AppState, e: &AccessEntry, expand_user: bool) -> Value {
     let mut v = json!({
@@ -47,43 +45,56 @@ struct ListQuery {
     limit: Option<String>,
 }
 
+fn asker(p: &warden_identity::Principal) -> Asker<'_> {
+    Asker {
+        user_id: &p.user_id,
+        is_admin: p.is_admin(),
+    }
+}
+
+fn service(state: &AppState) -> AccessControl {
+    AccessControl::new(state.store.clone())
+}
+
+/// Contenox's words for the core's answers about grants.
+fn refused(e: DomainError) -> ApiError<Contenox> {
+    match e {
+        DomainError::Conflict { .. } => ApiError::new(
+            StatusCode::CONFLICT,
+            "this identity already has a grant on this resource",
+        ),
+        DomainError::NotFound { id, .. } => ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("access entry {id} not found"),
+        ),
+        other => other.into(),
+    }
+}
+
 async fn list(
     State(state): State<AppState>,
     CurrentUser(p, _): Caller,
     Query(q): Query<ListQuery>,
 ) -> ContenoxResult<Json<Value>> {
-    let identity = if p.is_admin() {
-        q.identity.clone()
-    } else {
-        Some(p.user_id.clone())
-    };
-    let mut entries: Vec<AccessEntry> = match &identity {
-        Some(id) => state.store.by_index::<AccessEntry>("identity", id)?,
-        None => state.store.all::<AccessEntry>()?,
-    };
-    entries.retain(|e| p.sees_org(&e.org_id) || e.identity == p.user_id);
     let (limit, from) = super::page_params(q.limit.as_deref(), "from", q.from.as_deref())?;
-    entries.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    let entries = service(&state)
+        .list(asker(&p), q.identity.as_deref(), from, limit)
+        .map_err(refused)?;
     let expand = q.expand.as_deref() == Some("user");
-    let page: Vec<Value> = entries
-        .iter()
-        .filter(|e| from.is_none_or(|f| e.created_at < f))
-        .take(limit)
-        .map(|e| view(&state, e, expand))
-        .collect();
-    Ok(Json(Value::Array(page)))
+    Ok(Json(Value::Array(
+        entries.iter().map(|e| view(&state, e, expand)).collect(),
+    )))
 }
 
-fn read(
-    body: serde_json::Map<String, Value>,
-    target: &mut AccessEntry,
-    create: bool,
-) -> ContenoxResult<()> {
+/// The body of a grant: shapes only; the core checks what a grant must be.
+fn read(body: serde_json::Map<String, Value>) -> ContenoxResult<Grant> {
     let mut f = Fields::new(body);
-    let identity = f.key("identity", create);
-    let resource = f.string_max("resource", create, 1024);
-    let resource_type = f.key("resourceType", create);
-    let permission = f.one_of("permission", &PERMISSIONS, create);
+    let grant = Grant {
+        identity: f.string("identity", false),
+        resource: f.string_max("resource", false, usize::MAX),
+        resource_type: f.string("resourceType", false),
+        permission: f.string("permission", false),
+    };
     f.drop(&[
         "createdAt",
         "updatedAt",
@@ -92,22 +103,7 @@ fn read(
         "withUserDetails",
     ]);
     f.finish_as::<Contenox>()?;
-    crate::dialects::set(&mut target.identity, identity);
-    crate::dialects::set(&mut target.resource, resource);
-    crate::dialects::set(&mut target.resource_type, resource_type);
-    crate::dialects::set(&mut target.permission, permission);
-    target.updated_at = now_millis();
-    Ok(())
-}
-
-fn conflict(e: warden_storage::StorageError) -> ApiError<Contenox> {
-    match e {
-        warden_storage::StorageError::Conflict { .. } => ApiError::new(
-            StatusCode::CONFLICT,
-            "this identity already has a grant on this resource",
-        ),
-        other => other.into(),
-    }
+    Ok(grant)
 }
 
 async fn create(
@@ -115,37 +111,11 @@ async fn create(
     AdminUser(p, _): Admin,
     JsonBody(body, _): Body,
 ) -> ContenoxResult<(StatusCode, Json<Value>)> {
-    let now = now_millis();
-    let mut entry = AccessEntry {
-        id: new_object_id(),
-        identity: String::new(),
-        resource: String::new(),
-        resource_type: String::new(),
-        permission: String::new(),
-        org_id: p.org_id.clone(),
-        created_at: now,
-        updated_at: now,
-    };
-    read(body, &mut entry, true)?;
-    let entry = state.store.insert(entry).await.map_err(conflict)?;
+    let entry = service(&state)
+        .grant(&p.org_id, read(body)?)
+        .await
+        .map_err(refused)?;
     Ok((StatusCode::CREATED, Json(view(&state, &entry, false))))
-}
-
-fn visible(
-    state: &AppState,
-    p: &warden_identity::Principal,
-    id: &str,
-) -> ContenoxResult<AccessEntry> {
-    state
-        .store
-        .get::<AccessEntry>(id)?
-        .filter(|e| e.identity == p.user_id || p.sees_org(&e.org_id) && p.is_admin())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("access entry {id} not found"),
-            )
-        })
 }
 
 #[derive(serde::Deserialize)]
@@ -159,7 +129,7 @@ async fn get(
     Path(id): Path<String>,
     Query(q): Query<Expand>,
 ) -> ContenoxResult<Json<Value>> {
-    let entry = visible(&state, &p, &id)?;
+    let entry = service(&state).visible(asker(&p), &id).map_err(refused)?;
     Ok(Json(view(
         &state,
         &entry,
@@ -173,22 +143,11 @@ async fn update(
     Path(id): Path<String>,
     JsonBody(body, _): Body,
 ) -> ContenoxResult<Json<Value>> {
-    visible(&state, &p, &id)?;
-    let mut outcome = Ok(());
-    let updated = state
-        .store
-        .update::<AccessEntry, ApiError<Contenox>>(&id, |e| {
-            outcome = read(body.clone(), e, false);
-            Ok(outcome.is_ok().then_some(()))
-        })
-        .await?;
-    outcome?;
-    let entry = updated.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("access entry {id} not found"),
-        )
-    })?;
+    let grant = read(body)?;
+    let entry = service(&state)
+        .change(asker(&p), &id, grant)
+        .await
+        .map_err(refused)?;
     Ok(Json(view(&state, &entry, false)))
 }
 
@@ -197,8 +156,10 @@ async fn delete(
     AdminUser(p, _): Admin,
     Path(id): Path<String>,
 ) -> ContenoxResult<Json<Value>> {
-    visible(&state, &p, &id)?;
-    state.store.remove::<AccessEntry>(&id).await?;
+    service(&state)
+        .revoke(asker(&p), &id)
+        .await
+        .map_err(refused)?;
     Ok(Json(json!("access entry deleted")))
 }
 
