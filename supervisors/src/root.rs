@@ -112,6 +112,13 @@ impl Actor for Root {
             return Ok(());
         };
         let kind = state.kinds[i].clone();
+        if reason == SHUTDOWN {
+            // Runtime::shutdown stopped it on purpose: nothing to restart.
+            tracing::info!(supervisor = kind.name(), "supervisor stopped");
+            kind.clear();
+            state.stats[i].running = false;
+            return Ok(());
+        }
         tracing::error!(supervisor = kind.name(), %reason, "supervisor went down");
         // Its children must not outlive it: the restarted supervisor re-activates them.
         cell.stop_children(None);
@@ -141,6 +148,9 @@ impl Actor for Root {
         Ok(())
     }
 }
+
+/// The stop reason of a deliberate shutdown (not a failure).
+const SHUTDOWN: &str = "shutdown";
 
 /// Policies for each supervisor, from configuration.
 #[derive(Debug, Clone, Default)]
@@ -315,15 +325,15 @@ impl Runtime {
         let timeout = Some(std::time::Duration::from_secs(10));
         for kind in &self.kinds {
             if let Some(cell) = kind.cell() {
-                cell.stop_children_and_wait(Some("shutdown".into()), timeout)
+                cell.stop_children_and_wait(Some(SHUTDOWN.into()), timeout)
                     .await;
-                let _ = cell.stop_and_wait(Some("shutdown".into()), timeout).await;
+                let _ = cell.stop_and_wait(Some(SHUTDOWN.into()), timeout).await;
             }
         }
         let _ = self
             .root
             .stop_and_wait(
-                Some("shutdown".into()),
+                Some(SHUTDOWN.into()),
                 Some(std::time::Duration::from_secs(10)),
             )
             .await;
