@@ -7,7 +7,7 @@ import json, subprocess, time, urllib.request, statistics, os, sys
 BIN=os.environ.get('WARDEN_BIN', os.path.expanduser('~/.cache/warden-target/release/warden'))
 env=dict(os.environ, WARDEN_ADMIN_USERNAME='admin', WARDEN_ADMIN_PASSWORD='admin-password-1', WARDEN_LOG='error')
 # restart policy generous so 200 crashes never exhaust it
-os.makedirs('/tmp/warden-crash-bench', exist_ok=True); os.chdir('/tmp/warden-crash-bench'); open('w.toml','w').write('[supervision.nodes]\nmax_restarts = 1000000\nwithin = 100\nbackoff = 100\nmax_backoff = 5000\n')
+os.makedirs('/tmp/warden-crash-bench', exist_ok=True); os.chdir('/tmp/warden-crash-bench'); __import__('shutil').rmtree('data', ignore_errors=True); open('w.toml','w').write('[supervision.nodes]\nmax_restarts = 1000000\nwithin = 100\nbackoff = 100\nmax_backoff = 5000\n')
 p=subprocess.Popen([BIN,'serve','--listen','127.0.0.1:0','--data-dir','data','--enable-fault-injection','--config','w.toml'],stdout=subprocess.PIPE,env=env)
 base=p.stdout.readline().decode().strip().split()[-1]
 def call(m,path,body=None,tok=None):
