@@ -57,16 +57,17 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// `warden keys list|rotate`: the signing keys of a running server.
-async fn keys(action: KeysAction) -> anyhow::Result<()> {
-    let (args, method, path) = match action {
-        KeysAction::List(a) => (a, reqwest::Method::GET, "/admin/keys"),
-        KeysAction::Rotate(a) => (a, reqwest::Method::POST, "/admin/keys/rotate"),
-    };
-    let url = format!("{}{path}", args.server.trim_end_matches('/'));
+/// One call to a running server's admin API; its JSON, or why not.
+async fn admin_call(
+    server: &str,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", server.trim_end_matches('/'));
     let response = reqwest::Client::new()
         .request(method, &url)
-        .bearer_auth(&args.token)
+        .bearer_auth(token)
         .send()
         .await
         .with_context(|| format!("requesting {url}"))?;
@@ -78,7 +79,16 @@ async fn keys(action: KeysAction) -> anyhow::Result<()> {
             body["message"].as_str().unwrap_or("")
         );
     }
-    let keys = match body {
+    Ok(body)
+}
+
+/// `warden keys list|rotate`: the signing keys of a running server.
+async fn keys(action: KeysAction) -> anyhow::Result<()> {
+    let (args, method, path) = match action {
+        KeysAction::List(a) => (a, reqwest::Method::GET, "/admin/keys"),
+        KeysAction::Rotate(a) => (a, reqwest::Method::POST, "/admin/keys/rotate"),
+    };
+    let keys = match admin_call(&args.server, &args.token, method, path).await? {
         Value::Array(keys) => keys,
         key => vec![key],
     };
@@ -105,21 +115,13 @@ async fn keys(action: KeysAction) -> anyhow::Result<()> {
 }
 
 async fn print_actors(args: ActorsArgs) -> anyhow::Result<()> {
-    let url = format!("{}/admin/actors", args.server.trim_end_matches('/'));
-    let response = reqwest::Client::new()
-        .get(&url)
-        .bearer_auth(&args.token)
-        .send()
-        .await
-        .with_context(|| format!("requesting {url}"))?;
-    let status = response.status();
-    let body: Value = response.json().await.context("reading the answer")?;
-    if !status.is_success() {
-        anyhow::bail!(
-            "{url} answered {status}: {}",
-            body["message"].as_str().unwrap_or("")
-        );
-    }
+    let body = admin_call(
+        &args.server,
+        &args.token,
+        reqwest::Method::GET,
+        "/admin/actors",
+    )
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&body)?);
     } else {

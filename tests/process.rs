@@ -503,3 +503,32 @@ async fn two_thousand_concurrent_wrong_logins_keep_memory_bounded_and_the_server
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warden_keys_rotates_and_lists_the_signing_keys() {
+    let s = TestServer::start().await;
+    let t = s.admin_token.clone();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--server", &s.base, "--token", &t])
+            .output()
+            .unwrap()
+    };
+    let out = run(&["keys", "rotate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rotated = String::from_utf8(out.stdout).unwrap();
+    assert!(rotated.trim_end().ends_with("signing"), "{rotated}");
+    let out = run(&["keys", "list"]);
+    let listed = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    assert!(lines[0].contains("retires"), "{listed}");
+    assert_eq!(lines[1], rotated.trim_end());
+    // The token from before the rotation still works.
+    assert_eq!(s.get("/api/nodes", &t).await.status, 200);
+}
