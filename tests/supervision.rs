@@ -351,6 +351,38 @@ async fn a_crashed_actor_keeps_its_connection_and_commands_queued_meanwhile_flow
         (c.body["status"] == "succeeded").then_some(())
     })
     .await;
+
+    // A reply that reaches the actor while it dies is recorded by its successor.
+    let r = s
+        .post(
+            &format!("/api/nodes/{id}/commands"),
+            &t,
+            json!({"type": "model.download", "resource": {"type": "model", "id": "m2"}, "data": {"modelId": "m2"}}),
+        )
+        .await;
+    let second = ws.expect("model.download").await;
+    assert_eq!(second["messageId"], r.body["messageId"]);
+    s.post(&format!("/admin/actors/{name}/crash"), &t, json!({}))
+        .await;
+    ws.send(
+        "command.result",
+        json!({"originalMessageId": second["messageId"], "status": "failure", "error": {"message": "disk full"}}),
+    )
+    .await;
+    eventually(5, "the second command failed", || async {
+        let c = s
+            .get(
+                &format!(
+                    "/api/nodes/{id}/commands/{}",
+                    second["messageId"].as_str().unwrap()
+                ),
+                &t,
+            )
+            .await;
+        (c.body["status"] == "failed").then_some(())
+    })
+    .await;
+    wait_status(&s, &name, "running", 2).await;
 }
 
 #[tokio::test]

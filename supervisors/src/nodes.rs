@@ -3,10 +3,10 @@
 use ractor::ActorRef;
 use warden_actors::DomainError;
 use warden_actors::node::NodeCommand;
-use warden_actors::node::protocol::Connection;
+use warden_actors::node::protocol::{CommandReply, Connection};
 use warden_actors::node::{
     self, LiveConnections, NewCommand, NewNode, NodeActor, NodeArgs, NodeHandle, NodeMsg,
-    NodePatch, NodeTiming,
+    NodePatch, NodeTiming, ReplyKind,
 };
 use warden_actors::node::{Node, NodeStatus};
 use warden_domain::Owner;
@@ -172,6 +172,22 @@ impl Nodes {
             .with_actor(id, |a| {
                 let command = command.clone();
                 async move { NodeHandle(a).enqueue(command).await }
+            })
+            .await
+    }
+
+    /// Records a node's reply to a command; retried against a restarted
+    /// actor, so a reply is never lost to a crash.
+    pub async fn command_reply(
+        &self,
+        id: &str,
+        kind: ReplyKind,
+        reply: CommandReply,
+    ) -> Result<(), DomainError> {
+        self.kind
+            .with_actor(id, |a| {
+                let reply = reply.clone();
+                async move { NodeHandle(a).command_reply(kind, reply).await }
             })
             .await
     }

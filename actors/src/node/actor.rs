@@ -115,9 +115,12 @@ pub enum NodeMsg {
         series: &'static str,
         envelope: Box<Envelope>,
     },
+    /// A node's `command.ack` / `command.result`: answered once recorded,
+    /// so a reply that meets a dying actor is retried, never lost.
     CommandReply {
         kind: ReplyKind,
         reply: Box<CommandReply>,
+        done: RpcReplyPort<Result<(), DomainError>>,
     },
     Enqueue {
         command: Box<NewCommand>,
@@ -454,7 +457,10 @@ impl Actor for NodeActor {
                 }
             }
             NodeMsg::Attach { conn, reply } => {
-                if let Some(old) = state.set_conn(Some(conn)) {
+                let id = conn.id;
+                // The same connection again (a session re-binding after
+                // this actor took it back from a crashed one) stays open.
+                if let Some(old) = state.set_conn(Some(conn)).filter(|old| old.id != id) {
                     old.send(Outbound::Close(
                         "replaced by a newer connection of the same node".into(),
                     ));
@@ -524,10 +530,12 @@ impl Actor for NodeActor {
                     tracing::warn!(node = %state.node.id, error = %e, "could not store telemetry");
                 }
             }
-            NodeMsg::CommandReply { kind, reply } => {
-                if let Err(e) = state.command_reply(kind, *reply).await {
+            NodeMsg::CommandReply { kind, reply, done } => {
+                let recorded = state.command_reply(kind, *reply).await;
+                if let Err(e) = &recorded {
                     tracing::warn!(node = %state.node.id, error = %e, "could not record a command reply");
                 }
+                let _ = done.send(recorded);
             }
             NodeMsg::Enqueue { command, reply } => {
                 let id = match &command.idempotency_key {
@@ -677,13 +685,19 @@ impl NodeHandle {
             .is_ok()
     }
 
-    pub fn command_reply(&self, kind: ReplyKind, reply: CommandReply) -> bool {
-        self.0
-            .cast(NodeMsg::CommandReply {
-                kind,
-                reply: Box::new(reply),
-            })
-            .is_ok()
+    /// Records a node's reply to a command (idempotent: an ack or a result
+    /// recorded twice is recorded once).
+    pub async fn command_reply(
+        &self,
+        kind: ReplyKind,
+        reply: CommandReply,
+    ) -> Result<(), DomainError> {
+        call(&self.0, |done| NodeMsg::CommandReply {
+            kind,
+            reply: Box::new(reply),
+            done,
+        })
+        .await
     }
 
     pub fn crash(&self) {

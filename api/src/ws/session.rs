@@ -349,7 +349,13 @@ impl Session {
                 } else {
                     ReplyKind::Result
                 };
-                self.handle().await?.command_reply(kind, reply);
+                self.handle().await?;
+                let (id, _) = self.node.as_ref().expect("handle() binds the node");
+                self.state
+                    .runtime
+                    .nodes
+                    .command_reply(id, kind, reply)
+                    .await?;
             }
             other => return Err(invalid(format!("unknown message type '{other}'"))),
         }
