@@ -4,6 +4,7 @@
 
 use warden_storage::{Store, new_object_id, now_millis};
 
+use crate::rules::{Checks, MAX_SHORT};
 use crate::{AccessEntry, DomainError};
 
 /// The permission levels, lowest first.
@@ -28,66 +29,30 @@ pub struct Asker<'a> {
     pub is_admin: bool,
 }
 
-fn is_key(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".-_:@".contains(c))
-}
-
 impl Grant {
-    /// The grant's own rules; `create` makes every field required.
+    /// The grant's own rules; `create` makes every field required, and
+    /// no field may be emptied.
     fn check(&self, create: bool) -> Result<(), DomainError> {
-        let mut errors = Vec::new();
-        let mut need = |name: &str, v: &Option<String>| {
-            let empty = match v.as_deref() {
-                None => create,
-                Some(s) => s.trim().is_empty(),
-            };
-            if empty {
-                errors.push(format!("{name} should not be empty"));
-            }
-        };
-        need("identity", &self.identity);
-        need("resource", &self.resource);
-        need("resourceType", &self.resource_type);
-        need("permission", &self.permission);
+        let mut c = Checks::new();
+        c.text("identity", &self.identity, create, MAX_SHORT);
+        c.text("resource", &self.resource, create, MAX_RESOURCE);
+        c.text("resourceType", &self.resource_type, create, MAX_SHORT);
+        c.text("permission", &self.permission, create, MAX_SHORT);
         for (name, v) in [
             ("identity", &self.identity),
+            ("resource", &self.resource),
             ("resourceType", &self.resource_type),
+            ("permission", &self.permission),
         ] {
-            if let Some(v) = v
-                && !v.is_empty()
-                && !is_key(v)
-            {
-                errors.push(format!(
-                    "{name} must contain only letters, digits and . - _ : @ (at most 128)"
-                ));
+            if !create {
+                c.not_blank(name, v);
             }
         }
-        if self
-            .resource
-            .as_ref()
-            .is_some_and(|r| r.chars().count() > MAX_RESOURCE)
-        {
-            errors.push(format!(
-                "resource must be shorter than or equal to {MAX_RESOURCE} characters"
-            ));
-        }
-        if let Some(p) = &self.permission
-            && !p.is_empty()
-            && !PERMISSIONS.contains(&p.as_str())
-        {
-            errors.push(format!(
-                "permission must be one of the following values: {}",
-                PERMISSIONS.join(", ")
-            ));
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(DomainError::Invalid(errors))
-        }
+        let given = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        c.key("identity", &given(&self.identity), false);
+        c.key("resourceType", &given(&self.resource_type), false);
+        c.one_of("permission", &given(&self.permission), &PERMISSIONS, false);
+        c.finish()
     }
 
     fn apply(self, entry: &mut AccessEntry) {

@@ -11,9 +11,12 @@ pub mod access;
 pub mod catalog;
 mod error;
 mod plain;
+pub mod rules;
 
 pub use error::DomainError;
-pub use plain::{AccessEntry, Instruction, Tool};
+pub use plain::{
+    AccessEntry, Instruction, InstructionInput, TOOL_STATUSES, TOOL_TYPES, Tool, ToolInput,
+};
 
 use warden_storage::{Millis, now_millis};
 

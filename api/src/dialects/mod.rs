@@ -28,7 +28,6 @@ pub(crate) trait Dialect: Send + Sync + 'static {
 pub(crate) use aiwm::Aiwm;
 
 pub(crate) use body::{Fields, JsonBody};
-pub(crate) use warden_actors::set;
 
 /// Timestamps on the wire: ISO 8601 with milliseconds, UTC.
 pub(crate) use warden_storage::iso_millis as iso;

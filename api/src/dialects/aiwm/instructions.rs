@@ -1,16 +1,11 @@
 //! `/api/instructions` (AIWM §3): plain records through the store.
 
 use serde_json::{Map, Value, json};
-use warden_domain::{Audit, Instruction};
+use warden_domain::{Audit, Instruction, InstructionInput};
 use warden_identity::Principal;
-use warden_storage::new_object_id;
 
-use super::{
-    AiwmResult, Fields, PlainResource, Resource, merge, owner_of, plain_routes, set, view_of,
-};
+use super::{AiwmResult, Fields, PlainResource, Resource, owner_of, plain_routes, view_of};
 use crate::openapi::Api;
-
-const MAX_PROMPT: usize = 64 * 1024;
 
 impl Resource for Instruction {
     const NAME: &'static str = "Instruction";
@@ -39,41 +34,28 @@ impl Resource for Instruction {
 
 impl PlainResource for Instruction {
     fn blank(p: &Principal) -> Self {
-        Instruction {
-            id: new_object_id(),
-            instruction_id: uuid::Uuid::new_v4().to_string(),
-            name: String::new(),
-            description: None,
-            system_prompt: String::new(),
-            guidelines: Vec::new(),
-            tags: Vec::new(),
-            is_active: true,
-            extra: String::new(),
-            owner: owner_of(p),
-            audit: Audit::new(&p.user_id),
-        }
+        Instruction::new(owner_of(p), &p.user_id)
     }
 
-    /// `create` requires name and systemPrompt.
-    fn apply(&mut self, body: Map<String, Value>, create: bool) -> AiwmResult<()> {
+    /// The body's shapes; the core's rules decide the rest.
+    fn apply_body(&mut self, body: Map<String, Value>, create: bool) -> AiwmResult<()> {
         let mut f = Fields::new(body);
-        let instruction_id = f.key("instructionId", false);
-        let name = f.string("name", create);
-        let description = f.string_max("description", false, 4096);
-        let system_prompt = f.string_max("systemPrompt", create, MAX_PROMPT);
-        let guidelines = f.strings("guidelines", false);
-        let tags = f.strings("tags", false);
-        let is_active = f.boolean("isActive", false);
+        let input = InstructionInput {
+            instruction_id: f.string_max("instructionId", false, usize::MAX),
+            name: f.string_max("name", false, usize::MAX),
+            description: f.string_max("description", false, usize::MAX),
+            system_prompt: f.string_max("systemPrompt", false, usize::MAX),
+            guidelines: f.strings("guidelines", false),
+            tags: f.strings("tags", false),
+            is_active: f.boolean("isActive", false),
+            extra: String::new(),
+        };
         let extra = f.finish()?;
-        set(&mut self.instruction_id, instruction_id);
-        set(&mut self.name, name);
-        set(&mut self.description, description.map(Some));
-        set(&mut self.system_prompt, system_prompt);
-        set(&mut self.guidelines, guidelines);
-        set(&mut self.tags, tags);
-        set(&mut self.is_active, is_active);
-        merge(&mut self.extra, &extra);
-        Ok(())
+        Ok(Instruction::apply(
+            self,
+            InstructionInput { extra, ..input },
+            create,
+        )?)
     }
 }
 

@@ -22,7 +22,7 @@ use crate::error::ApiError;
 use crate::openapi::Api;
 
 pub(crate) use crate::dialects::body::{AiwmBody, Fields};
-pub(crate) use crate::dialects::{iso, set};
+pub(crate) use crate::dialects::iso;
 pub(crate) use paging::AiwmQuery;
 
 #[derive(Debug)]
@@ -208,10 +208,11 @@ pub(crate) fn deleted_body(name: &str, audit: &Audit) -> Json<Value> {
 /// A record without an actor: created and changed through the core's
 /// catalog (`warden_domain::catalog`), never by the handler itself.
 pub(crate) trait PlainResource: Resource + catalog::Plain {
-    /// A new record with its defaults, generated ids, owner and audit.
+    /// A new record with the core's defaults, owned by the caller.
     fn blank(p: &Principal) -> Self;
-    /// Applies a client's body; `create` makes the required fields required.
-    fn apply(&mut self, body: Map<String, Value>, create: bool) -> AiwmResult<()>;
+    /// Parses a client's body (shapes) and applies it by the core's rules;
+    /// `create` makes the required fields required.
+    fn apply_body(&mut self, body: Map<String, Value>, create: bool) -> AiwmResult<()>;
 }
 
 use crate::auth::CurrentUser;
@@ -243,7 +244,7 @@ pub(crate) async fn create_handler<R: PlainResource>(
 ) -> AiwmResult<(StatusCode, Json<Value>)> {
     require_write(&p, "create")?;
     let mut record = R::blank(&p);
-    record.apply(body, true)?;
+    record.apply_body(body, true)?;
     let record = catalog::create(&state.store, record).await?;
     Ok((StatusCode::CREATED, Json(record.view())))
 }
@@ -257,7 +258,7 @@ pub(crate) async fn update_handler<R: PlainResource>(
     require_write(&p, "update")?;
     let found: R = find_visible(&state, &p, &id)?;
     let updated: R = catalog::update(&state.store, found.id(), &p.user_id, |r: &mut R| {
-        r.apply(body.clone(), false)
+        r.apply_body(body.clone(), false)
             .map_err(|e| DomainError::Invalid(e.errors))
     })
     .await
@@ -301,11 +302,4 @@ pub(crate) fn plain_routes<R: PlainResource>(
             format!("Soft-delete a {name}"),
             delete_handler::<R>,
         )
-}
-
-/// Merges the extra fields a client sent into the stored ones.
-pub(crate) fn merge(extra: &mut String, sent: &str) {
-    if !sent.is_empty() {
-        *extra = warden_actors::merge_extra(extra, sent);
-    }
 }
