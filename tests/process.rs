@@ -532,3 +532,92 @@ async fn warden_keys_rotates_and_lists_the_signing_keys() {
     // The token from before the rotation still works.
     assert_eq!(s.get("/api/nodes", &t).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_a_reader_saw_is_lost_to_sigkill_under_write_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = spawn_server_with(
+        dir.path(),
+        &["--enable-fault-injection"],
+        "warn",
+        Stdio::inherit(),
+    );
+    let http = reqwest::Client::new();
+    let token = login(&http, &base).await;
+    // Slow flushes: each group sits applied and not yet durable for
+    // 150 ms, a window a reader would fall into without the watermark.
+    let r = http
+        .post(format!("{base}/admin/store/flush-delay"))
+        .bearer_auth(&token)
+        .json(&json!({"ms": 150}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    // Writers keep creating nodes (some fire and forget: their answers
+    // are never awaited past the kill)...
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..16 {
+        let (http, base, token, stop) = (http.clone(), base.clone(), token.clone(), stop.clone());
+        writers.spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = http
+                    .post(format!("{base}/api/nodes"))
+                    .bearer_auth(&token)
+                    .json(&node_body(&format!("w{w}-{i}"), "load"))
+                    .send()
+                    .await;
+                i += 1;
+            }
+        });
+    }
+    // ...while a reader records every node any read answered with.
+    let mut seen = std::collections::HashSet::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(3) {
+        for path in [
+            "/api/nodes?limit=100&sort=-createdAt",
+            "/api/nodes?limit=100",
+        ] {
+            let Ok(r) = http
+                .get(format!("{base}{path}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+            else {
+                continue;
+            };
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            for n in body["data"].as_array().into_iter().flatten() {
+                seen.insert(n["_id"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    // Killed mid-load: writes were in flight, some applied and not flushed.
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writers.abort_all();
+    assert!(seen.len() > 50, "the reader saw {} nodes", seen.len());
+
+    let (mut child, base) = spawn_server(dir.path());
+    let token = login(&http, &base).await;
+    for id in &seen {
+        let r = http
+            .get(format!("{base}/api/nodes/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "{id} was read before the kill, and is gone"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -61,6 +61,31 @@ async fn fail_flush(
     ))
 }
 
+/// Fault injection: every flush of the store first waits `{"ms": N}`
+/// (0 to 10,000), so readers racing a group's flush can be watched.
+async fn flush_delay(
+    State(state): State<AppState>,
+    AdminUser(admin, _): Admin,
+    AiwmBody(body): AiwmBody,
+) -> AiwmResult<Json<Value>> {
+    let mut f = Fields::new(body);
+    let ms = f.count("ms", true);
+    f.finish()?;
+    let ms = ms.unwrap_or_default();
+    if ms > 10_000 {
+        return Err(crate::error::ApiError::validation(vec![
+            "ms must not be greater than 10000".into(),
+        ]));
+    }
+    state
+        .store
+        .inject_flush_delay(std::time::Duration::from_millis(ms));
+    tracing::warn!(ms, by = %admin.username, "fault injection: every flush of the store is delayed");
+    Ok(Json(
+        json!({"message": format!("every flush now waits {ms} ms first")}),
+    ))
+}
+
 fn key_view(k: &warden_identity::KeyInfo) -> Value {
     json!({
         "kid": k.kid,
@@ -210,6 +235,12 @@ pub(crate) fn routes(fault_injection: bool) -> Api {
             "admin",
             "Make an actor panic (fault injection)",
             crash,
+        )
+        .post(
+            "/admin/store/flush-delay",
+            "admin",
+            "Delay every flush of the store by {ms} (fault injection)",
+            flush_delay,
         )
         .post(
             "/admin/store/fail-next-flush",

@@ -78,6 +78,7 @@ pub struct Watermark {
     poison: OnceLock<String>,
     poisoned: watch::Sender<Option<String>>,
     fail_next_flush: AtomicBool,
+    flush_delay_ms: AtomicU64,
     nowait_queued: AtomicUsize,
     nowait_dropped: AtomicU64,
 }
@@ -93,6 +94,7 @@ impl Watermark {
             poison: OnceLock::new(),
             poisoned: watch::channel(None).0,
             fail_next_flush: AtomicBool::new(false),
+            flush_delay_ms: AtomicU64::new(0),
             nowait_queued: AtomicUsize::new(0),
             nowait_dropped: AtomicU64::new(0),
         }
@@ -186,6 +188,18 @@ impl Watermark {
     /// Fault injection: the next flush fails as an I/O error would.
     pub fn fail_next_flush(&self) {
         self.fail_next_flush.store(true, Ordering::Release);
+    }
+
+    /// Fault injection: every flush first waits this long, widening the
+    /// window between applying a group and its becoming durable.
+    pub fn set_flush_delay(&self, delay: Duration) {
+        self.flush_delay_ms
+            .store(delay.as_millis() as u64, Ordering::Release);
+    }
+
+    /// The injected delay before each flush (zero unless injected).
+    pub fn flush_delay(&self) -> Duration {
+        Duration::from_millis(self.flush_delay_ms.load(Ordering::Acquire))
     }
 
     /// Whether the flush about to run should fail (and clears the switch).

@@ -208,6 +208,10 @@ fn flush(
     log_file: Option<&File>,
     watermark: &Watermark,
 ) -> std::io::Result<()> {
+    let delay = watermark.flush_delay();
+    if !delay.is_zero() {
+        std::thread::sleep(delay);
+    }
     if watermark.take_injected_failure() {
         return Err(std::io::Error::other(
             "injected flush failure (fault injection)",

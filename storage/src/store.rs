@@ -154,6 +154,11 @@ impl Store {
         self.engine().watermark().fail_next_flush();
     }
 
+    /// Fault injection: each flush waits `delay` first.
+    pub fn inject_flush_delay(&self, delay: std::time::Duration) {
+        self.engine().watermark().set_flush_delay(delay);
+    }
+
     /// Unacknowledged writes queued now, and dropped for want of room since start.
     pub fn nowait_backlog(&self) -> (usize, u64) {
         let w = self.engine().watermark();
