@@ -12,6 +12,7 @@ mod health;
 mod limits;
 mod metrics;
 mod openapi;
+mod paging;
 mod ws;
 
 use std::sync::Arc;

@@ -43,10 +43,7 @@ impl From<sled::Error> for StorageError {
 impl SledEngine {
     /// Opens `<dir>` and brings it to the current schema (see `migrations.rs`).
     pub(crate) fn open(dir: &Path, durability: Durability) -> Result<SledEngine, StorageError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(1000))
-            .open()?;
+        let db = open_db(dir)?;
         let tree = db.open_tree(keys::MAIN_TREE)?;
         let series = db.open_tree(keys::SERIES_TREE)?;
         migrations::run(&db, &tree, &series, migrations::ALL, keys::SCHEMA_VERSION)?;
@@ -129,6 +126,37 @@ impl Engine for SledEngine {
             let _ = handle.join();
         }
         let _ = self.db.flush();
+    }
+}
+
+/// Opens sled's database. sled releases its file lock from a background
+/// thread after the last handle is dropped, so a store closed in this
+/// process a moment ago may still hold it: wait for it a little (up to
+/// 5 s), then say plainly that another process has the directory.
+fn open_db(dir: &Path) -> Result<sled::Db, StorageError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(1000))
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            // sled reports a held lock as an `Other` error with this text.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                return Err(StorageError::Engine(format!(
+                    "{} is in use by another Warden process",
+                    dir.display()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -135,7 +135,7 @@ pub(crate) fn list<R: Resource>(
     p: &Principal,
     q: &AiwmQuery,
 ) -> AiwmResult<Json<Value>> {
-    use warden_storage::{ListQuery, PageQuery, Scope};
+    use warden_storage::{ListQuery, Scope};
     let descending = match q.sort.as_slice() {
         [] => Some(false),
         [(field, desc)] if field == "createdAt" => Some(*desc),
@@ -150,14 +150,9 @@ pub(crate) fn list<R: Resource>(
         _ => None,
     };
     if let (Some(descending), Some((index, scope))) = (descending, index) {
-        let page = state.store.page::<R>(&PageQuery {
-            index,
-            scope: &scope,
-            descending,
-            skip: (q.page - 1).saturating_mul(q.limit),
-            after: None,
-            limit: q.limit,
-        })?;
+        let page = q
+            .window()
+            .read::<R>(&state.store, index, &scope, descending)?;
         let data: Vec<Value> = page.items.iter().map(|(_, r)| r.view()).collect();
         return Ok(Json(
             json!({"data": data, "pagination": {"page": q.page, "limit": q.limit, "total": page.total}}),

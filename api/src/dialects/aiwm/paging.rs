@@ -129,6 +129,11 @@ fn compare(a: Option<&Value>, b: Option<&Value>) -> Ordering {
 }
 
 impl AiwmQuery {
+    /// The engine's window for this page.
+    pub fn window(&self) -> crate::paging::Window {
+        crate::paging::Window::page(self.page, self.limit)
+    }
+
     /// Filters, sorts (stable, so ties keep storage order) and pages views.
     pub fn page_of(&self, views: Vec<Value>) -> Value {
         let mut views: Vec<Value> = views
@@ -148,11 +153,7 @@ impl AiwmQuery {
             });
         }
         let total = views.len();
-        let data: Vec<Value> = views
-            .into_iter()
-            .skip((self.page - 1).saturating_mul(self.limit))
-            .take(self.limit)
-            .collect();
+        let data = self.window().slice(views);
         json!({"data": data, "pagination": {"page": self.page, "limit": self.limit, "total": total}})
     }
 }

@@ -233,19 +233,13 @@ async fn list_users(
     // Newest first, strictly before the cursor. Every user has a distinct
     // creation millisecond (identity stamps them so), so a page that ends
     // on one never hides another created in the same millisecond.
-    let cursor_key = cursor.map(warden_storage::time_sort_key);
     let scope = if p.is_admin() { "*" } else { p.org_id.as_str() };
-    let page = state
-        .identity
-        .store()
-        .page::<User>(&warden_storage::PageQuery {
-            index: "created",
-            scope,
-            descending: true,
-            skip: 0,
-            after: cursor_key.as_deref().map(|k| (k, "")),
-            limit,
-        })?;
+    let page = crate::paging::Window::before(cursor, limit).read::<User>(
+        state.identity.store(),
+        "created",
+        scope,
+        true,
+    )?;
     Ok(Json(Value::Array(
         page.items.iter().map(|(_, u)| user_view(u)).collect(),
     )))

@@ -134,25 +134,34 @@ async fn list(
     Query(q): Query<TelemetryQuery>,
 ) -> VareonResult<Json<Value>> {
     let (skip, limit) = q.page.parse()?;
-    let points = state.store.points(
-        &series(&p.user_id),
-        Range {
-            limit: usize::MAX,
-            newest_first: false,
-            ..Default::default()
-        },
-    )?;
-    let items: Vec<Value> = points
-        .iter()
-        .filter_map(|pt| serde_json::from_slice::<Value>(&pt.value).ok())
-        .filter(|v| {
-            q.metric_name
-                .as_ref()
-                .is_none_or(|m| v["metric_name"] == m.as_str())
-        })
-        .skip(skip)
-        .take(limit)
-        .collect();
+    let window = crate::paging::Window::skip(skip, limit);
+    let decode =
+        |pt: &warden_storage::series::Point| serde_json::from_slice::<Value>(&pt.value).ok();
+    let items: Vec<Value> = match &q.metric_name {
+        // Unfiltered: the series reads only the window.
+        None => state
+            .store
+            .points(&series(&p.user_id), window.range(false))?
+            .iter()
+            .filter_map(decode)
+            .collect(),
+        // By metric: the caller's points are filtered, then windowed.
+        Some(metric) => {
+            let all = state.store.points(
+                &series(&p.user_id),
+                Range {
+                    limit: usize::MAX,
+                    newest_first: false,
+                    ..Default::default()
+                },
+            )?;
+            window.slice(
+                all.iter()
+                    .filter_map(decode)
+                    .filter(|v| v["metric_name"] == metric.as_str()),
+            )
+        }
+    };
     Ok(Json(Value::Array(items)))
 }
 
