@@ -426,3 +426,103 @@ async fn a_second_connection_replaces_the_first() {
     );
     s.stop().await;
 }
+
+/// The next frame, raw: `None` when the stream ended cleanly; panics on
+/// a transport error (a reset instead of a close handshake).
+async fn next_raw(ws: &mut WsNode) -> Option<tokio_tungstenite::tungstenite::Message> {
+    use futures_util::StreamExt;
+    match tokio::time::timeout(std::time::Duration::from_secs(10), ws.socket.next())
+        .await
+        .expect("a frame or the end within 10 s")
+    {
+        None => None,
+        Some(Ok(m)) => Some(m),
+        Some(Err(e)) => panic!("the connection ended without a close handshake: {e}"),
+    }
+}
+
+/// Reads until the server's Close; its code.
+async fn close_code(ws: &mut WsNode) -> u16 {
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match next_raw(ws).await {
+            Some(Message::Close(frame)) => {
+                let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
+                // Our side of the handshake, then the stream ends cleanly.
+                assert!(next_raw(ws).await.is_none());
+                return code;
+            }
+            Some(_) => continue,
+            None => panic!("the stream ended without a Close frame"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_clients_close_is_answered_with_a_close() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let s = TestServer::start_with(fast_nodes).await;
+    let t = s.admin_token.clone();
+    let mut ws = WsNode::connect(&s, &format!("token={t}&nodeId=closer"))
+        .await
+        .unwrap();
+    ws.expect("connection.ack").await;
+    ws.socket
+        .send(Message::Close(Some(CloseFrame {
+            code: 1000.into(),
+            reason: "bye".into(),
+        })))
+        .await
+        .unwrap();
+    // The server's Close comes back, then the stream ends: no reset.
+    loop {
+        match next_raw(&mut ws).await {
+            Some(Message::Close(frame)) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(1000));
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("no Close came back"),
+        }
+    }
+    assert!(next_raw(&mut ws).await.is_none());
+}
+
+#[tokio::test]
+async fn an_oversized_frame_gets_close_1009() {
+    let s = TestServer::start_with(fast_nodes).await;
+    let t = s.admin_token.clone();
+    let mut ws = WsNode::connect(&s, &format!("token={t}&nodeId=big"))
+        .await
+        .unwrap();
+    ws.expect("connection.ack").await;
+    ws.send_text("x".repeat(200 * 1024)).await;
+    // The Close with 1009 arrives (the frame's unread payload then makes
+    // the kernel end the connection with a reset, which is fine).
+    use futures_util::StreamExt;
+    let code = loop {
+        match ws.socket.next().await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {
+                break frame.map(|f| u16::from(f.code));
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("no Close before the end: {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1009));
+}
+
+#[tokio::test]
+async fn server_shutdown_closes_daemons_with_1001() {
+    let s = TestServer::start_with(fast_nodes).await;
+    let t = s.admin_token.clone();
+    let mut ws = WsNode::connect(&s, &format!("token={t}&nodeId=leaver"))
+        .await
+        .unwrap();
+    ws.expect("connection.ack").await;
+    let stopping = tokio::spawn(s.stop());
+    assert_eq!(close_code(&mut ws).await, 1001);
+    stopping.await.unwrap();
+}

@@ -57,52 +57,134 @@ async fn upgrade(
         .on_upgrade(move |socket| run(socket, session, rx))
 }
 
+/// Close codes (RFC 6455 §7.4.1).
+const NORMAL: u16 = 1000;
+const GOING_AWAY: u16 = 1001;
+const TOO_BIG: u16 = 1009;
+
+/// How long a closing connection waits for the peer's side of the close
+/// handshake before it is dropped.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long the 1009 Close of an oversized frame is left to be read.
+const TOO_BIG_LINGER: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// One connection. A close is a handshake both ways (RFC 6455 §5.5.1):
+/// a peer's Close is answered (tungstenite queues the reply; the writer
+/// flushes it) before the server drops the TCP connection; when the
+/// server closes (1000 when the node's actor ends the session, 1001 at
+/// shutdown, 1009 for an oversized frame) it sends its Close and reads
+/// until the peer's Close comes back (or a grace period ends). Never a
+/// reset without a Close.
 async fn run(socket: WebSocket, mut session: Session, mut rx: mpsc::Receiver<Outbound>) {
     let lifecycle = session.lifecycle();
     let (mut sink, mut stream) = socket.split();
-    let writer = tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
+    // `Some(frame)`: send this Close and stop; `None`: flush and stop.
+    let (close_tx, mut close_rx) = mpsc::channel::<Option<CloseFrame>>(1);
+    let mut writer = tokio::spawn(async move {
+        loop {
+            let out = tokio::select! {
+                out = rx.recv() => out,
+                close = close_rx.recv() => {
+                    if let Some(Some(frame)) = close {
+                        let _ = sink.send(Message::Close(Some(frame))).await;
+                    }
+                    break;
+                }
+            };
             let sent = match out {
-                Outbound::Event(env) => sink.send(Message::text(env.to_json())).await,
-                Outbound::Close(reason) => {
+                Some(Outbound::Event(env)) => sink.send(Message::text(env.to_json())).await,
+                Some(Outbound::Close(reason)) => {
                     let frame = CloseFrame {
-                        code: 1000,
+                        code: NORMAL,
                         reason: reason.into(),
                     };
                     let _ = sink.send(Message::Close(Some(frame))).await;
                     break;
                 }
+                None => break,
             };
             if sent.is_err() {
                 break;
             }
         }
+        let _ = sink.flush().await;
     });
-    let mut writer = writer;
+    let mut writer_done = false;
+    // Set once this side has sent its Close: then only the peer's reply matters.
+    let mut closing = false;
+    // Set again whenever `closing` is first set; bounds the wait for the reply.
+    let mut deadline = tokio::time::Instant::now() + CLOSE_GRACE;
     loop {
+        if !closing {
+            deadline = tokio::time::Instant::now() + CLOSE_GRACE;
+        }
         let frame = tokio::select! {
             frame = stream.next() => frame,
-            _ = lifecycle.stopping() => {
-                // Close the transport (daemons reconnect), never a protocol-level goodbye.
-                session.send(Outbound::Close("the server is shutting down".into()));
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer).await;
-                break;
+            _ = lifecycle.stopping(), if !closing => {
+                closing = true;
+                let _ = close_tx.try_send(Some(CloseFrame {
+                    code: GOING_AWAY,
+                    reason: "the server is shutting down".into(),
+                }));
+                continue;
             }
-            _ = &mut writer => break,
+            _ = &mut writer, if !writer_done => {
+                // The writer ended: the actor closed the session (deleted,
+                // replaced, credential revoked), or the socket broke.
+                writer_done = true;
+                closing = true;
+                continue;
+            }
+            _ = tokio::time::sleep_until(deadline), if closing => break,
         };
         match frame {
+            Some(Ok(Message::Close(_))) => {
+                if !closing {
+                    // The peer closed: our reply is queued; flush it.
+                    let _ = close_tx.try_send(None);
+                }
+                break;
+            }
+            Some(Ok(_)) if closing => {}
             Some(Ok(Message::Text(text))) => session.on_text(text.as_str()).await,
             Some(Ok(Message::Binary(_))) => {
                 session
                     .on_text("binary frames are not part of the protocol")
                     .await
             }
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
             Some(Ok(_)) => {}
+            Some(Err(e)) if !closing && too_big(&e) => {
+                // An oversized frame is refused from its header, so its
+                // payload is still unread and no reply can be parsed after
+                // it: send 1009, give the daemon a moment to read it, then
+                // drop (the unread payload makes the kernel end with a reset).
+                let _ = close_tx.try_send(Some(CloseFrame {
+                    code: TOO_BIG,
+                    reason: "frame too large".into(),
+                }));
+                if tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_ok() {
+                    writer_done = true;
+                }
+                tokio::time::sleep(TOO_BIG_LINGER).await;
+                break;
+            }
+            Some(Err(_)) | None => break,
         }
     }
     session.close();
+    if !writer_done {
+        let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
+    }
     writer.abort();
+}
+
+/// Whether a read failed because a frame or message was over the limit.
+fn too_big(e: &axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    std::error::Error::source(e)
+        .and_then(|inner| inner.downcast_ref::<Error>())
+        .is_some_and(|inner| matches!(inner, Error::Capacity(_)))
 }
 
 pub(crate) fn routes() -> Api {

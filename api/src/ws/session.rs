@@ -374,11 +374,6 @@ impl Session {
         self.state.lifecycle.clone()
     }
 
-    /// Queues a frame for this connection.
-    pub fn send(&self, out: Outbound) -> bool {
-        self.conn.send(out)
-    }
-
     /// The transport closed: the node's actor forgets this connection.
     pub fn close(&self) {
         if let Some((id, handle)) = &self.node {
