@@ -166,6 +166,9 @@ impl ServeArgs {
         {
             c.node_timing.metrics = std::time::Duration::from_millis(ms.max(1));
         }
+        if let Some(secs) = file.nodes.heartbeat_write_secs {
+            c.node_timing.heartbeat_write = std::time::Duration::from_secs(secs);
+        }
         if let Some(secs) = file.nodes.idle_passivate_secs {
             c.node_timing.idle = std::time::Duration::from_secs(secs.max(1));
         }

@@ -69,6 +69,9 @@ pub struct NodesFile {
     pub telemetry_retention_hours: Option<u64>,
     /// An unconnected, idle node's actor stops after this long.
     pub idle_passivate_secs: Option<u64>,
+    /// Heartbeats that change only lastHeartbeat and gauges are written at
+    /// most this often (default 15).
+    pub heartbeat_write_secs: Option<u64>,
     /// Lifetime of a node token whose request names none (default 30).
     pub token_lifetime_days: Option<i64>,
     /// The longest lifetime a node token may have (default 365).

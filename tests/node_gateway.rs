@@ -526,3 +526,56 @@ async fn server_shutdown_closes_daemons_with_1001() {
     assert_eq!(close_code(&mut ws).await, 1001);
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn heartbeats_are_coalesced_but_liveness_and_status_changes_are_not() {
+    let s = TestServer::start_with(|c| {
+        c.node_timing.heartbeat = std::time::Duration::from_millis(200);
+        c.node_timing.heartbeat_write = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let t = s.admin_token.clone();
+    let mut ws = WsNode::connect(&s, &format!("token={t}&nodeId=coalesced"))
+        .await
+        .unwrap();
+    ws.expect("connection.ack").await;
+    ws.send(
+        "node.register",
+        json!({"nodeId": "coalesced", "name": "C", "cpuCores": 2, "ramTotal": 1000}),
+    )
+    .await;
+    let ack = ws.expect("register.ack").await;
+    let id = ack["data"]["_id"].as_str().unwrap().to_owned();
+    let registered = node_by(&s, &t, &id).await;
+    assert_eq!(registered["status"], "online");
+
+    // Heartbeats that change only gauges are not written one by one...
+    for _ in 0..4 {
+        ws.send(
+            "telemetry.heartbeat",
+            json!({"status": "healthy", "cpuUsage": 50.0}),
+        )
+        .await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let node = node_by(&s, &t, &id).await;
+    assert_eq!(node["lastHeartbeat"], registered["lastHeartbeat"], "{node}");
+    assert_eq!(node["status"], "online");
+
+    // ...but silence still turns the node offline after three intervals,
+    // and that change is written at once.
+    let node = eventually(5, "offline after three silent intervals", || async {
+        let n = node_by(&s, &t, &id).await;
+        (n["status"] == "offline").then_some(n)
+    })
+    .await;
+    // The gauges held back were written with it.
+    assert_eq!(node["cpuUsage"], 50.0, "{node}");
+    // A heartbeat brings it back online, durably, at once.
+    ws.send("telemetry.heartbeat", json!({"status": "healthy"}))
+        .await;
+    eventually(5, "online again", || async {
+        (node_by(&s, &t, &id).await["status"] == "online").then_some(())
+    })
+    .await;
+}

@@ -621,3 +621,72 @@ async fn nothing_a_reader_saw_is_lost_to_sigkill_under_write_load() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_change_survives_sigkill_right_after_it_despite_coalescing() {
+    use futures_util::{SinkExt, StreamExt};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("warden.toml");
+    std::fs::write(
+        &config,
+        "[nodes]\nheartbeat_interval_ms = 200\nheartbeat_write_secs = 60\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let args = ["--config", config.to_str().unwrap()];
+    let (mut child, base) = spawn_server_with(&data, &args, "warn", Stdio::inherit());
+    let http = reqwest::Client::new();
+    let token = login(&http, &base).await;
+    let url = format!(
+        "{}/ws/node?token={token}&nodeId=lastgasp",
+        base.replacen("http", "ws", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let register = json!({"type": "node.register", "messageId": "r1", "timestamp": "2026-01-01T00:00:00Z",
+        "data": {"nodeId": "lastgasp", "name": "L", "cpuCores": 1, "ramTotal": 1}});
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        register.to_string(),
+    ))
+    .await
+    .unwrap();
+    let id = loop {
+        let frame = ws.next().await.unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+        if v["type"] == "register.ack" {
+            break v["data"]["_id"].as_str().unwrap().to_owned();
+        }
+    };
+    let status = |base: String, token: String| {
+        let http = http.clone();
+        let id = id.clone();
+        async move {
+            let r: serde_json::Value = http
+                .get(format!("{base}/api/nodes/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["status"].as_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(status(base.clone(), token.clone()).await, "online");
+    // No heartbeats: offline after three intervals. Killed the moment a
+    // read shows it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status(base.clone(), token.clone()).await != "offline" {
+        assert!(std::time::Instant::now() < deadline, "never went offline");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(ws);
+
+    let (mut child, base) = spawn_server_with(&data, &args, "warn", Stdio::inherit());
+    let token = login(&http, &base).await;
+    assert_eq!(status(base, token).await, "offline");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

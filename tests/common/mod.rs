@@ -268,6 +268,9 @@ pub fn find_actor<'a>(tree: &'a Value, name: &str) -> Option<&'a Value> {
 pub fn fast_nodes(c: &mut ServerConfig) {
     c.node_timing.heartbeat = std::time::Duration::from_millis(1000);
     c.node_timing.metrics = std::time::Duration::from_millis(2000);
+    // Every heartbeat written, so reads show each one (the coalescing
+    // itself is tested in node_gateway.rs).
+    c.node_timing.heartbeat_write = std::time::Duration::ZERO;
 }
 
 /// A raw WebSocket node client speaking AIWM's envelope.

@@ -23,6 +23,10 @@ pub struct NodeTiming {
     /// An actor with no connection and no message for this long stops
     /// (passivates); the supervisor starts it again on the next use.
     pub idle: Duration,
+    /// Heartbeats that change nothing but `lastHeartbeat` and the host's
+    /// gauges (CPU, RAM, uptime, GPU load) are written at most this often;
+    /// a crash loses at most this much of them, never a status change.
+    pub heartbeat_write: Duration,
 }
 
 impl Default for NodeTiming {
@@ -32,6 +36,7 @@ impl Default for NodeTiming {
             heartbeat: Duration::from_secs(30),
             metrics: Duration::from_secs(60),
             idle: Duration::from_secs(300),
+            heartbeat_write: Duration::from_secs(15),
         }
     }
 }
@@ -151,6 +156,10 @@ pub struct NodeState {
     timing: NodeTiming,
     /// When the last message other than a tick arrived.
     last_used: std::time::Instant,
+    /// When the record was last queued for writing, and whether the node
+    /// has changed since (heartbeat gauges waiting for the next write).
+    last_written: std::time::Instant,
+    dirty: bool,
 }
 
 #[derive(Default)]
@@ -208,14 +217,28 @@ impl NodeState {
         };
         self.version = version;
         self.node = next.clone();
+        self.last_written = std::time::Instant::now();
+        self.dirty = false;
         Ok(next)
+    }
+
+    /// Writes the gauges a heartbeat left behind once `heartbeat_write` has
+    /// passed since the last write.
+    fn persist_if_due(&mut self) {
+        if self.dirty && self.last_written.elapsed() >= self.timing.heartbeat_write {
+            self.persist_soon();
+        }
     }
 
     /// Persists without waiting: telemetry-driven changes nobody awaits.
     fn persist_soon(&mut self) {
         match Write::put(&self.node, Some(self.version)) {
             Ok(w) => match self.store.commit_nowait(vec![w]) {
-                Ok(()) => self.version += 1,
+                Ok(()) => {
+                    self.version += 1;
+                    self.last_written = std::time::Instant::now();
+                    self.dirty = false;
+                }
                 Err(e) => {
                     tracing::warn!(node = %self.node.id, error = %e, "could not queue a node write")
                 }
@@ -385,6 +408,8 @@ impl Actor for NodeActor {
             live: args.live,
             timing: args.timing,
             last_used: std::time::Instant::now(),
+            last_written: std::time::Instant::now(),
+            dirty: false,
         })
     }
 
@@ -414,8 +439,11 @@ impl Actor for NodeActor {
         _myself: ActorRef<NodeMsg>,
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
-        if state.set_conn(None).is_some() && !state.node.is_deleted() {
-            state.node.websocket_connected = false;
+        let had_conn = state.set_conn(None).is_some();
+        if !state.node.is_deleted() && (had_conn || state.dirty) {
+            if had_conn {
+                state.node.websocket_connected = false;
+            }
             state.persist_soon();
         }
         Ok(())
@@ -508,8 +536,23 @@ impl Actor for NodeActor {
                 let _ = reply.send(result);
             }
             NodeMsg::Heartbeat(hb) => {
-                super::heartbeat(&mut state.node, &hb, now);
-                state.persist_soon();
+                let mut next = state.node.clone();
+                super::heartbeat(&mut next, &hb, now);
+                if next.status != state.node.status {
+                    // A status change is durable before anything else happens.
+                    if let Err(e) = state.persist(next).await {
+                        tracing::warn!(node = %state.node.id, error = %e, "could not record the node's return");
+                    }
+                } else {
+                    let hardware = next.gpu_devices.len() != state.node.gpu_devices.len();
+                    state.node = next;
+                    state.dirty = true;
+                    if hardware {
+                        state.persist_soon();
+                    } else {
+                        state.persist_if_due();
+                    }
+                }
             }
             NodeMsg::Telemetry { series, envelope } => {
                 let id = if envelope.message_id.is_empty() {
@@ -586,13 +629,18 @@ impl Actor for NodeActor {
                 let _ = reply.send(result);
             }
             NodeMsg::Tick => {
+                let mut next = state.node.clone();
                 if super::check_liveness(
-                    &mut state.node,
+                    &mut next,
                     now,
                     state.timing.heartbeat.as_millis() as Millis,
                 ) {
                     tracing::info!(node = %state.node.id, "no heartbeat for three intervals: offline");
-                    state.persist_soon();
+                    if let Err(e) = state.persist(next).await {
+                        tracing::warn!(node = %state.node.id, error = %e, "could not record the node offline");
+                    }
+                } else {
+                    state.persist_if_due();
                 }
                 // Idle and unconnected: passivate (an online node keeps its
                 // actor, which is what turns it offline when heartbeats stop).
