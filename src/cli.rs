@@ -86,7 +86,8 @@ pub struct ServeArgs {
     /// Data directory: db/ (sled), blobs/, secrets/ [default: ./warden-data].
     #[arg(long, env = "WARDEN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Serve POST /admin/actors/{name}/crash, to watch supervision work.
+    /// Serve the fault-injection routes: POST /admin/actors/{name}/crash,
+    /// /admin/store/fail-next-flush and /admin/store/flush-delay.
     #[arg(long, env = "WARDEN_ENABLE_FAULT_INJECTION")]
     pub enable_fault_injection: bool,
     /// `flush` survives a killed process; `fsync` also survives power loss [default: flush].
