@@ -115,11 +115,6 @@ pub enum NodeMsg {
         reply: RpcReplyPort<Result<Node, DomainError>>,
     },
     Heartbeat(Box<Heartbeat>),
-    /// `telemetry.metrics`, `deployment.status`, `deployment.logs`: stored as points.
-    Telemetry {
-        series: &'static str,
-        envelope: Box<Envelope>,
-    },
     /// A node's `command.ack` / `command.result`: answered once recorded,
     /// so a reply that meets a dying actor is retried, never lost.
     CommandReply {
@@ -168,6 +163,37 @@ pub struct NodeActor;
 /// The series a node's points go to.
 pub fn series_name(node_id: &str, series: &str) -> String {
     format!("node/{node_id}/{series}")
+}
+
+/// Stores a node's `telemetry.metrics` or deployment event as a point of
+/// its series (`metrics`, `deployments`), without waiting for the flush.
+/// Points are append-only and keyed by the envelope's `messageId`, so the
+/// gateway writes them itself: none can be lost in the mailbox of an actor
+/// that is restarting, and a re-sent point is stored once. When the
+/// store's queue of unacknowledged writes is full the point is refused
+/// (and counted), never buffered without bound.
+pub fn store_telemetry(
+    store: &Store,
+    node_id: &str,
+    series: &str,
+    envelope: &Envelope,
+) -> Result<(), warden_storage::StorageError> {
+    let now = now_millis();
+    let id = if envelope.message_id.is_empty() {
+        uuid::Uuid::new_v4().to_string()
+    } else {
+        envelope.message_id.clone()
+    };
+    let at: Millis = chrono::DateTime::parse_from_rfc3339(&envelope.timestamp)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or(now);
+    let value = json!({"messageId": id, "timestamp": envelope.timestamp, "receivedAt": super::protocol::iso_now(), "data": envelope.data});
+    store.append_point_nowait(
+        &series_name(node_id, series),
+        at,
+        &id,
+        value.to_string().into_bytes(),
+    )
 }
 
 fn envelope_of(cmd: &NodeCommand) -> Envelope {
@@ -554,25 +580,6 @@ impl Actor for NodeActor {
                     }
                 }
             }
-            NodeMsg::Telemetry { series, envelope } => {
-                let id = if envelope.message_id.is_empty() {
-                    uuid::Uuid::new_v4().to_string()
-                } else {
-                    envelope.message_id.clone()
-                };
-                let at: Millis = chrono::DateTime::parse_from_rfc3339(&envelope.timestamp)
-                    .map(|t| t.timestamp_millis())
-                    .unwrap_or(now);
-                let value = json!({"messageId": id, "timestamp": envelope.timestamp, "receivedAt": super::protocol::iso_now(), "data": envelope.data});
-                let name = series_name(&state.node.id, series);
-                if let Err(e) =
-                    state
-                        .store
-                        .append_point_nowait(&name, at, &id, value.to_string().into_bytes())
-                {
-                    tracing::warn!(node = %state.node.id, error = %e, "could not store telemetry");
-                }
-            }
             NodeMsg::CommandReply { kind, reply, done } => {
                 let recorded = state.command_reply(kind, *reply).await;
                 if let Err(e) = &recorded {
@@ -722,15 +729,6 @@ impl NodeHandle {
 
     pub fn heartbeat(&self, hb: Heartbeat) -> bool {
         self.0.cast(NodeMsg::Heartbeat(Box::new(hb))).is_ok()
-    }
-
-    pub fn telemetry(&self, series: &'static str, envelope: Envelope) -> bool {
-        self.0
-            .cast(NodeMsg::Telemetry {
-                series,
-                envelope: Box::new(envelope),
-            })
-            .is_ok()
     }
 
     /// Records a node's reply to a command (idempotent: an ack or a result

@@ -10,7 +10,7 @@ pub use record::{CommandStatus, GpuDevice, HostFacts, Node, NodeCommand, NodeSta
 
 pub use actor::{
     CALL_TIMEOUT, LiveConnections, NewCommand, NodeActor, NodeArgs, NodeHandle, NodeMsg,
-    NodeTiming, ReplyKind, command_id, series_name,
+    NodeTiming, ReplyKind, command_id, series_name, store_telemetry,
 };
 
 use warden_domain::{Audit, Owner};

@@ -333,11 +333,16 @@ impl Session {
                     self.handle().await?.heartbeat(hb);
                 }
             }
-            kinds::METRICS => {
-                self.handle().await?.telemetry("metrics", envelope);
-            }
-            kinds::DEPLOYMENT_STATUS | kinds::DEPLOYMENT_LOGS => {
-                self.handle().await?.telemetry("deployments", envelope);
+            kinds::METRICS | kinds::DEPLOYMENT_STATUS | kinds::DEPLOYMENT_LOGS => {
+                let series = if envelope.kind == kinds::METRICS {
+                    "metrics"
+                } else {
+                    "deployments"
+                };
+                self.handle().await?;
+                let (id, _) = self.node.as_ref().expect("handle() binds the node");
+                warden_actors::node::store_telemetry(&self.state.store, id, series, &envelope)
+                    .map_err(|e| DomainError::Unavailable(format!("telemetry not stored: {e}")))?;
             }
             kinds::COMMAND_ACK | kinds::COMMAND_RESULT => {
                 let reply: CommandReply = envelope.payload().map_err(invalid)?;
