@@ -1,7 +1,7 @@
 //! `warden node`: the node daemon. It connects to the server's node
 //! gateway (raw WebSocket, AIWM's envelope), registers with the host's
 //! real facts, sends heartbeats and metrics at the intervals the server
-//! gives, answers commands, reconnects with jittered backoff, and keeps
+//! gives, answers commands, reconnects with exponential backoff and full jitter, and keeps
 //! metrics produced while disconnected on disk until they are delivered.
 
 mod facts;
@@ -33,7 +33,9 @@ pub struct DaemonConfig {
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Exponential backoff with ±50% jitter, so a fleet does not reconnect in step.
+/// Exponential backoff with full jitter (a delay drawn uniformly below a
+/// ceiling that doubles up to `max`), so a fleet that lost its controller
+/// spreads its reconnects out instead of arriving in step.
 struct Backoff {
     next: Duration,
     min: Duration,
@@ -50,9 +52,9 @@ impl Backoff {
     }
 
     fn delay(&mut self) -> Duration {
-        let base = self.next;
+        let ceiling = self.next;
         self.next = (self.next * 2).min(self.max);
-        base.mul_f64(0.5 + rand::random::<f64>())
+        ceiling.mul_f64(rand::random::<f64>())
     }
 
     fn reset(&mut self) {
@@ -299,9 +301,16 @@ mod tests {
     fn backoff_grows_with_jitter_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
         let d: Vec<Duration> = (0..5).map(|_| b.delay()).collect();
-        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(150));
-        assert!(d[4] >= Duration::from_millis(200) && d[4] <= Duration::from_millis(600));
+        assert!(d[0] <= Duration::from_millis(100));
+        assert!(d[1] <= Duration::from_millis(200));
+        // Capped: never above the maximum, however long it goes on.
+        assert!(d.iter().all(|d| *d <= Duration::from_millis(400)));
+        // Full jitter: over many draws at the cap, the delays spread over
+        // the whole range below it.
+        let late: Vec<Duration> = (0..200).map(|_| b.delay()).collect();
+        assert!(late.iter().any(|d| *d < Duration::from_millis(100)));
+        assert!(late.iter().any(|d| *d > Duration::from_millis(300)));
         b.reset();
-        assert!(b.delay() <= Duration::from_millis(150));
+        assert!(b.delay() <= Duration::from_millis(100));
     }
 }
