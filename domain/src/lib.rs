@@ -96,13 +96,23 @@ pub async fn ensure_indexes(
     Ok(())
 }
 
+/// The ordered index of owned records by creation time (see
+/// [`created_order`]); lists read it by [`org_scope`].
+pub const CREATED: &str = "created";
+
+/// The scope of an organisation's list in an ordered index: the
+/// organisation, or every organisation (`None`: an instance admin).
+pub fn org_scope(org_id: Option<&str>) -> String {
+    org_id.unwrap_or("*").to_owned()
+}
+
 /// The ordered index every owned record has: by creation time within its
-/// organisation, and across all (`"*"`, for admins).
-pub fn created_order(owner: &Owner, audit: &Audit) -> Vec<(&'static str, String, Vec<u8>)> {
-    let t = warden_storage::time_sort_key(audit.created_at);
+/// organisation, and across all.
+pub fn created_order(org_id: &str, created_at: Millis) -> Vec<(&'static str, String, Vec<u8>)> {
+    let t = warden_storage::time_sort_key(created_at);
     vec![
-        ("created", owner.org_id.clone(), t.clone()),
-        ("created", "*".into(), t),
+        (CREATED, org_scope(Some(org_id)), t.clone()),
+        (CREATED, org_scope(None), t),
     ]
 }
 

@@ -211,7 +211,7 @@ impl Record for Instruction {
         self.audit.deleted_at.is_some()
     }
     fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
-        crate::created_order(&self.owner, &self.audit)
+        crate::created_order(&self.owner.org_id, self.audit.created_at)
     }
     const INDEX_VERSION: u32 = 1;
 }
@@ -276,7 +276,7 @@ impl Record for Tool {
         self.audit.deleted_at.is_some()
     }
     fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
-        crate::created_order(&self.owner, &self.audit)
+        crate::created_order(&self.owner.org_id, self.audit.created_at)
     }
     const INDEX_VERSION: u32 = 1;
 }

@@ -2,7 +2,7 @@
 //! Both are random secrets of which only the SHA-256 is stored; neither
 //! ever looks like a JWT (no dots), so a verifier can tell them apart.
 
-use crate::model::{ApiKey, RevokedToken, Session, User};
+use crate::model::{ApiKey, EXPIRES, RevokedToken, Session, User};
 use sha2::{Digest, Sha256};
 use warden_storage::{Millis, now_millis};
 
@@ -285,7 +285,7 @@ impl Identity {
         ) -> Result<usize, IdentityError> {
             let mut n = 0;
             loop {
-                let ids = store.ids_up_to::<T>("expires", "*", until, 512)?;
+                let ids = store.ids_up_to::<T>(EXPIRES.0, EXPIRES.1, until, 512)?;
                 if ids.is_empty() {
                     return Ok(n);
                 }

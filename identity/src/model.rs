@@ -104,13 +104,9 @@ impl Record for User {
             ("email", self.email.to_lowercase()),
         ]
     }
-    /// By creation time within the organisation, and across all (`"*"`).
+    /// By creation time within the organisation, and across all.
     fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
-        let t = warden_storage::time_sort_key(self.created_at);
-        vec![
-            ("created", self.org_id.clone(), t.clone()),
-            ("created", "*".into(), t),
-        ]
+        warden_domain::created_order(&self.org_id, self.created_at)
     }
     const INDEX_VERSION: u32 = 1;
 }
@@ -141,12 +137,14 @@ pub async fn ensure_indexes(
     Ok(())
 }
 
-/// The expiry index the housekeeping sweep reads: all records of a kind,
-/// by expiry time.
+/// The expiry index the housekeeping sweep reads: all records of a kind
+/// (one scope), by expiry time.
+pub(crate) const EXPIRES: (&str, &str) = ("expires", "*");
+
 fn expiry(expires_at: Millis) -> Vec<(&'static str, String, Vec<u8>)> {
     vec![(
-        "expires",
-        "*".into(),
+        EXPIRES.0,
+        EXPIRES.1.into(),
         warden_storage::time_sort_key(expires_at),
     )]
 }

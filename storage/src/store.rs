@@ -342,37 +342,24 @@ impl Store {
             .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
             .map_or(0, u64::from_be_bytes);
         let end = prefix_end(&prefix);
-        let (from, to) = match (q.after, q.descending) {
+        let cursor = q
+            .after
+            .map(|(sort, id)| keys::ordered(T::COLLECTION, q.index, q.scope, sort, id));
+        let (from, to) = match (cursor, q.descending) {
             (None, _) => (Bound::Included(prefix.clone()), end),
-            (Some((sort, id)), false) => {
-                let mut after = prefix.clone();
-                keys::push(&mut after, sort);
-                keys::push(&mut after, id.as_bytes());
-                (Bound::Excluded(after), end)
-            }
-            (Some((sort, id)), true) => {
-                let mut before = prefix.clone();
-                keys::push(&mut before, sort);
-                keys::push(&mut before, id.as_bytes());
-                (Bound::Included(prefix.clone()), Bound::Excluded(before))
-            }
+            (Some(after), false) => (Bound::Excluded(after), end),
+            (Some(before), true) => (Bound::Included(prefix.clone()), Bound::Excluded(before)),
         };
         let scan = self.engine().range(Space::Records, from, to);
-        let entries: Box<dyn Iterator<Item = _>> = if q.descending {
+        let scan: Scan<'_> = if q.descending {
             Box::new(scan.rev())
         } else {
-            Box::new(scan)
+            scan
         };
         let mut items = Vec::with_capacity(q.limit.min(1024));
-        for entry in entries.skip(q.skip).take(q.limit) {
-            let (key, _) = entry?;
-            let Some((sort, rest)) = keys::pop(&key[prefix.len()..]) else {
-                continue;
-            };
-            let Some((id, _)) = keys::pop(rest) else {
-                continue;
-            };
-            if let Some(record) = self.get::<T>(&String::from_utf8_lossy(&id))? {
+        for entry in ordered_ids(prefix.len(), scan).skip(q.skip).take(q.limit) {
+            let (sort, id) = entry?;
+            if let Some(record) = self.get::<T>(&id)? {
                 items.push((sort, record));
             }
         }
@@ -390,18 +377,14 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<String>, StorageError> {
         let prefix = keys::ordered_scope(T::COLLECTION, index, scope);
+        let scan = self.scan_prefix(Space::Records, prefix.clone());
         let mut ids = Vec::new();
-        for entry in self.scan_prefix(Space::Records, prefix.clone()) {
-            let (key, _) = entry?;
-            let Some((sort, rest)) = keys::pop(&key[prefix.len()..]) else {
-                continue;
-            };
+        for entry in ordered_ids(prefix.len(), scan) {
+            let (sort, id) = entry?;
             if sort.as_slice() > max_key || ids.len() >= limit {
                 break;
             }
-            if let Some((id, _)) = keys::pop(rest) {
-                ids.push(String::from_utf8_lossy(&id).into_owned());
-            }
+            ids.push(id);
         }
         Ok(ids)
     }
@@ -481,6 +464,22 @@ impl Store {
     pub fn close(&self) {
         self.engine().close();
     }
+}
+
+/// The sort key and record id of each entry of a scan of one scope of an
+/// ordered index (whose keys all start with `prefix_len` bytes of scope).
+fn ordered_ids<'a>(
+    prefix_len: usize,
+    scan: Scan<'a>,
+) -> impl Iterator<Item = Result<(Vec<u8>, String), StorageError>> + 'a {
+    scan.filter_map(move |entry| match entry {
+        Err(e) => Some(Err(e)),
+        Ok((key, _)) => {
+            let (sort, rest) = keys::pop(key.get(prefix_len..)?)?;
+            let (id, _) = keys::pop(rest)?;
+            Some(Ok((sort, String::from_utf8_lossy(&id).into_owned())))
+        }
+    })
 }
 
 /// The first key after every key that starts with `prefix`.

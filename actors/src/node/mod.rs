@@ -6,7 +6,10 @@ mod actor;
 pub mod protocol;
 mod record;
 
-pub use record::{CommandStatus, GpuDevice, HostFacts, Node, NodeCommand, NodeStatus};
+pub use record::{
+    CommandStatus, GpuDevice, HostFacts, Node, NodeCommand, NodeStatus, STATUS_CREATED,
+    status_scope,
+};
 
 pub use actor::{
     CALL_TIMEOUT, LiveConnections, NewCommand, NodeActor, NodeArgs, NodeHandle, NodeMsg,

@@ -93,6 +93,15 @@ pub struct Node {
     pub audit: Audit,
 }
 
+/// The ordered index of nodes by status, then creation time.
+pub const STATUS_CREATED: &str = "status_created";
+
+/// The scope of an organisation's (`None`: every organisation's) nodes
+/// in one status, in [`STATUS_CREATED`].
+pub fn status_scope(org_id: Option<&str>, status: &str) -> String {
+    format!("{}/{status}", warden_domain::org_scope(org_id))
+}
+
 impl Record for Node {
     const COLLECTION: &'static str = "nodes";
     fn id(&self) -> &str {
@@ -110,14 +119,14 @@ impl Record for Node {
     fn is_deleted(&self) -> bool {
         self.audit.deleted_at.is_some()
     }
-    /// Newest-first lists of an organisation (`"*"`: every organisation,
-    /// for admins), whole or by status.
+    /// Lists of an organisation (or of all, for admins) by creation time,
+    /// whole or by status.
     fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
         let t = warden_storage::time_sort_key(self.audit.created_at);
         let (org, status) = (&self.owner.org_id, self.status.as_str());
-        let mut ordered = warden_domain::created_order(&self.owner, &self.audit);
-        ordered.push(("status_created", format!("{org}/{status}"), t.clone()));
-        ordered.push(("status_created", format!("*/{status}"), t));
+        let mut ordered = warden_domain::created_order(org, self.audit.created_at);
+        ordered.push((STATUS_CREATED, status_scope(Some(org), status), t.clone()));
+        ordered.push((STATUS_CREATED, status_scope(None, status), t));
         ordered
     }
     const INDEX_VERSION: u32 = 1;

@@ -201,16 +201,22 @@ impl Session {
         Ok(())
     }
 
+    /// The `_id` of the node this connection registered as.
+    fn bound_id(&self) -> Result<&str, DomainError> {
+        self.node
+            .as_ref()
+            .map(|(id, _)| id.as_str())
+            .ok_or_else(|| DomainError::Invalid(vec!["send node.register first".into()]))
+    }
+
     /// The node's actor, re-attached if it was restarted since.
     async fn handle(&mut self) -> Result<NodeHandle, DomainError> {
-        let (id, handle) = self
-            .node
-            .as_ref()
-            .ok_or_else(|| DomainError::Invalid(vec!["send node.register first".into()]))?;
-        if handle.is_alive() {
+        let id = self.bound_id()?.to_owned();
+        if let Some((_, handle)) = &self.node
+            && handle.is_alive()
+        {
             return Ok(handle.clone());
         }
-        let id = id.clone();
         self.bind(&id).await?;
         Ok(self.node.as_ref().expect("bind sets the node").1.clone())
     }
@@ -339,8 +345,7 @@ impl Session {
                 } else {
                     "deployments"
                 };
-                self.handle().await?;
-                let (id, _) = self.node.as_ref().expect("handle() binds the node");
+                let id = self.bound_id()?;
                 warden_actors::node::store_telemetry(&self.state.store, id, series, &envelope)
                     .map_err(|e| DomainError::Unavailable(format!("telemetry not stored: {e}")))?;
             }
@@ -354,8 +359,7 @@ impl Session {
                 } else {
                     ReplyKind::Result
                 };
-                self.handle().await?;
-                let (id, _) = self.node.as_ref().expect("handle() binds the node");
+                let id = self.bound_id()?;
                 self.state
                     .runtime
                     .nodes

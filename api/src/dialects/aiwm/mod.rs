@@ -62,9 +62,16 @@ pub(crate) trait Resource: Record + Owned {
     const NAME: &'static str;
     /// The client-chosen key (`nodeId`, `instructionId`, ...), unique per org.
     const KEY: &'static str;
-    /// Filters that an ordered index answers (`status` for nodes): a list
-    /// by creation time with at most one of them reads only its page.
-    const INDEXED_FILTERS: &'static [&'static str] = &[];
+    /// The ordered index and scope that answer `filter[field]=value` in
+    /// creation order for `org` (`None`: all), when one does (`status` for
+    /// nodes): such a list reads only its page.
+    fn indexed_filter(
+        _field: &str,
+        _value: &str,
+        _org: Option<&str>,
+    ) -> Option<(&'static str, String)> {
+        None
+    }
     fn view(&self) -> Value;
     fn audit(&self) -> &Audit;
 }
@@ -141,12 +148,10 @@ pub(crate) fn list<R: Resource>(
         [(field, desc)] if field == "createdAt" => Some(*desc),
         _ => None,
     };
-    let org = if p.is_admin() { "*" } else { p.org_id.as_str() };
+    let org = (!p.is_admin()).then_some(p.org_id.as_str());
     let index = match q.filters.as_slice() {
-        [] => Some(("created", org.to_owned())),
-        [(field, value)] if R::INDEXED_FILTERS.contains(&field.as_str()) => {
-            Some(("status_created", format!("{org}/{value}")))
-        }
+        [] => Some((warden_domain::CREATED, warden_domain::org_scope(org))),
+        [(field, value)] => R::indexed_filter(field, value, org),
         _ => None,
     };
     if let (Some(descending), Some((index, scope))) = (descending, index) {

@@ -22,7 +22,18 @@ type User = CurrentUser<super::Aiwm>;
 const STATUSES: [&str; 3] = ["online", "offline", "maintenance"];
 
 impl Resource for Node {
-    const INDEXED_FILTERS: &'static [&'static str] = &["status"];
+    fn indexed_filter(
+        field: &str,
+        value: &str,
+        org: Option<&str>,
+    ) -> Option<(&'static str, String)> {
+        (field == "status").then(|| {
+            (
+                warden_actors::node::STATUS_CREATED,
+                warden_actors::node::status_scope(org, value),
+            )
+        })
+    }
     const NAME: &'static str = "Node";
     const KEY: &'static str = "nodeId";
 

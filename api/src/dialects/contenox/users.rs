@@ -233,11 +233,11 @@ async fn list_users(
     // Newest first, strictly before the cursor. Every user has a distinct
     // creation millisecond (identity stamps them so), so a page that ends
     // on one never hides another created in the same millisecond.
-    let scope = if p.is_admin() { "*" } else { p.org_id.as_str() };
+    let scope = warden_domain::org_scope((!p.is_admin()).then_some(p.org_id.as_str()));
     let page = crate::paging::Window::before(cursor, limit).read::<User>(
         state.identity.store(),
-        "created",
-        scope,
+        warden_domain::CREATED,
+        &scope,
         true,
     )?;
     Ok(Json(Value::Array(
