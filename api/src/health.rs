@@ -29,7 +29,9 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(&actors, &restarts),
+        state
+            .metrics
+            .render(&actors, &restarts, &state.store.commit_stats()),
     )
 }
 

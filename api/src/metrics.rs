@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use warden_storage::CommitStats;
+
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -45,7 +47,12 @@ impl Metrics {
     }
 
     /// Renders request series plus the given actor gauges.
-    pub fn render(&self, actors: &[(String, String, usize)], restarts: &[(String, u64)]) -> String {
+    pub fn render(
+        &self,
+        actors: &[(String, String, usize)],
+        restarts: &[(String, u64)],
+        store: &CommitStats,
+    ) -> String {
         let mut out = String::new();
         let series = self.series.lock().expect("metrics lock is never poisoned");
         out.push_str(
@@ -103,6 +110,43 @@ impl Metrics {
         for (kind, n) in restarts {
             let _ = writeln!(out, "warden_actor_restarts{{kind=\"{kind}\"}} {n}");
         }
+        for (name, kind, help, value) in [
+            (
+                "warden_store_commit_groups_total",
+                "counter",
+                "Commit groups applied since start (one flush each when any write in it succeeded).",
+                store.groups,
+            ),
+            (
+                "warden_store_commits_total",
+                "counter",
+                "Commit requests applied since start; divided by groups, the average group size.",
+                store.requests,
+            ),
+            (
+                "warden_store_flushes_total",
+                "counter",
+                "Store flushes since start.",
+                store.flushes,
+            ),
+            (
+                "warden_store_unacknowledged_queued",
+                "gauge",
+                "Writes nobody waits for (telemetry) queued now.",
+                store.nowait_queued as u64,
+            ),
+            (
+                "warden_store_unacknowledged_dropped_total",
+                "counter",
+                "Writes nobody waits for dropped because the queue was full.",
+                store.nowait_dropped,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
         out
     }
 }
@@ -125,6 +169,11 @@ mod tests {
         let text = m.render(
             &[("node".into(), "running".into(), 2)],
             &[("node".into(), 1)],
+            &CommitStats {
+                groups: 2,
+                requests: 5,
+                ..CommitStats::default()
+            },
         );
         assert!(text.contains(
             "warden_http_requests_total{method=\"GET\",route=\"/api/nodes\",status=\"200\"} 1"
@@ -132,5 +181,7 @@ mod tests {
         assert!(text.contains("le=\"0.0005\"} 1"));
         assert!(text.contains("le=\"0.05\"} 2"));
         assert!(text.contains("warden_actors{kind=\"node\",status=\"running\"} 2"));
+        assert!(text.contains("warden_store_commit_groups_total 2\n"));
+        assert!(text.contains("warden_store_commits_total 5\n"));
     }
 }

@@ -14,9 +14,10 @@
 //!   (`seq`) and a reader that meets one above [`Watermark::durable`] waits.
 //! - A failed flush poisons the engine: no further acknowledgements.
 
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
@@ -81,6 +82,40 @@ pub struct Watermark {
     flush_delay_ms: AtomicU64,
     nowait_queued: AtomicUsize,
     nowait_dropped: AtomicU64,
+    /// Requests applied (whether or not they succeeded), for group sizes.
+    requests: AtomicU64,
+    /// Flushes made.
+    flushes: AtomicU64,
+    /// The last group of the previous run: counting starts after it.
+    opened_at: u64,
+    /// Change counters of the collections someone watches (see [`Changes`]).
+    watched: RwLock<HashMap<&'static str, Changes>>,
+}
+
+/// How many commits have changed one collection since start: a reader
+/// that caches what it derived from the collection (the verified-credential
+/// cache) keeps the count it saw and trusts its copy while the count is
+/// unchanged. The count moves after a commit's writes are visible to
+/// readers and before its writer is answered, so once a write is
+/// acknowledged no reader trusts a copy made before it.
+#[derive(Clone, Default)]
+pub struct Changes(Arc<AtomicU64>);
+
+impl Changes {
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// What the engine's committer has done since start: the figures behind
+/// `warden_store_*` in `/metrics` (average group size = requests / groups).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    pub groups: u64,
+    pub requests: u64,
+    pub flushes: u64,
+    pub nowait_queued: usize,
+    pub nowait_dropped: u64,
 }
 
 impl Watermark {
@@ -97,6 +132,10 @@ impl Watermark {
             flush_delay_ms: AtomicU64::new(0),
             nowait_queued: AtomicUsize::new(0),
             nowait_dropped: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            opened_at: durable,
+            watched: RwLock::new(HashMap::new()),
         }
     }
 
@@ -226,6 +265,52 @@ impl Watermark {
     /// Unacknowledged writes dropped for want of room since start.
     pub fn nowait_dropped(&self) -> u64 {
         self.nowait_dropped.load(Ordering::Relaxed)
+    }
+
+    /// The change counter of `collection`, watched from now on.
+    pub fn watch(&self, collection: &'static str) -> Changes {
+        self.watched
+            .write()
+            .expect("the watch lock is never poisoned")
+            .entry(collection)
+            .or_default()
+            .clone()
+    }
+
+    /// Called by the engine once writes to `collections` are visible to
+    /// readers, before their writers are answered.
+    pub fn changed<'a>(&self, collections: impl IntoIterator<Item = &'a &'static str>) {
+        let watched = self
+            .watched
+            .read()
+            .expect("the watch lock is never poisoned");
+        if watched.is_empty() {
+            return;
+        }
+        for c in collections {
+            if let Some(changes) = watched.get(c) {
+                changes.0.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Counts a group of `requests` requests, and whether it was flushed.
+    pub fn count_group(&self, requests: usize, flushed: bool) {
+        self.requests.fetch_add(requests as u64, Ordering::Relaxed);
+        if flushed {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The committer's counters since start.
+    pub fn stats(&self) -> CommitStats {
+        CommitStats {
+            groups: self.applied.load(Ordering::Acquire) - self.opened_at,
+            requests: self.requests.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
+            nowait_queued: self.nowait_queued(),
+            nowait_dropped: self.nowait_dropped(),
+        }
     }
 
     /// Unacknowledged writes waiting now.

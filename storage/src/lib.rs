@@ -29,7 +29,7 @@ mod store;
 mod versioned;
 
 pub use blobs::{BlobRef, BlobStore};
-pub use engine::Engine;
+pub use engine::{Changes, CommitStats, Engine};
 pub use error::StorageError;
 pub use keys::time_sort_key;
 pub use record::{Record, Write};

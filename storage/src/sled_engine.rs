@@ -175,19 +175,21 @@ fn run(
     while let Ok(first) = rx.recv() {
         seq += 1;
         watermark.begin(seq);
-        let poisoned = watermark.check().is_err();
-        let stamped = if poisoned {
-            Ok(())
-        } else {
-            tree.insert(keys::meta(keys::COMMIT_SEQ_KEY), &seq.to_be_bytes())
-                .map(|_| ())
-        };
+        let mut writes = GroupWrites::new(&tree);
+        writes.put(keys::meta(keys::COMMIT_SEQ_KEY), seq.to_be_bytes().to_vec());
         let mut next = Some(first);
         while let Some(req) = next.take() {
-            let outcome = match (&stamped, watermark.check()) {
-                (_, Err(e)) => Err(e),
-                (Err(e), _) => Err(StorageError::Engine(e.to_string())),
-                (Ok(()), Ok(())) => apply(&tree, &series, req.writes, seq),
+            let outcome = match watermark.check() {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    let mut pending = Pending::new(&writes);
+                    let outcome = apply(&mut pending, req.writes, seq);
+                    let changes = pending.into_parts();
+                    if outcome.is_ok() {
+                        writes.absorb(changes);
+                    }
+                    outcome
+                }
             };
             group.push((req.reply, outcome));
             if group.len() < MAX_GROUP {
@@ -196,14 +198,18 @@ fn run(
         }
         let applied_any = group.iter().any(|(_, r)| r.is_ok());
         let flushed = if applied_any {
-            flush(&db, durability, log_file.as_ref(), &watermark)
+            writes
+                .commit(&tree, &series, &watermark)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|()| flush(&db, durability, log_file.as_ref(), &watermark))
         } else {
             Ok(())
         };
+        watermark.count_group(group.len(), applied_any);
         match &flushed {
             Ok(()) => watermark.advance(seq),
             Err(e) => {
-                tracing::error!(error = %e, "flushing the store failed: the store is poisoned and takes no more writes");
+                tracing::error!(error = %e, "writing or flushing the store failed: the store is poisoned and takes no more writes");
                 watermark.poison(e.to_string());
             }
         }
@@ -227,6 +233,120 @@ fn run(
     }
     if watermark.check().is_ok() {
         let _ = flush(&db, durability, log_file.as_ref(), &watermark);
+    }
+}
+
+/// Key changes: `Some(value)` puts, `None` removes.
+type KeyChanges = HashMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// A request's record changes, point changes and collections touched.
+type RequestChanges = (KeyChanges, KeyChanges, Vec<&'static str>);
+
+/// The writes of one commit group, applied to sled as one batch per tree
+/// (with the group's sequence stamp in it). One batch per group, not per
+/// request: sled takes a process-wide write lock for each batch, which
+/// every concurrent reader then queues behind, so a batch per request made
+/// the committer and the readers hand that lock back and forth all day.
+/// A crash loses a whole group or keeps it whole.
+struct GroupWrites<'t> {
+    tree: &'t sled::Tree,
+    records: KeyChanges,
+    points: KeyChanges,
+    /// The collections whose records the group changes.
+    collections: HashSet<&'static str>,
+}
+
+impl<'t> GroupWrites<'t> {
+    fn new(tree: &'t sled::Tree) -> Self {
+        GroupWrites {
+            tree,
+            records: HashMap::new(),
+            points: HashMap::new(),
+            collections: HashSet::new(),
+        }
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.records.insert(key, Some(value));
+    }
+
+    /// A record key as the group has left it so far.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.records.get(key) {
+            Some(change) => Ok(change.clone()),
+            None => Ok(self.tree.get(key)?.map(|v| v.to_vec())),
+        }
+    }
+
+    /// Takes in the changes of a request that passed its checks.
+    fn absorb(&mut self, (records, points, collections): RequestChanges) {
+        self.records.extend(records);
+        self.points.extend(points);
+        self.collections.extend(collections);
+    }
+
+    /// Applies the group; then tells the watermark which collections changed.
+    fn commit(
+        self,
+        tree: &sled::Tree,
+        series: &sled::Tree,
+        watermark: &Watermark,
+    ) -> Result<(), StorageError> {
+        fn batch(changes: KeyChanges) -> sled::Batch {
+            let mut batch = sled::Batch::default();
+            for (k, v) in changes {
+                match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                }
+            }
+            batch
+        }
+        if !self.points.is_empty() {
+            series.apply_batch(batch(self.points))?;
+        }
+        tree.apply_batch(batch(self.records))?;
+        watermark.changed(&self.collections);
+        Ok(())
+    }
+}
+
+/// One request's changes on top of its group's: dropped whole if any of
+/// its checks fails, so a refused request leaves nothing behind.
+struct Pending<'g, 't> {
+    group: &'g GroupWrites<'t>,
+    records: KeyChanges,
+    points: KeyChanges,
+    collections: Vec<&'static str>,
+}
+
+impl<'g, 't> Pending<'g, 't> {
+    fn new(group: &'g GroupWrites<'t>) -> Self {
+        Pending {
+            group,
+            records: HashMap::new(),
+            points: HashMap::new(),
+            collections: Vec::new(),
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.records.get(key) {
+            Some(change) => Ok(change.clone()),
+            None => self.group.get(key),
+        }
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.records.insert(key, Some(value));
+    }
+
+    fn remove(&mut self, key: Vec<u8>) {
+        self.records.insert(key, None);
+    }
+
+    fn into_parts(self) -> RequestChanges {
+        (self.records, self.points, self.collections)
     }
 }
 
@@ -254,11 +374,9 @@ fn flush(
     Ok(())
 }
 
-/// Checks and applies one request atomically; returns the new version of each put.
-fn apply(tree: &sled::Tree, series: &sled::Tree, writes: Vec<Write>, seq: u64) -> Outcome {
-    let mut points = sled::Batch::default();
-    let mut has_points = false;
-    let mut batch = sled::Batch::default();
+/// Checks one request and records its changes in `pending`; returns the
+/// new version of each put.
+fn apply(pending: &mut Pending<'_, '_>, writes: Vec<Write>, seq: u64) -> Outcome {
     let mut versions = Vec::with_capacity(writes.len());
     // Changes to the counts of ordered-index scopes, written with the batch.
     let mut counts: HashMap<Vec<u8>, i64> = HashMap::new();
@@ -275,8 +393,9 @@ fn apply(tree: &sled::Tree, series: &sled::Tree, writes: Vec<Write>, seq: u64) -
                 layout,
                 body,
             } => {
+                pending.collections.push(collection);
                 let rkey = keys::record(collection, &id);
-                let old: Option<Envelope> = match tree.get(&rkey)? {
+                let old: Option<Envelope> = match pending.get(&rkey)? {
                     Some(bytes) => Some(decode(&bytes, collection, &id)?),
                     None => None,
                 };
@@ -302,9 +421,9 @@ fn apply(tree: &sled::Tree, series: &sled::Tree, writes: Vec<Write>, seq: u64) -
                         continue;
                     }
                     let taken = claimed.contains(ukey)
-                        || tree
+                        || pending
                             .get(ukey)?
-                            .is_some_and(|owner| owner.as_ref() != id.as_bytes());
+                            .is_some_and(|owner| owner != id.as_bytes());
                     if taken {
                         return Err(StorageError::Conflict {
                             field: name.clone(),
@@ -314,10 +433,10 @@ fn apply(tree: &sled::Tree, series: &sled::Tree, writes: Vec<Write>, seq: u64) -
                 }
                 if let Some(old) = &old {
                     for k in &old.index_keys {
-                        batch.remove(k.as_slice());
+                        pending.remove(k.clone());
                     }
                     for (_, _, k) in &old.unique_keys {
-                        batch.remove(k.as_slice());
+                        pending.remove(k.clone());
                     }
                 }
                 count_changes(
@@ -326,10 +445,10 @@ fn apply(tree: &sled::Tree, series: &sled::Tree, writes: Vec<Write>, seq: u64) -
                     &index_keys,
                 );
                 for k in &index_keys {
-                    batch.insert(k.as_slice(), &[] as &[u8]);
+                    pending.put(k.clone(), Vec::new());
                 }
                 for (_, _, k) in &unique_keys {
-                    batch.insert(k.as_slice(), id.as_bytes());
+                    pending.put(k.clone(), id.as_bytes().to_vec());
                     claimed.insert(k.clone());
                 }
                 let version = current + 1;
@@ -341,38 +460,37 @@ fn apply(tree: &sled::Tree, series: &sled::Tree, writes: Vec<Write>, seq: u64) -
                     unique_keys,
                     body,
                 };
-                batch.insert(rkey, encode(&envelope)?);
+                pending.put(rkey, encode(&envelope)?);
                 versions.push(version);
             }
             Write::Remove { collection, id } => {
+                pending.collections.push(collection);
                 let rkey = keys::record(collection, &id);
-                if let Some(bytes) = tree.get(&rkey)? {
+                if let Some(bytes) = pending.get(&rkey)? {
                     let old: Envelope = decode(&bytes, collection, &id)?;
                     count_changes(&mut counts, &old.index_keys, &[]);
                     for k in &old.index_keys {
-                        batch.remove(k.as_slice());
+                        pending.remove(k.clone());
                     }
                     for (_, _, k) in &old.unique_keys {
-                        batch.remove(k.as_slice());
+                        pending.remove(k.clone());
                     }
-                    batch.remove(rkey);
+                    pending.remove(rkey);
                 }
                 versions.push(0);
             }
             Write::Point { key, value } => {
-                points.insert(key, value);
-                has_points = true;
+                pending.points.insert(key, Some(value));
                 versions.push(0);
             }
             Write::RemovePoints { keys } => {
                 for key in keys {
-                    points.remove(key);
+                    pending.points.insert(key, None);
                 }
-                has_points = true;
                 versions.push(0);
             }
             Write::Meta { name, value } => {
-                batch.insert(keys::meta(&name), value);
+                pending.put(keys::meta(&name), value);
                 versions.push(0);
             }
         }
@@ -381,16 +499,12 @@ fn apply(tree: &sled::Tree, series: &sled::Tree, writes: Vec<Write>, seq: u64) -
         if delta == 0 {
             continue;
         }
-        let current = tree
+        let current = pending
             .get(&key)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
             .map_or(0, u64::from_be_bytes);
         let next = (current as i64).saturating_add(delta).max(0) as u64;
-        batch.insert(key, &next.to_be_bytes());
-    }
-    tree.apply_batch(batch)?;
-    if has_points {
-        series.apply_batch(points)?;
+        pending.put(key, next.to_be_bytes().to_vec());
     }
     Ok(versions)
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use crate::engine::{Engine, Request, Scan, Space};
+use crate::engine::{Changes, CommitStats, Engine, Request, Scan, Space};
 use crate::record::{Envelope, Write, decode};
 use crate::sled_engine::SledEngine;
 use crate::versioned::decode_layout;
@@ -159,10 +159,14 @@ impl Store {
         self.engine().watermark().set_flush_delay(delay);
     }
 
-    /// Unacknowledged writes queued now, and dropped for want of room since start.
-    pub fn nowait_backlog(&self) -> (usize, u64) {
-        let w = self.engine().watermark();
-        (w.nowait_queued(), w.nowait_dropped())
+    /// The change counter of a collection (see [`Changes`]).
+    pub fn changes(&self, collection: &'static str) -> Changes {
+        self.engine().watermark().watch(collection)
+    }
+
+    /// The committer's counters since the store was opened.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.engine().watermark().stats()
     }
 
     /// Queues `writes` without waiting: for state nobody was promised
@@ -550,6 +554,71 @@ mod tests {
         .unwrap()
     }
 
+    /// Requests of one commit group see each other's writes (the group is
+    /// one sled batch): of many concurrent inserts of one unique name
+    /// exactly one wins, a refused request leaves none of its writes, and
+    /// the scope count matches what was stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_group_sees_its_own_writes_and_drops_refused_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                // Two writes per request: a free name, then the contested one.
+                let free =
+                    Write::insert(&thing(&format!("f{i}"), "a", &format!("free{i}"))).unwrap();
+                let contested = Write::insert(&thing(&format!("c{i}"), "a", "same")).unwrap();
+                store.commit(vec![free, contested]).await.is_ok()
+            }));
+        }
+        let mut won = 0;
+        for t in tasks {
+            won += usize::from(t.await.unwrap());
+        }
+        assert_eq!(won, 1, "exactly one request may claim the name");
+        assert_eq!(store.count::<Thing>(), 2, "the winner's two records only");
+        let stats = store.commit_stats();
+        assert!(stats.requests >= 64);
+        let page = store
+            .page::<Thing>(&PageQuery {
+                index: "by_name",
+                scope: "a",
+                descending: false,
+                skip: 0,
+                after: None,
+                limit: 100,
+            })
+            .unwrap();
+        assert_eq!(page.total, 2);
+        assert_eq!(page.items.len(), 2);
+    }
+
+    /// A watched collection's counter moves with each commit that changes
+    /// it, and only then.
+    #[tokio::test]
+    async fn change_counters_follow_their_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let things = store.changes(Thing::COLLECTION);
+        let others = store.changes("others");
+        assert_eq!(things.count(), 0);
+        store.insert(thing("1", "a", "x")).await.unwrap();
+        assert_eq!(things.count(), 1, "counted before the writer is answered");
+        store.remove::<Thing>("1").await.unwrap();
+        assert_eq!(things.count(), 2);
+        assert!(store.insert(thing("2", "a", "y")).await.is_ok());
+        assert!(
+            store
+                .commit(vec![Write::insert(&thing("2", "a", "z")).unwrap()])
+                .await
+                .is_err()
+        );
+        assert_eq!(things.count(), 3, "a refused commit changes nothing");
+        assert_eq!(others.count(), 0);
+    }
+
     #[tokio::test]
     async fn insert_get_index_unique_and_soft_delete() {
         let dir = tempfile::tempdir().unwrap();
@@ -829,7 +898,7 @@ mod tests {
             store.commit_nowait(vec![Write::insert(&thing("1", "a", "x")).unwrap()]),
             Err(StorageError::Unavailable(_))
         ));
-        assert_eq!(store.nowait_backlog().1, 1);
+        assert_eq!(store.commit_stats().nowait_dropped, 1);
         for _ in 0..crate::engine::MAX_NOWAIT_QUEUED {
             w.release_nowait();
         }
