@@ -627,6 +627,11 @@ async fn forge_admin_users_and_cascade_delete() {
         .unwrap()
         .to_owned();
     assert_eq!(s.get("/api/v1/admin/users", &opal).await.status, 403);
+    // Verified once (and so cached): the role as it is now.
+    assert_eq!(
+        s.get("/api/v1/auth/me", &opal).await.body["role"],
+        "operator"
+    );
     let list = s.get("/api/v1/admin/users", &admin).await.body;
     assert!(
         list.as_array()
@@ -645,6 +650,11 @@ async fn forge_admin_users_and_cascade_delete() {
     assert_eq!(
         s.get("/api/v1/admin/users/opal", &admin).await.body["role"],
         "viewer"
+    );
+    assert_eq!(
+        s.get("/api/v1/auth/me", &opal).await.body["role"],
+        "viewer",
+        "a role change reaches the user's next request, cached credential or not"
     );
     assert_eq!(s.get("/api/v1/admin/users/ghost", &admin).await.status, 404);
     s.post(

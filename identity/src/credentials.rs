@@ -65,7 +65,8 @@ impl Identity {
     }
 
     /// Checks an opaque session token or API key.
-    pub(crate) fn verify_opaque(&self, token: &str) -> Result<Principal, IdentityError> {
+    /// A session or API key's principal, and until when it holds.
+    pub(crate) fn verify_opaque(&self, token: &str) -> Result<(Principal, Millis), IdentityError> {
         let hash = sha256_hex(token);
         if token.starts_with(API_KEY_PREFIX) {
             let key = self
@@ -73,7 +74,8 @@ impl Identity {
                 .get::<ApiKey>(&hash)?
                 .ok_or(IdentityError::InvalidToken)?;
             let user = self.live_user(&key.user_id, key.created_at)?;
-            return Ok(principal_of(user, Presented::ApiKey { key_id: key.key_id }));
+            let principal = principal_of(user, Presented::ApiKey { key_id: key.key_id });
+            return Ok((principal, Millis::MAX));
         }
         let session = self
             .store()
@@ -83,7 +85,11 @@ impl Identity {
             return Err(IdentityError::InvalidToken);
         }
         let user = self.live_user(&session.user_id, session.created_at)?;
-        Ok(principal_of(user, Presented::Session { id: session.id }))
+        let until = session.expires_at;
+        Ok((
+            principal_of(user, Presented::Session { id: session.id }),
+            until,
+        ))
     }
 
     /// Ends the credential a request presented: a JWT is revoked until it

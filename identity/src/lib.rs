@@ -12,6 +12,7 @@ use std::path::Path;
 use jsonwebtoken::{Algorithm, Header, Validation};
 use thiserror::Error;
 mod account;
+mod cache;
 mod credentials;
 mod keys;
 mod mail;
@@ -189,6 +190,7 @@ pub struct Identity {
     /// millisecond, so a timestamp cursor (Contenox) never splits a tie.
     last_created: std::sync::Arc<std::sync::atomic::AtomicI64>,
     mailer: Mailer,
+    verified: std::sync::Arc<cache::CredentialCache>,
 }
 
 pub const MIN_PASSWORD_LEN: usize = 8;
@@ -225,7 +227,9 @@ impl Identity {
             .saturating_mul(1000);
         let keys = keys::KeyRing::load(secrets_dir, longest).map_err(IdentityError::Secrets)?;
         let store_for_mail = store.clone();
+        let verified = std::sync::Arc::new(cache::CredentialCache::new(&store));
         Ok(Identity {
+            verified,
             store,
             keys: std::sync::Arc::new(std::sync::RwLock::new(keys)),
             token_ttl_secs,
@@ -542,13 +546,29 @@ impl Identity {
     }
 
     /// Checks any bearer credential: a JWT (a user's or a node's), an
-    /// opaque session token, or an API key.
+    /// opaque session token, or an API key. A token verified before is
+    /// answered from the verified-credential cache (`cache.rs`) while
+    /// nothing it rests on has changed.
     pub fn verify_credential(&self, token: &str) -> Result<Credential, IdentityError> {
+        let epoch = self.verified.epoch();
+        if let Some(credential) = self.verified.get(token, epoch) {
+            return Ok(credential);
+        }
+        let (credential, valid_until) = self.verify_uncached(token)?;
+        self.verified.put(token, &credential, epoch, valid_until);
+        Ok(credential)
+    }
+
+    /// The full check, and until when its answer holds.
+    fn verify_uncached(&self, token: &str) -> Result<(Credential, Millis), IdentityError> {
         if !credentials::looks_like_jwt(token) {
-            return self.verify_opaque(token).map(Credential::User);
+            return self
+                .verify_opaque(token)
+                .map(|(p, until)| (Credential::User(p), until));
         }
         let claims = self.decode(token)?;
-        match claims.typ.as_str() {
+        let valid_until = claims.exp.saturating_mul(1000);
+        let credential = match claims.typ.as_str() {
             "node" if self.store.get::<RevokedToken>(&claims.jti)?.is_some() => {
                 Err(IdentityError::InvalidToken)
             }
@@ -558,7 +578,8 @@ impl Identity {
             }),
             "user" => self.principal(claims).map(Credential::User),
             _ => Err(IdentityError::InvalidToken),
-        }
+        }?;
+        Ok((credential, valid_until))
     }
 
     /// Checks a user's credential (JWT, session or API key) and returns the
