@@ -38,9 +38,19 @@ pub struct ApiConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
-/// Everything a handler can reach. Cheap to clone.
+/// Everything a handler can reach. One pointer to clone: axum clones the
+/// state for every extractor of every request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+pub struct AppStateInner {
     pub store: Store,
     pub identity: Identity,
     pub runtime: Runtime,
@@ -59,7 +69,7 @@ impl AppState {
         config: ApiConfig,
         lifecycle: Lifecycle,
     ) -> AppState {
-        AppState {
+        AppState(Arc::new(AppStateInner {
             store,
             identity,
             runtime,
@@ -68,7 +78,7 @@ impl AppState {
             config: Arc::new(config),
             started: Instant::now(),
             lifecycle,
-        }
+        }))
     }
 }
 

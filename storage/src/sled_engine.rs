@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 
 use crate::engine::{Engine, Outcome, Request, Scan, Space, Watermark};
-use crate::record::{Envelope, Write, decode, encode};
+use crate::record::{Envelope, EnvelopeRef, Write, encode};
 use crate::{Durability, StorageError, keys, migrations};
 
 pub(crate) const MAX_GROUP: usize = 256;
@@ -395,8 +395,9 @@ fn apply(pending: &mut Pending<'_, '_>, writes: Vec<Write>, seq: u64) -> Outcome
             } => {
                 pending.collections.push(collection);
                 let rkey = keys::record(collection, &id);
-                let old: Option<Envelope> = match pending.get(&rkey)? {
-                    Some(bytes) => Some(decode(&bytes, collection, &id)?),
+                let old_bytes = pending.get(&rkey)?;
+                let old = match &old_bytes {
+                    Some(bytes) => Some(EnvelopeRef::read(bytes, collection, &id)?),
                     None => None,
                 };
                 let current = old.as_ref().map_or(0, |e| e.version);
@@ -412,12 +413,12 @@ fn apply(pending: &mut Pending<'_, '_>, writes: Vec<Write>, seq: u64) -> Outcome
                         StorageError::VersionMismatch { collection, id }
                     });
                 }
-                let old_unique: HashSet<&Vec<u8>> = old
+                let old_unique: HashSet<&[u8]> = old
                     .iter()
-                    .flat_map(|e| e.unique_keys.iter().map(|(_, _, k)| k))
+                    .flat_map(|e| e.unique_keys.iter().map(|(_, _, k)| *k))
                     .collect();
                 for (name, value, ukey) in &unique_keys {
-                    if old_unique.contains(ukey) {
+                    if old_unique.contains(ukey.as_slice()) {
                         continue;
                     }
                     let taken = claimed.contains(ukey)
@@ -433,16 +434,17 @@ fn apply(pending: &mut Pending<'_, '_>, writes: Vec<Write>, seq: u64) -> Outcome
                 }
                 if let Some(old) = &old {
                     for k in &old.index_keys {
-                        pending.remove(k.clone());
+                        pending.remove(k.to_vec());
                     }
                     for (_, _, k) in &old.unique_keys {
-                        pending.remove(k.clone());
+                        pending.remove(k.to_vec());
                     }
                 }
+                let new_keys: Vec<&[u8]> = index_keys.iter().map(Vec::as_slice).collect();
                 count_changes(
                     &mut counts,
                     old.as_ref().map_or(&[][..], |o| &o.index_keys[..]),
-                    &index_keys,
+                    &new_keys,
                 );
                 for k in &index_keys {
                     pending.put(k.clone(), Vec::new());
@@ -467,13 +469,13 @@ fn apply(pending: &mut Pending<'_, '_>, writes: Vec<Write>, seq: u64) -> Outcome
                 pending.collections.push(collection);
                 let rkey = keys::record(collection, &id);
                 if let Some(bytes) = pending.get(&rkey)? {
-                    let old: Envelope = decode(&bytes, collection, &id)?;
+                    let old = EnvelopeRef::read(&bytes, collection, &id)?;
                     count_changes(&mut counts, &old.index_keys, &[]);
                     for k in &old.index_keys {
-                        pending.remove(k.clone());
+                        pending.remove(k.to_vec());
                     }
                     for (_, _, k) in &old.unique_keys {
-                        pending.remove(k.clone());
+                        pending.remove(k.to_vec());
                     }
                     pending.remove(rkey);
                 }
@@ -511,11 +513,11 @@ fn apply(pending: &mut Pending<'_, '_>, writes: Vec<Write>, seq: u64) -> Outcome
 
 /// Adds to `counts` the scope-count changes of replacing the ordered keys
 /// among `old` by those among `new`.
-fn count_changes(counts: &mut HashMap<Vec<u8>, i64>, old: &[Vec<u8>], new: &[Vec<u8>]) {
-    let ordered = |keys: &[Vec<u8>]| -> HashSet<Vec<u8>> {
+fn count_changes(counts: &mut HashMap<Vec<u8>, i64>, old: &[&[u8]], new: &[&[u8]]) {
+    let ordered = |keys: &[&[u8]]| -> HashSet<Vec<u8>> {
         keys.iter()
             .filter(|k| k.first() == Some(&keys::ORDERED))
-            .cloned()
+            .map(|k| k.to_vec())
             .collect()
     };
     let (old, new) = (ordered(old), ordered(new));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::engine::{Changes, CommitStats, Engine, Request, Scan, Space};
-use crate::record::{Envelope, Write, decode};
+use crate::record::{EnvelopeRef, Write};
 use crate::sled_engine::SledEngine;
 use crate::versioned::decode_layout;
 use crate::{BlobStore, Record, StorageError, keys};
@@ -255,10 +255,10 @@ impl Store {
 
     /// Decodes a stored envelope once its commit group is durable.
     fn open_envelope<T: Record>(&self, bytes: &[u8], id: &str) -> Result<(T, u64), StorageError> {
-        let env: Envelope = decode(bytes, T::COLLECTION, id)?;
+        let env = EnvelopeRef::read(bytes, T::COLLECTION, id)?;
         self.engine().watermark().wait(env.seq)?;
         let record =
-            decode_layout::<T>(env.layout, &env.body).map_err(|reason| StorageError::Decode {
+            decode_layout::<T>(env.layout, env.body).map_err(|reason| StorageError::Decode {
                 collection: T::COLLECTION,
                 id: id.to_owned(),
                 reason,
@@ -872,7 +872,7 @@ mod tests {
                                 .get(Space::Records, &keys::record("things", &id))
                                 .unwrap()
                                 .unwrap();
-                            let env: Envelope = decode(&raw, "things", &id).unwrap();
+                            let env = EnvelopeRef::read(&raw, "things", &id).unwrap();
                             assert!(env.seq <= durable, "{id} was read before its flush");
                             seen.insert(id);
                         }
