@@ -21,9 +21,11 @@ struct Series {
     sum: f64,
 }
 
+/// Series by route, then method: looked up by `&str`, so recording a
+/// request allocates nothing once its series exists.
 #[derive(Default)]
 pub struct Metrics {
-    series: Mutex<BTreeMap<(String, String), Series>>,
+    series: Mutex<BTreeMap<String, Vec<(String, Series)>>>,
 }
 
 impl Metrics {
@@ -33,9 +35,18 @@ impl Metrics {
             .series
             .lock()
             .expect("metrics lock is never poisoned: nothing panics holding it");
-        let s = series
-            .entry((method.to_owned(), route.to_owned()))
-            .or_default();
+        if !series.contains_key(route) {
+            series.insert(route.to_owned(), Vec::new());
+        }
+        let methods = series.get_mut(route).expect("inserted above");
+        let at = match methods.iter().position(|(m, _)| m == method) {
+            Some(at) => at,
+            None => {
+                methods.push((method.to_owned(), Series::default()));
+                methods.len() - 1
+            }
+        };
+        let s = &mut methods[at].1;
         *s.count_by_status.entry(status).or_default() += 1;
         for (i, bound) in BUCKETS.iter().enumerate() {
             if secs <= *bound {
@@ -59,7 +70,12 @@ impl Metrics {
             "# HELP warden_http_requests_total HTTP requests by route, method and status.\n",
         );
         out.push_str("# TYPE warden_http_requests_total counter\n");
-        for ((method, route), s) in series.iter() {
+        let all = || {
+            series
+                .iter()
+                .flat_map(|(route, methods)| methods.iter().map(move |(m, s)| (m, route, s)))
+        };
+        for (method, route, s) in all() {
             for (status, n) in &s.count_by_status {
                 let _ = writeln!(
                     out,
@@ -70,7 +86,7 @@ impl Metrics {
         }
         out.push_str("# HELP warden_http_request_duration_seconds HTTP request latency by route and method.\n");
         out.push_str("# TYPE warden_http_request_duration_seconds histogram\n");
-        for ((method, route), s) in series.iter() {
+        for (method, route, s) in all() {
             let labels = format!("method=\"{method}\",route=\"{}\"", escape(route));
             for (i, bound) in BUCKETS.iter().enumerate() {
                 let _ = writeln!(

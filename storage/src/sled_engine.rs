@@ -432,25 +432,32 @@ fn apply(pending: &mut Pending<'_, '_>, writes: Vec<Write>, seq: u64) -> Outcome
                         });
                     }
                 }
-                if let Some(old) = &old {
-                    for k in &old.index_keys {
-                        pending.remove(k.to_vec());
-                    }
-                    for (_, _, k) in &old.unique_keys {
-                        pending.remove(k.to_vec());
-                    }
-                }
+                // Only the keys that differ are written: most updates (a
+                // heartbeat's lastHeartbeat) keep every index key.
                 let new_keys: Vec<&[u8]> = index_keys.iter().map(Vec::as_slice).collect();
-                count_changes(
-                    &mut counts,
-                    old.as_ref().map_or(&[][..], |o| &o.index_keys[..]),
-                    &new_keys,
-                );
-                for k in &index_keys {
-                    pending.put(k.clone(), Vec::new());
+                let old_keys: &[&[u8]] = old.as_ref().map_or(&[][..], |o| &o.index_keys[..]);
+                for k in old_keys {
+                    if !new_keys.contains(k) {
+                        pending.remove(k.to_vec());
+                    }
                 }
+                for k in &new_keys {
+                    if !old_keys.contains(k) {
+                        pending.put(k.to_vec(), Vec::new());
+                    }
+                }
+                if let Some(old) = &old {
+                    for (_, _, k) in &old.unique_keys {
+                        if !unique_keys.iter().any(|(_, _, n)| n.as_slice() == *k) {
+                            pending.remove(k.to_vec());
+                        }
+                    }
+                }
+                count_changes(&mut counts, old_keys, &new_keys);
                 for (_, _, k) in &unique_keys {
-                    pending.put(k.clone(), id.as_bytes().to_vec());
+                    if !old_unique.contains(k.as_slice()) {
+                        pending.put(k.clone(), id.as_bytes().to_vec());
+                    }
                     claimed.insert(k.clone());
                 }
                 let version = current + 1;

@@ -562,16 +562,20 @@ impl Actor for NodeActor {
                 let _ = reply.send(result);
             }
             NodeMsg::Heartbeat(hb) => {
-                let mut next = state.node.clone();
-                super::heartbeat(&mut next, &hb, now);
-                if next.status != state.node.status {
-                    // A status change is durable before anything else happens.
+                if state.node.status == crate::node::NodeStatus::Offline {
+                    // The node's return: a status change is durable before
+                    // anything else happens.
+                    let mut next = state.node.clone();
+                    super::heartbeat(&mut next, &hb, now);
                     if let Err(e) = state.persist(next).await {
                         tracing::warn!(node = %state.node.id, error = %e, "could not record the node's return");
                     }
                 } else {
-                    let hardware = next.gpu_devices.len() != state.node.gpu_devices.len();
-                    state.node = next;
+                    // The common case, changed in place (no copy of the node
+                    // per beat): only `lastHeartbeat` and host gauges move.
+                    let gpus = state.node.gpu_devices.len();
+                    super::heartbeat(&mut state.node, &hb, now);
+                    let hardware = state.node.gpu_devices.len() != gpus;
                     state.dirty = true;
                     if hardware {
                         state.persist_soon();

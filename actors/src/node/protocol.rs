@@ -50,8 +50,7 @@ impl Envelope {
     pub fn payload<T: for<'de> Deserialize<'de> + Default>(&self) -> Result<T, String> {
         match &self.data {
             None | Some(Value::Null) => Ok(T::default()),
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| format!("{}: invalid data: {e}", self.kind)),
+            Some(v) => T::deserialize(v).map_err(|e| format!("{}: invalid data: {e}", self.kind)),
         }
     }
 }

@@ -308,19 +308,19 @@ impl Session {
             };
             self.reply_error("REJECTED", &message, Some(&kind));
         }
-        let label = match kind.as_str() {
-            kinds::REGISTER
-            | kinds::HEARTBEAT
-            | kinds::METRICS
-            | kinds::COMMAND_ACK
-            | kinds::COMMAND_RESULT
-            | kinds::DEPLOYMENT_STATUS
-            | kinds::DEPLOYMENT_LOGS => kind.as_str(),
-            _ => "other",
+        let route = match kind.as_str() {
+            kinds::REGISTER => "/ws/node node.register",
+            kinds::HEARTBEAT => "/ws/node telemetry.heartbeat",
+            kinds::METRICS => "/ws/node telemetry.metrics",
+            kinds::COMMAND_ACK => "/ws/node command.ack",
+            kinds::COMMAND_RESULT => "/ws/node command.result",
+            kinds::DEPLOYMENT_STATUS => "/ws/node deployment.status",
+            kinds::DEPLOYMENT_LOGS => "/ws/node deployment.logs",
+            _ => "/ws/node other",
         };
         self.state
             .metrics
-            .observe("WS", &format!("/ws/node {label}"), 200, started.elapsed());
+            .observe("WS", route, 200, started.elapsed());
     }
 
     async fn dispatch(&mut self, envelope: Envelope) -> Result<(), DomainError> {
