@@ -45,6 +45,19 @@ pub struct Request {
     pub writes: Vec<Write>,
     /// `None` for a write nobody waits for (telemetry).
     pub reply: Option<oneshot::Sender<Outcome>>,
+    /// No writes: a reader met a group that is applied but not yet
+    /// flushed, and asks for the flush now.
+    pub flush_only: bool,
+}
+
+impl Request {
+    pub fn flush() -> Request {
+        Request {
+            writes: Vec::new(),
+            reply: None,
+            flush_only: true,
+        }
+    }
 }
 
 /// A storage engine. Object-safe, so the store holds `Arc<dyn Engine>`.
@@ -88,6 +101,8 @@ pub struct Watermark {
     flushes: AtomicU64,
     /// The last group of the previous run: counting starts after it.
     opened_at: u64,
+    /// Asks the engine for a flush (set by the engine once it runs).
+    flush_request: OnceLock<Box<dyn Fn() + Send + Sync>>,
     /// Change counters of the collections someone watches (see [`Changes`]).
     watched: RwLock<HashMap<&'static str, Changes>>,
 }
@@ -136,6 +151,7 @@ impl Watermark {
             flushes: AtomicU64::new(0),
             opened_at: durable,
             watched: RwLock::new(HashMap::new()),
+            flush_request: OnceLock::new(),
         }
     }
 
@@ -154,6 +170,11 @@ impl Watermark {
         self.wait(self.applied.load(Ordering::Acquire))
     }
 
+    /// How a reader asks the engine for a flush.
+    pub fn on_flush_request(&self, request: impl Fn() + Send + Sync + 'static) {
+        let _ = self.flush_request.set(Box::new(request));
+    }
+
     /// Called by the engine once group `seq` is durable.
     pub fn advance(&self, seq: u64) {
         let _guard = self.lock.lock().expect("watermark lock is never poisoned");
@@ -167,6 +188,10 @@ impl Watermark {
     pub fn wait(&self, seq: u64) -> Result<(), StorageError> {
         if seq <= self.durable() {
             return Ok(());
+        }
+        // The group may be one the engine flushes lazily: ask for it now.
+        if let Some(request) = self.flush_request.get() {
+            request();
         }
         let deadline = std::time::Instant::now() + READ_WAIT;
         let mut guard = self.lock.lock().expect("watermark lock is never poisoned");

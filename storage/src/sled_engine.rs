@@ -25,11 +25,23 @@ use crate::{Durability, StorageError, keys, migrations};
 
 pub(crate) const MAX_GROUP: usize = 256;
 
+/// How long a group of only unacknowledged writes keeps gathering more.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// How long a group of only unacknowledged writes (telemetry points,
+/// coalesced heartbeat writes) may stay unflushed. Nobody was promised
+/// them, so they ride on the next flush a waiting writer asks for, or on
+/// this timer, or on a reader that meets one of their records (it asks for
+/// a flush at once and waits for it). At 10,000 daemons this turns about
+/// a thousand flushes a second into a few dozen.
+pub(crate) const DEFERRED_FLUSH: std::time::Duration = std::time::Duration::from_millis(50);
+
 pub(crate) struct SledEngine {
     db: sled::Db,
     tree: sled::Tree,
     series: sled::Tree,
-    writer: Mutex<Option<mpsc::Sender<Request>>>,
+    /// Shared with the watermark's flush requests; taken at close.
+    writer: Arc<Mutex<Option<mpsc::Sender<Request>>>>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     watermark: Arc<Watermark>,
 }
@@ -54,6 +66,16 @@ impl SledEngine {
         let watermark = Arc::new(Watermark::new(durable));
         let log_file = File::open(dir.join("db")).ok();
         let (tx, rx) = mpsc::channel::<Request>();
+        let writer = Arc::new(Mutex::new(Some(tx)));
+        {
+            let writer = writer.clone();
+            watermark.on_flush_request(move || {
+                let writer = writer.lock().expect("writer lock is never poisoned");
+                if let Some(tx) = writer.as_ref() {
+                    let _ = tx.send(Request::flush());
+                }
+            });
+        }
         let committer = {
             let (db, tree, series, watermark) =
                 (db.clone(), tree.clone(), series.clone(), watermark.clone());
@@ -66,7 +88,7 @@ impl SledEngine {
             db,
             tree,
             series,
-            writer: Mutex::new(Some(tx)),
+            writer,
             committer: Mutex::new(Some(committer)),
             watermark,
         })
@@ -172,42 +194,97 @@ fn run(
     let mut seq = watermark.durable();
     let mut group: Vec<(Option<tokio::sync::oneshot::Sender<Outcome>>, Outcome)> =
         Vec::with_capacity(MAX_GROUP);
-    while let Ok(first) = rx.recv() {
-        seq += 1;
-        watermark.begin(seq);
+    // The last group applied but not yet flushed: groups of only
+    // unacknowledged writes wait for the next flush (see `DEFERRED_FLUSH`).
+    let mut unflushed: Option<u64> = None;
+    // When the oldest unflushed group must be flushed at the latest.
+    let mut flush_by = std::time::Instant::now();
+    loop {
+        let received = if unflushed.is_some() {
+            let left = flush_by.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(req) => Some(req),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(req) => Some(req),
+                Err(_) => break,
+            }
+        };
+        let mut flush_wanted =
+            received.is_none() || (unflushed.is_some() && std::time::Instant::now() >= flush_by);
+        let mut next = received;
+        let mut applied_any = false;
         let mut writes = GroupWrites::new(&tree);
-        writes.put(keys::meta(keys::COMMIT_SEQ_KEY), seq.to_be_bytes().to_vec());
-        let mut next = Some(first);
+        if next.is_some() {
+            seq += 1;
+            watermark.begin(seq);
+            writes.put(keys::meta(keys::COMMIT_SEQ_KEY), seq.to_be_bytes().to_vec());
+        }
+        let gathering_since = std::time::Instant::now();
         while let Some(req) = next.take() {
-            let outcome = match watermark.check() {
-                Err(e) => Err(e),
-                Ok(()) => {
-                    let mut pending = Pending::new(&writes);
-                    let outcome = apply(&mut pending, req.writes, seq);
-                    let changes = pending.into_parts();
-                    if outcome.is_ok() {
-                        writes.absorb(changes);
+            if req.flush_only {
+                flush_wanted = true;
+            } else {
+                let outcome = match watermark.check() {
+                    Err(e) => Err(e),
+                    Ok(()) => {
+                        let mut pending = Pending::new(&writes);
+                        let outcome = apply(&mut pending, req.writes, seq);
+                        let changes = pending.into_parts();
+                        if outcome.is_ok() {
+                            writes.absorb(changes);
+                        }
+                        outcome
                     }
-                    outcome
-                }
-            };
-            group.push((req.reply, outcome));
+                };
+                applied_any |= outcome.is_ok();
+                flush_wanted |= req.reply.is_some();
+                group.push((req.reply, outcome));
+            }
             if group.len() < MAX_GROUP {
                 next = rx.try_recv().ok();
+                // Nobody waits on this group yet: gather a little longer,
+                // so that a steady trickle of unacknowledged writes makes
+                // few large groups (each group is one sled batch, and each
+                // batch wakes sled's I/O threads). A waiting writer ends
+                // the gathering at once.
+                if next.is_none() && !flush_wanted && !group.is_empty() {
+                    let until = gathering_since + GATHER;
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    if !left.is_zero() {
+                        next = rx.recv_timeout(left).ok();
+                    }
+                }
             }
         }
-        let applied_any = group.iter().any(|(_, r)| r.is_ok());
-        let flushed = if applied_any {
-            writes
+        let mut written = Ok(());
+        if applied_any {
+            written = writes
                 .commit(&tree, &series, &watermark)
-                .map_err(|e| std::io::Error::other(e.to_string()))
-                .and_then(|()| flush(&db, durability, log_file.as_ref(), &watermark))
-        } else {
-            Ok(())
+                .map_err(|e| std::io::Error::other(e.to_string()));
+            if unflushed.is_none() {
+                flush_by = std::time::Instant::now() + DEFERRED_FLUSH;
+            }
+            unflushed = Some(seq);
+        }
+        let flushing = written.is_ok() && flush_wanted && unflushed.is_some();
+        let flushed = match written {
+            Ok(()) if flushing => flush(&db, durability, log_file.as_ref(), &watermark),
+            other => other,
         };
-        watermark.count_group(group.len(), applied_any);
+        watermark.count_group(group.len(), flushing);
         match &flushed {
-            Ok(()) => watermark.advance(seq),
+            Ok(()) if flushing => {
+                watermark.advance(seq);
+                unflushed = None;
+            }
+            // Nothing waits on an unflushed group: a group that applied
+            // nothing is durable as soon as everything before it is.
+            Ok(()) if unflushed.is_none() => watermark.advance(seq),
+            Ok(()) => {}
             Err(e) => {
                 tracing::error!(error = %e, "writing or flushing the store failed: the store is poisoned and takes no more writes");
                 watermark.poison(e.to_string());

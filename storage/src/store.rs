@@ -184,6 +184,7 @@ impl Store {
         let sent = self.engine().submit(Request {
             writes,
             reply: None,
+            flush_only: false,
         });
         if sent.is_err() {
             watermark.release_nowait();
@@ -197,6 +198,7 @@ impl Store {
         self.engine().submit(Request {
             writes,
             reply: Some(reply),
+            flush_only: false,
         })?;
         answer.await.map_err(|_| StorageError::Closed)?
     }
@@ -593,6 +595,51 @@ mod tests {
             .unwrap();
         assert_eq!(page.total, 2);
         assert_eq!(page.items.len(), 2);
+    }
+
+    /// Unacknowledged writes are flushed lazily but never left behind: a
+    /// reader that meets one asks for the flush and gets the record; a
+    /// steady stream of them is still flushed within the deferral bound.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deferred_flushes_serve_readers_and_keep_their_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .commit_nowait(vec![Write::insert(&thing("1", "a", "x")).unwrap()])
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let read = loop {
+            let s = store.clone();
+            let got = tokio::task::spawn_blocking(move || s.get::<Thing>("1"))
+                .await
+                .unwrap()
+                .unwrap();
+            if got.is_some() || std::time::Instant::now() > deadline {
+                break got;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        };
+        assert_eq!(read.unwrap().name, "x");
+        // 100 writes over ~500 ms, nobody waiting: far fewer flushes than
+        // groups, yet at least one per deferral period.
+        let before = store.commit_stats();
+        for i in 0..100 {
+            store
+                .commit_nowait(vec![
+                    Write::insert(&thing(&format!("s{i}"), "b", &format!("n{i}"))).unwrap(),
+                ])
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(crate::sled_engine::DEFERRED_FLUSH * 3).await;
+        let after = store.commit_stats();
+        let flushes = after.flushes - before.flushes;
+        assert!(
+            flushes >= 3,
+            "the deferral bound flushes a steady stream: {flushes}"
+        );
+        assert!(flushes < 60, "one flush per group would be ~100: {flushes}");
+        assert_eq!(store.count::<Thing>(), 101);
     }
 
     /// A watched collection's counter moves with each commit that changes
