@@ -36,7 +36,16 @@ pub trait Kind: Send + Sync + 'static {
     fn clear_failed(&self, id: &str) -> impl Future<Output = ()> + Send;
     /// Fault injection: make the actor panic inside its handler.
     fn crash(actor: &ActorRef<Self::Msg>);
+    /// A message every live actor of the kind gets each period (node
+    /// liveness checks): one timer in the supervisor for the whole kind,
+    /// not a timer task per actor.
+    fn tick(&self) -> Option<Tick<Self::Msg>> {
+        None
+    }
 }
+
+/// A kind's period and the message each of its actors gets then.
+pub type Tick<M> = (Duration, fn() -> M);
 
 fn is_live<M>(actor: &ActorRef<M>) -> bool {
     matches!(
@@ -59,6 +68,8 @@ pub(crate) enum SupMsg<M> {
     Crash(String, RpcReplyPort<bool>),
     Reset(String, RpcReplyPort<bool>),
     Snapshot(RpcReplyPort<Vec<ActorInfo>>),
+    /// The kind's period (see [`Kind::tick`]): passed on to every live actor.
+    Tick,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -254,6 +265,9 @@ impl<K: Kind> Actor for KindSupervisor<K> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let _ = state;
+        if let Some((period, _)) = self.kind.tick() {
+            myself.send_interval(period, || SupMsg::Tick);
+        }
         let ids = self.kind.boot_ids();
         if !ids.is_empty() {
             tracing::info!(
@@ -303,6 +317,15 @@ impl<K: Kind> Actor for KindSupervisor<K> {
                 }
             },
             SupMsg::Restart(id) => self.restart(&myself, state, &id).await,
+            SupMsg::Tick => {
+                if let Some((_, message)) = self.kind.tick() {
+                    for child in state.children.values() {
+                        if let Some(actor) = child.actor.as_ref().filter(|a| is_live(a)) {
+                            let _ = actor.cast(message());
+                        }
+                    }
+                }
+            }
             SupMsg::Boot(ids) => self.boot(&myself, state, ids).await,
             SupMsg::Crash(id, reply) => {
                 let actor = state.children.get(&id).and_then(|c| c.actor.clone());

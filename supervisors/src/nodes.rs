@@ -101,6 +101,11 @@ impl Kind for NodeKind {
     fn crash(actor: &ActorRef<NodeMsg>) {
         NodeHandle(actor.clone()).crash();
     }
+
+    /// Liveness: every node actor checks its heartbeat once an interval.
+    fn tick(&self) -> Option<crate::kind::Tick<NodeMsg>> {
+        Some((self.timing.heartbeat, || NodeMsg::Tick))
+    }
 }
 
 /// Node commands. Reads go straight to the store.

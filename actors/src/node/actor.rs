@@ -444,7 +444,9 @@ impl Actor for NodeActor {
         myself: ActorRef<NodeMsg>,
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
-        myself.send_interval(state.timing.heartbeat, || NodeMsg::Tick);
+        // Liveness ticks come from the supervisor (`Kind::tick`): one
+        // timer for all nodes, not one per actor.
+        let _ = myself;
         if state.conn.is_some() {
             // Commands queued while the actor was down go out now.
             if let Err(e) = state.deliver_queued().await {
@@ -640,12 +642,10 @@ impl Actor for NodeActor {
                 let _ = reply.send(result);
             }
             NodeMsg::Tick => {
-                let mut next = state.node.clone();
-                if super::check_liveness(
-                    &mut next,
-                    now,
-                    state.timing.heartbeat.as_millis() as Millis,
-                ) {
+                let interval = state.timing.heartbeat.as_millis() as Millis;
+                if super::is_silent(&state.node, now, interval) {
+                    let mut next = state.node.clone();
+                    super::check_liveness(&mut next, now, interval);
                     tracing::info!(node = %state.node.id, "no heartbeat for three intervals: offline");
                     if let Err(e) = state.persist(next).await {
                         tracing::warn!(node = %state.node.id, error = %e, "could not record the node offline");

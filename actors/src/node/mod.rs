@@ -259,13 +259,18 @@ pub fn heartbeat(node: &mut Node, hb: &Heartbeat, now: Millis) {
     node.audit.updated_at = now.max(node.audit.updated_at);
 }
 
+/// Whether an online node has been silent for more than three intervals.
+pub fn is_silent(node: &Node, now: Millis, heartbeat_interval_ms: Millis) -> bool {
+    node.status == NodeStatus::Online
+        && node
+            .last_heartbeat
+            .is_none_or(|t| now - t > 3 * heartbeat_interval_ms)
+}
+
 /// An online node whose last heartbeat is older than three intervals is
 /// offline. Returns whether anything changed.
 pub fn check_liveness(node: &mut Node, now: Millis, heartbeat_interval_ms: Millis) -> bool {
-    let silent = node
-        .last_heartbeat
-        .is_none_or(|t| now - t > 3 * heartbeat_interval_ms);
-    if node.status == NodeStatus::Online && silent {
+    if is_silent(node, now, heartbeat_interval_ms) {
         node.status = NodeStatus::Offline;
         node.audit.updated_at = now.max(node.audit.updated_at);
         return true;
