@@ -307,7 +307,7 @@ impl NodeState {
         cmd.status = CommandStatus::Sent;
         cmd.sent_at = Some(now_millis());
         self.store.put(&cmd).await?;
-        if !self.send(Outbound::Event(envelope_of(&cmd))) {
+        if !self.send(Outbound::Event(Box::new(envelope_of(&cmd)))) {
             cmd.status = CommandStatus::Queued;
             cmd.sent_at = None;
             self.store.put(&cmd).await?;
@@ -349,7 +349,7 @@ impl NodeState {
             }),
         );
         ack.extra.insert("status".into(), json!("success"));
-        self.send(Outbound::Event(ack));
+        self.send(Outbound::Event(Box::new(ack)));
         self.deliver_queued().await
     }
 
@@ -483,191 +483,200 @@ impl Actor for NodeActor {
         msg: NodeMsg,
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
-        let now = now_millis();
-        if !matches!(msg, NodeMsg::Tick) {
-            state.last_used = std::time::Instant::now();
+        // Boxed: the handler's future (every branch's awaits) is large and
+        // lives only while a message is handled; inline, ractor's loop
+        // would carry its size in every idle node's task.
+        Box::pin(handle_message(myself, msg, state)).await
+    }
+}
+
+async fn handle_message(
+    myself: ActorRef<NodeMsg>,
+    msg: NodeMsg,
+    state: &mut NodeState,
+) -> Result<(), ActorProcessingErr> {
+    let now = now_millis();
+    if !matches!(msg, NodeMsg::Tick) {
+        state.last_used = std::time::Instant::now();
+    }
+    match msg {
+        NodeMsg::Update { patch, by, reply } => {
+            let mut next = state.node.clone();
+            let result = match super::apply(&mut next, patch, &by) {
+                Ok(()) => state.persist(next).await,
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(result);
         }
-        match msg {
-            NodeMsg::Update { patch, by, reply } => {
-                let mut next = state.node.clone();
-                let result = match super::apply(&mut next, patch, &by) {
-                    Ok(()) => state.persist(next).await,
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(result);
-            }
-            NodeMsg::Delete { by, reply } => {
-                let mut next = state.node.clone();
-                next.audit.delete(&by);
-                next.websocket_connected = false;
-                match state.persist(next).await {
-                    Ok(node) => {
-                        state.send(Outbound::Close("the node was deleted".into()));
-                        state.set_conn(None);
-                        let _ = reply.send(Ok(node));
-                        myself.stop(Some("deleted".into()));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                }
-            }
-            NodeMsg::Attach { conn, reply } => {
-                let id = conn.id;
-                // The same connection again (a session re-binding after
-                // this actor took it back from a crashed one) stays open.
-                if let Some(old) = state.set_conn(Some(conn)).filter(|old| old.id != id) {
-                    old.send(Outbound::Close(
-                        "replaced by a newer connection of the same node".into(),
-                    ));
-                }
-                // Persisted before connection.ack goes out: a client told it is
-                // connected reads websocketConnected: true.
-                let mut next = state.node.clone();
-                super::connected(&mut next, now);
-                let _ = reply.send(state.persist(next).await);
-            }
-            NodeMsg::Detach { conn_id } => {
-                if state.conn.as_ref().is_some_and(|c| c.id == conn_id) {
+        NodeMsg::Delete { by, reply } => {
+            let mut next = state.node.clone();
+            next.audit.delete(&by);
+            next.websocket_connected = false;
+            match state.persist(next).await {
+                Ok(node) => {
+                    state.send(Outbound::Close("the node was deleted".into()));
                     state.set_conn(None);
-                    super::disconnected(&mut state.node, now);
-                    state.persist_soon();
+                    let _ = reply.send(Ok(node));
+                    myself.stop(Some("deleted".into()));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
                 }
             }
-            NodeMsg::Disconnect { reason, reply } => {
-                if let Some(conn) = state.set_conn(None) {
-                    conn.send(Outbound::Close(reason));
-                    super::disconnected(&mut state.node, now);
-                    let next = state.node.clone();
-                    let _ = reply.send(state.persist(next).await.map(|_| ()));
-                } else {
-                    let _ = reply.send(Ok(()));
-                }
+        }
+        NodeMsg::Attach { conn, reply } => {
+            let id = conn.id;
+            // The same connection again (a session re-binding after
+            // this actor took it back from a crashed one) stays open.
+            if let Some(old) = state.set_conn(Some(conn)).filter(|old| old.id != id) {
+                old.send(Outbound::Close(
+                    "replaced by a newer connection of the same node".into(),
+                ));
             }
-            NodeMsg::Register {
-                conn_id,
-                reg,
-                reply,
-            } => {
-                if state.conn.as_ref().is_none_or(|c| c.id != conn_id) {
-                    let _ = reply.send(Err(DomainError::Unavailable(
-                        "this connection was replaced".into(),
-                    )));
-                    return Ok(());
-                }
+            // Persisted before connection.ack goes out: a client told it is
+            // connected reads websocketConnected: true.
+            let mut next = state.node.clone();
+            super::connected(&mut next, now);
+            let _ = reply.send(state.persist(next).await);
+        }
+        NodeMsg::Detach { conn_id } => {
+            if state.conn.as_ref().is_some_and(|c| c.id == conn_id) {
+                state.set_conn(None);
+                super::disconnected(&mut state.node, now);
+                state.persist_soon();
+            }
+        }
+        NodeMsg::Disconnect { reason, reply } => {
+            if let Some(conn) = state.set_conn(None) {
+                conn.send(Outbound::Close(reason));
+                super::disconnected(&mut state.node, now);
+                let next = state.node.clone();
+                let _ = reply.send(state.persist(next).await.map(|_| ()));
+            } else {
+                let _ = reply.send(Ok(()));
+            }
+        }
+        NodeMsg::Register {
+            conn_id,
+            reg,
+            reply,
+        } => {
+            if state.conn.as_ref().is_none_or(|c| c.id != conn_id) {
+                let _ = reply.send(Err(DomainError::Unavailable(
+                    "this connection was replaced".into(),
+                )));
+                return Ok(());
+            }
+            let mut next = state.node.clone();
+            super::register(&mut next, &reg, now);
+            let result = match state.persist(next).await {
+                Ok(node) => state.acknowledge_registration().await.map(|()| node),
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(result);
+        }
+        NodeMsg::Heartbeat(hb) => {
+            if state.node.status == crate::node::NodeStatus::Offline {
+                // The node's return: a status change is durable before
+                // anything else happens.
                 let mut next = state.node.clone();
-                super::register(&mut next, &reg, now);
-                let result = match state.persist(next).await {
-                    Ok(node) => state.acknowledge_registration().await.map(|()| node),
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(result);
-            }
-            NodeMsg::Heartbeat(hb) => {
-                if state.node.status == crate::node::NodeStatus::Offline {
-                    // The node's return: a status change is durable before
-                    // anything else happens.
-                    let mut next = state.node.clone();
-                    super::heartbeat(&mut next, &hb, now);
-                    if let Err(e) = state.persist(next).await {
-                        tracing::warn!(node = %state.node.id, error = %e, "could not record the node's return");
-                    }
-                } else {
-                    // The common case, changed in place (no copy of the node
-                    // per beat): only `lastHeartbeat` and host gauges move.
-                    let gpus = state.node.gpu_devices.len();
-                    super::heartbeat(&mut state.node, &hb, now);
-                    let hardware = state.node.gpu_devices.len() != gpus;
-                    state.dirty = true;
-                    if hardware {
-                        state.persist_soon();
-                    } else {
-                        state.persist_if_due();
-                    }
+                super::heartbeat(&mut next, &hb, now);
+                if let Err(e) = state.persist(next).await {
+                    tracing::warn!(node = %state.node.id, error = %e, "could not record the node's return");
                 }
-            }
-            NodeMsg::CommandReply { kind, reply, done } => {
-                let recorded = state.command_reply(kind, *reply).await;
-                if let Err(e) = &recorded {
-                    tracing::warn!(node = %state.node.id, error = %e, "could not record a command reply");
-                }
-                let _ = done.send(recorded);
-            }
-            NodeMsg::Enqueue { command, reply } => {
-                let id = match &command.idempotency_key {
-                    Some(key) => command_id(&state.node.id, key),
-                    None => uuid::Uuid::new_v4().to_string(),
-                };
-                // A retry of an enqueue that landed answers what it made.
-                match state.store.get::<NodeCommand>(&id) {
-                    Ok(Some(existing)) if existing.node_id == state.node.id => {
-                        let _ = reply.send(Ok(existing));
-                        return Ok(());
-                    }
-                    Ok(Some(_)) => {
-                        let _ = reply.send(Err(DomainError::Conflict {
-                            field: "idempotencyKey".into(),
-                            value: command.idempotency_key.unwrap_or_default(),
-                        }));
-                        return Ok(());
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        let _ = reply.send(Err(e.into()));
-                        return Ok(());
-                    }
-                }
-                let cmd = NodeCommand {
-                    id,
-                    node_id: state.node.id.clone(),
-                    kind: command.kind,
-                    resource_type: command.resource_type,
-                    resource_id: command.resource_id,
-                    data: command.data.to_string(),
-                    metadata: command.metadata.to_string(),
-                    status: CommandStatus::Queued,
-                    result: None,
-                    error: None,
-                    owner: state.node.owner.clone(),
-                    created_by: command.created_by,
-                    created_at: now,
-                    sent_at: None,
-                    acknowledged_at: None,
-                    completed_at: None,
-                };
-                let result = match state.store.insert(cmd).await {
-                    Ok(cmd) => state.deliver(cmd).await,
-                    Err(e) => Err(e.into()),
-                };
-                let _ = reply.send(result);
-            }
-            NodeMsg::Tick => {
-                let interval = state.timing.heartbeat.as_millis() as Millis;
-                if super::is_silent(&state.node, now, interval) {
-                    let mut next = state.node.clone();
-                    super::check_liveness(&mut next, now, interval);
-                    tracing::info!(node = %state.node.id, "no heartbeat for three intervals: offline");
-                    if let Err(e) = state.persist(next).await {
-                        tracing::warn!(node = %state.node.id, error = %e, "could not record the node offline");
-                    }
+            } else {
+                // The common case, changed in place (no copy of the node
+                // per beat): only `lastHeartbeat` and host gauges move.
+                let gpus = state.node.gpu_devices.len();
+                super::heartbeat(&mut state.node, &hb, now);
+                let hardware = state.node.gpu_devices.len() != gpus;
+                state.dirty = true;
+                if hardware {
+                    state.persist_soon();
                 } else {
                     state.persist_if_due();
                 }
-                // Idle and unconnected: passivate (an online node keeps its
-                // actor, which is what turns it offline when heartbeats stop).
-                let idle = state.last_used.elapsed() >= state.timing.idle;
-                if idle
-                    && state.conn.is_none()
-                    && state.node.status != crate::node::NodeStatus::Online
-                {
-                    tracing::debug!(node = %state.node.id, "idle: passivating");
-                    myself.stop(Some("passivated".into()));
+            }
+        }
+        NodeMsg::CommandReply { kind, reply, done } => {
+            let recorded = state.command_reply(kind, *reply).await;
+            if let Err(e) = &recorded {
+                tracing::warn!(node = %state.node.id, error = %e, "could not record a command reply");
+            }
+            let _ = done.send(recorded);
+        }
+        NodeMsg::Enqueue { command, reply } => {
+            let id = match &command.idempotency_key {
+                Some(key) => command_id(&state.node.id, key),
+                None => uuid::Uuid::new_v4().to_string(),
+            };
+            // A retry of an enqueue that landed answers what it made.
+            match state.store.get::<NodeCommand>(&id) {
+                Ok(Some(existing)) if existing.node_id == state.node.id => {
+                    let _ = reply.send(Ok(existing));
+                    return Ok(());
+                }
+                Ok(Some(_)) => {
+                    let _ = reply.send(Err(DomainError::Conflict {
+                        field: "idempotencyKey".into(),
+                        value: command.idempotency_key.unwrap_or_default(),
+                    }));
+                    return Ok(());
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                    return Ok(());
                 }
             }
-            NodeMsg::Crash => panic!("fault injection: node {} was told to crash", state.node.id),
+            let cmd = NodeCommand {
+                id,
+                node_id: state.node.id.clone(),
+                kind: command.kind,
+                resource_type: command.resource_type,
+                resource_id: command.resource_id,
+                data: command.data.to_string(),
+                metadata: command.metadata.to_string(),
+                status: CommandStatus::Queued,
+                result: None,
+                error: None,
+                owner: state.node.owner.clone(),
+                created_by: command.created_by,
+                created_at: now,
+                sent_at: None,
+                acknowledged_at: None,
+                completed_at: None,
+            };
+            let result = match state.store.insert(cmd).await {
+                Ok(cmd) => state.deliver(cmd).await,
+                Err(e) => Err(e.into()),
+            };
+            let _ = reply.send(result);
         }
-        Ok(())
+        NodeMsg::Tick => {
+            let interval = state.timing.heartbeat.as_millis() as Millis;
+            if super::is_silent(&state.node, now, interval) {
+                let mut next = state.node.clone();
+                super::check_liveness(&mut next, now, interval);
+                tracing::info!(node = %state.node.id, "no heartbeat for three intervals: offline");
+                if let Err(e) = state.persist(next).await {
+                    tracing::warn!(node = %state.node.id, error = %e, "could not record the node offline");
+                }
+            } else {
+                state.persist_if_due();
+            }
+            // Idle and unconnected: passivate (an online node keeps its
+            // actor, which is what turns it offline when heartbeats stop).
+            let idle = state.last_used.elapsed() >= state.timing.idle;
+            if idle && state.conn.is_none() && state.node.status != crate::node::NodeStatus::Online
+            {
+                tracing::debug!(node = %state.node.id, "idle: passivating");
+                myself.stop(Some("passivated".into()));
+            }
+        }
+        NodeMsg::Crash => panic!("fault injection: node {} was told to crash", state.node.id),
     }
+    Ok(())
 }
 
 /// The public API of a running node actor.

@@ -146,7 +146,9 @@ pub struct CommandReply {
 /// What the server writes to a node's connection.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    Event(Envelope),
+    /// Boxed: each connection's queue allocates its slots up front, and a
+    /// slot is as large as the largest variant.
+    Event(Box<Envelope>),
     /// Close the transport (never a Socket.IO disconnect: AIWM's daemon
     /// would then give up for good).
     Close(String),

@@ -7,7 +7,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use warden_actors::node::protocol::Outbound;
 
 use super::session::{Refusal, Session, authenticate};
@@ -80,13 +80,20 @@ async fn run(socket: WebSocket, mut session: Session, mut rx: mpsc::Receiver<Out
     let lifecycle = session.lifecycle();
     let (mut sink, mut stream) = socket.split();
     // `Some(frame)`: send this Close and stop; `None`: flush and stop.
-    let (close_tx, mut close_rx) = mpsc::channel::<Option<CloseFrame>>(1);
+    // Sent at most once (a oneshot: no queue allocated per connection).
+    let (close_tx, mut close_rx) = oneshot::channel::<Option<CloseFrame>>();
+    let mut close_tx = Some(close_tx);
+    let mut close = move |frame: Option<CloseFrame>| {
+        if let Some(tx) = close_tx.take() {
+            let _ = tx.send(frame);
+        }
+    };
     let mut writer = tokio::spawn(async move {
         loop {
             let out = tokio::select! {
                 out = rx.recv() => out,
-                close = close_rx.recv() => {
-                    if let Some(Some(frame)) = close {
+                close = &mut close_rx => {
+                    if let Ok(Some(frame)) = close {
                         let _ = sink.send(Message::Close(Some(frame))).await;
                     }
                     break;
@@ -123,7 +130,7 @@ async fn run(socket: WebSocket, mut session: Session, mut rx: mpsc::Receiver<Out
             frame = stream.next() => frame,
             _ = lifecycle.stopping(), if !closing => {
                 closing = true;
-                let _ = close_tx.try_send(Some(CloseFrame {
+                close(Some(CloseFrame {
                     code: GOING_AWAY,
                     reason: "the server is shutting down".into(),
                 }));
@@ -142,16 +149,17 @@ async fn run(socket: WebSocket, mut session: Session, mut rx: mpsc::Receiver<Out
             Some(Ok(Message::Close(_))) => {
                 if !closing {
                     // The peer closed: our reply is queued; flush it.
-                    let _ = close_tx.try_send(None);
+                    close(None);
                 }
                 break;
             }
             Some(Ok(_)) if closing => {}
-            Some(Ok(Message::Text(text))) => session.on_text(text.as_str()).await,
+            // Boxed: the frame handler's future is large and only lives
+            // while a frame is handled; inline, every idle connection's
+            // task would carry its size.
+            Some(Ok(Message::Text(text))) => Box::pin(session.on_text(text.as_str())).await,
             Some(Ok(Message::Binary(_))) => {
-                session
-                    .on_text("binary frames are not part of the protocol")
-                    .await
+                Box::pin(session.on_text("binary frames are not part of the protocol")).await
             }
             Some(Ok(_)) => {}
             Some(Err(e)) if !closing && too_big(&e) => {
@@ -159,7 +167,7 @@ async fn run(socket: WebSocket, mut session: Session, mut rx: mpsc::Receiver<Out
                 // payload is still unread and no reply can be parsed after
                 // it: send 1009, give the daemon a moment to read it, then
                 // drop (the unread payload makes the kernel end with a reset).
-                let _ = close_tx.try_send(Some(CloseFrame {
+                close(Some(CloseFrame {
                     code: TOO_BIG,
                     reason: "frame too large".into(),
                 }));

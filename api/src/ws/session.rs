@@ -185,7 +185,7 @@ impl Session {
         ack.extra.insert("controllerId".into(), json!("warden"));
         ack.extra
             .insert("serverVersion".into(), json!(self.state.config.version));
-        self.conn.send(Outbound::Event(ack));
+        self.conn.send(Outbound::Event(Box::new(ack)));
         Ok(())
     }
 
@@ -376,7 +376,7 @@ impl Session {
             kinds::ERROR,
             json!({"code": code, "message": message, "originalType": original}),
         );
-        self.conn.send(Outbound::Event(env));
+        self.conn.send(Outbound::Event(Box::new(env)));
     }
 
     pub fn lifecycle(&self) -> crate::Lifecycle {
