@@ -478,9 +478,12 @@ async fn two_thousand_concurrent_wrong_logins_keep_memory_bounded_and_the_server
         });
     }
     // Past the bounded queue, attempts are refused at once (503), and
-    // other routes keep answering while the queue drains.
+    // other routes keep answering while the queue drains. (Checks finish
+    // while the flood is still arriving, so a few more than the queue's
+    // size are admitted: count refusals with that margin.)
+    let least_refused = 2000 - warden_identity::MAX_PASSWORD_CHECKS_WAITING - 200;
     let mut busy = 0;
-    while busy < 2000 - warden_identity::MAX_PASSWORD_CHECKS_WAITING - 16 {
+    while busy < least_refused {
         match tokio::time::timeout(std::time::Duration::from_secs(30), flood.join_next()).await {
             Ok(Some(Ok(503))) => busy += 1,
             Ok(Some(Ok(_))) => {}
@@ -497,8 +500,11 @@ async fn two_thousand_concurrent_wrong_logins_keep_memory_bounded_and_the_server
     );
     let peak = peak_rss_mib(child.id());
     eprintln!("baseline {baseline} MiB, peak {peak} MiB during the flood, health in {waited:?}");
-    // One argon2 check at a time (19 MiB each) plus 2,000 connections.
-    assert!(peak < baseline + 250, "peak {peak} MiB from {baseline} MiB");
+    // One argon2 check at a time (19 MiB each) plus 2,000 connections and
+    // their queued requests; the allocator's arenas make the figure vary
+    // (146-241 MiB over the baseline in four runs on the 2-core machine).
+    // Unbounded, 2,000 concurrent argon2 checks would take ~38 GiB.
+    assert!(peak < baseline + 400, "peak {peak} MiB from {baseline} MiB");
     flood.abort_all();
     child.kill().unwrap();
     child.wait().unwrap();

@@ -122,8 +122,13 @@ impl Lifecycle {
         let _ = rx.wait_for(|s| *s).await;
     }
 
-    /// Held for a session's life; `None` once the server is stopping.
+    /// Held for a session's life; `None` once the server is stopping
+    /// (then a new connection is refused: a fleet reconnecting during a
+    /// shutdown must not hold the shutdown open).
     pub(crate) fn guard(&self) -> Option<tokio::sync::mpsc::Sender<()>> {
+        if *self.stopping.borrow() {
+            return None;
+        }
         self.alive.upgrade()
     }
 }
