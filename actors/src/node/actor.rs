@@ -740,8 +740,14 @@ impl NodeHandle {
         self.0.cast(NodeMsg::Detach { conn_id }).is_ok()
     }
 
-    pub fn heartbeat(&self, hb: Heartbeat) -> bool {
-        self.0.cast(NodeMsg::Heartbeat(Box::new(hb))).is_ok()
+    /// Casts a heartbeat; gives it back when the actor had stopped, so the
+    /// caller can send it to the restarted one without a copy per beat.
+    pub fn heartbeat(&self, hb: Heartbeat) -> Result<(), Heartbeat> {
+        match self.0.cast(NodeMsg::Heartbeat(Box::new(hb))) {
+            Ok(()) => Ok(()),
+            Err(ractor::MessagingErr::SendErr(NodeMsg::Heartbeat(hb))) => Err(*hb),
+            Err(_) => Ok(()),
+        }
     }
 
     /// Records a node's reply to a command (idempotent: an ack or a result

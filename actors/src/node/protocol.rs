@@ -55,6 +55,33 @@ impl Envelope {
     }
 }
 
+/// A `telemetry.heartbeat` frame read straight into its payload: `None`
+/// when the text is not a heartbeat (or not an envelope at all; the full
+/// parse then says why). Heartbeats are most of a fleet's traffic, and the
+/// general envelope parse builds a JSON tree (twice, for the flattened
+/// extra fields) that a heartbeat never needs.
+pub fn heartbeat_frame(text: &str) -> Option<Result<Heartbeat, String>> {
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    #[derive(Deserialize)]
+    struct Frame {
+        #[serde(default)]
+        data: Option<Heartbeat>,
+    }
+    let head: Head<'_> = serde_json::from_str(text).ok()?;
+    if head.kind != kinds::HEARTBEAT {
+        return None;
+    }
+    Some(
+        serde_json::from_str::<Frame>(text)
+            .map(|f| f.data.unwrap_or_default())
+            .map_err(|e| format!("{}: invalid data: {e}", kinds::HEARTBEAT)),
+    )
+}
+
 /// Message types, as constants so the two ends cannot drift.
 pub mod kinds {
     pub const CONNECTION_ACK: &str = "connection.ack";
@@ -165,5 +192,43 @@ impl Connection {
     /// Queues a frame; false when the connection is gone or stalled.
     pub fn send(&self, out: Outbound) -> bool {
         self.tx.try_send(out).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_are_read_straight_into_their_payload() {
+        let hb = heartbeat_frame(
+            r#"{"type":"telemetry.heartbeat","messageId":"m1","data":{"status":"healthy","cpuUsage":12.5,"uptimeSeconds":30}}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(hb.status.as_deref(), Some("healthy"));
+        assert_eq!(hb.cpu_usage, Some(12.5));
+        assert_eq!(hb.uptime_seconds, Some(30));
+        // An escaped type is still a heartbeat; no data is an empty beat.
+        let empty = heartbeat_frame(r#"{"type":"telemetry\u002eheartbeat"}"#);
+        assert_eq!(empty, Some(Ok(Heartbeat::default())));
+        assert_eq!(
+            heartbeat_frame(r#"{"type":"telemetry.heartbeat","data":null}"#),
+            Some(Ok(Heartbeat::default()))
+        );
+        // Other frames and non-envelopes go to the full parse.
+        assert_eq!(
+            heartbeat_frame(r#"{"type":"node.register","data":{}}"#),
+            None
+        );
+        assert_eq!(heartbeat_frame("not json"), None);
+        // A heartbeat with bad data is refused with the general wording.
+        let bad = heartbeat_frame(r#"{"type":"telemetry.heartbeat","data":{"cpuUsage":"high"}}"#)
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            bad.starts_with("telemetry.heartbeat: invalid data:"),
+            "{bad}"
+        );
     }
 }

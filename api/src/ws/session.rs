@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use warden_actors::DomainError;
 use warden_actors::node::Node;
 use warden_actors::node::protocol::{
-    CommandReply, Connection, Envelope, Heartbeat, Outbound, Registration, kinds,
+    CommandReply, Connection, Envelope, Heartbeat, Outbound, Registration, heartbeat_frame, kinds,
 };
 use warden_actors::node::{NewNode, NodeHandle, ReplyKind};
 use warden_domain::Owner;
@@ -58,8 +58,9 @@ impl From<DomainError> for Refusal {
 #[derive(Clone)]
 pub(crate) struct Handshake {
     credential: Credential,
-    /// The node the credential names, when it names one it may use.
-    node: Option<Node>,
+    /// The node the credential names, when it names one it may use
+    /// (boxed: a session keeps the field for its whole life).
+    node: Option<Box<Node>>,
 }
 
 /// A live node of `org_id` by `_id` or `nodeId`; other organisations'
@@ -126,7 +127,10 @@ pub(crate) fn authenticate(
             },
         },
     };
-    Ok(Handshake { credential, node })
+    Ok(Handshake {
+        credential,
+        node: node.map(Box::new),
+    })
 }
 
 pub(crate) struct Session {
@@ -135,7 +139,7 @@ pub(crate) struct Session {
     conn: Connection,
     /// The node this connection speaks for, once known.
     node: Option<(String, NodeHandle)>,
-    pending_node: Option<Node>,
+    pending_node: Option<Box<Node>>,
     requested: Option<String>,
     /// Held while the session lives, so shutdown can wait for it.
     alive: Option<tokio::sync::mpsc::Sender<()>>,
@@ -293,22 +297,39 @@ impl Session {
     /// Handles one text frame. Errors are answered on the connection.
     pub async fn on_text(&mut self, text: &str) {
         let started = Instant::now();
-        let envelope = match serde_json::from_str::<Envelope>(text) {
-            Ok(e) => e,
-            Err(e) => {
-                self.reply_error("BAD_MESSAGE", &format!("not a message envelope: {e}"), None);
-                return;
+        let (kind, outcome) = match heartbeat_frame(text) {
+            // Most of the traffic: read straight into the payload.
+            Some(hb) => {
+                let outcome = match hb {
+                    Ok(hb) => self.heartbeat(hb).await,
+                    Err(e) => Err(DomainError::Invalid(vec![e])),
+                };
+                (std::borrow::Cow::Borrowed(kinds::HEARTBEAT), outcome)
+            }
+            None => {
+                let envelope = match serde_json::from_str::<Envelope>(text) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        self.reply_error(
+                            "BAD_MESSAGE",
+                            &format!("not a message envelope: {e}"),
+                            None,
+                        );
+                        return;
+                    }
+                };
+                let kind = envelope.kind.clone();
+                (std::borrow::Cow::Owned(kind), self.dispatch(envelope).await)
             }
         };
-        let kind = envelope.kind.clone();
-        if let Err(e) = self.dispatch(envelope).await {
+        if let Err(e) = outcome {
             let message = match e {
                 DomainError::Invalid(errors) => errors.join("; "),
                 other => other.to_string(),
             };
             self.reply_error("REJECTED", &message, Some(&kind));
         }
-        let route = match kind.as_str() {
+        let route = match kind.as_ref() {
             kinds::REGISTER => "/ws/node node.register",
             kinds::HEARTBEAT => "/ws/node telemetry.heartbeat",
             kinds::METRICS => "/ws/node telemetry.metrics",
@@ -323,6 +344,15 @@ impl Session {
             .observe("WS", route, 200, started.elapsed());
     }
 
+    /// A heartbeat goes to the node's actor without an answer; re-sent
+    /// once to a restarted actor if the first had stopped.
+    async fn heartbeat(&mut self, hb: Heartbeat) -> Result<(), DomainError> {
+        if let Err(hb) = self.handle().await?.heartbeat(hb) {
+            let _ = self.handle().await?.heartbeat(hb);
+        }
+        Ok(())
+    }
+
     async fn dispatch(&mut self, envelope: Envelope) -> Result<(), DomainError> {
         let invalid = |e: String| DomainError::Invalid(vec![e]);
         match envelope.kind.as_str() {
@@ -334,10 +364,7 @@ impl Session {
             }
             kinds::HEARTBEAT => {
                 let hb: Heartbeat = envelope.payload().map_err(invalid)?;
-                let handle = self.handle().await?;
-                if !handle.heartbeat(hb.clone()) {
-                    self.handle().await?.heartbeat(hb);
-                }
+                self.heartbeat(hb).await?;
             }
             kinds::METRICS | kinds::DEPLOYMENT_STATUS | kinds::DEPLOYMENT_LOGS => {
                 let series = if envelope.kind == kinds::METRICS {
