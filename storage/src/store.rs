@@ -33,7 +33,10 @@ pub struct StoreConfig {
 /// Where a list looks: the whole collection, or one value of one index.
 pub enum Scope<'a> {
     All,
+    /// A hash index's value.
     Index(&'a str, &'a str),
+    /// A scope of an ordered index (live records only).
+    Ordered(&'a str, &'a str),
 }
 
 /// Orders two records for a list.
@@ -372,6 +375,19 @@ impl Store {
         Ok(Paged { items, total })
     }
 
+    /// Ids of every record in a scope of an ordered index, in sort order.
+    pub fn ids_in_scope<T: Record>(
+        &self,
+        index: &str,
+        scope: &str,
+    ) -> Result<Vec<String>, StorageError> {
+        let prefix = keys::ordered_scope(T::COLLECTION, index, scope);
+        let scan = self.scan_prefix(Space::Records, prefix.clone());
+        ordered_ids(prefix.len(), scan)
+            .map(|entry| entry.map(|(_, id)| id))
+            .collect()
+    }
+
     /// Ids of up to `limit` records of a scope of an ordered index whose
     /// sort key is at most `max_key`, smallest first: what a sweep of an
     /// expiry index reads (the expired, never the rest).
@@ -448,6 +464,13 @@ impl Store {
         let candidates = match query.scope {
             Scope::All => self.all::<T>()?,
             Scope::Index(index, value) => self.by_index::<T>(index, value)?,
+            Scope::Ordered(index, scope) => {
+                let mut records = Vec::new();
+                for id in self.ids_in_scope::<T>(index, scope)? {
+                    records.extend(self.get::<T>(&id)?);
+                }
+                records
+            }
         };
         let mut items: Vec<T> = candidates
             .into_iter()
@@ -730,6 +753,19 @@ mod tests {
                 .map(|t| t.id.as_str())
                 .collect::<Vec<_>>(),
             vec!["4"]
+        );
+        // The same through the ordered index's scope (live records only).
+        let ordered = store
+            .list(&ListQuery::<Thing> {
+                scope: Scope::Ordered("by_name", "a"),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(ordered.items.len(), 1);
+        assert_eq!(ordered.items[0].id, "4");
+        assert_eq!(
+            store.ids_in_scope::<Thing>("by_name", "b").unwrap(),
+            vec!["1", "3"]
         );
         store.insert(thing("5", "a", "y")).await.unwrap();
 

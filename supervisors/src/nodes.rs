@@ -57,16 +57,19 @@ impl Kind for NodeKind {
     /// Nodes that were online when the server stopped: their actors come
     /// back to watch for the daemon's return.
     fn boot_ids(&self) -> Vec<String> {
+        let online = node::status_scope(None, NodeStatus::Online.as_str());
         self.store
-            .ids_by_index::<Node>("status", NodeStatus::Online.as_str())
+            .ids_in_scope::<Node>(node::STATUS_CREATED, &online)
             .unwrap_or_default()
     }
 
     fn failed(&self) -> Vec<(String, String)> {
+        let failed = node::status_scope(None, NodeStatus::Failed.as_str());
         self.store
-            .by_index::<Node>("status", NodeStatus::Failed.as_str())
+            .ids_in_scope::<Node>(node::STATUS_CREATED, &failed)
             .unwrap_or_default()
             .into_iter()
+            .filter_map(|id| self.store.get::<Node>(&id).ok().flatten())
             .filter(|n| !n.is_deleted())
             .map(|n| (n.id, n.failure.unwrap_or_default()))
             .collect()

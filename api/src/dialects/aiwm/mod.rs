@@ -163,11 +163,10 @@ pub(crate) fn list<R: Resource>(
             json!({"data": data, "pagination": {"page": q.page, "limit": q.limit, "total": page.total}}),
         ));
     }
-    let scope = if p.is_admin() {
-        Scope::All
-    } else {
-        Scope::Index("org", &p.org_id)
-    };
+    // Everything the caller may see, through the creation-ordered scope
+    // every resource has (its organisation's, or all for an admin).
+    let scope_name = warden_domain::org_scope(org);
+    let scope = Scope::Ordered(warden_domain::CREATED, &scope_name);
     let records = state.store.list::<R>(&ListQuery {
         scope,
         ..Default::default()
