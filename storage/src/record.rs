@@ -1,6 +1,6 @@
 //! Typed records and the writes the committer understands.
 
-use serde::{Serialize, de::DeserializeOwned};
+use serde::Serialize;
 
 use crate::{StorageError, Versioned, keys};
 
@@ -84,13 +84,7 @@ impl EnvelopeRef<'_> {
         collection: &'static str,
         id: &str,
     ) -> Result<EnvelopeRef<'a>, StorageError> {
-        bincode::serde::borrow_decode_from_slice(bytes, bincode_config())
-            .map(|(v, _)| v)
-            .map_err(|e| StorageError::Decode {
-                collection,
-                id: id.to_owned(),
-                reason: e.to_string(),
-            })
+        decode(bytes, collection, id)
     }
 }
 
@@ -113,12 +107,13 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
         .map_err(|e| StorageError::Encode(e.to_string()))
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(
-    bytes: &[u8],
+/// Decodes a stored value; borrowed fields (`&[u8]`, `&str`) point into `bytes`.
+pub(crate) fn decode<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
     collection: &'static str,
     id: &str,
 ) -> Result<T, StorageError> {
-    bincode::serde::decode_from_slice(bytes, bincode_config())
+    bincode::serde::borrow_decode_from_slice(bytes, bincode_config())
         .map(|(v, _)| v)
         .map_err(|e| StorageError::Decode {
             collection,
