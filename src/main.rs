@@ -19,6 +19,7 @@ fn init_logging(filter: &str, json: bool) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    return_large_blocks_to_the_os();
     let cli = Cli::parse();
     let file = FileConfig::load(cli.config.as_deref())?;
     let log = cli
@@ -130,4 +131,19 @@ async fn print_actors(args: ActorsArgs) -> anyhow::Result<()> {
         print!("{out}");
     }
     Ok(())
+}
+
+/// Every password check (argon2id, 19 MiB of memory) allocates one large
+/// block. glibc raises its mmap threshold after the first such block is
+/// freed, so later ones come from the heap and stay resident once freed:
+/// a server that checked one password kept ~20 MiB it no longer used
+/// (idle RSS 52 MiB instead of 31 MiB). A fixed threshold keeps blocks
+/// of 4 MiB and more in their own mappings, returned to the OS on free.
+fn return_large_blocks_to_the_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
 }
