@@ -50,12 +50,17 @@ async fn upgrade(
     if let Err(r) = session.start().await {
         return refusal_response(r);
     }
-    ws.read_buffer_size(4096)
+    ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(4096)
         .max_message_size(super::MAX_FRAME_BYTES)
         .max_frame_size(super::MAX_FRAME_BYTES)
         .on_upgrade(move |socket| run(socket, session, rx))
 }
+
+/// Bytes read from a daemon's socket at a time, allocated per connection:
+/// a heartbeat (~300 B) or a metrics frame (~1.5 KiB) fits in one read;
+/// larger frames take more reads.
+const READ_BUFFER: usize = 2048;
 
 /// Close codes (RFC 6455 §7.4.1).
 const NORMAL: u16 = 1000;
