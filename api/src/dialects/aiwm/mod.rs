@@ -79,9 +79,16 @@ pub(crate) trait Resource: Record + Owned {
 /// The view every AIWM record shares: extra fields first, then the core
 /// fields (which extras can never shadow), then owner and audit.
 pub(crate) fn view_of(extra: &str, fields: Value, owner: &Owner, audit: &Audit) -> Value {
-    let mut out: Map<String, Value> = serde_json::from_str(extra).unwrap_or_default();
-    if let Value::Object(fields) = fields {
-        out.extend(fields);
+    // The record's own fields win over the extra ones a client stored.
+    let mut out = match fields {
+        Value::Object(fields) => fields,
+        _ => Map::new(),
+    };
+    if extra.len() > 2 {
+        let extra: Map<String, Value> = serde_json::from_str(extra).unwrap_or_default();
+        for (key, value) in extra {
+            out.entry(key).or_insert(value);
+        }
     }
     out.insert(
         "owner".into(),
