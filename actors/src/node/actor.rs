@@ -176,24 +176,29 @@ pub fn store_telemetry(
     store: &Store,
     node_id: &str,
     series: &str,
-    envelope: &Envelope,
+    frame: &super::protocol::RawFrame<'_>,
 ) -> Result<(), warden_storage::StorageError> {
     let now = now_millis();
-    let id = if envelope.message_id.is_empty() {
-        uuid::Uuid::new_v4().to_string()
+    let id = if frame.message_id.is_empty() {
+        uuid::Builder::from_random_bytes(rand::random())
+            .into_uuid()
+            .to_string()
     } else {
-        envelope.message_id.clone()
+        frame.message_id.to_string()
     };
-    let at: Millis = chrono::DateTime::parse_from_rfc3339(&envelope.timestamp)
+    let at: Millis = chrono::DateTime::parse_from_rfc3339(&frame.timestamp)
         .map(|t| t.timestamp_millis())
         .unwrap_or(now);
-    let value = json!({"messageId": id, "timestamp": envelope.timestamp, "receivedAt": super::protocol::iso_now(), "data": envelope.data});
-    store.append_point_nowait(
-        &series_name(node_id, series),
-        at,
-        &id,
-        value.to_string().into_bytes(),
-    )
+    let quoted = |s: &str| serde_json::to_string(s).expect("a string always serialises");
+    // The data is stored as the daemon sent it, never parsed into a tree.
+    let value = format!(
+        r#"{{"messageId":{},"timestamp":{},"receivedAt":{},"data":{}}}"#,
+        quoted(&id),
+        quoted(&frame.timestamp),
+        quoted(&super::protocol::iso_now()),
+        frame.data_json(),
+    );
+    store.append_point_nowait(&series_name(node_id, series), at, &id, value.into_bytes())
 }
 
 fn envelope_of(cmd: &NodeCommand) -> Envelope {

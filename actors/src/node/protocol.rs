@@ -55,31 +55,40 @@ impl Envelope {
     }
 }
 
-/// A `telemetry.heartbeat` frame read straight into its payload: `None`
-/// when the text is not a heartbeat (or not an envelope at all; the full
-/// parse then says why). Heartbeats are most of a fleet's traffic, and the
-/// general envelope parse builds a JSON tree (twice, for the flattened
-/// extra fields) that a heartbeat never needs.
-pub fn heartbeat_frame(text: &str) -> Option<Result<Heartbeat, String>> {
-    #[derive(Deserialize)]
-    struct Head<'a> {
-        #[serde(rename = "type", borrow)]
-        kind: std::borrow::Cow<'a, str>,
+/// A frame read without building a JSON tree: its type, id and time, and
+/// the raw text of its data. Heartbeats and telemetry (most of a fleet's
+/// traffic) are handled from this; the general envelope parse builds a
+/// tree of the whole frame (twice over, for the flattened extra fields)
+/// that they never need. `None` when the text is not an envelope with a
+/// type: the full parse then says why.
+#[derive(Debug, Deserialize)]
+pub struct RawFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: std::borrow::Cow<'a, str>,
+    #[serde(rename = "messageId", default, borrow)]
+    pub message_id: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub timestamp: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub data: Option<&'a serde_json::value::RawValue>,
+}
+
+impl<'a> RawFrame<'a> {
+    pub fn read(text: &'a str) -> Option<RawFrame<'a>> {
+        serde_json::from_str(text).ok()
     }
-    #[derive(Deserialize)]
-    struct Frame {
-        #[serde(default)]
-        data: Option<Heartbeat>,
+
+    /// The data as JSON text (`null` when absent).
+    pub fn data_json(&self) -> &str {
+        self.data.map_or("null", |d| d.get())
     }
-    let head: Head<'_> = serde_json::from_str(text).ok()?;
-    if head.kind != kinds::HEARTBEAT {
-        return None;
+
+    /// The data as a typed payload (its default when absent or null).
+    pub fn payload<T: for<'de> Deserialize<'de> + Default>(&self) -> Result<T, String> {
+        serde_json::from_str::<Option<T>>(self.data_json())
+            .map(Option::unwrap_or_default)
+            .map_err(|e| format!("{}: invalid data: {e}", self.kind))
     }
-    Some(
-        serde_json::from_str::<Frame>(text)
-            .map(|f| f.data.unwrap_or_default())
-            .map_err(|e| format!("{}: invalid data: {e}", kinds::HEARTBEAT)),
-    )
 }
 
 /// Message types, as constants so the two ends cannot drift.
@@ -200,32 +209,36 @@ mod frame_tests {
     use super::*;
 
     #[test]
-    fn heartbeats_are_read_straight_into_their_payload() {
-        let hb = heartbeat_frame(
-            r#"{"type":"telemetry.heartbeat","messageId":"m1","data":{"status":"healthy","cpuUsage":12.5,"uptimeSeconds":30}}"#,
+    fn frames_are_read_without_a_tree_and_payloads_typed() {
+        let f = RawFrame::read(
+            r#"{"type":"telemetry.heartbeat","messageId":"m1","timestamp":"2026-12-04T10:00:00Z","data":{"status":"healthy","cpuUsage":12.5,"uptimeSeconds":30},"metadata":{"x":1}}"#,
         )
-        .unwrap()
         .unwrap();
+        assert_eq!(f.kind, kinds::HEARTBEAT);
+        assert_eq!(f.message_id, "m1");
+        assert_eq!(f.timestamp, "2026-12-04T10:00:00Z");
+        let hb: Heartbeat = f.payload().unwrap();
         assert_eq!(hb.status.as_deref(), Some("healthy"));
         assert_eq!(hb.cpu_usage, Some(12.5));
         assert_eq!(hb.uptime_seconds, Some(30));
-        // An escaped type is still a heartbeat; no data is an empty beat.
-        let empty = heartbeat_frame(r#"{"type":"telemetry\u002eheartbeat"}"#);
-        assert_eq!(empty, Some(Ok(Heartbeat::default())));
-        assert_eq!(
-            heartbeat_frame(r#"{"type":"telemetry.heartbeat","data":null}"#),
-            Some(Ok(Heartbeat::default()))
-        );
-        // Other frames and non-envelopes go to the full parse.
-        assert_eq!(
-            heartbeat_frame(r#"{"type":"node.register","data":{}}"#),
-            None
-        );
-        assert_eq!(heartbeat_frame("not json"), None);
-        // A heartbeat with bad data is refused with the general wording.
-        let bad = heartbeat_frame(r#"{"type":"telemetry.heartbeat","data":{"cpuUsage":"high"}}"#)
-            .unwrap()
-            .unwrap_err();
+        // An escaped type is still read; no data or null is the default.
+        let f = RawFrame::read(r#"{"type":"telemetry\u002eheartbeat"}"#).unwrap();
+        assert_eq!(f.kind, kinds::HEARTBEAT);
+        assert_eq!(f.data_json(), "null");
+        assert_eq!(f.payload::<Heartbeat>(), Ok(Heartbeat::default()));
+        let f = RawFrame::read(r#"{"type":"telemetry.heartbeat","data":null}"#).unwrap();
+        assert_eq!(f.payload::<Heartbeat>(), Ok(Heartbeat::default()));
+        // The raw data is kept as sent.
+        let f =
+            RawFrame::read(r#"{"type":"telemetry.metrics","data":{"cpu":{"usage":5}}}"#).unwrap();
+        assert_eq!(f.data_json(), r#"{"cpu":{"usage":5}}"#);
+        // Not envelopes: left to the full parse.
+        assert!(RawFrame::read("not json").is_none());
+        assert!(RawFrame::read(r#"{"data":{}}"#).is_none());
+        // Bad data is refused with the general wording.
+        let f =
+            RawFrame::read(r#"{"type":"telemetry.heartbeat","data":{"cpuUsage":"high"}}"#).unwrap();
+        let bad = f.payload::<Heartbeat>().unwrap_err();
         assert!(
             bad.starts_with("telemetry.heartbeat: invalid data:"),
             "{bad}"

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use warden_actors::DomainError;
 use warden_actors::node::Node;
 use warden_actors::node::protocol::{
-    CommandReply, Connection, Envelope, Heartbeat, Outbound, Registration, heartbeat_frame, kinds,
+    CommandReply, Connection, Envelope, Heartbeat, Outbound, RawFrame, Registration, kinds,
 };
 use warden_actors::node::{NewNode, NodeHandle, ReplyKind};
 use warden_domain::Owner;
@@ -132,6 +132,13 @@ pub(crate) fn authenticate(
         node: node.map(Box::new),
     })
 }
+
+/// Frames stored as time-series points.
+const TELEMETRY: [&str; 3] = [
+    kinds::METRICS,
+    kinds::DEPLOYMENT_STATUS,
+    kinds::DEPLOYMENT_LOGS,
+];
 
 pub(crate) struct Session {
     state: AppState,
@@ -297,16 +304,21 @@ impl Session {
     /// Handles one text frame. Errors are answered on the connection.
     pub async fn on_text(&mut self, text: &str) {
         let started = Instant::now();
-        let (kind, outcome) = match heartbeat_frame(text) {
-            // Most of the traffic: read straight into the payload.
-            Some(hb) => {
-                let outcome = match hb {
+        let frame = RawFrame::read(text);
+        let (kind, outcome) = match frame {
+            // Most of the traffic, handled without a JSON tree.
+            Some(f) if f.kind == kinds::HEARTBEAT => {
+                let outcome = match f.payload::<Heartbeat>() {
                     Ok(hb) => self.heartbeat(hb).await,
                     Err(e) => Err(DomainError::Invalid(vec![e])),
                 };
                 (std::borrow::Cow::Borrowed(kinds::HEARTBEAT), outcome)
             }
-            None => {
+            Some(f) if TELEMETRY.contains(&f.kind.as_ref()) => {
+                let outcome = self.telemetry(&f);
+                (std::borrow::Cow::Owned(f.kind.into_owned()), outcome)
+            }
+            _ => {
                 let envelope = match serde_json::from_str::<Envelope>(text) {
                     Ok(e) => e,
                     Err(e) => {
@@ -344,6 +356,18 @@ impl Session {
             .observe("WS", route, 200, started.elapsed());
     }
 
+    /// Metrics and deployment events: points the gateway writes itself.
+    fn telemetry(&self, frame: &RawFrame<'_>) -> Result<(), DomainError> {
+        let series = if frame.kind == kinds::METRICS {
+            "metrics"
+        } else {
+            "deployments"
+        };
+        let id = self.bound_id()?;
+        warden_actors::node::store_telemetry(&self.state.store, id, series, frame)
+            .map_err(|e| DomainError::Unavailable(format!("telemetry not stored: {e}")))
+    }
+
     /// A heartbeat goes to the node's actor without an answer; re-sent
     /// once to a restarted actor if the first had stopped.
     async fn heartbeat(&mut self, hb: Heartbeat) -> Result<(), DomainError> {
@@ -353,6 +377,8 @@ impl Session {
         Ok(())
     }
 
+    /// Every other frame (heartbeats and telemetry are handled from the
+    /// raw frame in `on_text`).
     async fn dispatch(&mut self, envelope: Envelope) -> Result<(), DomainError> {
         let invalid = |e: String| DomainError::Invalid(vec![e]);
         match envelope.kind.as_str() {
@@ -361,20 +387,6 @@ impl Session {
                 self.resolve_for_registration(&reg).await?;
                 let handle = self.handle().await?;
                 handle.register(self.conn.id, reg).await?;
-            }
-            kinds::HEARTBEAT => {
-                let hb: Heartbeat = envelope.payload().map_err(invalid)?;
-                self.heartbeat(hb).await?;
-            }
-            kinds::METRICS | kinds::DEPLOYMENT_STATUS | kinds::DEPLOYMENT_LOGS => {
-                let series = if envelope.kind == kinds::METRICS {
-                    "metrics"
-                } else {
-                    "deployments"
-                };
-                let id = self.bound_id()?;
-                warden_actors::node::store_telemetry(&self.state.store, id, series, &envelope)
-                    .map_err(|e| DomainError::Unavailable(format!("telemetry not stored: {e}")))?;
             }
             kinds::COMMAND_ACK | kinds::COMMAND_RESULT => {
                 let reply: CommandReply = envelope.payload().map_err(invalid)?;
