@@ -34,14 +34,6 @@ pub(crate) fn current() -> RequestContext {
 
 const HEADER: &str = "x-correlation-id";
 
-/// A random (v4) id from the thread's generator: `Uuid::new_v4` asks the
-/// kernel for every id, a system call on every request.
-fn new_correlation_id() -> String {
-    uuid::Builder::from_random_bytes(rand::random())
-        .into_uuid()
-        .to_string()
-}
-
 fn valid_correlation_id(v: &str) -> bool {
     !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
 }
@@ -58,7 +50,7 @@ pub(crate) async fn middleware(
         .and_then(|v| v.to_str().ok())
         .filter(|v| valid_correlation_id(v))
         .map(str::to_owned)
-        .unwrap_or_else(new_correlation_id);
+        .unwrap_or_else(warden_storage::new_uuid);
     let route = request
         .extensions()
         .get::<MatchedPath>()

@@ -54,6 +54,15 @@ pub fn iso_millis(millis: Millis) -> String {
 
 /// A new time-ordered 24-hex-digit id (the shape of AIWM's ObjectId):
 /// 4 bytes of seconds since the epoch, then 8 random bytes.
+/// A random (v4) UUID from the thread's generator: `Uuid::new_v4` asks the
+/// kernel for every id, a system call each time (correlation ids, ids of
+/// points that came without one).
+pub fn new_uuid() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
+}
+
 pub fn new_object_id() -> String {
     let secs = (now_millis() / 1000) as u32;
     let mut bytes = [0u8; 12];

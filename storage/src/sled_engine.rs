@@ -263,7 +263,7 @@ fn run(
         let mut written = Ok(());
         if applied_any {
             written = writes
-                .commit(&tree, &series, &watermark)
+                .commit(&series, &watermark)
                 .map_err(|e| std::io::Error::other(e.to_string()));
             if unflushed.is_none() {
                 flush_by = std::time::Instant::now() + DEFERRED_FLUSH;
@@ -363,12 +363,7 @@ impl<'t> GroupWrites<'t> {
     }
 
     /// Applies the group; then tells the watermark which collections changed.
-    fn commit(
-        self,
-        tree: &sled::Tree,
-        series: &sled::Tree,
-        watermark: &Watermark,
-    ) -> Result<(), StorageError> {
+    fn commit(self, series: &sled::Tree, watermark: &Watermark) -> Result<(), StorageError> {
         fn batch(changes: KeyChanges) -> sled::Batch {
             let mut batch = sled::Batch::default();
             for (k, v) in changes {
@@ -382,7 +377,7 @@ impl<'t> GroupWrites<'t> {
         if !self.points.is_empty() {
             series.apply_batch(batch(self.points))?;
         }
-        tree.apply_batch(batch(self.records))?;
+        self.tree.apply_batch(batch(self.records))?;
         watermark.changed(&self.collections);
         Ok(())
     }

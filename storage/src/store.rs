@@ -375,17 +375,36 @@ impl Store {
         Ok(Paged { items, total })
     }
 
+    /// The sort key and id of each entry of a scope of an ordered index,
+    /// in sort order, read as the caller goes.
+    fn scope_entries<T: Record>(
+        &self,
+        index: &str,
+        scope: &str,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, String), StorageError>> + '_ {
+        let prefix = keys::ordered_scope(T::COLLECTION, index, scope);
+        let prefix_len = prefix.len();
+        ordered_ids(prefix_len, self.scan_prefix(Space::Records, prefix))
+    }
+
     /// Ids of every record in a scope of an ordered index, in sort order.
     pub fn ids_in_scope<T: Record>(
         &self,
         index: &str,
         scope: &str,
     ) -> Result<Vec<String>, StorageError> {
-        let prefix = keys::ordered_scope(T::COLLECTION, index, scope);
-        let scan = self.scan_prefix(Space::Records, prefix.clone());
-        ordered_ids(prefix.len(), scan)
+        self.scope_entries::<T>(index, scope)
             .map(|entry| entry.map(|(_, id)| id))
             .collect()
+    }
+
+    /// Every record in a scope of an ordered index, in sort order.
+    pub fn in_scope<T: Record>(&self, index: &str, scope: &str) -> Result<Vec<T>, StorageError> {
+        let mut records = Vec::new();
+        for id in self.ids_in_scope::<T>(index, scope)? {
+            records.extend(self.get::<T>(&id)?);
+        }
+        Ok(records)
     }
 
     /// Ids of up to `limit` records of a scope of an ordered index whose
@@ -398,10 +417,8 @@ impl Store {
         max_key: &[u8],
         limit: usize,
     ) -> Result<Vec<String>, StorageError> {
-        let prefix = keys::ordered_scope(T::COLLECTION, index, scope);
-        let scan = self.scan_prefix(Space::Records, prefix.clone());
         let mut ids = Vec::new();
-        for entry in ordered_ids(prefix.len(), scan) {
+        for entry in self.scope_entries::<T>(index, scope) {
             let (sort, id) = entry?;
             if sort.as_slice() > max_key || ids.len() >= limit {
                 break;
@@ -464,13 +481,7 @@ impl Store {
         let candidates = match query.scope {
             Scope::All => self.all::<T>()?,
             Scope::Index(index, value) => self.by_index::<T>(index, value)?,
-            Scope::Ordered(index, scope) => {
-                let mut records = Vec::new();
-                for id in self.ids_in_scope::<T>(index, scope)? {
-                    records.extend(self.get::<T>(&id)?);
-                }
-                records
-            }
+            Scope::Ordered(index, scope) => self.in_scope::<T>(index, scope)?,
         };
         let mut items: Vec<T> = candidates
             .into_iter()

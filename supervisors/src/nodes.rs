@@ -66,10 +66,9 @@ impl Kind for NodeKind {
     fn failed(&self) -> Vec<(String, String)> {
         let failed = node::status_scope(None, NodeStatus::Failed.as_str());
         self.store
-            .ids_in_scope::<Node>(node::STATUS_CREATED, &failed)
+            .in_scope::<Node>(node::STATUS_CREATED, &failed)
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|id| self.store.get::<Node>(&id).ok().flatten())
             .filter(|n| !n.is_deleted())
             .map(|n| (n.id, n.failure.unwrap_or_default()))
             .collect()

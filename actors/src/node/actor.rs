@@ -180,9 +180,7 @@ pub fn store_telemetry(
 ) -> Result<(), warden_storage::StorageError> {
     let now = now_millis();
     let id = if frame.message_id.is_empty() {
-        uuid::Builder::from_random_bytes(rand::random())
-            .into_uuid()
-            .to_string()
+        warden_storage::new_uuid()
     } else {
         frame.message_id.to_string()
     };

@@ -50,7 +50,7 @@ impl Envelope {
     pub fn payload<T: for<'de> Deserialize<'de> + Default>(&self) -> Result<T, String> {
         match &self.data {
             None | Some(Value::Null) => Ok(T::default()),
-            Some(v) => T::deserialize(v).map_err(|e| format!("{}: invalid data: {e}", self.kind)),
+            Some(v) => T::deserialize(v).map_err(|e| invalid_data(&self.kind, e)),
         }
     }
 }
@@ -87,8 +87,13 @@ impl<'a> RawFrame<'a> {
     pub fn payload<T: for<'de> Deserialize<'de> + Default>(&self) -> Result<T, String> {
         serde_json::from_str::<Option<T>>(self.data_json())
             .map(Option::unwrap_or_default)
-            .map_err(|e| format!("{}: invalid data: {e}", self.kind))
+            .map_err(|e| invalid_data(&self.kind, e))
     }
+}
+
+/// How a payload that does not fit its message type is refused.
+fn invalid_data(kind: &str, e: impl std::fmt::Display) -> String {
+    format!("{kind}: invalid data: {e}")
 }
 
 /// Message types, as constants so the two ends cannot drift.
