@@ -151,6 +151,7 @@ impl ServeArgs {
             .unwrap_or(config::DEFAULT_MAX_BODY_BYTES);
         c.root_policy = file.supervision.root.unwrap_or_default();
         c.node_policy = file.supervision.nodes.unwrap_or_default();
+        c.execution_policy = file.supervision.executions.unwrap_or_default();
         let env_ms = |name: &str| {
             std::env::var(name)
                 .ok()

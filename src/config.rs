@@ -83,6 +83,7 @@ pub struct NodesFile {
 pub struct SupervisionFile {
     pub root: Option<RestartPolicy>,
     pub nodes: Option<RestartPolicy>,
+    pub executions: Option<RestartPolicy>,
 }
 
 impl FileConfig {
@@ -107,6 +108,7 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub root_policy: RestartPolicy,
     pub node_policy: RestartPolicy,
+    pub execution_policy: RestartPolicy,
     pub node_timing: NodeTiming,
     pub telemetry_retention: Duration,
     pub rate_limits: warden_api::RateLimits,
@@ -138,6 +140,7 @@ impl ServerConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             root_policy: RestartPolicy::default(),
             node_policy: RestartPolicy::default(),
+            execution_policy: RestartPolicy::default(),
             node_timing: NodeTiming::default(),
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             rate_limits: warden_api::RateLimits::default(),

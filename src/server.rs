@@ -65,6 +65,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     // re-indexed once, before anything reads them.
     warden_identity::model::ensure_indexes(&store).await?;
     warden_actors::node::ensure_indexes(&store).await?;
+    warden_actors::execution::ensure_indexes(&store).await?;
     warden_domain::ensure_indexes(&store).await?;
     let identity = Identity::open(
         store.clone(),
@@ -86,6 +87,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         RuntimeConfig {
             root: config.root_policy,
             nodes: config.node_policy,
+            executions: config.execution_policy,
             node_timing: config.node_timing,
         },
     )

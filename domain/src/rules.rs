@@ -72,6 +72,11 @@ impl Checks {
         }
     }
 
+    /// A rule of the caller's own, in its own words.
+    pub fn fail(&mut self, message: String) {
+        self.errors.push(message);
+    }
+
     pub fn finish(self) -> Result<(), DomainError> {
         if self.errors.is_empty() {
             Ok(())

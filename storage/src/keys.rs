@@ -161,6 +161,20 @@ pub(crate) fn count(collection: &str, index: &str, scope: &str) -> Vec<u8> {
     )
 }
 
+/// The start of every counter of `index` whose scope begins with
+/// `scope_prefix` (the prefix unterminated, so longer scopes match).
+pub(crate) fn counts_with_prefix(collection: &str, index: &str, scope_prefix: &str) -> Vec<u8> {
+    let mut k = key(COUNT, &[collection.as_bytes(), index.as_bytes()]);
+    for &b in scope_prefix.as_bytes() {
+        if b == 0 {
+            k.extend_from_slice(&[0, 0xFF]);
+        } else {
+            k.push(b);
+        }
+    }
+    k
+}
+
 /// A time as a sort key: 8 bytes, big-endian with the sign bit flipped,
 /// so byte order is time order (negative times included).
 pub fn time_sort_key(millis: i64) -> Vec<u8> {

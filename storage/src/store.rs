@@ -342,14 +342,7 @@ impl Store {
     /// collection; the total is the scope's maintained count.
     pub fn page<T: Record>(&self, q: &PageQuery<'_>) -> Result<Paged<T>, StorageError> {
         let prefix = keys::ordered_scope(T::COLLECTION, q.index, q.scope);
-        let total = self
-            .engine()
-            .get(
-                Space::Records,
-                &keys::count(T::COLLECTION, q.index, q.scope),
-            )?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map_or(0, u64::from_be_bytes);
+        let total = self.scope_count::<T>(q.index, q.scope)?;
         let end = prefix_end(&prefix);
         let cursor = q
             .after
@@ -373,6 +366,41 @@ impl Store {
             }
         }
         Ok(Paged { items, total })
+    }
+
+    /// The number of live records in one scope of an ordered index.
+    pub fn scope_count<T: Record>(&self, index: &str, scope: &str) -> Result<u64, StorageError> {
+        Ok(self
+            .engine()
+            .get(Space::Records, &keys::count(T::COLLECTION, index, scope))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Every non-empty scope of an ordered index that starts with
+    /// `scope_prefix`, with its count: a group-by read from the counters
+    /// the committer keeps, one key per scope (never the records).
+    pub fn scope_counts<T: Record>(
+        &self,
+        index: &str,
+        scope_prefix: &str,
+    ) -> Result<Vec<(String, u64)>, StorageError> {
+        let prefix = keys::counts_with_prefix(T::COLLECTION, index, scope_prefix);
+        let base = keys::counts_with_prefix(T::COLLECTION, index, "").len();
+        let mut out = Vec::new();
+        for entry in self.scan_prefix(Space::Records, prefix) {
+            let (key, value) = entry?;
+            let Some((scope, _)) = key.get(base..).and_then(keys::pop) else {
+                continue;
+            };
+            let n = <[u8; 8]>::try_from(value.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if n > 0 {
+                out.push((String::from_utf8_lossy(&scope).into_owned(), n));
+            }
+        }
+        Ok(out)
     }
 
     /// The sort key and id of each entry of a scope of an ordered index,

@@ -446,7 +446,8 @@ impl<K: Kind> Actor for KindSupervisor<K> {
 }
 
 /// Where the root puts the current supervisor of a kind after each (re)start.
-type Slot<M> = Arc<RwLock<Option<ActorRef<SupMsg<M>>>>>;
+type Slot<M> = Arc<SlotCell<M>>;
+type SlotCell<M> = RwLock<Option<ActorRef<SupMsg<M>>>>;
 
 /// Calls into one kind's supervisor; survives the supervisor's restarts.
 pub struct KindRef<K: Kind> {
@@ -466,6 +467,26 @@ impl<K: Kind> Clone for KindRef<K> {
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A [`KindRef`] that does not keep its kind alive: for kinds that call
+/// each other (nodes tell executions of answers, executions send through
+/// nodes), so that the two never hold each other's store forever.
+pub struct WeakKindRef<K: Kind> {
+    kind: std::sync::Weak<K>,
+    policy: RestartPolicy,
+    slot: std::sync::Weak<SlotCell<K::Msg>>,
+}
+
+impl<K: Kind> WeakKindRef<K> {
+    /// The kind, while the runtime that owns it is alive.
+    pub fn upgrade(&self) -> Option<KindRef<K>> {
+        Some(KindRef {
+            kind: self.kind.upgrade()?,
+            policy: self.policy,
+            slot: self.slot.upgrade()?,
+        })
+    }
+}
 
 impl<K: Kind> KindRef<K> {
     pub(crate) fn new(kind: K, policy: RestartPolicy) -> Self {
@@ -500,6 +521,14 @@ impl<K: Kind> KindRef<K> {
                 "the {} supervisor did not answer",
                 K::SUPERVISOR
             ))),
+        }
+    }
+
+    pub fn downgrade(&self) -> WeakKindRef<K> {
+        WeakKindRef {
+            kind: Arc::downgrade(&self.kind),
+            policy: self.policy,
+            slot: Arc::downgrade(&self.slot),
         }
     }
 

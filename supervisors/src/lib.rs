@@ -8,12 +8,14 @@
 //! live in one process (tests); names in the tree are logical
 //! (`nodes`, `node:{id}`).
 
+mod executions;
 mod kind;
 mod nodes;
 mod policy;
 mod root;
 mod tree;
 
+pub use executions::{ExecutionKind, ExecutionStats, Executions};
 pub use kind::{Kind, KindRef};
 pub use nodes::{NodeKind, Nodes};
 pub use policy::RestartPolicy;

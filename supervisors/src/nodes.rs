@@ -5,8 +5,8 @@ use warden_actors::DomainError;
 use warden_actors::node::NodeCommand;
 use warden_actors::node::protocol::{CommandReply, Connection};
 use warden_actors::node::{
-    self, LiveConnections, NewCommand, NewNode, NodeActor, NodeArgs, NodeHandle, NodeMsg,
-    NodePatch, NodeTiming, ReplyKind,
+    self, CommandListener, LiveConnections, NewCommand, NewNode, NodeActor, NodeArgs, NodeHandle,
+    NodeMsg, NodePatch, NodeTiming, ReplyKind,
 };
 use warden_actors::node::{Node, NodeStatus};
 use warden_domain::Owner;
@@ -18,14 +18,16 @@ pub struct NodeKind {
     store: Store,
     timing: NodeTiming,
     live: LiveConnections,
+    listener: Option<CommandListener>,
 }
 
 impl NodeKind {
-    pub(crate) fn new(store: Store, timing: NodeTiming) -> Self {
+    pub(crate) fn new(store: Store, timing: NodeTiming, listener: Option<CommandListener>) -> Self {
         NodeKind {
             store,
             timing,
             live: LiveConnections::default(),
+            listener,
         }
     }
 }
@@ -47,6 +49,7 @@ impl Kind for NodeKind {
             id: id.to_owned(),
             timing: self.timing,
             live: self.live.clone(),
+            listener: self.listener.clone(),
         }
     }
 
@@ -199,6 +202,36 @@ impl Nodes {
             .await
     }
 
+    /// Drops a queued command, or tells its node to stop it.
+    pub async fn revoke(
+        &self,
+        id: &str,
+        command_id: &str,
+        reason: &str,
+    ) -> Result<(), DomainError> {
+        self.kind
+            .with_actor(id, |a| async move {
+                NodeHandle(a).revoke(command_id, reason).await
+            })
+            .await
+    }
+
+    /// A live node by `_id`, or by `nodeId` within `org`.
+    pub fn resolve(&self, org: &str, id: &str) -> Result<Node, DomainError> {
+        let found = match self.store.get::<Node>(id)? {
+            Some(n) => Some(n),
+            None => self
+                .store
+                .get_by_unique::<Node>("nodeId", &format!("{org}/{id}"))?,
+        };
+        found
+            .filter(|n| !n.is_deleted())
+            .ok_or_else(|| DomainError::NotFound {
+                kind: "Node",
+                id: id.to_owned(),
+            })
+    }
+
     /// Closes a node's live connection, if it has one.
     pub async fn disconnect(&self, id: &str, reason: &str) -> Result<(), DomainError> {
         self.kind
@@ -227,5 +260,36 @@ impl Nodes {
             }
             other => other,
         }
+    }
+}
+
+/// Execution steps reach their nodes through the nodes service.
+impl warden_actors::execution::Dispatch for Nodes {
+    fn send(
+        &self,
+        org: &str,
+        node: &str,
+        command: NewCommand,
+    ) -> warden_actors::execution::BoxFuture<Result<NodeCommand, DomainError>> {
+        let (nodes, org, node) = (self.clone(), org.to_owned(), node.to_owned());
+        Box::pin(async move {
+            let id = nodes.resolve(&org, &node)?.id;
+            nodes.enqueue(&id, command).await
+        })
+    }
+
+    fn revoke(
+        &self,
+        org: &str,
+        node: &str,
+        command_id: &str,
+        reason: &str,
+    ) -> warden_actors::execution::BoxFuture<Result<(), DomainError>> {
+        let (nodes, org, node) = (self.clone(), org.to_owned(), node.to_owned());
+        let (command_id, reason) = (command_id.to_owned(), reason.to_owned());
+        Box::pin(async move {
+            let id = nodes.resolve(&org, &node)?.id;
+            nodes.revoke(&id, &command_id, &reason).await
+        })
     }
 }

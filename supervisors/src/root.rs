@@ -8,6 +8,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use warden_actors::DomainError;
 use warden_storage::{Millis, Store, now_millis};
 
+use crate::executions::{ExecutionKind, Executions, ReplyRoute, route_reply};
 use crate::kind::KindControl;
 use crate::{ActorInfo, FailureInfo, KindRef, NodeKind, Nodes, RestartPolicy, rfc3339};
 
@@ -157,6 +158,7 @@ const SHUTDOWN: &str = "shutdown";
 pub struct RuntimeConfig {
     pub root: RestartPolicy,
     pub nodes: RestartPolicy,
+    pub executions: RestartPolicy,
     pub node_timing: warden_actors::node::NodeTiming,
 }
 
@@ -168,15 +170,31 @@ pub struct Runtime {
     started_at: Millis,
     policy: RestartPolicy,
     pub nodes: Nodes,
+    pub executions: Executions,
 }
 
 impl Runtime {
     pub async fn start(store: Store, config: RuntimeConfig) -> Result<Runtime, ractor::SpawnErr> {
+        // Nodes tell executions of answered commands; executions send
+        // commands through the nodes service: the route is filled in once
+        // both exist.
+        let route = ReplyRoute::default();
         let nodes = KindRef::new(
-            NodeKind::new(store.clone(), config.node_timing),
+            NodeKind::new(
+                store.clone(),
+                config.node_timing,
+                Some(route_reply(route.clone())),
+            ),
             config.nodes,
         );
-        let kinds: Vec<Arc<dyn KindControl>> = vec![Arc::new(nodes.clone())];
+        let node_service = Nodes::new(nodes.clone(), store.clone());
+        let executions = KindRef::new(
+            ExecutionKind::new(store.clone(), Arc::new(node_service.clone())),
+            config.executions,
+        );
+        let _ = route.set(executions.downgrade());
+        let kinds: Vec<Arc<dyn KindControl>> =
+            vec![Arc::new(nodes.clone()), Arc::new(executions.clone())];
         let (root, _) = Actor::spawn(
             None,
             Root {
@@ -190,7 +208,8 @@ impl Runtime {
             kinds,
             started_at: now_millis(),
             policy: config.root,
-            nodes: Nodes::new(nodes, store),
+            executions: Executions::new(executions, store, node_service.clone()),
+            nodes: node_service,
         })
     }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::node::{CommandStatus, Node, NodeCommand};
+use crate::node::{CommandOrigin, CommandStatus, Node, NodeCommand};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::{Value, json};
 use warden_storage::{Millis, Record, Store, Write, now_millis};
@@ -52,6 +52,10 @@ pub type LiveConnections = Arc<Mutex<HashMap<String, Connection>>>;
 /// A command to queue for a node.
 #[derive(Debug, Clone)]
 pub struct NewCommand {
+    /// The command's id (its envelope's `messageId`) when the caller
+    /// derives it (execution steps): queuing it again answers the
+    /// command as it stands.
+    pub id: Option<String>,
     pub kind: String,
     pub resource_type: String,
     pub resource_id: String,
@@ -61,7 +65,23 @@ pub struct NewCommand {
     /// The same key always names the same command: a retried enqueue
     /// returns the command the first attempt made, never a second one.
     pub idempotency_key: Option<String>,
+    pub origin: Option<CommandOrigin>,
 }
+
+/// A node answered a command that an execution step sent: what the node
+/// actor tells, once the answer is durable on the command.
+#[derive(Debug, Clone)]
+pub struct CommandEvent {
+    pub command: NodeCommand,
+    pub kind: ReplyKind,
+    /// The reply's own `messageId`.
+    pub reply_id: String,
+    /// The progress the reply reported.
+    pub progress: Option<f64>,
+}
+
+/// Who hears of answered commands that have an origin (the executions).
+pub type CommandListener = Arc<dyn Fn(CommandEvent) + Send + Sync>;
 
 /// The id of the command an idempotency key names on a node: a UUID
 /// (version 8) from the SHA-256 of both, so it is the envelope's messageId.
@@ -126,6 +146,12 @@ pub enum NodeMsg {
         command: Box<NewCommand>,
         reply: RpcReplyPort<Result<NodeCommand, DomainError>>,
     },
+    /// Drops a queued command, or tells the node to stop a sent one.
+    Revoke {
+        command_id: String,
+        reason: String,
+        reply: RpcReplyPort<Result<(), DomainError>>,
+    },
     /// Liveness check, every heartbeat interval.
     Tick,
     /// Fault injection: panic inside the handler.
@@ -137,6 +163,7 @@ pub struct NodeArgs {
     pub id: String,
     pub timing: NodeTiming,
     pub live: LiveConnections,
+    pub listener: Option<CommandListener>,
 }
 
 pub struct NodeState {
@@ -148,6 +175,7 @@ pub struct NodeState {
     version: u64,
     conn: Option<Connection>,
     live: LiveConnections,
+    listener: Option<CommandListener>,
     timing: NodeTiming,
     /// When the last message other than a tick arrived.
     last_used: std::time::Instant,
@@ -363,26 +391,40 @@ impl NodeState {
     ) -> Result<(), DomainError> {
         let node_id = self.node.id.clone();
         let now = now_millis();
-        self.store
+        let mut changed = false;
+        let stored = self
+            .store
             .update::<NodeCommand, DomainError>(&reply.original_message_id, |cmd| {
+                changed = false;
                 if cmd.node_id != node_id {
                     return Ok(None); // a node may only answer its own commands
                 }
                 match kind {
                     ReplyKind::Ack => {
-                        if matches!(cmd.status, CommandStatus::Succeeded | CommandStatus::Failed) {
+                        if matches!(
+                            cmd.status,
+                            CommandStatus::Succeeded
+                                | CommandStatus::Failed
+                                | CommandStatus::Cancelled
+                        ) {
                             return Ok(None);
                         }
                         cmd.status = CommandStatus::Acknowledged;
                         cmd.acknowledged_at = Some(now);
                     }
                     ReplyKind::Result => {
-                        let ok = reply.status == "success";
-                        cmd.status = if ok {
-                            CommandStatus::Succeeded
-                        } else {
-                            CommandStatus::Failed
-                        };
+                        if matches!(cmd.status, CommandStatus::Succeeded | CommandStatus::Failed) {
+                            return Ok(None); // answered already: recorded once
+                        }
+                        // A revoked command keeps its status; what the node
+                        // did anyway is still recorded.
+                        if cmd.status != CommandStatus::Cancelled {
+                            cmd.status = if reply.status == "success" {
+                                CommandStatus::Succeeded
+                            } else {
+                                CommandStatus::Failed
+                            };
+                        }
                         cmd.result = reply
                             .result
                             .as_ref()
@@ -397,9 +439,54 @@ impl NodeState {
                         cmd.acknowledged_at.get_or_insert(now);
                     }
                 }
+                changed = true;
                 Ok(Some(()))
             })
             .await?;
+        if let (true, Some(cmd), Some(listener)) = (changed, stored, &self.listener)
+            && cmd.origin.is_some()
+        {
+            listener(CommandEvent {
+                command: cmd,
+                kind,
+                reply_id: reply.message_id,
+                progress: reply.progress,
+            });
+        }
+        Ok(())
+    }
+
+    /// A queued command is dropped (never sent); a sent one is marked
+    /// cancelled and the node is told with `command.cancel`.
+    async fn revoke(&mut self, command_id: &str, reason: &str) -> Result<(), DomainError> {
+        let node_id = self.node.id.clone();
+        let now = now_millis();
+        let mut was = None;
+        self.store
+            .update::<NodeCommand, DomainError>(command_id, |cmd| {
+                if cmd.node_id != node_id
+                    || !matches!(
+                        cmd.status,
+                        CommandStatus::Queued | CommandStatus::Sent | CommandStatus::Acknowledged
+                    )
+                {
+                    return Ok(None);
+                }
+                was = Some(cmd.status);
+                cmd.status = CommandStatus::Cancelled;
+                cmd.error = Some(json!({"code": "CANCELLED", "message": reason}).to_string());
+                cmd.completed_at = Some(now);
+                Ok(Some(()))
+            })
+            .await?;
+        if matches!(was, Some(CommandStatus::Sent | CommandStatus::Acknowledged)) {
+            let mut cancel = Envelope::new(
+                kinds::COMMAND_CANCEL,
+                json!({"originalMessageId": command_id, "reason": reason}),
+            );
+            cancel.resource = None;
+            self.send(Outbound::Event(Box::new(cancel)));
+        }
         Ok(())
     }
 }
@@ -435,6 +522,7 @@ impl Actor for NodeActor {
             version,
             conn,
             live: args.live,
+            listener: args.listener,
             timing: args.timing,
             last_used: std::time::Instant::now(),
             last_written: std::time::Instant::now(),
@@ -608,10 +696,18 @@ async fn handle_message(
             }
             let _ = done.send(recorded);
         }
+        NodeMsg::Revoke {
+            command_id,
+            reason,
+            reply,
+        } => {
+            let _ = reply.send(state.revoke(&command_id, &reason).await);
+        }
         NodeMsg::Enqueue { command, reply } => {
-            let id = match &command.idempotency_key {
-                Some(key) => command_id(&state.node.id, key),
-                None => uuid::Uuid::new_v4().to_string(),
+            let id = match (&command.id, &command.idempotency_key) {
+                (Some(id), _) => id.clone(),
+                (None, Some(key)) => command_id(&state.node.id, key),
+                (None, None) => uuid::Uuid::new_v4().to_string(),
             };
             // A retry of an enqueue that landed answers what it made.
             match state.store.get::<NodeCommand>(&id) {
@@ -649,6 +745,7 @@ async fn handle_message(
                 sent_at: None,
                 acknowledged_at: None,
                 completed_at: None,
+                origin: command.origin,
             };
             let result = match state.store.insert(cmd).await {
                 Ok(cmd) => state.deliver(cmd).await,
@@ -720,6 +817,16 @@ impl NodeHandle {
         call(&self.0, |reply| NodeMsg::Register {
             conn_id,
             reg: Box::new(reg),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn revoke(&self, command_id: &str, reason: &str) -> Result<(), DomainError> {
+        let (command_id, reason) = (command_id.to_owned(), reason.to_owned());
+        call(&self.0, |reply| NodeMsg::Revoke {
+            command_id,
+            reason,
             reply,
         })
         .await

@@ -7,13 +7,13 @@ pub mod protocol;
 mod record;
 
 pub use record::{
-    CommandStatus, GpuDevice, HostFacts, Node, NodeCommand, NodeStatus, STATUS_CREATED,
-    status_scope,
+    CommandOrigin, CommandStatus, GpuDevice, HostFacts, Node, NodeCommand, NodeStatus,
+    STATUS_CREATED, status_scope,
 };
 
 pub use actor::{
-    CALL_TIMEOUT, LiveConnections, NewCommand, NodeActor, NodeArgs, NodeHandle, NodeMsg,
-    NodeTiming, ReplyKind, command_id, series_name, store_telemetry,
+    CALL_TIMEOUT, CommandEvent, CommandListener, LiveConnections, NewCommand, NodeActor, NodeArgs,
+    NodeHandle, NodeMsg, NodeTiming, ReplyKind, command_id, series_name, store_telemetry,
 };
 
 use warden_domain::{Audit, Owner};

@@ -109,6 +109,8 @@ pub mod kinds {
     pub const DEPLOYMENT_LOGS: &str = "deployment.logs";
     pub const ERROR: &str = "error";
     pub const HEALTH_CHECK: &str = "system.healthCheck";
+    /// Server → node: stop (or never start) the command `originalMessageId`.
+    pub const COMMAND_CANCEL: &str = "command.cancel";
 }
 
 fn de_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -177,6 +179,9 @@ pub struct Heartbeat {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct CommandReply {
+    /// The reply's own envelope `messageId` (not part of its data).
+    #[serde(skip)]
+    pub message_id: String,
     pub original_message_id: String,
     pub status: String,
     pub result: Option<Value>,

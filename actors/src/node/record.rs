@@ -3,7 +3,7 @@
 use warden_domain::{Audit, Owned, Owner};
 use warden_storage::{Millis, Record};
 
-warden_storage::first_layout!(Node, NodeCommand);
+warden_storage::first_layout!(Node, NodeCommandV1);
 
 /// Liveness of a node as Warden judges it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -145,6 +145,9 @@ pub enum CommandStatus {
     Acknowledged,
     Succeeded,
     Failed,
+    /// Revoked before it completed (its execution ended, or a client
+    /// cancelled it); a queued command is then never sent.
+    Cancelled,
 }
 
 impl CommandStatus {
@@ -155,6 +158,7 @@ impl CommandStatus {
             CommandStatus::Acknowledged => "acknowledged",
             CommandStatus::Succeeded => "succeeded",
             CommandStatus::Failed => "failed",
+            CommandStatus::Cancelled => "cancelled",
         }
     }
 }
@@ -163,6 +167,66 @@ impl CommandStatus {
 /// id is the envelope's `messageId`, which the node's replies name.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NodeCommand {
+    pub id: String,
+    pub node_id: String,
+    pub kind: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    /// JSON text.
+    pub data: String,
+    /// JSON text.
+    pub metadata: String,
+    pub status: CommandStatus,
+    /// JSON text of the node's `result`, or of its `error`.
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub owner: Owner,
+    pub created_by: String,
+    pub created_at: Millis,
+    pub sent_at: Option<Millis>,
+    pub acknowledged_at: Option<Millis>,
+    pub completed_at: Option<Millis>,
+    /// The execution step that sent it, told when the node answers.
+    pub origin: Option<CommandOrigin>,
+}
+
+/// The execution step a command belongs to.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CommandOrigin {
+    /// The execution's `_id`.
+    pub execution: String,
+    pub step: u32,
+}
+
+impl warden_storage::Versioned for NodeCommand {
+    const VERSION: u32 = 2;
+    type Previous = NodeCommandV1;
+    fn upgrade(v: NodeCommandV1) -> Self {
+        NodeCommand {
+            id: v.id,
+            node_id: v.node_id,
+            kind: v.kind,
+            resource_type: v.resource_type,
+            resource_id: v.resource_id,
+            data: v.data,
+            metadata: v.metadata,
+            status: v.status,
+            result: v.result,
+            error: v.error,
+            owner: v.owner,
+            created_by: v.created_by,
+            created_at: v.created_at,
+            sent_at: v.sent_at,
+            acknowledged_at: v.acknowledged_at,
+            completed_at: v.completed_at,
+            origin: None,
+        }
+    }
+}
+
+/// [`NodeCommand`]'s first layout (before commands knew their origin).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeCommandV1 {
     pub id: String,
     pub node_id: String,
     pub kind: String,

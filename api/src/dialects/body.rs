@@ -334,6 +334,37 @@ impl Fields {
         })
     }
 
+    /// Non-negative integers of an array.
+    pub fn counts(&mut self, key: &str) -> Option<Vec<u64>> {
+        match self.take(key) {
+            Some(Value::Array(items)) => {
+                let out: Option<Vec<u64>> = items.iter().map(Value::as_u64).collect();
+                if out.is_none() {
+                    self.errors.push(format!(
+                        "each value in {key} must be a non-negative integer"
+                    ));
+                }
+                out
+            }
+            Some(_) => {
+                self.errors.push(format!("{key} must be an array"));
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The fields not read so far, as JSON object text (empty when none),
+    /// for a nested object's own extra fields.
+    pub fn rest(&mut self) -> String {
+        let map = std::mem::take(&mut self.map);
+        if map.is_empty() {
+            String::new()
+        } else {
+            Value::Object(map).to_string()
+        }
+    }
+
     /// Forgets fields that only the server sets.
     pub fn drop(&mut self, keys: &[&str]) {
         for key in keys {

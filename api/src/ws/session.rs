@@ -389,7 +389,8 @@ impl Session {
                 handle.register(self.conn.id, reg).await?;
             }
             kinds::COMMAND_ACK | kinds::COMMAND_RESULT => {
-                let reply: CommandReply = envelope.payload().map_err(invalid)?;
+                let mut reply: CommandReply = envelope.payload().map_err(invalid)?;
+                reply.message_id = envelope.message_id.clone();
                 if reply.original_message_id.is_empty() {
                     return Err(invalid("data.originalMessageId is required".into()));
                 }

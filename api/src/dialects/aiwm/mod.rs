@@ -2,6 +2,7 @@
 //! `page/limit/filter[field]/sort` paging, soft delete, audit fields,
 //! tenancy by `owner.orgId`, and NestJS-style error bodies.
 
+mod executions;
 mod instructions;
 mod login;
 mod nodes;
@@ -52,6 +53,7 @@ pub(crate) fn routes() -> Api {
     Api::new()
         .merge(login::routes())
         .merge(nodes::routes())
+        .merge(executions::routes())
         .merge(instructions::routes())
         .merge(tools::routes())
 }

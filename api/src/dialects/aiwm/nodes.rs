@@ -415,6 +415,8 @@ async fn send_command(
             .to_owned()
     };
     let command = NewCommand {
+        id: None,
+        origin: None,
         kind: kind.unwrap_or_default(),
         resource_type: text("type"),
         resource_id: text("id"),

@@ -1,0 +1,389 @@
+//! `ExecutionActor`: the one writer of an execution's record. Each event
+//! goes through [`machine::apply`]; the new state is durable before the
+//! caller hears of it and before any effect (a command to a node) leaves.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::{Value, json};
+use warden_storage::{Millis, Store, Write, now_millis};
+
+use super::machine::{self, Effect, Event, ReplyPhase, StepReply};
+use super::record::{ExecError, Execution};
+use crate::DomainError;
+use crate::node::{CommandOrigin, CommandStatus, NewCommand, NodeCommand};
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// How an execution reaches nodes: the nodes service behind a trait, so
+/// that this crate does not know the supervisors.
+pub trait Dispatch: Send + Sync + 'static {
+    /// Queues a command on a node (named by `_id`, or by `nodeId` within
+    /// `org`). The command's id is chosen by the caller: queuing the same
+    /// id again answers the command as it stands, never a second one.
+    fn send(
+        &self,
+        org: &str,
+        node: &str,
+        command: NewCommand,
+    ) -> BoxFuture<Result<NodeCommand, DomainError>>;
+    /// Drops a command from a node's queue, or tells the node to stop it.
+    fn revoke(
+        &self,
+        org: &str,
+        node: &str,
+        command_id: &str,
+        reason: &str,
+    ) -> BoxFuture<Result<(), DomainError>>;
+}
+
+/// How long a caller waits for an execution actor's answer.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub enum ExecMsg {
+    /// A client's request (start, cancel, retry) or a child's link.
+    Apply {
+        event: Box<Event>,
+        reply: RpcReplyPort<Result<Execution, DomainError>>,
+    },
+    /// A node's reply to a step's command (already durable on the command).
+    /// Boxed: a mailbox slot is as large as the largest message.
+    Reply(Box<StepReply>),
+    /// A deadline may have passed; sends that failed are tried again.
+    Tick,
+    /// Fault injection: panic inside the handler.
+    Crash,
+}
+
+pub struct ExecArgs {
+    pub store: Store,
+    pub id: String,
+    pub dispatch: Arc<dyn Dispatch>,
+}
+
+pub struct ExecState {
+    store: Store,
+    exec: Execution,
+    version: u64,
+    dispatch: Arc<dyn Dispatch>,
+    /// Steps whose command could not be queued yet (the node's actor was
+    /// unavailable): tried again on each tick, under the same id.
+    unsent: BTreeSet<u32>,
+    /// The deadline a timer is armed for.
+    armed: Option<Millis>,
+}
+
+#[derive(Default)]
+pub struct ExecutionActor;
+
+impl ExecState {
+    /// Runs one event: the new state is durable before this returns.
+    async fn run(&mut self, event: Event) -> Result<Vec<Effect>, DomainError> {
+        let now = now_millis();
+        let mut next = self.exec.clone();
+        let effects =
+            machine::apply(&mut next, event, now).map_err(|m| DomainError::Invalid(vec![m]))?;
+        if next != self.exec {
+            next.audit.updated_at = now.max(next.audit.updated_at);
+            let version = self
+                .store
+                .commit(vec![Write::put(&next, Some(self.version))?])
+                .await?[0];
+            self.version = version;
+            self.exec = next;
+        }
+        Ok(effects)
+    }
+
+    fn command_for(&self, index: u32) -> Option<(String, NewCommand)> {
+        let x = &self.exec;
+        let step = x.steps.iter().find(|s| s.index == index)?;
+        let cmd = step.command.as_ref()?;
+        let node = machine::step_node(x, step)?.to_owned();
+        let mut metadata = json!({
+            "executionId": x.execution_id,
+            "stepIndex": index,
+            "priority": "normal",
+        });
+        if let Some(t) = step.timeout_seconds {
+            metadata["timeout"] = json!(t);
+        }
+        Some((
+            node,
+            NewCommand {
+                id: step.sent_message_id.clone(),
+                kind: cmd.kind.clone(),
+                resource_type: cmd.resource_type.clone(),
+                resource_id: cmd.resource_id.clone(),
+                data: serde_json::from_str(&cmd.data).unwrap_or_else(|_| json!({})),
+                metadata,
+                created_by: x.audit.created_by.clone(),
+                idempotency_key: None,
+                origin: Some(CommandOrigin {
+                    execution: x.id.clone(),
+                    step: index,
+                }),
+            },
+        ))
+    }
+
+    /// Carries out effects once the state that asked for them is durable.
+    /// A command that a node already answered (sent before a restart)
+    /// comes back as its reply.
+    async fn perform(&mut self, myself: &ActorRef<ExecMsg>, effects: Vec<Effect>) {
+        let org = self.exec.owner.org_id.clone();
+        for effect in effects {
+            match effect {
+                Effect::Send { index } => {
+                    let Some((node, command)) = self.command_for(index) else {
+                        continue;
+                    };
+                    let id = command.id.clone().unwrap_or_default();
+                    match self.dispatch.send(&org, &node, command).await {
+                        Ok(cmd) => {
+                            self.unsent.remove(&index);
+                            if let Some(reply) = reply_of(&cmd) {
+                                let _ = myself.cast(ExecMsg::Reply(Box::new(reply)));
+                            }
+                        }
+                        Err(DomainError::NotFound { .. }) | Err(DomainError::Failed { .. }) => {
+                            self.unsent.remove(&index);
+                            let _ = myself.cast(ExecMsg::Reply(Box::new(StepReply {
+                                command_id: id,
+                                reply_id: None,
+                                phase: ReplyPhase::Result,
+                                success: false,
+                                progress: None,
+                                result: None,
+                                error: Some(ExecError {
+                                    node_id: Some(node.clone()),
+                                    ..ExecError::new(
+                                        "NODE_UNAVAILABLE",
+                                        format!("node {node} does not exist or has failed"),
+                                    )
+                                }),
+                            })));
+                        }
+                        Err(e) => {
+                            tracing::warn!(execution = %self.exec.id, step = index, error = %e, "could not queue a step's command; will try again");
+                            self.unsent.insert(index);
+                        }
+                    }
+                }
+                Effect::Revoke {
+                    node,
+                    command_id,
+                    reason,
+                } => {
+                    if let Err(e) = self
+                        .dispatch
+                        .revoke(&org, &node, &command_id, &reason)
+                        .await
+                    {
+                        tracing::warn!(execution = %self.exec.id, command = %command_id, error = %e, "could not revoke a command");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Arms a timer for the next deadline (one at a time; a stale timer
+    /// only re-checks). Sends to retry want a tick soon too.
+    fn arm(&mut self, myself: &ActorRef<ExecMsg>) {
+        let now = now_millis();
+        let retry = (!self.unsent.is_empty()).then_some(now + 1000);
+        let Some(due) = machine::next_deadline(&self.exec)
+            .into_iter()
+            .chain(retry)
+            .min()
+        else {
+            return;
+        };
+        if self.armed.is_some_and(|a| a <= due && a > now) {
+            return;
+        }
+        self.armed = Some(due);
+        let wait = Duration::from_millis((due - now).max(0) as u64 + 1);
+        myself.send_after(wait, || ExecMsg::Tick);
+    }
+}
+
+/// What a stored command says about its step, once the node answered.
+fn reply_of(cmd: &NodeCommand) -> Option<StepReply> {
+    let success = match cmd.status {
+        CommandStatus::Succeeded => true,
+        CommandStatus::Failed | CommandStatus::Cancelled => false,
+        _ => return None,
+    };
+    Some(StepReply {
+        command_id: cmd.id.clone(),
+        reply_id: None,
+        phase: ReplyPhase::Result,
+        success,
+        progress: None,
+        result: cmd.result.clone(),
+        error: cmd.error.as_deref().map(error_of),
+    })
+}
+
+/// A node's error (`{code, message, details}` JSON, or any JSON) as a step error.
+pub fn error_of(text: &str) -> ExecError {
+    let v: Value = serde_json::from_str(text).unwrap_or(Value::String(text.to_owned()));
+    match &v {
+        Value::Object(m) => ExecError {
+            code: m
+                .get("code")
+                .and_then(Value::as_str)
+                .unwrap_or("STEP_FAILED")
+                .to_owned(),
+            message: m
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("the node reported an error")
+                .to_owned(),
+            details: m
+                .get("details")
+                .filter(|d| !d.is_null())
+                .map(Value::to_string),
+            ..Default::default()
+        },
+        Value::String(s) => ExecError::new("STEP_FAILED", s.clone()),
+        other => ExecError::new("STEP_FAILED", other.to_string()),
+    }
+}
+
+impl Actor for ExecutionActor {
+    type Msg = ExecMsg;
+    type State = ExecState;
+    type Arguments = ExecArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ExecMsg>,
+        args: ExecArgs,
+    ) -> Result<ExecState, ActorProcessingErr> {
+        let (exec, version) = args
+            .store
+            .get_versioned::<Execution>(&args.id)?
+            .filter(|(x, _)| x.audit.deleted_at.is_none())
+            .ok_or_else(|| format!("execution {} does not exist", args.id))?;
+        Ok(ExecState {
+            store: args.store,
+            exec,
+            version,
+            dispatch: args.dispatch,
+            unsent: BTreeSet::new(),
+            armed: None,
+        })
+    }
+
+    /// After a restart: every unanswered command is queued again under its
+    /// recorded id (a node holds it once; one already answered comes back
+    /// as its reply), and deadlines that passed meanwhile are applied.
+    async fn post_start(
+        &self,
+        myself: ActorRef<ExecMsg>,
+        state: &mut ExecState,
+    ) -> Result<(), ActorProcessingErr> {
+        let resend: Vec<Effect> = machine::in_flight(&state.exec)
+            .into_iter()
+            .map(|index| Effect::Send { index })
+            .collect();
+        state.perform(&myself, resend).await;
+        if machine::next_deadline(&state.exec).is_some() {
+            let _ = myself.cast(ExecMsg::Tick);
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ExecMsg>,
+        msg: ExecMsg,
+        state: &mut ExecState,
+    ) -> Result<(), ActorProcessingErr> {
+        Box::pin(handle_message(myself, msg, state)).await
+    }
+}
+
+async fn handle_message(
+    myself: ActorRef<ExecMsg>,
+    msg: ExecMsg,
+    state: &mut ExecState,
+) -> Result<(), ActorProcessingErr> {
+    let effects = match msg {
+        ExecMsg::Apply { event, reply } => match state.run(*event).await {
+            Ok(effects) => {
+                let _ = reply.send(Ok(state.exec.clone()));
+                effects
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                Vec::new()
+            }
+        },
+        ExecMsg::Reply(step_reply) => state.run(Event::Reply(*step_reply)).await?,
+        ExecMsg::Tick => {
+            state.armed = None;
+            let mut effects: Vec<Effect> = std::mem::take(&mut state.unsent)
+                .into_iter()
+                .map(|index| Effect::Send { index })
+                .collect();
+            effects.extend(state.run(Event::Tick).await?);
+            effects
+        }
+        ExecMsg::Crash => panic!(
+            "fault injection: execution {} was told to crash",
+            state.exec.id
+        ),
+    };
+    state.perform(&myself, effects).await;
+    state.arm(&myself);
+    // Finished: nothing left to wait for, so the actor passivates (a late
+    // reply or a client's request activates it again).
+    if state.exec.status.is_terminal() && state.unsent.is_empty() {
+        myself.stop(Some("finished".into()));
+    }
+    Ok(())
+}
+
+/// The public API of a running execution actor.
+#[derive(Clone)]
+pub struct ExecHandle(pub ActorRef<ExecMsg>);
+
+impl ExecHandle {
+    pub async fn apply(&self, event: Event) -> Result<Execution, DomainError> {
+        match self
+            .0
+            .call(
+                |reply| ExecMsg::Apply {
+                    event: Box::new(event),
+                    reply,
+                },
+                Some(CALL_TIMEOUT),
+            )
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(result)) => result,
+            Ok(ractor::rpc::CallResult::Timeout) => Err(DomainError::TimedOut(
+                "the execution's actor did not answer in time".into(),
+            )),
+            Ok(_) | Err(_) => Err(DomainError::Unavailable(
+                "the execution's actor stopped while handling the request".into(),
+            )),
+        }
+    }
+
+    /// False when the actor is gone (re-resolve it).
+    pub fn reply(&self, reply: StepReply) -> bool {
+        self.0.cast(ExecMsg::Reply(Box::new(reply))).is_ok()
+    }
+
+    pub fn crash(&self) {
+        let _ = self.0.cast(ExecMsg::Crash);
+    }
+}

@@ -1,0 +1,737 @@
+//! An execution's transitions: pure functions of (state, event, now) →
+//! (state, effects). The actor persists the new state, and only then
+//! carries out the effects; nothing here does I/O, so every rule is
+//! unit-tested without a runtime.
+//!
+//! Rules:
+//! - Steps form a DAG by `dependsOn`. A pending step whose dependencies
+//!   are all satisfied (completed, or skipped) starts; independent steps
+//!   run at once. A step without a command completes as it starts.
+//! - A step that fails (an error result, or its `timeoutSeconds` passing)
+//!   is skipped when `optional`; otherwise the execution ends `failed`
+//!   (`timeout` for a timeout) and its other running commands are revoked.
+//! - The execution's own `timeoutSeconds` counts from its start; past it
+//!   the execution ends `timeout`.
+//! - Each start of a step is an attempt with its own command id, derived
+//!   from (execution, step, attempt) and recorded before the command
+//!   leaves: sending it again after a crash names the same command, which
+//!   the node's queue holds once.
+//! - `progress` is the mean of the steps' (completed and skipped count 100).
+
+use warden_storage::Millis;
+
+use super::record::{ExecError, ExecStatus, Execution, Step, StepStatus};
+
+/// Whether a node's reply acknowledges or completes a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyPhase {
+    Ack,
+    Result,
+}
+
+/// A node's reply to one step's command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReply {
+    /// The command's id (the reply's `originalMessageId`).
+    pub command_id: String,
+    /// The reply's own `messageId`, when it had one.
+    pub reply_id: Option<String>,
+    pub phase: ReplyPhase,
+    pub success: bool,
+    pub progress: Option<f64>,
+    /// JSON text.
+    pub result: Option<String>,
+    pub error: Option<ExecError>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Start {
+        force: bool,
+    },
+    Cancel {
+        reason: Option<String>,
+    },
+    Retry {
+        reset_steps: bool,
+    },
+    Reply(StepReply),
+    /// Time passed: deadlines are checked.
+    Tick,
+    AddChild(String),
+}
+
+/// What the actor does once the new state is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Queue the step's command (its id is the step's `sent_message_id`).
+    Send { index: u32 },
+    /// Tell the step's node to drop or stop a command it may hold.
+    Revoke {
+        node: String,
+        command_id: String,
+        reason: String,
+    },
+}
+
+/// The id of a step's command for one attempt: a UUID (version 8) from
+/// the SHA-256 of the execution's `_id`, the step and the attempt.
+pub fn command_id(execution: &str, index: u32, attempt: u32) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"step\0")
+        .chain_update(execution.as_bytes())
+        .chain_update(index.to_be_bytes())
+        .chain_update(attempt.to_be_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+/// Applies one event. `Err` carries the message for a refused request
+/// (the state is then unchanged).
+pub fn apply(x: &mut Execution, event: Event, now: Millis) -> Result<Vec<Effect>, String> {
+    let mut effects = Vec::new();
+    match event {
+        Event::Start { force } => {
+            match (x.status, force) {
+                (ExecStatus::Pending, _) => {}
+                (ExecStatus::Running, false) => {
+                    return Err("Execution is already running; use force to restart it".into());
+                }
+                (status, false) => {
+                    return Err(format!(
+                        "Execution is {}; start it with force, or retry it",
+                        status.as_str()
+                    ));
+                }
+                (_, true) => {
+                    revoke_running(x, "the execution was restarted", &mut effects);
+                    for step in &mut x.steps {
+                        reset_step(step);
+                    }
+                }
+            }
+            begin(x, now);
+        }
+        Event::Cancel { reason } => {
+            if x.status.is_terminal() {
+                return Err(format!("Execution is already {}", x.status.as_str()));
+            }
+            let message = reason
+                .filter(|r| !r.trim().is_empty())
+                .unwrap_or_else(|| "Execution cancelled by user".into());
+            revoke_running(x, &message, &mut effects);
+            for step in &mut x.steps {
+                if step.status == StepStatus::Running {
+                    step.status = StepStatus::Failed;
+                    step.error = Some(ExecError::new("USER_CANCELLED", message.clone()));
+                    step.completed_at = Some(now);
+                }
+            }
+            finish(
+                x,
+                ExecStatus::Cancelled,
+                Some(ExecError::new("USER_CANCELLED", message)),
+                now,
+            );
+        }
+        Event::Retry { reset_steps } => {
+            if !matches!(x.status, ExecStatus::Failed | ExecStatus::Timeout) {
+                return Err(format!(
+                    "Only a failed or timed-out execution can be retried; this one is {}",
+                    x.status.as_str()
+                ));
+            }
+            if x.retry_count >= x.max_retries {
+                return Err(format!(
+                    "Execution has reached its maximum of {} retries",
+                    x.max_retries
+                ));
+            }
+            x.retry_count += 1;
+            x.retry_attempts.push(now);
+            revoke_running(x, "the execution was retried", &mut effects);
+            for step in &mut x.steps {
+                if reset_steps || !step.status.satisfies() {
+                    reset_step(step);
+                }
+            }
+            begin(x, now);
+        }
+        Event::Reply(reply) => on_reply(x, reply, now, &mut effects),
+        Event::Tick => on_tick(x, now, &mut effects),
+        Event::AddChild(child) => {
+            if !x.child_execution_ids.contains(&child) {
+                x.child_execution_ids.push(child);
+            }
+        }
+    }
+    advance(x, now, &mut effects);
+    x.progress = progress(x);
+    Ok(effects)
+}
+
+/// The earliest time something is due: a running step's or the
+/// execution's timeout.
+pub fn next_deadline(x: &Execution) -> Option<Millis> {
+    if x.status != ExecStatus::Running {
+        return None;
+    }
+    x.steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Running)
+        .filter_map(step_deadline)
+        .chain(x.timeout_at)
+        .min()
+}
+
+/// Steps whose command is out (or about to be) and not answered: after a
+/// restart the actor sends each again, which names the same command.
+pub fn in_flight(x: &Execution) -> Vec<u32> {
+    if x.status != ExecStatus::Running {
+        return Vec::new();
+    }
+    x.steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Running && s.sent_message_id.is_some())
+        .map(|s| s.index)
+        .collect()
+}
+
+/// The node a step's command goes to: its own, or the execution's.
+pub fn step_node<'a>(x: &'a Execution, step: &'a Step) -> Option<&'a str> {
+    step.node_id.as_deref().or(x.node_id.as_deref())
+}
+
+fn step_deadline(s: &Step) -> Option<Millis> {
+    let t = s.timeout_seconds?;
+    Some(s.started_at? + (t as i64).saturating_mul(1000))
+}
+
+fn begin(x: &mut Execution, now: Millis) {
+    x.status = ExecStatus::Running;
+    x.started_at = Some(now);
+    x.completed_at = None;
+    x.error = None;
+    x.result = None;
+    x.timeout_at =
+        (x.timeout_seconds > 0).then(|| now + (x.timeout_seconds as i64).saturating_mul(1000));
+}
+
+fn reset_step(step: &mut Step) {
+    step.status = StepStatus::Pending;
+    step.progress = 0;
+    step.started_at = None;
+    step.completed_at = None;
+    step.result = None;
+    step.error = None;
+    step.sent_message_id = None;
+    step.received_message_id = None;
+}
+
+fn finish(x: &mut Execution, status: ExecStatus, error: Option<ExecError>, now: Millis) {
+    x.status = status;
+    x.error = error;
+    x.completed_at = Some(now);
+    x.timeout_at = None;
+}
+
+/// Revokes the commands of every running step (the node may hold them).
+fn revoke_running(x: &Execution, reason: &str, effects: &mut Vec<Effect>) {
+    for step in x.steps.iter().filter(|s| s.status == StepStatus::Running) {
+        if let (Some(node), Some(id)) = (step_node(x, step), &step.sent_message_id) {
+            effects.push(Effect::Revoke {
+                node: node.to_owned(),
+                command_id: id.clone(),
+                reason: reason.to_owned(),
+            });
+        }
+    }
+}
+
+/// A step gave up (an error result or its timeout): skipped when
+/// optional, else the end of the execution with `status`.
+fn step_failed(
+    x: &mut Execution,
+    i: usize,
+    error: ExecError,
+    status: ExecStatus,
+    now: Millis,
+    effects: &mut Vec<Effect>,
+) {
+    let node = step_node(x, &x.steps[i]).map(str::to_owned);
+    let step = &mut x.steps[i];
+    step.completed_at = Some(now);
+    step.error = Some(error.clone());
+    if step.optional {
+        step.status = StepStatus::Skipped;
+        return;
+    }
+    step.status = StepStatus::Failed;
+    let index = step.index;
+    let why = "another step of the execution failed";
+    revoke_running(x, why, effects);
+    for other in &mut x.steps {
+        if other.status == StepStatus::Running {
+            other.status = StepStatus::Failed;
+            other.error = Some(ExecError::new("REVOKED", why));
+            other.completed_at = Some(now);
+        }
+    }
+    let error = ExecError {
+        node_id: node,
+        step_index: Some(index),
+        ..error
+    };
+    finish(x, status, Some(error), now);
+}
+
+fn on_reply(x: &mut Execution, reply: StepReply, now: Millis, effects: &mut Vec<Effect>) {
+    if x.status != ExecStatus::Running {
+        return; // ended: a late answer changes nothing
+    }
+    let Some(i) = x.steps.iter().position(|s| {
+        s.status == StepStatus::Running && s.sent_message_id.as_ref() == Some(&reply.command_id)
+    }) else {
+        return; // an earlier attempt's, or the execution ended: nothing to do
+    };
+    if let Some(id) = &reply.reply_id {
+        if !x.received_message_ids.contains(id) {
+            x.received_message_ids.push(id.clone());
+        }
+        x.steps[i].received_message_id = Some(id.clone());
+    }
+    let reported = reply.progress.map(|p| p.clamp(0.0, 100.0).round() as u32);
+    match reply.phase {
+        ReplyPhase::Ack => {
+            let step = &mut x.steps[i];
+            step.progress = step.progress.max(reported.unwrap_or(0));
+        }
+        ReplyPhase::Result if reply.success => {
+            let step = &mut x.steps[i];
+            step.status = StepStatus::Completed;
+            step.progress = 100;
+            step.result = reply.result;
+            step.completed_at = Some(now);
+        }
+        ReplyPhase::Result => {
+            if let Some(p) = reported {
+                x.steps[i].progress = p;
+            }
+            let error = reply
+                .error
+                .unwrap_or_else(|| ExecError::new("STEP_FAILED", "the node reported an error"));
+            x.steps[i].result = reply.result;
+            step_failed(x, i, error, ExecStatus::Failed, now, effects);
+        }
+    }
+}
+
+fn on_tick(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
+    if x.status != ExecStatus::Running {
+        return;
+    }
+    if x.timeout_at.is_some_and(|t| now >= t) {
+        revoke_running(x, "the execution timed out", effects);
+        let message = format!("Execution exceeded its timeout of {} s", x.timeout_seconds);
+        for step in &mut x.steps {
+            if step.status == StepStatus::Running {
+                step.status = StepStatus::Failed;
+                step.error = Some(ExecError::new("EXECUTION_TIMEOUT", message.clone()));
+                step.completed_at = Some(now);
+            }
+        }
+        finish(
+            x,
+            ExecStatus::Timeout,
+            Some(ExecError::new("EXECUTION_TIMEOUT", message)),
+            now,
+        );
+        return;
+    }
+    for i in 0..x.steps.len() {
+        let step = &x.steps[i];
+        if x.status != ExecStatus::Running || step.status != StepStatus::Running {
+            continue;
+        }
+        if step_deadline(step).is_some_and(|t| now >= t) {
+            let message = format!(
+                "Step '{}' exceeded its timeout of {} s",
+                step.name,
+                step.timeout_seconds.unwrap_or_default()
+            );
+            if let (Some(node), Some(id)) = (step_node(x, step), &step.sent_message_id) {
+                effects.push(Effect::Revoke {
+                    node: node.to_owned(),
+                    command_id: id.clone(),
+                    reason: message.clone(),
+                });
+            }
+            let error = ExecError::new("STEP_TIMEOUT", message);
+            step_failed(x, i, error, ExecStatus::Timeout, now, effects);
+        }
+    }
+}
+
+/// Starts every step that may start; completes the execution when every
+/// step is done.
+fn advance(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
+    if x.status != ExecStatus::Running {
+        return;
+    }
+    loop {
+        let ready: Vec<usize> = (0..x.steps.len())
+            .filter(|&i| {
+                let s = &x.steps[i];
+                s.status == StepStatus::Pending
+                    && s.depends_on.iter().all(|d| {
+                        x.steps
+                            .iter()
+                            .find(|o| o.index == *d)
+                            .is_some_and(|o| o.status.satisfies())
+                    })
+            })
+            .collect();
+        if ready.is_empty() {
+            break;
+        }
+        for i in ready {
+            let exec_id = x.id.clone();
+            let step = &mut x.steps[i];
+            step.status = StepStatus::Running;
+            step.started_at = Some(now);
+            step.attempts += 1;
+            step.error = None;
+            step.result = None;
+            if step.command.is_some() {
+                let id = command_id(&exec_id, step.index, step.attempts);
+                step.sent_message_id = Some(id.clone());
+                effects.push(Effect::Send { index: step.index });
+                x.sent_message_ids.push(id);
+            } else {
+                step.status = StepStatus::Completed;
+                step.progress = 100;
+                step.completed_at = Some(now);
+            }
+        }
+    }
+    if x.steps.iter().all(|s| s.status.satisfies()) {
+        let results: Vec<serde_json::Value> = x
+            .steps
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "index": s.index,
+                    "status": s.status.as_str(),
+                    "result": s.result.as_deref().and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok()),
+                })
+            })
+            .collect();
+        x.result = Some(serde_json::json!({ "steps": results }).to_string());
+        finish(x, ExecStatus::Completed, None, now);
+    }
+}
+
+fn progress(x: &Execution) -> u32 {
+    if x.steps.is_empty() {
+        return if x.status == ExecStatus::Completed {
+            100
+        } else {
+            0
+        };
+    }
+    let sum: u32 = x
+        .steps
+        .iter()
+        .map(|s| {
+            if s.status.satisfies() {
+                100
+            } else {
+                s.progress.min(100)
+            }
+        })
+        .sum();
+    (f64::from(sum) / x.steps.len() as f64).round() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::execution::record::StepCommand;
+
+    fn step(index: u32, depends_on: &[u32], optional: bool) -> Step {
+        Step {
+            index,
+            name: format!("step {index}"),
+            description: None,
+            status: StepStatus::Pending,
+            progress: 0,
+            command: Some(StepCommand {
+                kind: "system.healthCheck".into(),
+                resource_type: "node".into(),
+                resource_id: "n".into(),
+                data: "{}".into(),
+            }),
+            node_id: Some("n".into()),
+            started_at: None,
+            completed_at: None,
+            timeout_seconds: Some(10),
+            result: None,
+            error: None,
+            sent_message_id: None,
+            received_message_id: None,
+            depends_on: depends_on.to_vec(),
+            optional,
+            attempts: 0,
+            extra: String::new(),
+        }
+    }
+
+    fn exec(steps: Vec<Step>) -> Execution {
+        Execution {
+            id: "x".into(),
+            execution_id: "x".into(),
+            name: "x".into(),
+            description: None,
+            category: "maintenance".into(),
+            kind: "check".into(),
+            status: ExecStatus::Pending,
+            progress: 0,
+            parent_execution_id: None,
+            child_execution_ids: vec![],
+            steps,
+            resource_type: None,
+            resource_id: None,
+            node_id: None,
+            involved_node_ids: vec![],
+            started_at: None,
+            completed_at: None,
+            timeout_seconds: 100,
+            timeout_at: None,
+            result: None,
+            error: None,
+            sent_message_ids: vec![],
+            received_message_ids: vec![],
+            retry_count: 0,
+            max_retries: 1,
+            retry_attempts: vec![],
+            extra: String::new(),
+            owner: Default::default(),
+            audit: Default::default(),
+        }
+    }
+
+    fn sent(x: &Execution, i: usize) -> String {
+        x.steps[i].sent_message_id.clone().expect("a command id")
+    }
+
+    fn result(x: &Execution, i: usize, success: bool) -> Event {
+        Event::Reply(StepReply {
+            command_id: sent(x, i),
+            reply_id: Some(format!("r{i}")),
+            phase: ReplyPhase::Result,
+            success,
+            progress: None,
+            result: success.then(|| r#"{"ok":true}"#.into()),
+            error: (!success).then(|| ExecError::new("BOOM", "it broke")),
+        })
+    }
+
+    fn sends(effects: &[Effect]) -> Vec<u32> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { index } => Some(*index),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_dag_runs_independent_steps_together_and_completes() {
+        let mut x = exec(vec![
+            step(0, &[], false),
+            step(1, &[], false),
+            step(2, &[0, 1], false),
+        ]);
+        let fx = apply(&mut x, Event::Start { force: false }, 1_000).unwrap();
+        assert_eq!(sends(&fx), vec![0, 1]);
+        assert_eq!(x.status, ExecStatus::Running);
+        assert_eq!(x.sent_message_ids.len(), 2);
+        let ack = Event::Reply(StepReply {
+            command_id: sent(&x, 0),
+            reply_id: Some("a0".into()),
+            phase: ReplyPhase::Ack,
+            success: true,
+            progress: Some(10.0),
+            result: None,
+            error: None,
+        });
+        assert!(apply(&mut x, ack, 1_100).unwrap().is_empty());
+        assert_eq!(x.steps[0].progress, 10);
+        let fx = {
+            let e = result(&x, 0, true);
+            apply(&mut x, e, 1_200)
+        }
+        .unwrap();
+        assert!(fx.is_empty(), "step 2 still waits for step 1");
+        assert_eq!(x.progress, 33);
+        let fx = {
+            let e = result(&x, 1, true);
+            apply(&mut x, e, 1_300)
+        }
+        .unwrap();
+        assert_eq!(sends(&fx), vec![2]);
+        {
+            let e = result(&x, 2, true);
+            apply(&mut x, e, 1_400)
+        }
+        .unwrap();
+        assert_eq!((x.status, x.progress), (ExecStatus::Completed, 100));
+        assert_eq!(x.received_message_ids, vec!["a0", "r0", "r1", "r2"]);
+        assert!(x.result.as_deref().unwrap().contains(r#""ok":true"#));
+        assert_eq!(next_deadline(&x), None);
+    }
+
+    #[test]
+    fn an_optional_failure_is_skipped_and_a_required_one_fails_the_run() {
+        let mut x = exec(vec![
+            step(0, &[], true),
+            step(1, &[0], false),
+            step(2, &[], false),
+        ]);
+        apply(&mut x, Event::Start { force: false }, 0).unwrap();
+        let fx = {
+            let e = result(&x, 0, false);
+            apply(&mut x, e, 5)
+        }
+        .unwrap();
+        assert_eq!(
+            sends(&fx),
+            vec![1],
+            "a skipped step satisfies its dependants"
+        );
+        assert_eq!(x.steps[0].status, StepStatus::Skipped);
+        let fx = {
+            let e = result(&x, 1, false);
+            apply(&mut x, e, 6)
+        }
+        .unwrap();
+        assert_eq!(x.status, ExecStatus::Failed);
+        let e = x.error.clone().unwrap();
+        assert_eq!((e.code.as_str(), e.step_index), ("BOOM", Some(1)));
+        assert_eq!(e.node_id.as_deref(), Some("n"));
+        assert!(
+            matches!(&fx[..], [Effect::Revoke { command_id, .. }] if *command_id == sent(&x, 2)),
+            "the other running command is revoked: {fx:?}"
+        );
+        // A late result of the revoked step changes nothing.
+        let before = x.clone();
+        let e = result(&before, 2, true);
+        apply(&mut x, e, 7).unwrap();
+        assert_eq!(x, before);
+    }
+
+    #[test]
+    fn timeouts_end_in_timeout() {
+        let mut x = exec(vec![step(0, &[], false)]);
+        apply(&mut x, Event::Start { force: false }, 0).unwrap();
+        assert_eq!(next_deadline(&x), Some(10_000));
+        assert!(apply(&mut x, Event::Tick, 9_999).unwrap().is_empty());
+        let fx = apply(&mut x, Event::Tick, 10_000).unwrap();
+        assert_eq!(x.status, ExecStatus::Timeout);
+        assert_eq!(x.error.as_ref().unwrap().code, "STEP_TIMEOUT");
+        assert!(matches!(&fx[..], [Effect::Revoke { .. }]));
+
+        let mut y = exec(vec![step(0, &[], true), step(1, &[], false)]);
+        y.steps[1].timeout_seconds = None;
+        y.timeout_seconds = 20;
+        apply(&mut y, Event::Start { force: false }, 0).unwrap();
+        apply(&mut y, Event::Tick, 10_000).unwrap();
+        assert_eq!(
+            (y.status, y.steps[0].status),
+            (ExecStatus::Running, StepStatus::Skipped),
+            "an optional step's timeout skips it"
+        );
+        apply(&mut y, Event::Tick, 20_000).unwrap();
+        assert_eq!(y.status, ExecStatus::Timeout);
+        assert_eq!(y.error.as_ref().unwrap().code, "EXECUTION_TIMEOUT");
+    }
+
+    #[test]
+    fn cancel_retry_and_force() {
+        let mut x = exec(vec![step(0, &[], false), step(1, &[0], false)]);
+        assert!(apply(&mut x, Event::Cancel { reason: None }, 0).is_ok());
+        assert_eq!(x.status, ExecStatus::Cancelled);
+        assert!(apply(&mut x, Event::Cancel { reason: None }, 0).is_err());
+        assert!(apply(&mut x, Event::Start { force: false }, 0).is_err());
+        let fx = apply(&mut x, Event::Start { force: true }, 10).unwrap();
+        assert_eq!(sends(&fx), vec![0]);
+        let first = sent(&x, 0);
+        assert!(apply(&mut x, Event::Start { force: false }, 10).is_err());
+        let fx = apply(
+            &mut x,
+            Event::Cancel {
+                reason: Some("stop it".into()),
+            },
+            20,
+        )
+        .unwrap();
+        assert!(matches!(&fx[..], [Effect::Revoke { command_id, .. }] if *command_id == first));
+        assert_eq!(x.error.as_ref().unwrap().code, "USER_CANCELLED");
+        assert_eq!(x.error.as_ref().unwrap().message, "stop it");
+        assert!(
+            apply(&mut x, Event::Retry { reset_steps: true }, 30).is_err(),
+            "a cancelled run is restarted with force, not retried"
+        );
+
+        let mut y = exec(vec![step(0, &[], false), step(1, &[0], false)]);
+        apply(&mut y, Event::Start { force: false }, 0).unwrap();
+        {
+            let e = result(&y, 0, true);
+            apply(&mut y, e, 1)
+        }
+        .unwrap();
+        {
+            let e = result(&y, 1, false);
+            apply(&mut y, e, 2)
+        }
+        .unwrap();
+        assert_eq!(y.status, ExecStatus::Failed);
+        let failed_cmd = sent(&y, 1);
+        let fx = apply(&mut y, Event::Retry { reset_steps: false }, 3).unwrap();
+        assert_eq!(sends(&fx), vec![1], "only the unfinished step runs again");
+        assert_ne!(sent(&y, 1), failed_cmd, "a retry is a new command");
+        assert_eq!((y.retry_count, y.retry_attempts.clone()), (1, vec![3]));
+        {
+            let e = result(&y, 1, false);
+            apply(&mut y, e, 4)
+        }
+        .unwrap();
+        assert!(
+            apply(&mut y, Event::Retry { reset_steps: true }, 5)
+                .unwrap_err()
+                .contains("maximum of 1")
+        );
+    }
+
+    #[test]
+    fn command_ids_are_stable_per_attempt() {
+        assert_eq!(command_id("x", 0, 1), command_id("x", 0, 1));
+        assert_ne!(command_id("x", 0, 1), command_id("x", 0, 2));
+        assert_ne!(command_id("x", 0, 1), command_id("x", 1, 1));
+        let mut x = exec(vec![step(0, &[], false)]);
+        x.steps[0].command = None;
+        apply(&mut x, Event::Start { force: false }, 0).unwrap();
+        assert_eq!(
+            x.status,
+            ExecStatus::Completed,
+            "a step without a command completes"
+        );
+        assert!(in_flight(&x).is_empty());
+    }
+}

@@ -1,0 +1,224 @@
+//! The record an execution actor owns: a program of steps and where each
+//! stands. Generic on purpose: a step is "a command for a node" today; the
+//! workflow engine adds step kinds, not a second record.
+
+use warden_domain::{Audit, Owned, Owner};
+use warden_storage::{Millis, Record};
+
+warden_storage::first_layout!(Execution);
+
+/// Where an execution stands (AIWM §6 `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ExecStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+    Timeout,
+}
+
+impl ExecStatus {
+    pub const ALL: [ExecStatus; 6] = [
+        ExecStatus::Pending,
+        ExecStatus::Running,
+        ExecStatus::Completed,
+        ExecStatus::Failed,
+        ExecStatus::Cancelled,
+        ExecStatus::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecStatus::Pending => "pending",
+            ExecStatus::Running => "running",
+            ExecStatus::Completed => "completed",
+            ExecStatus::Failed => "failed",
+            ExecStatus::Cancelled => "cancelled",
+            ExecStatus::Timeout => "timeout",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ExecStatus> {
+        ExecStatus::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Nothing more happens to it unless a client starts or retries it.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, ExecStatus::Pending | ExecStatus::Running)
+    }
+}
+
+/// Where one step stands (AIWM §6 `steps[].status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Skipped,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Completed => "completed",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+        }
+    }
+
+    /// Its dependants may run: completed, or an optional step given up on.
+    pub fn satisfies(self) -> bool {
+        matches!(self, StepStatus::Completed | StepStatus::Skipped)
+    }
+}
+
+/// An error as AIWM shows it: `{code, message, details?, nodeId?, stepIndex?}`.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ExecError {
+    pub code: String,
+    pub message: String,
+    /// JSON text.
+    pub details: Option<String>,
+    pub node_id: Option<String>,
+    pub step_index: Option<u32>,
+}
+
+impl ExecError {
+    pub fn new(code: &str, message: impl Into<String>) -> ExecError {
+        ExecError {
+            code: code.into(),
+            message: message.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// What a step asks its node to do: a command envelope's `type`,
+/// `resource` and `data`.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct StepCommand {
+    pub kind: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    /// JSON object text.
+    pub data: String,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Step {
+    pub index: u32,
+    pub name: String,
+    pub description: Option<String>,
+    pub status: StepStatus,
+    pub progress: u32,
+    pub command: Option<StepCommand>,
+    /// The node as the client named it (`_id` or `nodeId`).
+    pub node_id: Option<String>,
+    pub started_at: Option<Millis>,
+    pub completed_at: Option<Millis>,
+    pub timeout_seconds: Option<u64>,
+    /// JSON text.
+    pub result: Option<String>,
+    pub error: Option<ExecError>,
+    /// The messageId of the command of the current attempt: recorded
+    /// before the command leaves, so a restart never sends a second one.
+    pub sent_message_id: Option<String>,
+    /// The messageId of the node's last reply to it.
+    pub received_message_id: Option<String>,
+    pub depends_on: Vec<u32>,
+    pub optional: bool,
+    /// Times this step was started; each attempt's command has its own id.
+    pub attempts: u32,
+    /// Whatever else the client sent for the step (JSON object text).
+    pub extra: String,
+}
+
+/// A multi-step piece of work (AIWM §6). Written only by its
+/// `ExecutionActor` once it exists.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Execution {
+    pub id: String,
+    pub execution_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub category: String,
+    /// AIWM's `type` (`deploy-model`, ...).
+    pub kind: String,
+    pub status: ExecStatus,
+    pub progress: u32,
+    pub parent_execution_id: Option<String>,
+    pub child_execution_ids: Vec<String>,
+    pub steps: Vec<Step>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub node_id: Option<String>,
+    pub involved_node_ids: Vec<String>,
+    pub started_at: Option<Millis>,
+    pub completed_at: Option<Millis>,
+    pub timeout_seconds: u64,
+    pub timeout_at: Option<Millis>,
+    /// JSON text.
+    pub result: Option<String>,
+    pub error: Option<ExecError>,
+    pub sent_message_ids: Vec<String>,
+    pub received_message_ids: Vec<String>,
+    pub retry_count: u32,
+    pub max_retries: u32,
+    pub retry_attempts: Vec<Millis>,
+    pub extra: String,
+    pub owner: Owner,
+    pub audit: Audit,
+}
+
+/// The ordered index of executions by status, then creation time.
+pub const STATUS_CREATED: &str = "status_created";
+/// The ordered index of executions by category, then creation time.
+pub const CATEGORY_CREATED: &str = "category_created";
+
+/// The scope of an organisation's (`None`: every organisation's)
+/// executions with one value (a status, a category) of an ordered index.
+pub fn value_scope(org_id: Option<&str>, value: &str) -> String {
+    format!("{}/{value}", warden_domain::org_scope(org_id))
+}
+
+impl Record for Execution {
+    const COLLECTION: &'static str = "executions";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn uniques(&self) -> Vec<(&'static str, String)> {
+        vec![(
+            "executionId",
+            format!("{}/{}", self.owner.org_id, self.execution_id),
+        )]
+    }
+    fn is_deleted(&self) -> bool {
+        self.audit.deleted_at.is_some()
+    }
+    /// By creation, within the organisation and across all; by status and
+    /// by category the same way (lists filter by them; the statistics are
+    /// the scopes' counts).
+    fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
+        let t = warden_storage::time_sort_key(self.audit.created_at);
+        let org = &self.owner.org_id;
+        let mut ordered = warden_domain::created_order(org, self.audit.created_at);
+        for (index, value) in [
+            (STATUS_CREATED, self.status.as_str()),
+            (CATEGORY_CREATED, self.category.as_str()),
+        ] {
+            ordered.push((index, value_scope(Some(org), value), t.clone()));
+            ordered.push((index, value_scope(None, value), t.clone()));
+        }
+        ordered
+    }
+}
+
+impl Owned for Execution {
+    fn owner(&self) -> &Owner {
+        &self.owner
+    }
+}

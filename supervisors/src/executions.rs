@@ -1,0 +1,269 @@
+//! Executions: the kind definition for the supervisor and the service the
+//! API calls. Commands reach nodes through [`Nodes`] (as the actors'
+//! [`Dispatch`]); nodes' answers come back through [`route_reply`].
+
+use std::sync::{Arc, OnceLock};
+
+use ractor::ActorRef;
+use warden_actors::DomainError;
+use warden_actors::execution::machine::{Event, ReplyPhase, StepReply};
+use warden_actors::execution::{
+    self, CATEGORY_CREATED, Dispatch, ExecArgs, ExecError, ExecHandle, ExecMsg, ExecStatus,
+    Execution, ExecutionActor, NewExecution, STATUS_CREATED, value_scope,
+};
+use warden_actors::node::{CommandEvent, CommandListener, ReplyKind};
+use warden_domain::Owner;
+use warden_storage::{Record, Store};
+
+use crate::kind::WeakKindRef;
+use crate::{Kind, KindRef, Nodes};
+
+pub struct ExecutionKind {
+    store: Store,
+    dispatch: Arc<dyn Dispatch>,
+}
+
+impl ExecutionKind {
+    pub(crate) fn new(store: Store, dispatch: Arc<dyn Dispatch>) -> Self {
+        ExecutionKind { store, dispatch }
+    }
+}
+
+impl Kind for ExecutionKind {
+    type Actor = ExecutionActor;
+    type Msg = ExecMsg;
+    type Args = ExecArgs;
+    const KIND: &'static str = "execution";
+    const SUPERVISOR: &'static str = "executions";
+
+    fn actor(&self) -> ExecutionActor {
+        ExecutionActor
+    }
+
+    fn args(&self, id: &str) -> ExecArgs {
+        ExecArgs {
+            store: self.store.clone(),
+            id: id.to_owned(),
+            dispatch: self.dispatch.clone(),
+        }
+    }
+
+    fn exists(&self, id: &str) -> Result<bool, DomainError> {
+        Ok(self
+            .store
+            .get::<Execution>(id)?
+            .is_some_and(|x| !x.is_deleted()))
+    }
+
+    /// Executions that were running: they resume where they stood.
+    fn boot_ids(&self) -> Vec<String> {
+        let running = value_scope(None, ExecStatus::Running.as_str());
+        self.store
+            .ids_in_scope::<Execution>(STATUS_CREATED, &running)
+            .unwrap_or_default()
+    }
+
+    /// An execution whose actor was given up on ends `failed` (a client
+    /// may retry it); nothing stays blocked across a restart.
+    fn failed(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    async fn mark_failed(&self, id: &str, reason: &str) {
+        let now = warden_storage::now_millis();
+        let result = self
+            .store
+            .update::<Execution, DomainError>(id, |x| {
+                if x.status.is_terminal() {
+                    return Ok(None);
+                }
+                x.status = ExecStatus::Failed;
+                x.completed_at = Some(now);
+                x.timeout_at = None;
+                x.error = Some(ExecError::new(
+                    "ACTOR_FAILED",
+                    format!("the execution's actor failed too often: {reason}"),
+                ));
+                Ok(Some(()))
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(execution = id, error = %e, "could not record the execution's failure");
+        }
+    }
+
+    async fn clear_failed(&self, _id: &str) {}
+
+    fn crash(actor: &ActorRef<ExecMsg>) {
+        ExecHandle(actor.clone()).crash();
+    }
+}
+
+/// Where nodes' answers go once the executions kind exists (it is built
+/// after the nodes, which it needs).
+/// Weak: the executions hold the nodes (to send), so the nodes must not
+/// hold the executions back.
+pub(crate) type ReplyRoute = Arc<OnceLock<WeakKindRef<ExecutionKind>>>;
+
+/// The listener the node actors call when a step's command is answered:
+/// the answer is durable on the command already, so this only wakes the
+/// execution (one that misses it reads the command when it next starts).
+pub(crate) fn route_reply(route: ReplyRoute) -> CommandListener {
+    Arc::new(move |event: CommandEvent| {
+        let kind = route.get().and_then(WeakKindRef::upgrade);
+        let (Some(kind), Some(origin)) = (kind, event.command.origin.clone()) else {
+            return;
+        };
+        let reply = StepReply {
+            command_id: event.command.id.clone(),
+            reply_id: (!event.reply_id.is_empty()).then_some(event.reply_id),
+            phase: match event.kind {
+                ReplyKind::Ack => ReplyPhase::Ack,
+                ReplyKind::Result => ReplyPhase::Result,
+            },
+            success: event.command.status == warden_actors::node::CommandStatus::Succeeded,
+            progress: event.progress,
+            result: event.command.result.clone(),
+            error: event.command.error.as_deref().map(execution::error_of),
+        };
+        tokio::spawn(async move {
+            let delivered = kind
+                .with_actor(&origin.execution, |a| {
+                    let reply = reply.clone();
+                    async move {
+                        if ExecHandle(a).reply(reply) {
+                            Ok(())
+                        } else {
+                            Err(DomainError::Unavailable(
+                                "the execution's actor stopped".into(),
+                            ))
+                        }
+                    }
+                })
+                .await;
+            if let Err(e) = delivered {
+                tracing::debug!(execution = %origin.execution, error = %e, "a node's answer found no execution");
+            }
+        });
+    })
+}
+
+/// Statistics of the executions one caller may see.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionStats {
+    pub total: u64,
+    pub by_status: Vec<(String, u64)>,
+    pub by_category: Vec<(String, u64)>,
+}
+
+/// Execution requests. Reads go straight to the store.
+#[derive(Clone)]
+pub struct Executions {
+    kind: KindRef<ExecutionKind>,
+    store: Store,
+    nodes: Nodes,
+}
+
+impl Executions {
+    pub(crate) fn new(kind: KindRef<ExecutionKind>, store: Store, nodes: Nodes) -> Self {
+        Executions { kind, store, nodes }
+    }
+
+    /// A live execution by `_id`, or by `executionId` within `org`.
+    pub fn resolve(&self, org: &str, id: &str) -> Result<Option<Execution>, DomainError> {
+        let found = match self.store.get::<Execution>(id)? {
+            Some(x) => Some(x),
+            None => self
+                .store
+                .get_by_unique::<Execution>("executionId", &format!("{org}/{id}"))?,
+        };
+        Ok(found.filter(|x| !x.is_deleted()))
+    }
+
+    /// Writes the first version (`pending`); its actor starts when it is
+    /// started. Every node named must exist in the organisation, and so
+    /// must the parent, which then lists the new execution as its child.
+    pub async fn create(
+        &self,
+        new: NewExecution,
+        owner: Owner,
+        by: &str,
+    ) -> Result<Execution, DomainError> {
+        let x = execution::create(new, owner, by)?;
+        let org = x.owner.org_id.clone();
+        let mut errors = Vec::new();
+        for node in &x.involved_node_ids {
+            if let Err(DomainError::NotFound { .. }) = self.nodes.resolve(&org, node) {
+                errors.push(format!("nodeId {node}: no such node"));
+            }
+        }
+        let parent = match &x.parent_execution_id {
+            Some(p) => match self.resolve(&org, p)? {
+                Some(parent) => Some(parent.id),
+                None => {
+                    errors.push(format!("parentExecutionId {p}: no such execution"));
+                    None
+                }
+            },
+            None => None,
+        };
+        if !errors.is_empty() {
+            return Err(DomainError::Invalid(errors));
+        }
+        let x = self.store.insert(x).await?;
+        if let Some(parent) = parent {
+            self.apply(&parent, Event::AddChild(x.execution_id.clone()))
+                .await?;
+        }
+        Ok(x)
+    }
+
+    /// Runs a client's request through the execution's actor.
+    pub async fn apply(&self, id: &str, event: Event) -> Result<Execution, DomainError> {
+        self.kind
+            .with_actor(id, |a| {
+                let event = event.clone();
+                async move { ExecHandle(a).apply(event).await }
+            })
+            .await
+    }
+
+    pub async fn start(&self, id: &str, force: bool) -> Result<Execution, DomainError> {
+        self.apply(id, Event::Start { force }).await
+    }
+
+    pub async fn cancel(&self, id: &str, reason: Option<String>) -> Result<Execution, DomainError> {
+        self.apply(id, Event::Cancel { reason }).await
+    }
+
+    pub async fn retry(&self, id: &str, reset_steps: bool) -> Result<Execution, DomainError> {
+        self.apply(id, Event::Retry { reset_steps }).await
+    }
+
+    /// Counts by status and category from the ordered indexes' counters:
+    /// computed from the stored executions, never kept by hand.
+    pub fn stats(&self, org: Option<&str>) -> Result<ExecutionStats, DomainError> {
+        let prefix = format!("{}/", warden_domain::org_scope(org));
+        let strip = |rows: Vec<(String, u64)>| -> Vec<(String, u64)> {
+            rows.into_iter()
+                .map(|(scope, n)| (scope[prefix.len()..].to_owned(), n))
+                .collect()
+        };
+        let by_status = strip(
+            self.store
+                .scope_counts::<Execution>(STATUS_CREATED, &prefix)?,
+        );
+        let by_category = strip(
+            self.store
+                .scope_counts::<Execution>(CATEGORY_CREATED, &prefix)?,
+        );
+        let total = self
+            .store
+            .scope_count::<Execution>(warden_domain::CREATED, &warden_domain::org_scope(org))?;
+        Ok(ExecutionStats {
+            total,
+            by_status,
+            by_category,
+        })
+    }
+}
