@@ -217,3 +217,96 @@ async fn tools_crud_as_documented() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn models_crud_as_documented() {
+    let s = TestServer::start().await;
+    let (token, _) = s.user("modeller", &["operator"], None).await;
+    let (other, _) = s.user("outsider", &["operator"], None).await;
+    let body = json!({
+        "modelId": "llama-2-7b-v1",
+        "name": "Llama 2 7B",
+        "description": "Meta's Llama 2 7B parameter model",
+        "version": "1.0.0",
+        "type": "llm",
+        "framework": "pytorch",
+        "repository": "huggingface.co/meta-llama/Llama-2-7b-chat-hf",
+        "fileName": "model.safetensors",
+        "fileSize": 13476875264u64,
+        "nodeId": "node-gpu-01",
+        "tags": ["llm", "chat", "meta"]
+    });
+    let r = s.post("/api/models", &token, body.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    for (key, value) in body.as_object().unwrap() {
+        assert_eq!(&r.body[key], value, "{key}");
+    }
+    assert_eq!(r.body["isDownloaded"], false);
+    assert_eq!(r.body["downloadProgress"], 0);
+    assert_eq!(r.body["status"], "queued");
+    assert_eq!(r.body["totalInference"], 0);
+    assert_eq!(r.body["totalTokens"], 0);
+    assert_eq!(r.body["totalProcessingTime"], 0);
+    assert_eq!(r.body["isActive"], true);
+    let id = r.body["_id"].as_str().unwrap().to_owned();
+
+    let onnx = json!({"name": "tiny", "type": "classifier", "framework": "onnx", "nodeId": "edge-1", "sha256": "00".repeat(32)});
+    assert_eq!(s.post("/api/models", &token, onnx).await.status, 201);
+    let r = s
+        .post("/api/models", &token, json!({"name": "x", "type": "robot", "framework": "onnx", "fileName": "../x", "downloadProgress": 150}))
+        .await;
+    assert_aiwm_error(&r, 400, "/api/models");
+    assert_eq!(r.body["errors"].as_array().unwrap().len(), 3, "{}", r.body);
+    let r = s.post("/api/models", &token, body.clone()).await;
+    assert_aiwm_error(&r, 409, "/api/models");
+
+    // Filters of §2.2.
+    let r = s.get("/api/models?filter[type]=llm", &token).await;
+    assert_eq!(r.body["pagination"]["total"], 1);
+    let r = s
+        .get(
+            "/api/models?filter[nodeId]=node-gpu-01&filter[isDownloaded]=false",
+            &token,
+        )
+        .await;
+    assert_eq!(r.body["data"][0]["modelId"], "llama-2-7b-v1");
+    let r = s.get("/api/models?filter[framework]=onnx", &token).await;
+    assert_eq!(r.body["data"][0]["name"], "tiny");
+    let r = s.get("/api/models?sort=-name", &token).await;
+    assert_eq!(r.body["data"][0]["name"], "tiny");
+
+    // §2.4: download status; usage counters are Warden's.
+    let path = format!("/api/models/{id}");
+    let r = s
+        .put(
+            &path,
+            &token,
+            json!({"status": "downloading", "downloadProgress": 45, "totalTokens": 5}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.body["status"].clone(), r.body["downloadProgress"].clone()),
+        (json!("downloading"), json!(45))
+    );
+    assert_eq!(r.body["totalTokens"], 0);
+    assert_eq!(
+        s.get("/api/models/llama-2-7b-v1", &token).await.body["downloadProgress"],
+        45
+    );
+    let r = s.put(&path, &token, json!({"status": "lost"})).await;
+    assert_aiwm_error(&r, 400, &path);
+
+    // Tenancy, then soft delete.
+    assert_aiwm_error(&s.get(&path, &other).await, 404, &path);
+    assert_aiwm_error(&s.delete(&path, &other).await, 404, &path);
+    let r = s.delete(&path, &token).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["message"], "Model deleted successfully");
+    assert_aiwm_error(&s.get(&path, &token).await, 404, &path);
+    assert_eq!(
+        s.get("/api/models", &token).await.body["pagination"]["total"],
+        1
+    );
+    s.stop().await;
+}

@@ -10,10 +10,12 @@
 pub mod access;
 pub mod catalog;
 mod error;
+mod model;
 mod plain;
 pub mod rules;
 
 pub use error::DomainError;
+pub use model::{MODEL_STATUSES, MODEL_TYPES, Model, ModelInput};
 pub use plain::{
     AccessEntry, Instruction, InstructionInput, TOOL_STATUSES, TOOL_TYPES, Tool, ToolInput,
 };
@@ -93,6 +95,7 @@ pub async fn ensure_indexes(
 ) -> Result<(), warden_storage::StorageError> {
     store.ensure_indexes::<Instruction>().await?;
     store.ensure_indexes::<Tool>().await?;
+    store.ensure_indexes::<Model>().await?;
     Ok(())
 }
 

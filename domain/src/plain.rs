@@ -17,7 +17,7 @@ pub const TOOL_TYPES: [&str; 3] = ["api", "function", "service"];
 pub const TOOL_STATUSES: [&str; 3] = ["active", "inactive", "deprecated"];
 
 /// Merges the extra fields a client sent into the stored ones.
-fn merge_extra(extra: &mut String, sent: &str) {
+pub(crate) fn merge_extra(extra: &mut String, sent: &str) {
     if !sent.is_empty() {
         *extra = merge_json_objects(extra, sent);
     }
@@ -171,7 +171,7 @@ impl Tool {
 }
 
 /// A random key in UUID form, the default of client-chosen keys.
-fn uuid_like() -> String {
+pub(crate) fn uuid_like() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 

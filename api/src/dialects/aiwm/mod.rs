@@ -5,6 +5,7 @@
 mod executions;
 mod instructions;
 mod login;
+mod models;
 mod nodes;
 pub(crate) mod paging;
 mod tools;
@@ -54,6 +55,7 @@ pub(crate) fn routes() -> Api {
         .merge(login::routes())
         .merge(nodes::routes())
         .merge(executions::routes())
+        .merge(models::routes())
         .merge(instructions::routes())
         .merge(tools::routes())
 }

@@ -1,0 +1,227 @@
+//! The model registry's record (AIWM §2 models; later the ML models of
+//! vareon and forge): what a model is, where its file comes from, and
+//! where its download stands on its node. A plain record: written through
+//! `catalog.rs`, by clients (`PUT`) and by the downloads that fill it.
+
+use warden_storage::{Record, new_object_id};
+
+use crate::plain::{merge_extra, uuid_like};
+use crate::rules::{Checks, MAX_SHORT};
+use crate::{Audit, DomainError, Owned, Owner, set};
+
+/// Model kinds and download statuses AIWM knows.
+pub const MODEL_TYPES: [&str; 4] = ["llm", "diffusion", "embedding", "classifier"];
+pub const MODEL_STATUSES: [&str; 4] = ["queued", "downloading", "ready", "error"];
+
+warden_storage::first_layout!(Model);
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Model {
+    pub id: String,
+    pub model_id: String,
+    pub name: String,
+    pub description: String,
+    pub version: String,
+    /// AIWM's `type`.
+    pub kind: String,
+    pub framework: String,
+    /// Where the file comes from: an `http(s)://` URL, an `org/name` hub
+    /// path (resolved against the node's configured hub), or a local path.
+    pub repository: String,
+    pub file_name: String,
+    pub file_size: u64,
+    /// The file's SHA-256 (hex), checked after a download when given.
+    pub sha256: Option<String>,
+    pub is_downloaded: bool,
+    pub download_path: Option<String>,
+    pub download_progress: u32,
+    pub status: String,
+    /// The node that holds (or is to hold) the file, as the client named it.
+    pub node_id: String,
+    pub total_inference: u64,
+    pub total_tokens: u64,
+    pub total_processing_time: u64,
+    pub tags: Vec<String>,
+    pub is_active: bool,
+    pub extra: String,
+    pub owner: Owner,
+    pub audit: Audit,
+}
+
+/// What a client may set on a model; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ModelInput {
+    pub model_id: Option<String>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub version: Option<String>,
+    pub kind: Option<String>,
+    pub framework: Option<String>,
+    pub repository: Option<String>,
+    pub file_name: Option<String>,
+    pub file_size: Option<u64>,
+    pub sha256: Option<String>,
+    pub is_downloaded: Option<bool>,
+    pub download_path: Option<String>,
+    pub download_progress: Option<u64>,
+    pub status: Option<String>,
+    pub node_id: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub is_active: Option<bool>,
+    pub extra: String,
+}
+
+impl Model {
+    /// A new model: queued, not downloaded, active, version 1.0.0.
+    pub fn new(owner: Owner, by: &str) -> Model {
+        Model {
+            id: new_object_id(),
+            model_id: uuid_like(),
+            name: String::new(),
+            description: String::new(),
+            version: "1.0.0".into(),
+            kind: String::new(),
+            framework: String::new(),
+            repository: String::new(),
+            file_name: String::new(),
+            file_size: 0,
+            sha256: None,
+            is_downloaded: false,
+            download_path: None,
+            download_progress: 0,
+            status: "queued".into(),
+            node_id: String::new(),
+            total_inference: 0,
+            total_tokens: 0,
+            total_processing_time: 0,
+            tags: Vec::new(),
+            is_active: true,
+            extra: String::new(),
+            owner,
+            audit: Audit::new(by),
+        }
+    }
+
+    /// Applies an input; `create` makes name, type and framework required.
+    /// Usage counters are Warden's own and never set by a client.
+    pub fn apply(&mut self, input: ModelInput, create: bool) -> Result<(), DomainError> {
+        let mut c = Checks::new();
+        c.key("modelId", &input.model_id, false);
+        c.text("name", &input.name, create, MAX_SHORT);
+        c.text("description", &input.description, false, 4096);
+        c.text("version", &input.version, false, MAX_SHORT);
+        c.one_of("type", &input.kind, &MODEL_TYPES, create);
+        c.text("framework", &input.framework, create, MAX_SHORT);
+        c.text("repository", &input.repository, false, 2048);
+        c.text("fileName", &input.file_name, false, MAX_SHORT);
+        c.text("downloadPath", &input.download_path, false, 4096);
+        c.one_of("status", &input.status, &MODEL_STATUSES, false);
+        c.text("nodeId", &input.node_id, false, MAX_SHORT);
+        c.texts("tags", &input.tags, MAX_SHORT);
+        if input.download_progress.is_some_and(|p| p > 100) {
+            c.fail("downloadProgress must not be greater than 100".into());
+        }
+        if let Some(sum) = &input.sha256
+            && !(sum.len() == 64 && sum.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            c.fail("sha256 must be 64 hexadecimal characters".into());
+        }
+        if let Some(name) = &input.file_name
+            && (name.contains('/') || name.contains('\\') || name == ".." || name == ".")
+        {
+            c.fail("fileName must be a file name, not a path".into());
+        }
+        c.finish()?;
+        set(&mut self.model_id, input.model_id);
+        set(&mut self.name, input.name);
+        set(&mut self.description, input.description);
+        set(&mut self.version, input.version);
+        set(&mut self.kind, input.kind);
+        set(&mut self.framework, input.framework);
+        set(&mut self.repository, input.repository);
+        set(&mut self.file_name, input.file_name);
+        set(&mut self.file_size, input.file_size);
+        set(
+            &mut self.sha256,
+            input.sha256.map(|s| Some(s.to_ascii_lowercase())),
+        );
+        set(&mut self.is_downloaded, input.is_downloaded);
+        set(&mut self.download_path, input.download_path.map(Some));
+        set(
+            &mut self.download_progress,
+            input.download_progress.map(|p| p as u32),
+        );
+        set(&mut self.status, input.status);
+        set(&mut self.node_id, input.node_id);
+        set(&mut self.tags, input.tags);
+        set(&mut self.is_active, input.is_active);
+        merge_extra(&mut self.extra, &input.extra);
+        Ok(())
+    }
+}
+
+impl Record for Model {
+    const COLLECTION: &'static str = "models";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn uniques(&self) -> Vec<(&'static str, String)> {
+        vec![(
+            "modelId",
+            format!("{}/{}", self.owner.org_id, self.model_id),
+        )]
+    }
+    fn is_deleted(&self) -> bool {
+        self.audit.deleted_at.is_some()
+    }
+    fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
+        crate::created_order(&self.owner.org_id, self.audit.created_at)
+    }
+}
+
+impl crate::catalog::Plain for Model {
+    const KIND: &'static str = "Model";
+    fn audit(&self) -> &Audit {
+        &self.audit
+    }
+    fn audit_mut(&mut self) -> &mut Audit {
+        &mut self.audit
+    }
+}
+
+impl Owned for Model {
+    fn owner(&self) -> &Owner {
+        &self.owner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_rules() {
+        let mut m = Model::new(Owner::default(), "u");
+        assert_eq!((m.status.as_str(), m.version.as_str()), ("queued", "1.0.0"));
+        let bad = ModelInput {
+            kind: Some("robot".into()),
+            download_progress: Some(101),
+            sha256: Some("xyz".into()),
+            file_name: Some("../etc/passwd".into()),
+            ..Default::default()
+        };
+        let Err(DomainError::Invalid(errors)) = m.apply(bad, true) else {
+            panic!("expected errors")
+        };
+        assert_eq!(errors.len(), 6, "{errors:?}");
+        let ok = ModelInput {
+            name: Some("m".into()),
+            kind: Some("llm".into()),
+            framework: Some("onnx".into()),
+            sha256: Some("AB".repeat(32)),
+            ..Default::default()
+        };
+        m.apply(ok, true).unwrap();
+        assert_eq!(m.sha256.as_deref(), Some("ab".repeat(32).as_str()));
+    }
+}
