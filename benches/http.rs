@@ -128,6 +128,7 @@ fn main() {
         .build()
         .unwrap();
     client_rt.block_on(async move {
+        warden::install_tls_provider();
         let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
         let login: serde_json::Value = http
             .post(format!("{base}/auth/login"))

@@ -140,6 +140,7 @@ async fn main() {
     let nodes = env_usize("WARDEN_BENCH_NODES", 100_000);
     let requests = env_usize("WARDEN_BENCH_REQUESTS", 300);
     let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    warden::install_tls_provider();
     let http = reqwest::Client::new();
 
     // An operator in an organisation of their own.

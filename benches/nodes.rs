@@ -121,6 +121,7 @@ fn p99_upper_bound(before: &[(f64, u64)], after: &[(f64, u64)]) -> f64 {
 async fn run(nodes: usize, seconds: u64) {
     let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
     let (mut server, base) = start_server(dir.path());
+    warden::install_tls_provider();
     let http = reqwest::Client::new();
     let login: serde_json::Value = http
         .post(format!("{base}/auth/login"))

@@ -76,6 +76,13 @@ pub struct NodeArgs {
     /// Where the daemon keeps its node id and undelivered telemetry.
     #[arg(long, env = "WARDEN_NODE_DATA_DIR", default_value = "./warden-node")]
     pub data_dir: std::path::PathBuf,
+    /// Where model.download puts models (default: <data-dir>/models); no
+    /// download writes outside it.
+    #[arg(long, env = "WARDEN_MODELS_DIR")]
+    pub models_dir: Option<std::path::PathBuf>,
+    /// The model hub that `org/name` sources are fetched from.
+    #[arg(long, env = "WARDEN_HUB_URL", default_value = crate::node::DEFAULT_HUB)]
+    pub hub_url: String,
 }
 
 #[derive(Debug, Args)]

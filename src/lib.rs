@@ -5,3 +5,10 @@ pub mod cli;
 pub mod config;
 pub mod node;
 pub mod server;
+
+/// Installs the process's TLS provider (ring, already built for SMTP) for
+/// every HTTPS client: the daemon's downloads, and tests' clients. Safe to
+/// call more than once.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

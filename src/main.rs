@@ -20,6 +20,7 @@ fn init_logging(filter: &str, json: bool) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     return_large_blocks_to_the_os();
+    warden::install_tls_provider();
     let cli = Cli::parse();
     let file = FileConfig::load(cli.config.as_deref())?;
     let log = cli
@@ -52,6 +53,8 @@ async fn main() -> anyhow::Result<()> {
                 token: args.token,
                 node_id: args.node_id,
                 data_dir: args.data_dir,
+                models_dir: args.models_dir,
+                hub_url: args.hub_url,
             };
             warden::node::run(config, warden::server::shutdown_signal()).await
         }

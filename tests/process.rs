@@ -67,6 +67,7 @@ async fn login(http: &reqwest::Client, base: &str) -> String {
 async fn acknowledged_writes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, base) = spawn_server(dir.path());
+    warden::install_tls_provider();
     let http = reqwest::Client::new();
     let token = login(&http, &base).await;
 
@@ -211,6 +212,7 @@ async fn warden_actors_prints_the_tree() {
 async fn sigterm_stops_gracefully_with_exit_zero() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, base) = spawn_server(dir.path());
+    warden::install_tls_provider();
     let http = reqwest::Client::new();
     let token = login(&http, &base).await;
     let r = http
@@ -252,6 +254,7 @@ async fn passwords_never_reach_the_logs() {
     let log = std::fs::File::create(&log_path).unwrap();
     let (mut child, base) =
         spawn_server_logging(&dir.path().join("data"), "debug", Stdio::from(log));
+    warden::install_tls_provider();
     let http = reqwest::Client::new();
     let secret = "Very-Secret-Passw0rd-42";
     let post =
@@ -381,6 +384,7 @@ async fn a_failed_flush_poisons_the_store_answers_503_and_exits_non_zero() {
         "info",
         Stdio::piped(),
     );
+    warden::install_tls_provider();
     let http = reqwest::Client::new();
     let token = login(&http, &base).await;
     let create = |node: &str| {
@@ -461,6 +465,7 @@ async fn two_thousand_concurrent_wrong_logins_keep_memory_bounded_and_the_server
         Stdio::inherit(),
     );
     let baseline = peak_rss_mib(child.id());
+    warden::install_tls_provider();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
@@ -548,6 +553,7 @@ async fn nothing_a_reader_saw_is_lost_to_sigkill_under_write_load() {
         "warn",
         Stdio::inherit(),
     );
+    warden::install_tls_provider();
     let http = reqwest::Client::new();
     let token = login(&http, &base).await;
     // Slow flushes: each group sits applied and not yet durable for
@@ -641,6 +647,7 @@ async fn a_status_change_survives_sigkill_right_after_it_despite_coalescing() {
     let data = dir.path().join("data");
     let args = ["--config", config.to_str().unwrap()];
     let (mut child, base) = spawn_server_with(&data, &args, "warn", Stdio::inherit());
+    warden::install_tls_provider();
     let http = reqwest::Client::new();
     let token = login(&http, &base).await;
     let url = format!(

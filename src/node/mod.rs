@@ -4,6 +4,8 @@
 //! gives, answers commands, reconnects with exponential backoff and full jitter, and keeps
 //! metrics produced while disconnected on disk until they are delivered.
 
+mod commands;
+pub mod download;
 mod facts;
 mod outbox;
 
@@ -28,7 +30,15 @@ pub struct DaemonConfig {
     pub token: String,
     pub node_id: Option<String>,
     pub data_dir: PathBuf,
+    /// Where models are downloaded (default `<data_dir>/models`); no
+    /// download may write outside it.
+    pub models_dir: Option<PathBuf>,
+    /// The model hub for `org/name` sources.
+    pub hub_url: String,
 }
+
+/// The public model hub `org/name` sources resolve against by default.
+pub const DEFAULT_HUB: &str = "https://huggingface.co";
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -114,17 +124,6 @@ fn node_id(config: &DaemonConfig) -> anyhow::Result<String> {
     Ok(id)
 }
 
-/// What a command does on this node. Model and deployment handlers
-/// arrive with the deployments work; until then they answer an error.
-fn execute(env: &Envelope, host: &mut Host) -> Result<Value, Value> {
-    match env.kind.as_str() {
-        kinds::HEALTH_CHECK => Ok(json!({"healthy": true, "heartbeat": host.heartbeat()})),
-        other => Err(
-            json!({"code": "UNSUPPORTED", "message": format!("this daemon cannot run {other} yet")}),
-        ),
-    }
-}
-
 fn is_command(env: &Envelope) -> bool {
     env.resource.is_some()
         || matches!(
@@ -144,6 +143,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let outbox = Outbox::open(&config.data_dir)
         .with_context(|| format!("opening {}", config.data_dir.display()))?;
+    let models_dir = config
+        .models_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("models"));
+    std::fs::create_dir_all(&models_dir)
+        .with_context(|| format!("creating {}", models_dir.display()))?;
+    let mut runner =
+        commands::Runner::new(download::Settings::new(models_dir, config.hub_url.clone())?);
     let node_id = node_id(&config)?;
     let mut host = Host::new()?;
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
@@ -229,20 +236,28 @@ pub async fn run(
                                     lost = true;
                                 }
                             }
+                            Ok(env) if env.kind == kinds::COMMAND_CANCEL => {
+                                let id = env.data.as_ref().and_then(|d| d["originalMessageId"].as_str()).unwrap_or_default().to_owned();
+                                if runner.cancel(&id) {
+                                    tracing::info!(command = %id, "command cancelled by the server");
+                                    let data = commands::result_data(&id, Err(download::failure("CANCELLED", "cancelled by the server")));
+                                    lost = s.send(Message::text(Envelope::new(kinds::COMMAND_RESULT, data).to_json())).await.is_err();
+                                }
+                            }
                             Ok(env) if is_command(&env) => {
-                                let reply = |kind: &str, data: Value| {
-                                    let mut e = Envelope::new(kind, data);
-                                    e.metadata = env.metadata.clone();
-                                    e
-                                };
-                                let ack = reply(kinds::COMMAND_ACK, json!({"originalMessageId": env.message_id, "status": "acknowledged", "receivedAt": warden_actors::node::protocol::iso_now()}));
+                                if runner.is_running(&env.message_id) {
+                                    continue;
+                                }
+                                let ack = commands::reply(&env, kinds::COMMAND_ACK, json!({"originalMessageId": env.message_id, "status": "acknowledged", "receivedAt": warden_actors::node::protocol::iso_now()}));
                                 lost = s.send(Message::text(ack.to_json())).await.is_err();
-                                let data = match execute(&env, &mut host) {
-                                    Ok(result) => json!({"originalMessageId": env.message_id, "status": "success", "progress": 100, "result": result, "error": null}),
-                                    Err(error) => json!({"originalMessageId": env.message_id, "status": "error", "result": null, "error": error}),
-                                };
-                                if !lost {
-                                    lost = s.send(Message::text(reply(kinds::COMMAND_RESULT, data).to_json())).await.is_err();
+                                if env.kind == kinds::HEALTH_CHECK {
+                                    let result = Ok(json!({"healthy": true, "heartbeat": host.heartbeat()}));
+                                    let done = commands::reply(&env, kinds::COMMAND_RESULT, commands::result_data(&env.message_id, result));
+                                    if !lost {
+                                        lost = s.send(Message::text(done.to_json())).await.is_err();
+                                    }
+                                } else {
+                                    runner.start(env);
                                 }
                             }
                             Ok(env) if env.kind == kinds::ERROR => tracing::warn!(error = ?env.data, "the server refused a message"),
@@ -252,6 +267,29 @@ pub async fn run(
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => lost = true,
                     Some(Ok(_)) => {}
+                }
+            }
+            Some(out) = runner.rx.recv() => {
+                let connected = registered && socket.is_some();
+                match out {
+                    commands::Out::Progress(env) => {
+                        if connected && let Some(s) = socket.as_mut() {
+                            lost = s.send(Message::text(env.to_json())).await.is_err();
+                        }
+                    }
+                    commands::Out::Done { id, envelope } => {
+                        runner.finished(&id);
+                        let line = envelope.to_json();
+                        let sent = match (connected, socket.as_mut()) {
+                            (true, Some(s)) => s.send(Message::text(line.clone())).await.is_ok(),
+                            _ => false,
+                        };
+                        // A result is never lost: kept until the next registration.
+                        if !sent {
+                            outbox.push(&line)?;
+                            lost = connected;
+                        }
+                    }
                 }
             }
             _ = heartbeats.tick() => {

@@ -105,11 +105,16 @@ impl Kind for ExecutionKind {
 /// hold the executions back.
 pub(crate) type ReplyRoute = Arc<OnceLock<WeakKindRef<ExecutionKind>>>;
 
-/// The listener the node actors call when a step's command is answered:
-/// the answer is durable on the command already, so this only wakes the
-/// execution (one that misses it reads the command when it next starts).
-pub(crate) fn route_reply(route: ReplyRoute) -> CommandListener {
+/// The listener the node actors call when a command is answered (the
+/// answer is durable on the command already): a download moves its model;
+/// a step's answer wakes its execution (one that misses it reads the
+/// command when it next starts).
+pub(crate) fn route_reply(route: ReplyRoute, store: Store) -> CommandListener {
     Arc::new(move |event: CommandEvent| {
+        if let Some(download) = crate::models::download_of(&event) {
+            let (store, cmd) = (store.clone(), event.command.clone());
+            tokio::spawn(async move { crate::models::record(&store, &cmd, download).await });
+        }
         let kind = route.get().and_then(WeakKindRef::upgrade);
         let (Some(kind), Some(origin)) = (kind, event.command.origin.clone()) else {
             return;

@@ -10,6 +10,7 @@
 
 mod executions;
 mod kind;
+mod models;
 mod nodes;
 mod policy;
 mod root;

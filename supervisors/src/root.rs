@@ -183,7 +183,7 @@ impl Runtime {
             NodeKind::new(
                 store.clone(),
                 config.node_timing,
-                Some(route_reply(route.clone())),
+                Some(route_reply(route.clone(), store.clone())),
             ),
             config.nodes,
         );

@@ -84,6 +84,7 @@ impl TestServer {
         dir: tempfile::TempDir,
         adjust: impl FnOnce(&mut ServerConfig),
     ) -> TestServer {
+        warden::install_tls_provider();
         let mut config = ServerConfig::for_data_dir(dir.path().join("data"));
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.admin_username = Some(ADMIN.into());

@@ -68,8 +68,8 @@ pub struct NewCommand {
     pub origin: Option<CommandOrigin>,
 }
 
-/// A node answered a command that an execution step sent: what the node
-/// actor tells, once the answer is durable on the command.
+/// A node answered a command (an ack, a progress report, a result): what
+/// the node actor tells, once the answer is durable on the command.
 #[derive(Debug, Clone)]
 pub struct CommandEvent {
     pub command: NodeCommand,
@@ -80,7 +80,8 @@ pub struct CommandEvent {
     pub progress: Option<f64>,
 }
 
-/// Who hears of answered commands that have an origin (the executions).
+/// Who hears of answered commands (the executions that sent them, the
+/// records a command changes: models for downloads).
 pub type CommandListener = Arc<dyn Fn(CommandEvent) + Send + Sync>;
 
 /// The id of the command an idempotency key names on a node: a UUID
@@ -443,9 +444,7 @@ impl NodeState {
                 Ok(Some(()))
             })
             .await?;
-        if let (true, Some(cmd), Some(listener)) = (changed, stored, &self.listener)
-            && cmd.origin.is_some()
-        {
+        if let (true, Some(cmd), Some(listener)) = (changed, stored, &self.listener) {
             listener(CommandEvent {
                 command: cmd,
                 kind,
