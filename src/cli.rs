@@ -83,6 +83,15 @@ pub struct NodeArgs {
     /// The model hub that `org/name` sources are fetched from.
     #[arg(long, env = "WARDEN_HUB_URL", default_value = crate::node::DEFAULT_HUB)]
     pub hub_url: String,
+    /// How deployments of a framework are served: FRAMEWORK=TEMPLATE, with
+    /// {modelPath}, {modelDir}, {port} and {host} in the template's words
+    /// ("*" for any framework). Repeat for several.
+    #[arg(long = "runtime", env = "WARDEN_RUNTIMES", value_delimiter = ';')]
+    pub runtimes: Vec<String>,
+    /// The address endpoints of served models are advertised with
+    /// (default: the host's address).
+    #[arg(long, env = "WARDEN_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +168,7 @@ impl ServeArgs {
         c.root_policy = file.supervision.root.unwrap_or_default();
         c.node_policy = file.supervision.nodes.unwrap_or_default();
         c.execution_policy = file.supervision.executions.unwrap_or_default();
+        c.deployment_policy = file.supervision.deployments.unwrap_or_default();
         let env_ms = |name: &str| {
             std::env::var(name)
                 .ok()

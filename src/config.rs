@@ -84,6 +84,7 @@ pub struct SupervisionFile {
     pub root: Option<RestartPolicy>,
     pub nodes: Option<RestartPolicy>,
     pub executions: Option<RestartPolicy>,
+    pub deployments: Option<RestartPolicy>,
 }
 
 impl FileConfig {
@@ -109,6 +110,7 @@ pub struct ServerConfig {
     pub root_policy: RestartPolicy,
     pub node_policy: RestartPolicy,
     pub execution_policy: RestartPolicy,
+    pub deployment_policy: RestartPolicy,
     pub node_timing: NodeTiming,
     pub telemetry_retention: Duration,
     pub rate_limits: warden_api::RateLimits,
@@ -141,6 +143,7 @@ impl ServerConfig {
             root_policy: RestartPolicy::default(),
             node_policy: RestartPolicy::default(),
             execution_policy: RestartPolicy::default(),
+            deployment_policy: RestartPolicy::default(),
             node_timing: NodeTiming::default(),
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             rate_limits: warden_api::RateLimits::default(),

@@ -55,6 +55,8 @@ async fn main() -> anyhow::Result<()> {
                 data_dir: args.data_dir,
                 models_dir: args.models_dir,
                 hub_url: args.hub_url,
+                runtimes: args.runtimes,
+                advertise_host: args.advertise_host,
             };
             warden::node::run(config, warden::server::shutdown_signal()).await
         }

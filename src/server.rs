@@ -66,6 +66,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     warden_identity::model::ensure_indexes(&store).await?;
     warden_actors::node::ensure_indexes(&store).await?;
     warden_actors::execution::ensure_indexes(&store).await?;
+    warden_actors::deployment::ensure_indexes(&store).await?;
     warden_domain::ensure_indexes(&store).await?;
     let identity = Identity::open(
         store.clone(),
@@ -88,6 +89,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             root: config.root_policy,
             nodes: config.node_policy,
             executions: config.execution_policy,
+            deployments: config.deployment_policy,
             node_timing: config.node_timing,
         },
     )

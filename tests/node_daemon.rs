@@ -162,7 +162,7 @@ async fn a_server_restart_loses_no_telemetry_and_repeats_no_command() {
         .post(
             &format!("/api/nodes/{id}/commands"),
             &s.admin_token,
-            json!({"type": "deployment.stop", "resource": {"type": "deployment", "id": "x"}}),
+            json!({"type": "deployment.create", "resource": {"type": "deployment", "id": "x"}, "data": {"framework": "tensorrt", "modelPath": "x/m.plan"}}),
         )
         .await
         .body;
@@ -175,7 +175,7 @@ async fn a_server_restart_loses_no_telemetry_and_repeats_no_command() {
         (c["status"] == "failed").then_some(c)
     })
     .await;
-    assert_eq!(failed["error"]["code"], "UNSUPPORTED");
+    assert_eq!(failed["error"]["code"], "UNSUPPORTED_FRAMEWORK");
 
     // The server goes away for a while; the daemon buffers its metrics.
     eventually(10, "some metrics", || async {

@@ -11,17 +11,22 @@ use tokio::sync::mpsc;
 use warden_actors::node::protocol::{Envelope, kinds};
 
 use super::download::{self, Settings, failure};
+use super::serve::{self, Runtimes, Served};
 
 /// What a command task has to say.
 pub enum Out {
     /// Progress: sent when connected, dropped otherwise.
     Progress(Envelope),
+    /// A report of a served deployment (status, logs): the same.
+    Event(Envelope),
     /// The result: sent, or kept on disk until it can be.
     Done { id: String, envelope: Envelope },
 }
 
 pub struct Runner {
     settings: Arc<Settings>,
+    runtimes: Arc<Runtimes>,
+    served: Served,
     tasks: HashMap<String, tokio::task::AbortHandle>,
     tx: mpsc::UnboundedSender<Out>,
     pub rx: mpsc::UnboundedReceiver<Out>,
@@ -47,10 +52,12 @@ pub fn result_data(id: &str, outcome: Result<Value, Value>) -> Value {
 }
 
 impl Runner {
-    pub fn new(settings: Settings) -> Runner {
+    pub fn new(settings: Settings, runtimes: Runtimes) -> Runner {
         let (tx, rx) = mpsc::unbounded_channel();
         Runner {
             settings: Arc::new(settings),
+            runtimes: Arc::new(runtimes),
+            served: Served::default(),
             tasks: HashMap::new(),
             tx,
             rx,
@@ -67,6 +74,7 @@ impl Runner {
     pub fn start(&mut self, command: Envelope) {
         let id = command.message_id.clone();
         let (settings, tx) = (self.settings.clone(), self.tx.clone());
+        let (runtimes, served) = (self.runtimes.clone(), self.served.clone());
         let task = tokio::spawn(async move {
             let progress_tx = tx.clone();
             let progress_cmd = command.clone();
@@ -91,6 +99,19 @@ impl Runner {
                 .to_owned();
             let outcome = match command.kind.as_str() {
                 "model.download" => download::run(&settings, &data, &resource_id, &progress).await,
+                // The reference's name for a start; AIWM's daemon says create.
+                "deployment.create" | "deployment.start" => {
+                    serve::create(
+                        &runtimes,
+                        &served,
+                        &settings,
+                        &data,
+                        &resource_id,
+                        tx.clone(),
+                    )
+                    .await
+                }
+                "deployment.stop" => serve::stop(&served, &data, &resource_id).await,
                 other => Err(failure(
                     "UNSUPPORTED",
                     format!("this daemon cannot run {other} yet"),
@@ -107,6 +128,11 @@ impl Runner {
             });
         });
         self.tasks.insert(id, task.abort_handle());
+    }
+
+    /// Stops every served deployment (the daemon is stopping).
+    pub fn stop_all(&self) {
+        serve::stop_all(&self.served);
     }
 
     /// A task reported its result: it is over.

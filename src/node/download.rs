@@ -175,6 +175,40 @@ async fn target_of(
     Ok(real_parent.join(file.file_name().expect("a file path")))
 }
 
+/// A model file named by a deployment (`modelPath`: relative to the
+/// models directory, or absolute inside it); it must exist there.
+pub async fn inside_models_dir(models_dir: &Path, path: &str) -> Result<PathBuf, Value> {
+    let invalid = |m: String| failure("INVALID_MODEL_PATH", m);
+    if path.is_empty() {
+        return Err(invalid("modelPath is required".into()));
+    }
+    let p = Path::new(path);
+    if p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(invalid(format!("modelPath may not contain '..': {path}")));
+    }
+    let full = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        models_dir.join(p)
+    };
+    let root = tokio::fs::canonicalize(models_dir)
+        .await
+        .map_err(|e| invalid(format!("models directory: {e}")))?;
+    let real = tokio::fs::canonicalize(&full).await.map_err(|_| {
+        failure(
+            "MODEL_MISSING",
+            format!("{} is not on this node", full.display()),
+        )
+    })?;
+    if !real.starts_with(&root) {
+        return Err(invalid(format!(
+            "{path} is outside the models directory {}",
+            root.display()
+        )));
+    }
+    Ok(real)
+}
+
 async fn sha256_of(path: &Path) -> std::io::Result<String> {
     let mut f = tokio::fs::File::open(path).await?;
     let mut hasher = sha2::Sha256::new();

@@ -8,6 +8,7 @@ mod commands;
 pub mod download;
 mod facts;
 mod outbox;
+pub mod serve;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,6 +36,10 @@ pub struct DaemonConfig {
     pub models_dir: Option<PathBuf>,
     /// The model hub for `org/name` sources.
     pub hub_url: String,
+    /// `FRAMEWORK=TEMPLATE`: how deployments of each framework are served.
+    pub runtimes: Vec<String>,
+    /// The address endpoints are advertised with (default: the host's).
+    pub advertise_host: Option<String>,
 }
 
 /// The public model hub `org/name` sources resolve against by default.
@@ -149,10 +154,17 @@ pub async fn run(
         .unwrap_or_else(|| config.data_dir.join("models"));
     std::fs::create_dir_all(&models_dir)
         .with_context(|| format!("creating {}", models_dir.display()))?;
-    let mut runner =
-        commands::Runner::new(download::Settings::new(models_dir, config.hub_url.clone())?);
     let node_id = node_id(&config)?;
     let mut host = Host::new()?;
+    let advertise = config
+        .advertise_host
+        .clone()
+        .or_else(|| host.registration(None).ip_address)
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let mut runner = commands::Runner::new(
+        download::Settings::new(models_dir, config.hub_url.clone())?,
+        serve::Runtimes::parse(&config.runtimes, advertise)?,
+    );
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let mut socket: Option<Socket> = None;
     let mut registered = false;
@@ -184,6 +196,7 @@ pub async fn run(
         let mut lost = false;
         tokio::select! {
             _ = &mut shutdown => {
+                runner.stop_all();
                 if let Some(mut s) = socket.take() {
                     let _ = s.close(None).await;
                 }
@@ -272,7 +285,7 @@ pub async fn run(
             Some(out) = runner.rx.recv() => {
                 let connected = registered && socket.is_some();
                 match out {
-                    commands::Out::Progress(env) => {
+                    commands::Out::Progress(env) | commands::Out::Event(env) => {
                         if connected && let Some(s) = socket.as_mut() {
                             lost = s.send(Message::text(env.to_json())).await.is_err();
                         }

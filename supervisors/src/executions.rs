@@ -9,7 +9,7 @@ use warden_actors::DomainError;
 use warden_actors::execution::machine::{Event, ReplyPhase, StepReply};
 use warden_actors::execution::{
     self, CATEGORY_CREATED, Dispatch, ExecArgs, ExecError, ExecHandle, ExecMsg, ExecStatus,
-    Execution, ExecutionActor, NewExecution, STATUS_CREATED, value_scope,
+    Execution, ExecutionActor, ExecutionListener, NewExecution, STATUS_CREATED, value_scope,
 };
 use warden_actors::node::{CommandEvent, CommandListener, ReplyKind};
 use warden_domain::Owner;
@@ -21,11 +21,20 @@ use crate::{Kind, KindRef, Nodes};
 pub struct ExecutionKind {
     store: Store,
     dispatch: Arc<dyn Dispatch>,
+    on_end: Option<ExecutionListener>,
 }
 
 impl ExecutionKind {
-    pub(crate) fn new(store: Store, dispatch: Arc<dyn Dispatch>) -> Self {
-        ExecutionKind { store, dispatch }
+    pub(crate) fn new(
+        store: Store,
+        dispatch: Arc<dyn Dispatch>,
+        on_end: Option<ExecutionListener>,
+    ) -> Self {
+        ExecutionKind {
+            store,
+            dispatch,
+            on_end,
+        }
     }
 }
 
@@ -45,6 +54,7 @@ impl Kind for ExecutionKind {
             store: self.store.clone(),
             id: id.to_owned(),
             dispatch: self.dispatch.clone(),
+            on_end: self.on_end.clone(),
         }
     }
 

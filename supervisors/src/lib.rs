@@ -8,6 +8,7 @@
 //! live in one process (tests); names in the tree are logical
 //! (`nodes`, `node:{id}`).
 
+mod deployments;
 mod executions;
 mod kind;
 mod models;
@@ -16,6 +17,7 @@ mod policy;
 mod root;
 mod tree;
 
+pub use deployments::{DeploymentKind, Deployments, logs_series};
 pub use executions::{ExecutionKind, ExecutionStats, Executions};
 pub use kind::{Kind, KindRef};
 pub use nodes::{NodeKind, Nodes};

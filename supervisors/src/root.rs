@@ -8,6 +8,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use warden_actors::DomainError;
 use warden_storage::{Millis, Store, now_millis};
 
+use crate::deployments::{DeploymentKind, Deployments, EndRoute, route_end};
 use crate::executions::{ExecutionKind, Executions, ReplyRoute, route_reply};
 use crate::kind::KindControl;
 use crate::{ActorInfo, FailureInfo, KindRef, NodeKind, Nodes, RestartPolicy, rfc3339};
@@ -159,6 +160,7 @@ pub struct RuntimeConfig {
     pub root: RestartPolicy,
     pub nodes: RestartPolicy,
     pub executions: RestartPolicy,
+    pub deployments: RestartPolicy,
     pub node_timing: warden_actors::node::NodeTiming,
 }
 
@@ -171,6 +173,7 @@ pub struct Runtime {
     policy: RestartPolicy,
     pub nodes: Nodes,
     pub executions: Executions,
+    pub deployments: Deployments,
 }
 
 impl Runtime {
@@ -188,13 +191,28 @@ impl Runtime {
             config.nodes,
         );
         let node_service = Nodes::new(nodes.clone(), store.clone());
+        let ends = EndRoute::default();
         let executions = KindRef::new(
-            ExecutionKind::new(store.clone(), Arc::new(node_service.clone())),
+            ExecutionKind::new(
+                store.clone(),
+                Arc::new(node_service.clone()),
+                Some(route_end(ends.clone())),
+            ),
             config.executions,
         );
         let _ = route.set(executions.downgrade());
-        let kinds: Vec<Arc<dyn KindControl>> =
-            vec![Arc::new(nodes.clone()), Arc::new(executions.clone())];
+        let execution_service =
+            Executions::new(executions.clone(), store.clone(), node_service.clone());
+        let deployments = KindRef::new(
+            DeploymentKind::new(store.clone(), Arc::new(execution_service.clone())),
+            config.deployments,
+        );
+        let _ = ends.set(deployments.downgrade());
+        let kinds: Vec<Arc<dyn KindControl>> = vec![
+            Arc::new(nodes.clone()),
+            Arc::new(executions.clone()),
+            Arc::new(deployments.clone()),
+        ];
         let (root, _) = Actor::spawn(
             None,
             Root {
@@ -208,7 +226,8 @@ impl Runtime {
             kinds,
             started_at: now_millis(),
             policy: config.root,
-            executions: Executions::new(executions, store, node_service.clone()),
+            executions: execution_service,
+            deployments: Deployments::new(deployments, store),
             nodes: node_service,
         })
     }

@@ -41,6 +41,10 @@ pub trait Dispatch: Send + Sync + 'static {
     ) -> BoxFuture<Result<(), DomainError>>;
 }
 
+/// Who hears of executions that ended (a deployment hears of its start
+/// and stop): called once the ending is durable.
+pub type ExecutionListener = Arc<dyn Fn(&Execution) + Send + Sync>;
+
 /// How long a caller waits for an execution actor's answer.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -63,6 +67,7 @@ pub struct ExecArgs {
     pub store: Store,
     pub id: String,
     pub dispatch: Arc<dyn Dispatch>,
+    pub on_end: Option<ExecutionListener>,
 }
 
 pub struct ExecState {
@@ -70,6 +75,7 @@ pub struct ExecState {
     exec: Execution,
     version: u64,
     dispatch: Arc<dyn Dispatch>,
+    on_end: Option<ExecutionListener>,
     /// Steps whose command could not be queued yet (the node's actor was
     /// unavailable): tried again on each tick, under the same id.
     unsent: BTreeSet<u32>,
@@ -94,7 +100,11 @@ impl ExecState {
                 .commit(vec![Write::put(&next, Some(self.version))?])
                 .await?[0];
             self.version = version;
+            let ended = next.status.is_terminal() && !self.exec.status.is_terminal();
             self.exec = next;
+            if ended && let Some(on_end) = &self.on_end {
+                on_end(&self.exec);
+            }
         }
         Ok(effects)
     }
@@ -276,6 +286,7 @@ impl Actor for ExecutionActor {
             exec,
             version,
             dispatch: args.dispatch,
+            on_end: args.on_end,
             unsent: BTreeSet::new(),
             armed: None,
         })

@@ -7,7 +7,9 @@ mod actor;
 pub mod machine;
 mod record;
 
-pub use actor::{BoxFuture, Dispatch, ExecArgs, ExecHandle, ExecMsg, ExecutionActor, error_of};
+pub use actor::{
+    BoxFuture, Dispatch, ExecArgs, ExecHandle, ExecMsg, ExecutionActor, ExecutionListener, error_of,
+};
 pub use record::{
     CATEGORY_CREATED, ExecError, ExecStatus, Execution, STATUS_CREATED, Step, StepCommand,
     StepStatus, value_scope,

@@ -365,7 +365,23 @@ impl Session {
         };
         let id = self.bound_id()?;
         warden_actors::node::store_telemetry(&self.state.store, id, series, frame)
-            .map_err(|e| DomainError::Unavailable(format!("telemetry not stored: {e}")))
+            .map_err(|e| DomainError::Unavailable(format!("telemetry not stored: {e}")))?;
+        if frame.kind == kinds::METRICS {
+            return Ok(());
+        }
+        // Deployment reports (rare): also to the deployment they name.
+        let data: serde_json::Value = serde_json::from_str(frame.data_json())
+            .map_err(|e| DomainError::Invalid(vec![format!("data: {e}")]))?;
+        let deployments = self.state.runtime.deployments.clone();
+        if frame.kind == kinds::DEPLOYMENT_LOGS {
+            deployments
+                .node_logs(id, &data)
+                .map_err(|e| DomainError::Unavailable(format!("logs not stored: {e}")))
+        } else {
+            let node = id.to_owned();
+            tokio::spawn(async move { deployments.node_report(&node, data).await });
+            Ok(())
+        }
     }
 
     /// A heartbeat goes to the node's actor without an answer; re-sent

@@ -2,6 +2,7 @@
 //! `page/limit/filter[field]/sort` paging, soft delete, audit fields,
 //! tenancy by `owner.orgId`, and NestJS-style error bodies.
 
+mod deployments;
 mod executions;
 mod instructions;
 mod login;
@@ -55,6 +56,7 @@ pub(crate) fn routes() -> Api {
         .merge(login::routes())
         .merge(nodes::routes())
         .merge(executions::routes())
+        .merge(deployments::routes())
         .merge(models::routes())
         .merge(instructions::routes())
         .merge(tools::routes())
