@@ -36,11 +36,28 @@ pub enum Command {
     Actors(ActorsArgs),
     /// Run the node daemon: connect this host to a server as a node.
     Node(NodeArgs),
+    /// Serve one ONNX model over HTTP (what the daemon runs for `onnx`
+    /// deployments): GET / for its state, POST /v1/infer to run it.
+    ServeModel(ServeModelArgs),
     /// JWT signing keys of a running server.
     Keys {
         #[command(subcommand)]
         action: KeysAction,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeModelArgs {
+    /// The .onnx file.
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// The ONNX Runtime shared library (scripts/onnxruntime prints it).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_library: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +109,10 @@ pub struct NodeArgs {
     /// (default: the host's address).
     #[arg(long, env = "WARDEN_ADVERTISE_HOST")]
     pub advertise_host: Option<String>,
+    /// The ONNX Runtime library for `onnx` deployments, which this binary
+    /// serves itself (scripts/onnxruntime installs it).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_library: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

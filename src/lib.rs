@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod node;
+pub mod serve_model;
 pub mod server;
 
 /// Installs the process's TLS provider (ring, already built for SMTP) for

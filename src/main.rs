@@ -57,8 +57,19 @@ async fn main() -> anyhow::Result<()> {
                 hub_url: args.hub_url,
                 runtimes: args.runtimes,
                 advertise_host: args.advertise_host,
+                ort_library: args.ort_library,
             };
             warden::node::run(config, warden::server::shutdown_signal()).await
+        }
+        Command::ServeModel(args) => {
+            let listen = std::net::SocketAddr::new(args.host, args.port);
+            warden::serve_model::run(
+                &args.model,
+                listen,
+                args.ort_library,
+                warden::server::shutdown_signal(),
+            )
+            .await
         }
     }
 }

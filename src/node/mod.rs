@@ -40,6 +40,8 @@ pub struct DaemonConfig {
     pub runtimes: Vec<String>,
     /// The address endpoints are advertised with (default: the host's).
     pub advertise_host: Option<String>,
+    /// The ONNX Runtime library for deployments of framework `onnx`.
+    pub ort_library: Option<PathBuf>,
 }
 
 /// The public model hub `org/name` sources resolve against by default.
@@ -161,9 +163,12 @@ pub async fn run(
         .clone()
         .or_else(|| host.registration(None).ip_address)
         .unwrap_or_else(|| "127.0.0.1".into());
+    let mut runtimes = serve::Runtimes::parse(&config.runtimes, advertise)?;
+    runtimes.ort_library = config.ort_library.clone();
+    let health_every = runtimes.health_every_ms.clone();
     let mut runner = commands::Runner::new(
         download::Settings::new(models_dir, config.hub_url.clone())?,
-        serve::Runtimes::parse(&config.runtimes, advertise)?,
+        runtimes,
     );
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let mut socket: Option<Socket> = None;
@@ -230,6 +235,7 @@ pub async fn run(
                                 }
                                 registered = true;
                                 backoff.reset();
+                                health_every.store((h.as_millis() as u64).min(10_000), std::sync::atomic::Ordering::Relaxed);
                                 tracing::info!(heartbeat_ms = h.as_millis() as u64, metrics_ms = m.as_millis() as u64, "registered");
                                 // Replay what was kept while disconnected, in order.
                                 let pending = outbox.pending()?;

@@ -51,7 +51,15 @@ pub struct Runtimes {
     pub templates: HashMap<String, String>,
     /// The host name or address endpoints are advertised with.
     pub advertise: String,
+    /// The ONNX Runtime library for the built-in `onnx` runtime.
+    pub ort_library: Option<std::path::PathBuf>,
+    /// How often a served endpoint is health-checked (ms): the server's
+    /// heartbeat interval, at most 10 s.
+    pub health_every_ms: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// The built-in runtime of framework `onnx`: this binary's `serve-model`.
+const ONNX_BUILT_IN: &str = "{self} serve-model --model {modelPath} --port {port} --host {host}";
 
 impl Runtimes {
     /// `FRAMEWORK=TEMPLATE` entries.
@@ -69,6 +77,8 @@ impl Runtimes {
         Ok(Runtimes {
             templates,
             advertise,
+            ort_library: None,
+            health_every_ms: Arc::new(std::sync::atomic::AtomicU64::new(10_000)),
         })
     }
 }
@@ -96,6 +106,7 @@ fn spawn(
     dir: &Path,
     port: u16,
     model: &Path,
+    ort: Option<&Path>,
 ) -> std::io::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
@@ -110,6 +121,9 @@ fn spawn(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .process_group(0);
+    if let Some(lib) = ort {
+        cmd.env("ORT_DYLIB_PATH", lib);
+    }
     // SAFETY: prctl only sets this process's parent-death signal; it is
     // async-signal-safe and runs in the child between fork and exec.
     unsafe {
@@ -225,7 +239,9 @@ pub async fn create(
     let template = runtimes
         .templates
         .get(framework)
-        .or_else(|| runtimes.templates.get("*"))
+        .map(String::as_str)
+        .or((framework == "onnx").then_some(ONNX_BUILT_IN))
+        .or_else(|| runtimes.templates.get("*").map(String::as_str))
         .ok_or_else(|| {
             failure(
                 "UNSUPPORTED_FRAMEWORK",
@@ -249,6 +265,9 @@ pub async fn create(
     };
     let dir = model.parent().unwrap_or(&settings.models_dir).to_path_buf();
     let port_text = port.to_string();
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "warden".into());
     let (model_text, dir_text) = (model.display().to_string(), dir.display().to_string());
     let args = argv(
         template,
@@ -257,6 +276,7 @@ pub async fn create(
             ("modelDir", &dir_text),
             ("port", &port_text),
             ("host", runtimes.advertise.as_str()),
+            ("self", &exe),
         ],
     );
     let name = data["containerName"].as_str().unwrap_or(&id).to_owned();
@@ -265,8 +285,9 @@ pub async fn create(
     let startup = Duration::from_secs(data["startupTimeoutSeconds"].as_u64().unwrap_or(120));
     let tail = Arc::new(Mutex::new(Vec::new()));
     let (log_id, log_out) = (id.clone(), out.clone());
+    let ort = runtimes.ort_library.clone();
     let start = move |tail: &Arc<Mutex<Vec<String>>>| -> Result<tokio::process::Child, Value> {
-        let mut child = spawn(&args, &dir, port, &model)
+        let mut child = spawn(&args, &dir, port, &model, ort.as_deref())
             .map_err(|e| failure("SPAWN_FAILED", format!("{}: {e}", args[0])))?;
         if let Some(o) = child.stdout.take() {
             pipe_logs(log_id.clone(), log_out.clone(), o, "info", tail.clone());
@@ -298,11 +319,17 @@ pub async fn create(
     );
     let result = json!({"endpoint": endpoint, "containerPort": port, "containerName": name, "pid": child.id()});
     let (http, out, served) = (settings.http.clone(), out.clone(), served.clone());
+    let every = Duration::from_millis(
+        runtimes
+            .health_every_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .clamp(100, 10_000),
+    );
     // The supervising task: restarts, health reports, the stop.
     tokio::spawn(async move {
         let started = Instant::now();
         let mut restarts: Vec<Instant> = Vec::new();
-        let mut health = tokio::time::interval(Duration::from_secs(10));
+        let mut health = tokio::time::interval(every);
         health.tick().await;
         let _ = out.send(status_frame(
             &id,
@@ -339,12 +366,24 @@ pub async fn create(
                     }
                 }
                 _ = health.tick() => {
-                    let healthy = http.get(&url).timeout(Duration::from_secs(5)).send().await.is_ok_and(|r| r.status().as_u16() < 500);
-                    let _ = out.send(status_frame(&id, "running", json!({
+                    // A server that reports its usage (serve-model does) has it passed on.
+                    let answer = http.get(&url).timeout(Duration::from_secs(5)).send().await.ok();
+                    let healthy = answer.as_ref().is_some_and(|r| r.status().as_u16() < 500);
+                    let usage: Value = match answer {
+                        Some(r) if healthy => r.json().await.unwrap_or(Value::Null),
+                        _ => Value::Null,
+                    };
+                    let mut report = json!({
                         "endpoint": endpoint,
                         "healthStatus": if healthy { "healthy" } else { "unhealthy" },
                         "uptime": started.elapsed().as_secs(),
-                    })));
+                    });
+                    for key in ["totalInferences", "averageLatency"] {
+                        if usage[key].is_number() {
+                            report[key] = usage[key].clone();
+                        }
+                    }
+                    let _ = out.send(status_frame(&id, "running", report));
                 }
             }
         }
