@@ -172,3 +172,87 @@ async fn bad_tokens_get_connect_error() {
     let _ = js.child.wait().await;
     s.stop().await;
 }
+
+/// The Socket.IO path: a deployment's start runs as an execution
+/// through the reference client, which answers as AIWM's daemon does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_runs_through_the_reference_client() {
+    let s = TestServer::start_with(fast_nodes).await;
+    let t = s.admin_token.clone();
+    let id = s
+        .post("/api/nodes", &t, node_body("js-exec", "JS"))
+        .await
+        .body["_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let node_token = s
+        .post(&format!("/api/nodes/{id}/token"), &t, json!({}))
+        .await
+        .body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let model = json!({"modelId": "llama-2-7b-v1", "name": "Llama 2 7B", "type": "llm", "framework": "pytorch", "repository": "huggingface.co/meta-llama/Llama-2-7b-chat-hf", "fileName": "model.safetensors", "nodeId": "js-exec"});
+    assert_eq!(s.post("/api/models", &t, model).await.status, 201);
+    let dep = json!({"deploymentId": "deploy-llama-prod-01", "name": "Llama", "modelId": "llama-2-7b-v1", "nodeId": "js-exec"});
+    assert_eq!(s.post("/api/deployments", &t, dep).await.status, 201);
+
+    let mut js = JsDaemon::start(&s, &node_token, None, "websocket,polling", 8);
+    js.expect("register.ack").await;
+    let r = s
+        .post("/api/deployments/deploy-llama-prod-01/start", &t, json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let exec = r.body["deployment"]["executionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let download = js.expect("model.download").await;
+    assert_eq!(
+        download["resource"],
+        json!({"type": "model", "id": "llama-2-7b-v1"})
+    );
+    assert_eq!(
+        download["data"]["source"],
+        "huggingface.co/meta-llama/Llama-2-7b-chat-hf"
+    );
+    assert_eq!(download["data"]["fileName"], "model.safetensors");
+    assert_eq!(download["metadata"]["executionId"], exec.as_str());
+    assert_eq!(download["metadata"]["stepIndex"], 0);
+    let create = js.expect("deployment.create").await;
+    assert_eq!(
+        create["resource"],
+        json!({"type": "deployment", "id": "deploy-llama-prod-01"})
+    );
+    assert_eq!(
+        create["data"]["modelPath"],
+        "llama-2-7b-v1/model.safetensors"
+    );
+    assert_eq!(create["metadata"]["stepIndex"], 1);
+
+    let x = eventually(10, "the execution completed", || async {
+        let x = s.get(&format!("/api/executions/{exec}"), &t).await.body;
+        (x["status"] == "completed").then_some(x)
+    })
+    .await;
+    assert_eq!(x["steps"][1]["result"], json!({"from": "js"}));
+    assert_eq!(x["receivedMessageIds"].as_array().unwrap().len(), 4);
+    eventually(10, "the deployment running", || async {
+        let d = s
+            .get("/api/deployments/deploy-llama-prod-01", &t)
+            .await
+            .body;
+        (d["status"] == "running" && d["isRunning"] == true).then_some(())
+    })
+    .await;
+    // The reference client said the download succeeded: the model follows.
+    let m = s.get("/api/models/llama-2-7b-v1", &t).await.body;
+    assert_eq!(
+        (m["status"].clone(), m["isDownloaded"].clone()),
+        (json!("ready"), json!(true))
+    );
+    let _ = js.child.wait().await;
+    s.stop().await;
+}

@@ -703,3 +703,163 @@ async fn a_status_change_survives_sigkill_right_after_it_despite_coalescing() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A raw node client for the kill -9 tests: connects, registers, and
+/// reads frames.
+struct RawNode {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl RawNode {
+    async fn connect(base: &str, token: &str, node: &str) -> (RawNode, serde_json::Value) {
+        use futures_util::SinkExt;
+        let url = format!(
+            "{}/ws/node?token={token}&nodeId={node}",
+            base.replacen("http", "ws", 1)
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut n = RawNode { ws };
+        let register = json!({"type": "node.register", "messageId": uuid::Uuid::new_v4().to_string(),
+            "timestamp": "2026-01-01T00:00:00Z", "data": {"nodeId": node, "name": node}});
+        n.ws.send(tokio_tungstenite::tungstenite::Message::text(
+            register.to_string(),
+        ))
+        .await
+        .unwrap();
+        let ack = n.next("register.ack").await;
+        (n, ack)
+    }
+
+    /// The next frame of a type (or, with "command", any command).
+    async fn next(&mut self, kind: &str) -> serde_json::Value {
+        use futures_util::StreamExt;
+        loop {
+            let frame = tokio::time::timeout(std::time::Duration::from_secs(15), self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("no {kind} within 15 s"))
+                .expect("the connection stays open")
+                .unwrap();
+            let Ok(text) = frame.to_text() else { continue };
+            let v: serde_json::Value = match serde_json::from_str(text) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            let t = v["type"].as_str().unwrap_or_default();
+            let is_command = v["resource"].is_object() && !t.starts_with("command.");
+            if t == kind || (kind == "command" && is_command) {
+                return v;
+            }
+        }
+    }
+
+    async fn answer(&mut self, cmd: &serde_json::Value) {
+        use futures_util::SinkExt;
+        let id = cmd["messageId"].as_str().unwrap();
+        for (kind, data) in [
+            (
+                "command.ack",
+                json!({"originalMessageId": id, "status": "acknowledged"}),
+            ),
+            (
+                "command.result",
+                json!({"originalMessageId": id, "status": "success", "result": {"ok": true}}),
+            ),
+        ] {
+            let env = json!({"type": kind, "messageId": uuid::Uuid::new_v4().to_string(), "timestamp": "2026-01-01T00:00:00Z", "data": data});
+            self.ws
+                .send(tokio_tungstenite::tungstenite::Message::text(
+                    env.to_string(),
+                ))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// kill -9 of the server mid-execution: after the restart the execution
+/// resumes, the command that was out is never sent again, its late
+/// answer counts, and the run completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_survives_sigkill_and_sends_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut child, base) = spawn_server(&data);
+    warden::install_tls_provider();
+    let http = reqwest::Client::new();
+    let token = login(&http, &base).await;
+    let post = |base: String, token: String, path: String, body: serde_json::Value| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .post(format!("{base}{path}"))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert!(status.is_success(), "{path}: {status} {body}");
+            body
+        }
+    };
+    let (mut node, _) = RawNode::connect(&base, &token, "k9-node").await;
+    let step = |i: u32, deps: Vec<u32>| {
+        json!({"index": i, "name": format!("s{i}"), "nodeId": "k9-node", "dependsOn": deps,
+        "command": {"type": "system.healthCheck", "resource": {"type": "node", "id": "k9-node"}, "data": {}}})
+    };
+    let exec = json!({"executionId": "k9", "name": "k9", "category": "maintenance", "type": "check",
+        "steps": [step(0, vec![]), step(1, vec![0])]});
+    post(base.clone(), token.clone(), "/api/executions".into(), exec).await;
+    post(
+        base.clone(),
+        token.clone(),
+        "/api/executions/k9/start".into(),
+        json!({}),
+    )
+    .await;
+    let c0 = node.next("command").await;
+    assert_eq!(c0["metadata"]["stepIndex"], 0);
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(node);
+
+    let (mut child, base) = spawn_server(&data);
+    let token = login(&http, &base).await;
+    let (mut node, ack) = RawNode::connect(&base, &token, "k9-node").await;
+    assert_eq!(
+        ack["data"]["pendingCommands"],
+        json!([]),
+        "the sent command is not queued again"
+    );
+    node.answer(&c0).await;
+    let c1 = node.next("command").await;
+    assert_eq!(
+        c1["metadata"]["stepIndex"], 1,
+        "step 0 is not sent twice: {c1}"
+    );
+    node.answer(&c1).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let x: serde_json::Value = http
+            .get(format!("{base}/api/executions/k9"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if x["status"] == "completed" {
+            assert_eq!(x["sentMessageIds"].as_array().unwrap().len(), 2);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never completed: {x}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -118,15 +118,18 @@ pub(crate) type ReplyRoute = Arc<OnceLock<WeakKindRef<ExecutionKind>>>;
 /// The listener the node actors call when a command is answered (the
 /// answer is durable on the command already): a download moves its model;
 /// a step's answer wakes its execution (one that misses it reads the
-/// command when it next starts).
+/// command when it next starts). Answers reach executions through one
+/// queue, in the order the nodes gave them (an ack before its result),
+/// by a task that keeps the actors it found.
 pub(crate) fn route_reply(route: ReplyRoute, store: Store) -> CommandListener {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(String, StepReply)>();
+    tokio::spawn(deliver_replies(route, rx));
     Arc::new(move |event: CommandEvent| {
         if let Some(download) = crate::models::download_of(&event) {
             let (store, cmd) = (store.clone(), event.command.clone());
             tokio::spawn(async move { crate::models::record(&store, &cmd, download).await });
         }
-        let kind = route.get().and_then(WeakKindRef::upgrade);
-        let (Some(kind), Some(origin)) = (kind, event.command.origin.clone()) else {
+        let Some(origin) = event.command.origin.clone() else {
             return;
         };
         let reply = StepReply {
@@ -141,26 +144,57 @@ pub(crate) fn route_reply(route: ReplyRoute, store: Store) -> CommandListener {
             result: event.command.result.clone(),
             error: event.command.error.as_deref().map(execution::error_of),
         };
-        tokio::spawn(async move {
-            let delivered = kind
-                .with_actor(&origin.execution, |a| {
-                    let reply = reply.clone();
-                    async move {
-                        if ExecHandle(a).reply(reply) {
-                            Ok(())
-                        } else {
-                            Err(DomainError::Unavailable(
-                                "the execution's actor stopped".into(),
-                            ))
-                        }
-                    }
-                })
-                .await;
-            if let Err(e) = delivered {
-                tracing::debug!(execution = %origin.execution, error = %e, "a node's answer found no execution");
-            }
-        });
+        let _ = tx.send((origin.execution, reply));
     })
+}
+
+/// How many execution actors the reply router remembers.
+const ROUTER_CACHE: usize = 16_384;
+
+/// Delivers answers in order; ends when the nodes' listener is dropped.
+async fn deliver_replies(
+    route: ReplyRoute,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, StepReply)>,
+) {
+    let mut actors: std::collections::HashMap<String, ActorRef<ExecMsg>> = Default::default();
+    while let Some((execution, reply)) = rx.recv().await {
+        if let Some(actor) = actors.get(&execution)
+            && ExecHandle(actor.clone()).reply(reply.clone())
+        {
+            continue;
+        }
+        actors.remove(&execution);
+        let Some(kind) = route.get().and_then(WeakKindRef::upgrade) else {
+            continue;
+        };
+        let mut found = None;
+        let delivered = kind
+            .with_actor(&execution, |a| {
+                let reply = reply.clone();
+                found = Some(a.clone());
+                async move {
+                    if ExecHandle(a).reply(reply) {
+                        Ok(())
+                    } else {
+                        Err(DomainError::Unavailable(
+                            "the execution's actor stopped".into(),
+                        ))
+                    }
+                }
+            })
+            .await;
+        match delivered {
+            Ok(()) => {
+                if actors.len() >= ROUTER_CACHE {
+                    actors.clear();
+                }
+                actors.extend(found.map(|a| (execution, a)));
+            }
+            Err(e) => {
+                tracing::debug!(%execution, error = %e, "a node's answer found no execution")
+            }
+        }
+    }
 }
 
 /// Statistics of the executions one caller may see.

@@ -11,7 +11,6 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{Data, Event, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
-use tokio::sync::Mutex;
 use warden_actors::node::protocol::Outbound;
 
 use super::session::{Handshake, Refusal, Session, authenticate};
@@ -90,27 +89,42 @@ async fn connected(s: SocketRef, State(state): State<AppState>) {
         let _ = s.disconnect();
         return;
     }
-    // Taken out at disconnect, so the session (and its shutdown guard) ends with the socket.
-    let session = Arc::new(Mutex::new(Some(session)));
-    let on_event = session.clone();
+    // One reader owns the session and handles the events in the order
+    // they arrived (socketioxide runs each handler as its own task, so a
+    // command.ack could otherwise overtake its command.result). The
+    // handler queues synchronously, before any task is spawned; `None`
+    // is the disconnect, after which the session (and its shutdown guard)
+    // ends.
+    let (events, mut queue) = tokio::sync::mpsc::channel::<Option<String>>(EVENT_QUEUE);
+    tokio::spawn(async move {
+        while let Some(Some(text)) = queue.recv().await {
+            session.on_text(&text).await;
+        }
+        session.close();
+    });
+    let on_event = events.clone();
     s.on_fallback(
-        async move |Event(event): Event, Data(mut payload): Data<Value>| {
+        move |s: SocketRef, Event(event): Event, Data(mut payload): Data<Value>| {
             if let Value::Object(map) = &mut payload {
                 map.entry("type").or_insert(Value::String(event));
             } else {
                 payload = serde_json::json!({"type": event, "data": payload});
             }
-            if let Some(session) = on_event.lock().await.as_mut() {
-                session.on_text(&payload.to_string()).await;
+            if on_event.try_send(Some(payload.to_string())).is_err() {
+                tracing::warn!("a Socket.IO node sends faster than it is served; disconnecting it");
+                let _ = s.disconnect();
             }
+            std::future::ready(())
         },
     );
     s.on_disconnect(async move || {
-        if let Some(session) = session.lock().await.take() {
-            session.close();
-        }
+        let _ = events.send(None).await;
     });
 }
+
+/// Events of one Socket.IO node waiting to be handled; a client that
+/// keeps more waiting is disconnected.
+const EVENT_QUEUE: usize = 1024;
 
 /// The Socket.IO layer; at shutdown it closes every transport (a Socket.IO
 /// disconnect would make AIWM's daemon give up for good).
