@@ -181,6 +181,10 @@ pub async fn run(
     heartbeats.set_missed_tick_behavior(MissedTickBehavior::Delay);
     metrics.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut seq: u64 = 0;
+    // Results sent lately: sent again after a reconnection, since one sent
+    // just before the server died may never have been read (the server
+    // records an answer once, so a repeat is harmless).
+    let mut recent = RecentResults::default();
     tokio::pin!(shutdown);
 
     loop {
@@ -254,6 +258,12 @@ pub async fn run(
                                 } else {
                                     lost = true;
                                 }
+                                for line in recent.lines() {
+                                    if lost || s.send(Message::text(line)).await.is_err() {
+                                        lost = true;
+                                        break;
+                                    }
+                                }
                             }
                             Ok(env) if env.kind == kinds::COMMAND_CANCEL => {
                                 let id = env.data.as_ref().and_then(|d| d["originalMessageId"].as_str()).unwrap_or_default().to_owned();
@@ -273,7 +283,9 @@ pub async fn run(
                                     let result = Ok(json!({"healthy": true, "heartbeat": host.heartbeat()}));
                                     let done = commands::reply(&env, kinds::COMMAND_RESULT, commands::result_data(&env.message_id, result));
                                     if !lost {
-                                        lost = s.send(Message::text(done.to_json())).await.is_err();
+                                        let line = done.to_json();
+                                        lost = s.send(Message::text(line.clone())).await.is_err();
+                                        recent.push(line);
                                     }
                                 } else {
                                     runner.start(env);
@@ -304,7 +316,9 @@ pub async fn run(
                             _ => false,
                         };
                         // A result is never lost: kept until the next registration.
-                        if !sent {
+                        if sent {
+                            recent.push(line);
+                        } else {
                             outbox.push(&line)?;
                             lost = connected;
                         }
@@ -338,6 +352,33 @@ pub async fn run(
             registered = false;
             next_attempt = Instant::now() + backoff.delay();
         }
+    }
+}
+
+/// The command results sent in the last ten minutes (at most 256).
+#[derive(Default)]
+struct RecentResults(std::collections::VecDeque<(Instant, String)>);
+
+impl RecentResults {
+    const KEEP: Duration = Duration::from_secs(600);
+    const MAX: usize = 256;
+
+    fn push(&mut self, line: String) {
+        self.0.push_back((Instant::now(), line));
+        while self.0.len() > Self::MAX {
+            self.0.pop_front();
+        }
+    }
+
+    fn lines(&mut self) -> Vec<String> {
+        while self
+            .0
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() > Self::KEEP)
+        {
+            self.0.pop_front();
+        }
+        self.0.iter().map(|(_, l)| l.clone()).collect()
     }
 }
 

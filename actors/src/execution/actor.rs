@@ -87,18 +87,27 @@ pub struct ExecState {
 pub struct ExecutionActor;
 
 impl ExecState {
-    /// Runs one event: the new state is durable before this returns.
+    /// Runs one event: the new state is durable before this returns,
+    /// except an ack's (progress and a received id, which promise nothing
+    /// and leave nothing to do): it is queued without waiting.
     async fn run(&mut self, event: Event) -> Result<Vec<Effect>, DomainError> {
         let now = now_millis();
         let mut next = self.exec.clone();
+        let ack = matches!(&event, Event::Reply(r) if r.phase == ReplyPhase::Ack);
         let effects =
             machine::apply(&mut next, event, now).map_err(|m| DomainError::Invalid(vec![m]))?;
         if next != self.exec {
             next.audit.updated_at = now.max(next.audit.updated_at);
-            let version = self
-                .store
-                .commit(vec![Write::put(&next, Some(self.version))?])
-                .await?[0];
+            let queued = ack
+                && effects.is_empty()
+                && Write::put(&next, Some(self.version))
+                    .ok()
+                    .is_some_and(|w| self.store.commit_nowait(vec![w]).is_ok());
+            let version = if queued {
+                self.version + 1
+            } else {
+                self.commit(&next).await?
+            };
             self.version = version;
             let ended = next.status.is_terminal() && !self.exec.status.is_terminal();
             self.exec = next;
@@ -107,6 +116,33 @@ impl ExecState {
             }
         }
         Ok(effects)
+    }
+
+    /// A durable write with the version this actor expects; when an
+    /// earlier unacknowledged write was dropped (queue full), the stored
+    /// version is re-read (this actor is the only writer).
+    async fn commit(&self, next: &Execution) -> Result<u64, DomainError> {
+        match self
+            .store
+            .commit(vec![Write::put(next, Some(self.version))?])
+            .await
+        {
+            Ok(v) => Ok(v[0]),
+            Err(warden_storage::StorageError::VersionMismatch { .. }) => {
+                let (_, stored) = self
+                    .store
+                    .get_versioned::<Execution>(&next.id)?
+                    .ok_or_else(|| DomainError::NotFound {
+                        kind: "Execution",
+                        id: next.id.clone(),
+                    })?;
+                Ok(self
+                    .store
+                    .commit(vec![Write::put(next, Some(stored))?])
+                    .await?[0])
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn command_for(&self, index: u32) -> Option<(String, NewCommand)> {

@@ -339,6 +339,12 @@ impl NodeState {
         cmd.status = CommandStatus::Sent;
         cmd.sent_at = Some(now_millis());
         self.store.put(&cmd).await?;
+        self.send_or_requeue(cmd).await
+    }
+
+    /// Writes a command stored as sent to the connection; one that could
+    /// not leave goes back to the queue.
+    async fn send_or_requeue(&mut self, mut cmd: NodeCommand) -> Result<NodeCommand, DomainError> {
         if !self.send(Outbound::Event(Box::new(envelope_of(&cmd)))) {
             cmd.status = CommandStatus::Queued;
             cmd.sent_at = None;
@@ -746,9 +752,18 @@ async fn handle_message(
                 completed_at: None,
                 origin: command.origin,
             };
-            let result = match state.store.insert(cmd).await {
-                Ok(cmd) => state.deliver(cmd).await,
-                Err(e) => Err(e.into()),
+            // To a connected node: stored as sent and sent, one durable
+            // write (put back in the queue only if it never left).
+            let result = if state.conn.is_some() {
+                let mut cmd = cmd;
+                cmd.status = CommandStatus::Sent;
+                cmd.sent_at = Some(now);
+                match state.store.insert(cmd).await {
+                    Ok(cmd) => state.send_or_requeue(cmd).await,
+                    Err(e) => Err(e.into()),
+                }
+            } else {
+                state.store.insert(cmd).await.map_err(DomainError::from)
             };
             let _ = reply.send(result);
         }
