@@ -197,13 +197,27 @@ impl Store {
 
     /// Applies `writes` atomically and durably; returns each put's new version.
     pub async fn commit(&self, writes: Vec<Write>) -> Result<Vec<u64>, StorageError> {
+        self.submit(writes)?.await
+    }
+
+    /// Queues `writes` now, in order with every other write, and returns
+    /// what to await for them to be durable (each put's new version): an
+    /// actor can go on with its next message and act on the outcome
+    /// later, in order, without holding its mailbox for the flush.
+    pub fn submit(
+        &self,
+        writes: Vec<Write>,
+    ) -> Result<
+        impl std::future::Future<Output = Result<Vec<u64>, StorageError>> + Send + 'static,
+        StorageError,
+    > {
         let (reply, answer) = oneshot::channel();
         self.engine().submit(Request {
             writes,
             reply: Some(reply),
             flush_only: false,
         })?;
-        answer.await.map_err(|_| StorageError::Closed)?
+        Ok(async move { answer.await.map_err(|_| StorageError::Closed)? })
     }
 
     /// Inserts a record that must not exist; returns it.

@@ -147,6 +147,10 @@ pub enum NodeMsg {
         command: Box<NewCommand>,
         reply: RpcReplyPort<Result<NodeCommand, DomainError>>,
     },
+    /// A write of this command failed: forget what was remembered of it.
+    Forget(String),
+    /// A command stored as sent whose frame could not leave.
+    Requeue(Box<NodeCommand>),
     /// Drops a queued command, or tells the node to stop a sent one.
     Revoke {
         command_id: String,
@@ -184,6 +188,58 @@ pub struct NodeState {
     /// has changed since (heartbeat gauges waiting for the next write).
     last_written: std::time::Instant,
     dirty: bool,
+    /// Commands this actor wrote lately, with their stored versions:
+    /// answers to them are recorded without reading the store.
+    commands: HashMap<String, (NodeCommand, u64)>,
+    /// The end of the chain of actions waiting for their writes' flush.
+    tail: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+/// Commands a node actor remembers (see `NodeState::commands`).
+const MAX_REMEMBERED: usize = 4096;
+
+/// Applies a node's ack or result to a command; false when it changes
+/// nothing (an answer recorded already, an ack after the end).
+fn record_reply(cmd: &mut NodeCommand, kind: ReplyKind, reply: &CommandReply, now: Millis) -> bool {
+    match kind {
+        ReplyKind::Ack => {
+            if matches!(
+                cmd.status,
+                CommandStatus::Succeeded | CommandStatus::Failed | CommandStatus::Cancelled
+            ) {
+                return false;
+            }
+            cmd.status = CommandStatus::Acknowledged;
+            cmd.acknowledged_at = Some(now);
+        }
+        ReplyKind::Result => {
+            if matches!(cmd.status, CommandStatus::Succeeded | CommandStatus::Failed) {
+                return false;
+            }
+            // A revoked command keeps its status; what the node did anyway
+            // is still recorded.
+            if cmd.status != CommandStatus::Cancelled {
+                cmd.status = if reply.status == "success" {
+                    CommandStatus::Succeeded
+                } else {
+                    CommandStatus::Failed
+                };
+            }
+            cmd.result = reply
+                .result
+                .as_ref()
+                .filter(|v| !v.is_null())
+                .map(Value::to_string);
+            cmd.error = reply
+                .error
+                .as_ref()
+                .filter(|v| !v.is_null())
+                .map(Value::to_string);
+            cmd.completed_at = Some(now);
+            cmd.acknowledged_at.get_or_insert(now);
+        }
+    }
+    true
 }
 
 #[derive(Default)]
@@ -336,6 +392,7 @@ impl NodeState {
         if self.conn.is_none() {
             return Ok(cmd);
         }
+        self.commands.remove(&cmd.id);
         cmd.status = CommandStatus::Sent;
         cmd.sent_at = Some(now_millis());
         self.store.put(&cmd).await?;
@@ -346,6 +403,7 @@ impl NodeState {
     /// not leave goes back to the queue.
     async fn send_or_requeue(&mut self, mut cmd: NodeCommand) -> Result<NodeCommand, DomainError> {
         if !self.send(Outbound::Event(Box::new(envelope_of(&cmd)))) {
+            self.commands.remove(&cmd.id);
             cmd.status = CommandStatus::Queued;
             cmd.sent_at = None;
             self.store.put(&cmd).await?;
@@ -391,79 +449,118 @@ impl NodeState {
         self.deliver_queued().await
     }
 
-    async fn command_reply(
+    /// Chains `then` after `durable` and after every action chained
+    /// before it: the actor goes on with its next message while the flush
+    /// happens, and frames and notifications still leave in order.
+    fn after_durable<F>(
         &mut self,
+        durable: impl std::future::Future<Output = Result<Vec<u64>, warden_storage::StorageError>>
+        + Send
+        + 'static,
+        then: F,
+    ) where
+        F: FnOnce(Result<Vec<u64>, warden_storage::StorageError>) + Send + 'static,
+    {
+        let before = self.tail.take();
+        let (done, after) = tokio::sync::oneshot::channel();
+        self.tail = Some(after);
+        tokio::spawn(async move {
+            let outcome = durable.await;
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            then(outcome);
+            let _ = done.send(());
+        });
+    }
+
+    /// A command and its stored version: from the commands this actor
+    /// wrote lately (no read, which would wait for a flush in progress),
+    /// else from the store.
+    fn command(&self, id: &str) -> Result<Option<(NodeCommand, u64)>, DomainError> {
+        if let Some(c) = self.commands.get(id) {
+            return Ok(Some(c.clone()));
+        }
+        Ok(self.store.get_versioned::<NodeCommand>(id)?)
+    }
+
+    /// Records a node's ack or result; `done` is answered (and the
+    /// listener told) once it is durable, in the order answers came.
+    fn command_reply(
+        &mut self,
+        myself: &ActorRef<NodeMsg>,
         kind: ReplyKind,
         reply: CommandReply,
-    ) -> Result<(), DomainError> {
-        let node_id = self.node.id.clone();
-        let now = now_millis();
-        let mut changed = false;
-        let stored = self
-            .store
-            .update::<NodeCommand, DomainError>(&reply.original_message_id, |cmd| {
-                changed = false;
-                if cmd.node_id != node_id {
-                    return Ok(None); // a node may only answer its own commands
-                }
-                match kind {
-                    ReplyKind::Ack => {
-                        if matches!(
-                            cmd.status,
-                            CommandStatus::Succeeded
-                                | CommandStatus::Failed
-                                | CommandStatus::Cancelled
-                        ) {
-                            return Ok(None);
-                        }
-                        cmd.status = CommandStatus::Acknowledged;
-                        cmd.acknowledged_at = Some(now);
-                    }
-                    ReplyKind::Result => {
-                        if matches!(cmd.status, CommandStatus::Succeeded | CommandStatus::Failed) {
-                            return Ok(None); // answered already: recorded once
-                        }
-                        // A revoked command keeps its status; what the node
-                        // did anyway is still recorded.
-                        if cmd.status != CommandStatus::Cancelled {
-                            cmd.status = if reply.status == "success" {
-                                CommandStatus::Succeeded
-                            } else {
-                                CommandStatus::Failed
-                            };
-                        }
-                        cmd.result = reply
-                            .result
-                            .as_ref()
-                            .filter(|v| !v.is_null())
-                            .map(Value::to_string);
-                        cmd.error = reply
-                            .error
-                            .as_ref()
-                            .filter(|v| !v.is_null())
-                            .map(Value::to_string);
-                        cmd.completed_at = Some(now);
-                        cmd.acknowledged_at.get_or_insert(now);
-                    }
-                }
-                changed = true;
-                Ok(Some(()))
-            })
-            .await?;
-        if let (true, Some(cmd), Some(listener)) = (changed, stored, &self.listener) {
-            listener(CommandEvent {
-                command: cmd,
-                kind,
-                reply_id: reply.message_id,
-                progress: reply.progress,
-            });
+        done: RpcReplyPort<Result<(), DomainError>>,
+    ) {
+        let id = reply.original_message_id.clone();
+        let found = match self.command(&id) {
+            Ok(found) => found,
+            Err(e) => {
+                let _ = done.send(Err(e));
+                return;
+            }
+        };
+        // A node may only answer its own commands; an answer recorded
+        // already is recorded once.
+        let Some((mut cmd, version)) = found.filter(|(c, _)| c.node_id == self.node.id) else {
+            let _ = done.send(Ok(()));
+            return;
+        };
+        if !record_reply(&mut cmd, kind, &reply, now_millis()) {
+            let _ = done.send(Ok(()));
+            return;
         }
-        Ok(())
+        let durable = match Write::put(&cmd, Some(version)).and_then(|w| self.store.submit(vec![w]))
+        {
+            Ok(durable) => durable,
+            Err(e) => {
+                self.commands.remove(&id);
+                let _ = done.send(Err(e.into()));
+                return;
+            }
+        };
+        if matches!(
+            cmd.status,
+            CommandStatus::Succeeded | CommandStatus::Failed | CommandStatus::Cancelled
+        ) {
+            self.commands.remove(&id);
+        } else {
+            self.remember(cmd.clone(), version + 1);
+        }
+        let listener = self.listener.clone();
+        let me = myself.clone();
+        self.after_durable(durable, move |outcome| match outcome {
+            Ok(_) => {
+                if let Some(listener) = listener {
+                    listener(CommandEvent {
+                        command: cmd,
+                        kind,
+                        reply_id: reply.message_id,
+                        progress: reply.progress,
+                    });
+                }
+                let _ = done.send(Ok(()));
+            }
+            Err(e) => {
+                let _ = me.cast(NodeMsg::Forget(id));
+                let _ = done.send(Err(e.into()));
+            }
+        });
+    }
+
+    /// Keeps a command this actor wrote (bounded: the oldest go first).
+    fn remember(&mut self, cmd: NodeCommand, version: u64) {
+        if self.commands.len() >= MAX_REMEMBERED && !self.commands.contains_key(&cmd.id) {
+            self.commands.clear();
+        }
+        self.commands.insert(cmd.id.clone(), (cmd, version));
     }
 
     /// A queued command is dropped (never sent); a sent one is marked
     /// cancelled and the node is told with `command.cancel`.
     async fn revoke(&mut self, command_id: &str, reason: &str) -> Result<(), DomainError> {
+        self.commands.remove(command_id);
         let node_id = self.node.id.clone();
         let now = now_millis();
         let mut was = None;
@@ -532,6 +629,8 @@ impl Actor for NodeActor {
             last_used: std::time::Instant::now(),
             last_written: std::time::Instant::now(),
             dirty: false,
+            commands: HashMap::new(),
+            tail: None,
         })
     }
 
@@ -695,11 +794,20 @@ async fn handle_message(
             }
         }
         NodeMsg::CommandReply { kind, reply, done } => {
-            let recorded = state.command_reply(kind, *reply).await;
-            if let Err(e) = &recorded {
-                tracing::warn!(node = %state.node.id, error = %e, "could not record a command reply");
+            state.command_reply(&myself, kind, *reply, done);
+        }
+        NodeMsg::Forget(id) => {
+            state.commands.remove(&id);
+        }
+        NodeMsg::Requeue(cmd) => {
+            // Its frame could not leave after all: back to the queue.
+            let mut cmd = *cmd;
+            state.commands.remove(&cmd.id);
+            cmd.status = CommandStatus::Queued;
+            cmd.sent_at = None;
+            if let Err(e) = state.store.put(&cmd).await {
+                tracing::warn!(node = %state.node.id, error = %e, "could not put a command back in the queue");
             }
-            let _ = done.send(recorded);
         }
         NodeMsg::Revoke {
             command_id,
@@ -752,20 +860,37 @@ async fn handle_message(
                 completed_at: None,
                 origin: command.origin,
             };
-            // To a connected node: stored as sent and sent, one durable
-            // write (put back in the queue only if it never left).
-            let result = if state.conn.is_some() {
+            // To a connected node: stored as sent (one durable write) and
+            // sent once that write is durable, while the actor goes on;
+            // put back in the queue only if it never left.
+            if let Some(conn) = state.conn.clone() {
                 let mut cmd = cmd;
                 cmd.status = CommandStatus::Sent;
                 cmd.sent_at = Some(now);
-                match state.store.insert(cmd).await {
-                    Ok(cmd) => state.send_or_requeue(cmd).await,
-                    Err(e) => Err(e.into()),
-                }
+                let durable = match Write::insert(&cmd).and_then(|w| state.store.submit(vec![w])) {
+                    Ok(durable) => durable,
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                        return Ok(());
+                    }
+                };
+                state.remember(cmd.clone(), 1);
+                let me = myself.clone();
+                state.after_durable(durable, move |outcome| match outcome {
+                    Ok(_) => {
+                        if !conn.send(Outbound::Event(Box::new(envelope_of(&cmd)))) {
+                            let _ = me.cast(NodeMsg::Requeue(Box::new(cmd.clone())));
+                        }
+                        let _ = reply.send(Ok(cmd));
+                    }
+                    Err(e) => {
+                        let _ = me.cast(NodeMsg::Forget(cmd.id.clone()));
+                        let _ = reply.send(Err(e.into()));
+                    }
+                });
             } else {
-                state.store.insert(cmd).await.map_err(DomainError::from)
-            };
-            let _ = reply.send(result);
+                let _ = reply.send(state.store.insert(cmd).await.map_err(DomainError::from));
+            }
         }
         NodeMsg::Tick => {
             let interval = state.timing.heartbeat.as_millis() as Millis;
