@@ -89,7 +89,12 @@ async fn node(base: String, token: String, id: String, seen: Arc<Mutex<Seen>>) {
     );
     let mut recent: std::collections::VecDeque<String> = Default::default();
     loop {
-        let Ok((ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await else {
+        // Nagle off, as the daemons' WebSocket clients have it: an ack and
+        // a result written back to back would otherwise wait for the
+        // server's delayed ACK (40 ms).
+        let Ok((ws, _)) =
+            tokio_tungstenite::connect_async_with_config(url.as_str(), None, true).await
+        else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -194,6 +199,24 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
+/// The store's commit counters (requests, groups, flushes) from `/metrics`.
+async fn store_counters(http: &reqwest::Client, base: &str) -> [f64; 3] {
+    let text = match http.get(format!("{base}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let read = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    [
+        read("warden_store_commits_total"),
+        read("warden_store_commit_groups_total"),
+        read("warden_store_flushes_total"),
+    ]
+}
+
 /// Executions completed and timed out, from the statistics.
 async fn ended(http: &reqwest::Client, base: &str, token: &str) -> (u64, u64) {
     let r: Value = match http
@@ -277,16 +300,50 @@ async fn main() {
         .unwrap();
     let token = login(&http, &base).await;
 
-    // Run 1: throughput and turn-around.
+    // Run 0: executions one at a time: the turn-around of a step with
+    // nothing queued ahead of it (the round trip's own cost).
     let seen = Arc::new(Mutex::new(Seen::default()));
     let tasks = spawn_nodes(&base, &token, nodes, &seen);
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let alone = env_usize("WARDEN_BENCH_ALONE", 100);
+    create_all(&http, &base, &token, "z", alone, nodes).await;
+    for i in 0..alone {
+        let done = seen.lock().unwrap().finished;
+        post(
+            &http,
+            &base,
+            &token,
+            &format!("/api/executions/z-{i}/start"),
+            json!({}),
+        )
+        .await;
+        let t = Instant::now();
+        while seen.lock().unwrap().finished == done {
+            assert!(t.elapsed() < Duration::from_secs(30), "run 0 stalled");
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+    let turns = {
+        let mut s = seen.lock().unwrap();
+        let mut turns = std::mem::take(&mut s.turns);
+        turns.sort_unstable();
+        turns
+    };
+    println!(
+        "{alone} three-step executions one at a time: step turn-around p50 {:.2} ms, p99 {:.2} ms ({} turns)",
+        percentile(&turns, 0.5),
+        percentile(&turns, 0.99),
+        turns.len(),
+    );
+
+    // Run 1: throughput and turn-around.
     let t = Instant::now();
     create_all(&http, &base, &token, "a", n, nodes).await;
     let create_s = t.elapsed().as_secs_f64();
+    let before = store_counters(&http, &base).await;
     let t = Instant::now();
     start_all(&http, &base, &token, "a", n).await;
-    while ended(&http, &base, &token).await.0 < n as u64 {
+    while ended(&http, &base, &token).await.0 < (alone + n) as u64 {
         assert!(
             t.elapsed() < Duration::from_secs(300),
             "run 1 did not finish"
@@ -294,6 +351,8 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let run_s = t.elapsed().as_secs_f64();
+    let after = store_counters(&http, &base).await;
+    let per = |i: usize| (after[i] - before[i]) / n as f64;
     let (turns, repeats) = {
         let s = seen.lock().unwrap();
         let mut turns = s.turns.clone();
@@ -303,12 +362,16 @@ async fn main() {
     println!(
         "{n} three-step executions on {nodes} nodes: created in {create_s:.2} s ({:.0}/s); \
          started and completed in {run_s:.2} s = {:.0} executions/s; step turn-around p50 {:.1} ms, \
-         p99 {:.1} ms ({} turns); commands received twice: {repeats}",
+         p99 {:.1} ms ({} turns); commands received twice: {repeats}; per execution: \
+         {:.1} store writes in {:.1} commit groups, {:.1} flushes",
         n as f64 / create_s,
         n as f64 / run_s,
         percentile(&turns, 0.5),
         percentile(&turns, 0.99),
         turns.len(),
+        per(0),
+        per(1),
+        per(2),
     );
 
     // Run 2: kill -9 in the middle, then restart on the same data; the
@@ -330,7 +393,7 @@ async fn main() {
     // A command that was out when the server died may never have reached
     // its node; it is not sent again (never twice), so its step waits for
     // its timeout (5 s here) and the run ends `timeout`, as specified.
-    let target = 2 * n as u64;
+    let target = (alone + 2 * n) as u64;
     let (done, timed_out) = loop {
         let (done, timed_out) = ended(&http, &base, &token).await;
         if done + timed_out >= target {
@@ -362,7 +425,7 @@ async fn main() {
         within(1.0),
         within(2.0),
         moved.last().copied().unwrap_or(0.0),
-        done - n as u64,
+        done - (alone + n) as u64,
     );
     drop(child);
 }

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 
 use crate::engine::{Engine, Outcome, Request, Scan, Space, Watermark};
-use crate::record::{Envelope, EnvelopeRef, Write, encode};
+use crate::record::{Envelope, EnvelopeRef, Write};
 use crate::{Durability, StorageError, keys, migrations};
 
 pub(crate) const MAX_GROUP: usize = 256;
@@ -541,7 +541,7 @@ fn apply(pending: &mut Pending<'_, '_>, writes: Vec<Write>, seq: u64) -> Outcome
                     unique_keys,
                     body,
                 };
-                pending.put(rkey, encode(&envelope)?);
+                pending.put(rkey, envelope.encode()?);
                 versions.push(version);
             }
             Write::Remove { collection, id } => {
