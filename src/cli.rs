@@ -190,6 +190,10 @@ impl ServeArgs {
         c.node_policy = file.supervision.nodes.unwrap_or_default();
         c.execution_policy = file.supervision.executions.unwrap_or_default();
         c.deployment_policy = file.supervision.deployments.unwrap_or_default();
+        c.backend_policy = file.supervision.backends.unwrap_or_default();
+        if let Some(secs) = file.llm.probe_interval_secs {
+            c.llm_probe_interval = std::time::Duration::from_secs(secs.max(1));
+        }
         let env_ms = |name: &str| {
             std::env::var(name)
                 .ok()

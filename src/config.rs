@@ -30,6 +30,8 @@ pub struct FileConfig {
     pub nodes: NodesFile,
     #[serde(default)]
     pub rate_limits: RateLimitsFile,
+    #[serde(default)]
+    pub llm: LlmFile,
     /// Reverse proxies whose X-Forwarded-For names the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -47,6 +49,14 @@ pub struct SmtpFile {
     /// Better set through WARDEN_SMTP_PASSWORD.
     pub password: Option<String>,
     pub from: String,
+}
+
+/// `[llm]`: the LLM gateway.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmFile {
+    /// How often each backend is asked what it serves (default 15).
+    pub probe_interval_secs: Option<u64>,
 }
 
 /// `[rate_limits]`: per-minute limits; 0 switches one off.
@@ -85,6 +95,7 @@ pub struct SupervisionFile {
     pub nodes: Option<RestartPolicy>,
     pub executions: Option<RestartPolicy>,
     pub deployments: Option<RestartPolicy>,
+    pub backends: Option<RestartPolicy>,
 }
 
 impl FileConfig {
@@ -111,7 +122,10 @@ pub struct ServerConfig {
     pub node_policy: RestartPolicy,
     pub execution_policy: RestartPolicy,
     pub deployment_policy: RestartPolicy,
+    pub backend_policy: RestartPolicy,
     pub node_timing: NodeTiming,
+    /// How often each LLM backend is probed.
+    pub llm_probe_interval: Duration,
     pub telemetry_retention: Duration,
     pub rate_limits: warden_api::RateLimits,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -144,7 +158,9 @@ impl ServerConfig {
             node_policy: RestartPolicy::default(),
             execution_policy: RestartPolicy::default(),
             deployment_policy: RestartPolicy::default(),
+            backend_policy: RestartPolicy::default(),
             node_timing: NodeTiming::default(),
+            llm_probe_interval: warden_supervisors::DEFAULT_PROBE_INTERVAL,
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             rate_limits: warden_api::RateLimits::default(),
             trusted_proxies: Vec::new(),

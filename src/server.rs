@@ -90,7 +90,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             nodes: config.node_policy,
             executions: config.execution_policy,
             deployments: config.deployment_policy,
+            backends: config.backend_policy,
             node_timing: config.node_timing,
+            llm_probe_interval: Some(config.llm_probe_interval),
         },
     )
     .await

@@ -303,6 +303,102 @@ async fn passwords_never_reach_the_logs() {
     );
 }
 
+/// An LLM provider that refuses every key and quotes it back, as
+/// OpenAI's 401 does: the key must still reach no log line.
+async fn quoting_provider() -> String {
+    async fn refuse(headers: axum::http::HeaderMap) -> (axum::http::StatusCode, String) {
+        let got = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        (
+            axum::http::StatusCode::UNAUTHORIZED,
+            format!("{{\"error\": {{\"message\": \"Incorrect API key provided: {got}\"}}}}"),
+        )
+    }
+    let app = axum::Router::new().route("/v1/models", axum::routing::get(refuse));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_keys_never_reach_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let (mut child, base) =
+        spawn_server_logging(&dir.path().join("data"), "debug", Stdio::from(log));
+    warden::install_tls_provider();
+    let provider = quoting_provider().await;
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(format!("{base}/auth/login"))
+        .json(&json!({"username": ADMIN, "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["accessToken"].as_str().unwrap().to_owned();
+    let (org_key, own_key) = ("sk-org-key-in-no-log-1234", "sk-own-key-in-no-log-5678");
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let r = post("/providers/openai/configure", json!({"apiKey": org_key}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for (name, key) in [("org", None), ("own", Some(own_key))] {
+        let mut body = json!({"name": name, "type": "openai", "baseUrl": provider});
+        if let Some(k) = key {
+            body["apiKey"] = json!(k);
+        }
+        assert_eq!(post("/backends", body).await.unwrap().status(), 201);
+    }
+    // Both backends are probed and refused (the refusals are logged).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let state: serde_json::Value = http
+            .get(format!("{base}/state"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let errors = state
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["error"].as_str().is_some_and(|e| e.contains("401")))
+            .count();
+        if errors == 2 {
+            let text = state.to_string();
+            assert!(!text.contains(org_key) && !text.contains(own_key), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no refusal: {state}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        text.contains("an LLM backend does not answer"),
+        "the refusals were logged: {text}"
+    );
+    assert!(!text.contains(org_key), "a log line holds the provider key");
+    assert!(!text.contains(own_key), "a log line holds a backend's key");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configuration_precedence_flag_env_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -4,6 +4,7 @@
 
 pub mod deployment;
 pub mod execution;
+pub mod llm;
 pub mod node;
 
 pub use warden_domain::DomainError;

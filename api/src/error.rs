@@ -122,6 +122,7 @@ impl<D> From<DomainError> for ApiError<D> {
                 Self::new(StatusCode::CONFLICT, capitalise(&e.to_string()))
             }
             DomainError::Unavailable(m) | DomainError::TimedOut(m) => Self::unavailable(m),
+            DomainError::Forbidden(m) => Self::new(StatusCode::FORBIDDEN, m),
             DomainError::Storage(e) => Self::storage(e),
         }
     }

@@ -25,6 +25,9 @@ pub enum DomainError {
     /// effect: not retried automatically (retry with an idempotency key).
     #[error("{0}")]
     TimedOut(String),
+    /// The operation is never allowed on this entity (a system record).
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Storage(StorageError),
 }

@@ -11,6 +11,7 @@
 mod deployments;
 mod executions;
 mod kind;
+mod llm;
 mod models;
 mod nodes;
 mod policy;
@@ -20,6 +21,7 @@ mod tree;
 pub use deployments::{DeploymentKind, Deployments, logs_series};
 pub use executions::{ExecutionKind, ExecutionStats, Executions};
 pub use kind::{Kind, KindRef};
+pub use llm::{BackendKind, DEFAULT_PROBE_INTERVAL, Llm};
 pub use nodes::{NodeKind, Nodes};
 pub use policy::RestartPolicy;
 pub use root::{Runtime, RuntimeConfig};

@@ -11,6 +11,7 @@ use warden_storage::{Millis, Store, now_millis};
 use crate::deployments::{DeploymentKind, Deployments, EndRoute, route_end};
 use crate::executions::{ExecutionKind, Executions, ReplyRoute, route_reply};
 use crate::kind::KindControl;
+use crate::llm::{BackendKind, DEFAULT_PROBE_INTERVAL, Llm};
 use crate::{ActorInfo, FailureInfo, KindRef, NodeKind, Nodes, RestartPolicy, rfc3339};
 
 pub(crate) enum RootMsg {
@@ -161,7 +162,10 @@ pub struct RuntimeConfig {
     pub nodes: RestartPolicy,
     pub executions: RestartPolicy,
     pub deployments: RestartPolicy,
+    pub backends: RestartPolicy,
     pub node_timing: warden_actors::node::NodeTiming,
+    /// How often each LLM backend is probed (default 15 s).
+    pub llm_probe_interval: Option<std::time::Duration>,
 }
 
 /// The running supervision tree and typed access to each kind.
@@ -174,6 +178,7 @@ pub struct Runtime {
     pub nodes: Nodes,
     pub executions: Executions,
     pub deployments: Deployments,
+    pub llm: Llm,
 }
 
 impl Runtime {
@@ -208,10 +213,19 @@ impl Runtime {
             config.deployments,
         );
         let _ = ends.set(deployments.downgrade());
+        let backends = KindRef::new(
+            BackendKind::new(
+                store.clone(),
+                llm_client(),
+                config.llm_probe_interval.unwrap_or(DEFAULT_PROBE_INTERVAL),
+            ),
+            config.backends,
+        );
         let kinds: Vec<Arc<dyn KindControl>> = vec![
             Arc::new(nodes.clone()),
             Arc::new(executions.clone()),
             Arc::new(deployments.clone()),
+            Arc::new(backends.clone()),
         ];
         let (root, _) = Actor::spawn(
             None,
@@ -221,6 +235,10 @@ impl Runtime {
             kinds.clone(),
         )
         .await?;
+        let llm = Llm::new(backends, store.clone());
+        if let Err(e) = llm.ensure_system_groups().await {
+            tracing::error!(error = %e, "could not store the system affinity groups");
+        }
         Ok(Runtime {
             root,
             kinds,
@@ -229,6 +247,7 @@ impl Runtime {
             executions: execution_service,
             deployments: Deployments::new(deployments, store),
             nodes: node_service,
+            llm,
         })
     }
 
@@ -376,4 +395,13 @@ impl Runtime {
             )
             .await;
     }
+}
+
+/// The HTTP client every backend actor shares (one connection pool).
+fn llm_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .build()
+        .unwrap_or_default()
 }

@@ -2,9 +2,11 @@
 //! (RFC 3339) paging into bare arrays, `{"error": {code, message, param,
 //! type}}` errors; credentials by `X-API-Key`, Bearer JWT or the UI's
 //! HTTP-only cookie. This module: users, login/register/refresh (also the
-//! cookie flavour under `/ui/`), access control, and API keys.
+//! cookie flavour under `/ui/`), access control, API keys, and the LLM
+//! gateway's backends, groups and provider keys.
 
 mod access;
+mod backends;
 mod users;
 
 use axum::Json;
@@ -86,5 +88,7 @@ pub(crate) fn page_params(
 }
 
 pub(crate) fn routes() -> Api {
-    users::routes().merge(access::routes())
+    users::routes()
+        .merge(access::routes())
+        .merge(backends::routes())
 }
