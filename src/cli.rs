@@ -191,6 +191,12 @@ impl ServeArgs {
         c.execution_policy = file.supervision.executions.unwrap_or_default();
         c.deployment_policy = file.supervision.deployments.unwrap_or_default();
         c.backend_policy = file.supervision.backends.unwrap_or_default();
+        if let Some(m) = file.llm.embed_model.clone() {
+            c.llm_defaults.embed_model = m;
+        }
+        if let Some(m) = file.llm.task_model.clone() {
+            c.llm_defaults.task_model = m;
+        }
         if let Some(secs) = file.llm.probe_interval_secs {
             c.llm_probe_interval = std::time::Duration::from_secs(secs.max(1));
         }

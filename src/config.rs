@@ -57,6 +57,10 @@ pub struct SmtpFile {
 pub struct LlmFile {
     /// How often each backend is asked what it serves (default 15).
     pub probe_interval_secs: Option<u64>,
+    /// The embedding model declared at boot (`/embed` uses it).
+    pub embed_model: Option<String>,
+    /// The task model declared at boot (`/execute`, `/defaultmodel`).
+    pub task_model: Option<String>,
 }
 
 /// `[rate_limits]`: per-minute limits; 0 switches one off.
@@ -126,6 +130,7 @@ pub struct ServerConfig {
     pub node_timing: NodeTiming,
     /// How often each LLM backend is probed.
     pub llm_probe_interval: Duration,
+    pub llm_defaults: warden_supervisors::LlmDefaults,
     pub telemetry_retention: Duration,
     pub rate_limits: warden_api::RateLimits,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -161,6 +166,7 @@ impl ServerConfig {
             backend_policy: RestartPolicy::default(),
             node_timing: NodeTiming::default(),
             llm_probe_interval: warden_supervisors::DEFAULT_PROBE_INTERVAL,
+            llm_defaults: warden_supervisors::LlmDefaults::default(),
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             rate_limits: warden_api::RateLimits::default(),
             trusted_proxies: Vec::new(),

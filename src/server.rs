@@ -93,6 +93,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             backends: config.backend_policy,
             node_timing: config.node_timing,
             llm_probe_interval: Some(config.llm_probe_interval),
+            llm_defaults: config.llm_defaults.clone(),
         },
     )
     .await

@@ -731,3 +731,217 @@ async fn a_crashed_backend_actor_restarts_and_keeps_probing() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn models_are_the_core_registry_and_groups_hold_them() {
+    let s = TestServer::start().await;
+    let (t, me) = s.user("modeladmin", &["admin"], None).await;
+    let org = me["orgId"].as_str().unwrap().to_owned();
+
+    // The boot models, in every organisation's view.
+    let r = s.get("/models", &t).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let find = |body: &Value, id: &str| {
+        body.as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .cloned()
+    };
+    let phi = find(&r.body, "phi3:3.8b").expect("the task model");
+    assert_eq!(
+        (phi["canChat"].as_bool(), phi["canEmbed"].as_bool()),
+        (Some(true), Some(false))
+    );
+    let embed = find(&r.body, "nomic-embed-text:latest").expect("the embedding model");
+    assert_eq!(embed["canEmbed"], true);
+    assert_eq!(
+        s.get("/defaultmodel", &t).await.body,
+        json!({"modelName": "phi3:3.8b"})
+    );
+    assert_contenox_error(&s.delete("/models/phi3:3.8b", &t).await, 403);
+    assert_contenox_error(
+        &s.put(
+            "/models/nomic-embed-text:latest",
+            &t,
+            json!({"contextLength": 1}),
+        )
+        .await,
+        403,
+    );
+    let groups = s.get("/model-affinity/phi3:3.8b/groups", &t).await.body;
+    let ids: Vec<&str> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&"internal_tasks_group") && ids.contains(&"internal_chat_group"));
+    assert_eq!(
+        s.get("/model-affinity/internal_embed_group/models", &t)
+            .await
+            .body[0]["id"],
+        "nomic-embed-text:latest"
+    );
+
+    // A declared model is a core model: AIWM's registry lists it.
+    let r = s
+        .post("/models", &t, json!({"model": "mistral:instruct", "canChat": true, "canStream": true, "contextLength": 8192}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        (r.body["id"].as_str(), r.body["contextLength"].as_u64()),
+        (Some("mistral:instruct"), Some(8192))
+    );
+    assert_contenox_error(
+        &s.post("/models", &t, json!({"model": "mistral:instruct"}))
+            .await,
+        409,
+    );
+    assert_contenox_error(
+        &s.post("/models", &t, json!({"model": "phi3:3.8b"})).await,
+        409,
+    );
+    assert_contenox_error(
+        &s.post("/models", &t, json!({"model": "has space"})).await,
+        400,
+    );
+    assert_contenox_error(&s.post("/models", &t, json!({"canChat": true})).await, 400);
+    assert_contenox_error(
+        &s.post("/models", &t, json!({"model": "x", "contextLength": -1}))
+            .await,
+        400,
+    );
+    let aiwm = s.get("/api/models", &t).await;
+    let listed = aiwm.body["data"].as_array().unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|m| m["name"] == "mistral:instruct" && m["type"] == "llm"),
+        "{}",
+        aiwm.body
+    );
+    let r = s
+        .put(
+            "/models/mistral:instruct",
+            &t,
+            json!({"contextLength": 4096, "model": "renamed"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (
+            r.body["id"].as_str(),
+            r.body["contextLength"].as_u64(),
+            r.body["canChat"].as_bool()
+        ),
+        (Some("mistral:instruct"), Some(4096), Some(true))
+    );
+    assert_contenox_error(
+        &s.put("/models/none-such", &t, json!({"contextLength": 1}))
+            .await,
+        404,
+    );
+    s.post("/models", &t, json!({"model": "lonely:1b"})).await;
+
+    // Groups hold models by name; only grouped models are reachable.
+    let group = s
+        .post(
+            "/groups",
+            &t,
+            json!({"name": "chat", "purposeType": "Chat"}),
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = s
+        .post(
+            &format!("/model-affinity/{group}/models/mistral:instruct"),
+            &t,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.clone()),
+        (200, json!("model assigned"))
+    );
+    assert_contenox_error(
+        &s.post(
+            &format!("/model-affinity/{group}/models/none-such"),
+            &t,
+            json!({}),
+        )
+        .await,
+        404,
+    );
+    assert_eq!(
+        s.get(&format!("/model-affinity/{group}/models"), &t)
+            .await
+            .body[0]["id"],
+        "mistral:instruct"
+    );
+    assert_eq!(
+        s.get("/model-affinity/mistral:instruct/groups", &t)
+            .await
+            .body[0]["id"],
+        group.as_str()
+    );
+    for path in ["/v1/models", "/openai/any-chain/v1/models"] {
+        let r = s.get(path, &t).await;
+        assert_eq!(r.body["object"], "list", "{path}");
+        let ids: Vec<&str> = r.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        for id in ["mistral:instruct", "phi3:3.8b", "nomic-embed-text:latest"] {
+            assert!(ids.contains(&id), "{path}: {ids:?}");
+        }
+        assert!(
+            !ids.contains(&"lonely:1b"),
+            "an ungrouped model is not reachable"
+        );
+        assert_eq!(r.body["data"][0]["object"], "model");
+    }
+
+    // Another organisation sees the server's models, not these.
+    let (other, _) = s.user("othermodels", &["admin"], None).await;
+    let theirs = s.get("/models", &other).await.body;
+    assert!(find(&theirs, "phi3:3.8b").is_some() && find(&theirs, "mistral:instruct").is_none());
+    assert_contenox_error(
+        &s.get("/model-affinity/mistral:instruct/groups", &other)
+            .await,
+        404,
+    );
+    let (viewer, _) = s.user("modelviewer", &["viewer"], Some(&org)).await;
+    assert_contenox_error(
+        &s.post("/models", &viewer, json!({"model": "v:1"})).await,
+        403,
+    );
+
+    // Deleted: gone from every view and from its groups.
+    let r = s.delete("/models/mistral:instruct", &t).await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.clone()),
+        (200, json!("model removed"))
+    );
+    assert_contenox_error(&s.delete("/models/mistral:instruct", &t).await, 404);
+    assert_eq!(
+        s.get(&format!("/model-affinity/{group}/models"), &t)
+            .await
+            .body,
+        json!([])
+    );
+    let aiwm = s.get("/api/models", &t).await;
+    assert!(
+        !aiwm.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "mistral:instruct")
+    );
+}

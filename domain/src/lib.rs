@@ -15,7 +15,7 @@ mod plain;
 pub mod rules;
 
 pub use error::DomainError;
-pub use model::{MODEL_STATUSES, MODEL_TYPES, Model, ModelInput};
+pub use model::{LLM_NAME, LlmProfile, MODEL_STATUSES, MODEL_TYPES, Model, ModelInput, ModelV1};
 pub use plain::{
     AccessEntry, Instruction, InstructionInput, TOOL_STATUSES, TOOL_TYPES, Tool, ToolInput,
 };

@@ -9,11 +9,115 @@ use crate::plain::{merge_extra, uuid_like};
 use crate::rules::{Checks, MAX_SHORT};
 use crate::{Audit, DomainError, Owned, Owner, set};
 
+/// The unique constraint of gateway-declared models' names.
+pub const LLM_NAME: &str = "llmName";
+
 /// Model kinds and download statuses AIWM knows.
 pub const MODEL_TYPES: [&str; 4] = ["llm", "diffusion", "embedding", "classifier"];
 pub const MODEL_STATUSES: [&str; 4] = ["queued", "downloading", "ready", "error"];
 
-warden_storage::first_layout!(Model);
+/// How an LLM gateway serves a model (contenox's model fields, vareon's
+/// LLM models): what it can do and how long a context it takes. Models
+/// declared through the gateway have one; a model registered as a file
+/// (AIWM) has none, and its kind decides what it can do.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct LlmProfile {
+    pub can_chat: bool,
+    pub can_embed: bool,
+    pub can_prompt: bool,
+    pub can_stream: bool,
+    pub context_length: u64,
+    /// Declared by the server at boot (contenox's default models): it
+    /// cannot be deleted.
+    pub system: bool,
+}
+
+impl Model {
+    /// The model's LLM profile, or the one its kind implies.
+    pub fn llm_profile(&self) -> LlmProfile {
+        self.llm.clone().unwrap_or_else(|| {
+            let embed = self.kind == "embedding";
+            LlmProfile {
+                can_chat: !embed,
+                can_embed: embed,
+                can_prompt: !embed,
+                can_stream: !embed,
+                context_length: 0,
+                system: false,
+            }
+        })
+    }
+
+    /// Whether an LLM gateway may serve it.
+    pub fn is_llm(&self) -> bool {
+        self.llm.is_some() || self.kind == "llm" || self.kind == "embedding"
+    }
+}
+
+impl warden_storage::Versioned for Model {
+    const VERSION: u32 = 2;
+    type Previous = ModelV1;
+    fn upgrade(v: ModelV1) -> Self {
+        Model {
+            id: v.id,
+            model_id: v.model_id,
+            name: v.name,
+            description: v.description,
+            version: v.version,
+            kind: v.kind,
+            framework: v.framework,
+            repository: v.repository,
+            file_name: v.file_name,
+            file_size: v.file_size,
+            sha256: v.sha256,
+            is_downloaded: v.is_downloaded,
+            download_path: v.download_path,
+            download_progress: v.download_progress,
+            status: v.status,
+            node_id: v.node_id,
+            total_inference: v.total_inference,
+            total_tokens: v.total_tokens,
+            total_processing_time: v.total_processing_time,
+            tags: v.tags,
+            is_active: v.is_active,
+            extra: v.extra,
+            owner: v.owner,
+            audit: v.audit,
+            llm: None,
+        }
+    }
+}
+
+/// [`Model`]'s first layout (before models had an LLM profile).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelV1 {
+    pub id: String,
+    pub model_id: String,
+    pub name: String,
+    pub description: String,
+    pub version: String,
+    pub kind: String,
+    pub framework: String,
+    pub repository: String,
+    pub file_name: String,
+    pub file_size: u64,
+    pub sha256: Option<String>,
+    pub is_downloaded: bool,
+    pub download_path: Option<String>,
+    pub download_progress: u32,
+    pub status: String,
+    pub node_id: String,
+    pub total_inference: u64,
+    pub total_tokens: u64,
+    pub total_processing_time: u64,
+    pub tags: Vec<String>,
+    pub is_active: bool,
+    pub extra: String,
+    pub owner: Owner,
+    pub audit: Audit,
+}
+
+warden_storage::first_layout!(ModelV1);
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Model {
@@ -46,6 +150,8 @@ pub struct Model {
     pub extra: String,
     pub owner: Owner,
     pub audit: Audit,
+    /// Set for models declared through an LLM gateway (layout 2).
+    pub llm: Option<LlmProfile>,
 }
 
 /// What a client may set on a model; `None` leaves a field as it is.
@@ -99,6 +205,7 @@ impl Model {
             extra: String::new(),
             owner,
             audit: Audit::new(by),
+            llm: None,
         }
     }
 
@@ -165,11 +272,17 @@ impl Record for Model {
     fn id(&self) -> &str {
         &self.id
     }
+    /// Models declared through an LLM gateway are named by their name
+    /// there (contenox's model id): unique in their organisation.
     fn uniques(&self) -> Vec<(&'static str, String)> {
-        vec![(
+        let mut u = vec![(
             "modelId",
             format!("{}/{}", self.owner.org_id, self.model_id),
-        )]
+        )];
+        if self.llm.is_some() {
+            u.push((LLM_NAME, format!("{}/{}", self.owner.org_id, self.name)));
+        }
+        u
     }
     fn is_deleted(&self) -> bool {
         self.audit.deleted_at.is_some()
@@ -223,5 +336,64 @@ mod tests {
         };
         m.apply(ok, true).unwrap();
         assert_eq!(m.sha256.as_deref(), Some("ab".repeat(32).as_str()));
+    }
+
+    /// The first layout as an older build stored it (same collection).
+    impl Record for ModelV1 {
+        const COLLECTION: &'static str = "models";
+        fn id(&self) -> &str {
+            &self.id
+        }
+    }
+
+    /// A store written before models had an LLM profile reads back: the
+    /// model has none, and its kind says what it can do.
+    #[tokio::test]
+    async fn layout_1_models_read_back_without_a_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = warden_storage::StoreConfig {
+            data_dir: dir.path().to_owned(),
+            durability: warden_storage::Durability::Flush,
+        };
+        let mut m = Model::new(Owner::default(), "u");
+        m.name = "nomic-embed-text".into();
+        m.kind = "embedding".into();
+        let v1 = ModelV1 {
+            id: m.id.clone(),
+            model_id: m.model_id.clone(),
+            name: m.name.clone(),
+            description: m.description.clone(),
+            version: m.version.clone(),
+            kind: m.kind.clone(),
+            framework: m.framework.clone(),
+            repository: m.repository.clone(),
+            file_name: m.file_name.clone(),
+            file_size: m.file_size,
+            sha256: m.sha256.clone(),
+            is_downloaded: m.is_downloaded,
+            download_path: m.download_path.clone(),
+            download_progress: m.download_progress,
+            status: m.status.clone(),
+            node_id: m.node_id.clone(),
+            total_inference: m.total_inference,
+            total_tokens: m.total_tokens,
+            total_processing_time: m.total_processing_time,
+            tags: m.tags.clone(),
+            is_active: m.is_active,
+            extra: m.extra.clone(),
+            owner: m.owner.clone(),
+            audit: m.audit.clone(),
+        };
+        {
+            let store = warden_storage::Store::open(&config).unwrap();
+            store.insert(v1).await.unwrap();
+            store.close();
+        }
+        let store = warden_storage::Store::open(&config).unwrap();
+        let read: Model = store.get(&m.id).unwrap().unwrap();
+        assert_eq!(read, m);
+        assert!(read.is_llm());
+        let p = read.llm_profile();
+        assert!(p.can_embed && !p.can_chat && !p.system);
     }
 }

@@ -12,10 +12,62 @@ use warden_actors::llm::{
     AffinityGroup, Backend, BackendActor, BackendArgs, BackendHandle, BackendInput, BackendMsg,
     GroupInput, LiveState, MemberKind, Membership, ProviderConfig, SYSTEM_ORG,
 };
-use warden_domain::Owner;
+use warden_domain::{LLM_NAME, LlmProfile, Model, Owner};
 use warden_storage::{Record, Store, now_millis};
 
 use crate::{Kind, KindRef};
+
+/// The models the server declares at boot (contenox's embedding and
+/// task models), shared by every organisation and never deleted.
+#[derive(Debug, Clone)]
+pub struct LlmDefaults {
+    pub embed_model: String,
+    pub task_model: String,
+}
+
+impl Default for LlmDefaults {
+    fn default() -> Self {
+        LlmDefaults {
+            embed_model: "nomic-embed-text:latest".into(),
+            task_model: "phi3:3.8b".into(),
+        }
+    }
+}
+
+/// What a client may set on a gateway model (contenox `/models`).
+#[derive(Debug, Clone, Default)]
+pub struct LlmModelInput {
+    pub name: Option<String>,
+    pub can_chat: Option<bool>,
+    pub can_embed: Option<bool>,
+    pub can_prompt: Option<bool>,
+    pub can_stream: Option<bool>,
+    pub context_length: Option<u64>,
+}
+
+/// A model name as backends take it (`mistral:instruct`,
+/// `hf.co/org/model:Q4_K_M`): no spaces or control characters.
+fn check_model_name(name: &str) -> Result<(), DomainError> {
+    let ok = !name.is_empty()
+        && name.len() <= 256
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._:/@-+".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(DomainError::Invalid(vec![
+            "model must be 1 to 256 of letters, digits and . _ : / @ - +".into(),
+        ]))
+    }
+}
+
+fn model_not_found(name: &str) -> DomainError {
+    DomainError::NotFound {
+        kind: "model",
+        id: name.to_owned(),
+    }
+}
 
 /// How often each backend is asked what it serves, by default.
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(15);
@@ -128,11 +180,236 @@ fn page<T>(mut items: Vec<T>, at: impl Fn(&T) -> i64, before: Option<i64>, limit
 pub struct Llm {
     kind: KindRef<BackendKind>,
     store: Store,
+    defaults: LlmDefaults,
 }
 
 impl Llm {
-    pub(crate) fn new(kind: KindRef<BackendKind>, store: Store) -> Self {
-        Llm { kind, store }
+    pub(crate) fn new(kind: KindRef<BackendKind>, store: Store, defaults: LlmDefaults) -> Self {
+        Llm {
+            kind,
+            store,
+            defaults,
+        }
+    }
+
+    pub fn defaults(&self) -> &LlmDefaults {
+        &self.defaults
+    }
+
+    /// Declares the boot models (once) and puts them in their system
+    /// groups: the embedding model in `internal_embed_group`, the task
+    /// model in `internal_tasks_group` and `internal_chat_group`.
+    pub(crate) async fn ensure_system_models(&self) -> Result<(), DomainError> {
+        let d = self.defaults.clone();
+        let models = [
+            (d.embed_model.as_str(), true, &["internal_embed_group"][..]),
+            (
+                d.task_model.as_str(),
+                false,
+                &["internal_tasks_group", "internal_chat_group"][..],
+            ),
+        ];
+        for (name, embed, groups) in models {
+            check_model_name(name)?;
+            if self
+                .store
+                .get_by_unique::<Model>(LLM_NAME, &format!("{SYSTEM_ORG}/{name}"))?
+                .is_none()
+            {
+                let mut m = Model::new(
+                    Owner {
+                        org_id: SYSTEM_ORG.into(),
+                        user_id: "system".into(),
+                        group_id: String::new(),
+                    },
+                    "system",
+                );
+                m.name = name.into();
+                m.kind = if embed { "embedding" } else { "llm" }.into();
+                m.status = "ready".into();
+                m.llm = Some(LlmProfile {
+                    can_chat: !embed,
+                    can_embed: embed,
+                    can_prompt: !embed,
+                    can_stream: !embed,
+                    context_length: 0,
+                    system: true,
+                });
+                match self.store.insert(m).await {
+                    Ok(_) | Err(warden_storage::StorageError::Conflict { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            for g in groups {
+                match self
+                    .store
+                    .insert(Membership::new(g, MemberKind::Model, name, SYSTEM_ORG))
+                    .await
+                {
+                    Ok(_) | Err(warden_storage::StorageError::Conflict { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // Gateway models: core models an LLM gateway may serve, named by
+    // their name (contenox's model id).
+
+    /// A model `org` may use by name: its own declared one, a system
+    /// one, else the oldest of its LLM models with that name.
+    pub fn llm_model(&self, org: &str, name: &str) -> Result<Model, DomainError> {
+        for scope in [org, SYSTEM_ORG] {
+            if let Some(m) = self
+                .store
+                .get_by_unique::<Model>(LLM_NAME, &format!("{scope}/{name}"))?
+                .filter(|m| !m.is_deleted())
+            {
+                return Ok(m);
+            }
+        }
+        self.org_llm_models(org)?
+            .into_iter()
+            .filter(|m| m.name == name)
+            .min_by_key(|m| m.audit.created_at)
+            .ok_or_else(|| model_not_found(name))
+    }
+
+    fn org_llm_models(&self, org: &str) -> Result<Vec<Model>, DomainError> {
+        Ok(self
+            .store
+            .in_scope::<Model>(warden_domain::CREATED, &warden_domain::org_scope(Some(org)))?
+            .into_iter()
+            .filter(|m| !m.is_deleted() && m.is_llm())
+            .collect())
+    }
+
+    /// The models `org` sees: the system ones and its own LLM models
+    /// (newest first), one per name.
+    pub fn llm_models(
+        &self,
+        org: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<Model>, DomainError> {
+        let mut all = self.org_llm_models(org)?;
+        if org != SYSTEM_ORG {
+            all.extend(self.org_llm_models(SYSTEM_ORG)?);
+        }
+        all.sort_by_key(|m| m.audit.created_at);
+        let mut seen = std::collections::HashSet::new();
+        all.retain(|m| seen.insert(m.name.clone()));
+        Ok(page(all, |m| m.audit.created_at, before, limit))
+    }
+
+    pub async fn declare_model(
+        &self,
+        owner: Owner,
+        by: &str,
+        input: LlmModelInput,
+    ) -> Result<Model, DomainError> {
+        let name = input.name.clone().unwrap_or_default();
+        check_model_name(&name)?;
+        if self.llm_model(&owner.org_id, &name).is_ok() {
+            return Err(DomainError::Conflict {
+                field: "model".into(),
+                value: name,
+            });
+        }
+        let embed = input.can_embed.unwrap_or(false);
+        let chat = input.can_chat.unwrap_or(!embed);
+        let mut m = Model::new(owner, by);
+        m.name = name;
+        m.kind = if embed && !chat { "embedding" } else { "llm" }.into();
+        m.status = "ready".into();
+        m.llm = Some(LlmProfile {
+            can_chat: chat,
+            can_embed: embed,
+            can_prompt: input.can_prompt.unwrap_or(chat),
+            can_stream: input.can_stream.unwrap_or(chat),
+            context_length: input.context_length.unwrap_or(0),
+            system: false,
+        });
+        Ok(self.store.insert(m).await?)
+    }
+
+    fn own_model(&self, org: &str, name: &str) -> Result<Model, DomainError> {
+        let m = self.llm_model(org, name)?;
+        if m.llm.as_ref().is_some_and(|p| p.system) {
+            return Err(DomainError::Forbidden(format!(
+                "{name} is declared by the server: it cannot be changed or deleted"
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Changes what a model can do (its name, the id, stays).
+    pub async fn update_model(
+        &self,
+        org: &str,
+        name: &str,
+        by: &str,
+        input: LlmModelInput,
+    ) -> Result<Model, DomainError> {
+        let m = self.own_model(org, name)?;
+        warden_domain::catalog::update::<Model>(&self.store, &m.id, by, |m| {
+            let mut p = m.llm_profile();
+            warden_domain::set(&mut p.can_chat, input.can_chat);
+            warden_domain::set(&mut p.can_embed, input.can_embed);
+            warden_domain::set(&mut p.can_prompt, input.can_prompt);
+            warden_domain::set(&mut p.can_stream, input.can_stream);
+            warden_domain::set(&mut p.context_length, input.context_length);
+            m.llm = Some(p);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes a model (from every dialect's view) and its group
+    /// memberships; the server's own models refuse (403).
+    pub async fn delete_model(&self, org: &str, name: &str, by: &str) -> Result<(), DomainError> {
+        let m = self.own_model(org, name)?;
+        warden_domain::catalog::soft_delete::<Model>(&self.store, &m.id, by).await?;
+        let key = format!("{org}|{}|{name}", MemberKind::Model.as_str());
+        let writes: Vec<_> = self
+            .store
+            .ids_by_index::<Membership>("member", &key)?
+            .iter()
+            .map(|id| warden_storage::Write::remove::<Membership>(id))
+            .collect();
+        if !writes.is_empty() {
+            self.store.commit(writes).await?;
+        }
+        Ok(())
+    }
+
+    /// The models of a group `org` sees (its own members and, for the
+    /// system models, the server's).
+    pub fn group_models(&self, org: &str, group: &str) -> Result<Vec<Model>, DomainError> {
+        self.group(org, group)?;
+        let mut names = self.member_ids(org, group, MemberKind::Model)?;
+        names.extend(self.member_ids(SYSTEM_ORG, group, MemberKind::Model)?);
+        let mut seen = std::collections::HashSet::new();
+        Ok(names
+            .into_iter()
+            .filter(|n| seen.insert(n.clone()))
+            .filter_map(|n| self.llm_model(org, &n).ok())
+            .collect())
+    }
+
+    /// The groups a model is in, for `org`.
+    pub fn model_groups(&self, org: &str, name: &str) -> Result<Vec<AffinityGroup>, DomainError> {
+        let m = self.llm_model(org, name)?;
+        let mut groups = self.groups_of(org, MemberKind::Model, name)?;
+        if m.owner.org_id == SYSTEM_ORG {
+            for g in self.groups_of(SYSTEM_ORG, MemberKind::Model, name)? {
+                if !groups.iter().any(|x| x.id == g.id) {
+                    groups.push(g);
+                }
+            }
+        }
+        Ok(groups)
     }
 
     /// Writes the system groups that are not stored yet (at boot).
@@ -370,8 +647,9 @@ impl Llm {
         member: &str,
     ) -> Result<(), DomainError> {
         self.group(org, group)?;
-        if kind == MemberKind::Backend {
-            self.backend(org, member)?;
+        match kind {
+            MemberKind::Backend => drop(self.backend(org, member)?),
+            MemberKind::Model => drop(self.llm_model(org, member)?),
         }
         match self
             .store
@@ -413,6 +691,15 @@ impl Llm {
         kind: MemberKind,
     ) -> Result<Vec<String>, DomainError> {
         self.group(org, group)?;
+        self.member_ids(org, group, kind)
+    }
+
+    fn member_ids(
+        &self,
+        org: &str,
+        group: &str,
+        kind: MemberKind,
+    ) -> Result<Vec<String>, DomainError> {
         let mut ms = self
             .store
             .by_index::<Membership>("group", &format!("{org}|{group}|{}", kind.as_str()))?;

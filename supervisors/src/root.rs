@@ -11,7 +11,7 @@ use warden_storage::{Millis, Store, now_millis};
 use crate::deployments::{DeploymentKind, Deployments, EndRoute, route_end};
 use crate::executions::{ExecutionKind, Executions, ReplyRoute, route_reply};
 use crate::kind::KindControl;
-use crate::llm::{BackendKind, DEFAULT_PROBE_INTERVAL, Llm};
+use crate::llm::{BackendKind, DEFAULT_PROBE_INTERVAL, Llm, LlmDefaults};
 use crate::{ActorInfo, FailureInfo, KindRef, NodeKind, Nodes, RestartPolicy, rfc3339};
 
 pub(crate) enum RootMsg {
@@ -166,6 +166,8 @@ pub struct RuntimeConfig {
     pub node_timing: warden_actors::node::NodeTiming,
     /// How often each LLM backend is probed (default 15 s).
     pub llm_probe_interval: Option<std::time::Duration>,
+    /// The models the server declares at boot.
+    pub llm_defaults: LlmDefaults,
 }
 
 /// The running supervision tree and typed access to each kind.
@@ -235,9 +237,12 @@ impl Runtime {
             kinds.clone(),
         )
         .await?;
-        let llm = Llm::new(backends, store.clone());
+        let llm = Llm::new(backends, store.clone(), config.llm_defaults.clone());
         if let Err(e) = llm.ensure_system_groups().await {
             tracing::error!(error = %e, "could not store the system affinity groups");
+        }
+        if let Err(e) = llm.ensure_system_models().await {
+            tracing::error!(error = %e, "could not declare the boot models");
         }
         Ok(Runtime {
             root,

@@ -30,7 +30,7 @@ pub(crate) struct PageQuery {
 }
 
 impl PageQuery {
-    fn read(&self) -> ContenoxResult<(usize, Option<i64>)> {
+    pub(super) fn read(&self) -> ContenoxResult<(usize, Option<i64>)> {
         super::page_params(self.limit.as_deref(), "cursor", self.cursor.as_deref())
     }
 }
@@ -84,7 +84,7 @@ fn live_view(b: &Backend, live: &LiveState) -> Value {
     v
 }
 
-fn group_view(g: &AffinityGroup) -> Value {
+pub(super) fn group_view(g: &AffinityGroup) -> Value {
     json!({
         "id": g.id,
         "name": g.name,

@@ -7,6 +7,7 @@
 
 mod access;
 mod backends;
+mod models;
 mod users;
 
 use axum::Json;
@@ -91,4 +92,5 @@ pub(crate) fn routes() -> Api {
     users::routes()
         .merge(access::routes())
         .merge(backends::routes())
+        .merge(models::routes())
 }
