@@ -25,6 +25,11 @@ pub enum DomainError {
     /// effect: not retried automatically (retry with an idempotency key).
     #[error("{0}")]
     TimedOut(String),
+    /// What the request needs from outside (an LLM backend) is not there
+    /// or failed; the message says why and how to fix it, in words safe
+    /// to show (503).
+    #[error("{0}")]
+    Unreachable(String),
     /// The operation is never allowed on this entity (a system record).
     #[error("{0}")]
     Forbidden(String),

@@ -7,10 +7,15 @@
 use std::time::Duration;
 
 use ractor::ActorRef;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use warden_actors::DomainError;
+
+use warden_actors::llm::chat::{self, Answer, Attempt, ChatRequest};
+use warden_actors::llm::probe::Target;
 use warden_actors::llm::{
     AffinityGroup, Backend, BackendActor, BackendArgs, BackendHandle, BackendInput, BackendMsg,
-    GroupInput, LiveState, MemberKind, Membership, ProviderConfig, SYSTEM_ORG,
+    GroupInput, LiveBoard, LiveState, MemberKind, Membership, ProviderConfig, SYSTEM_ORG,
 };
 use warden_domain::{LLM_NAME, LlmProfile, Model, Owner};
 use warden_storage::{Record, Store, now_millis};
@@ -76,6 +81,7 @@ pub struct BackendKind {
     store: Store,
     client: reqwest::Client,
     probe_every: Duration,
+    board: LiveBoard,
 }
 
 impl BackendKind {
@@ -84,6 +90,7 @@ impl BackendKind {
             store,
             client,
             probe_every,
+            board: LiveBoard::default(),
         }
     }
 }
@@ -104,6 +111,7 @@ impl Kind for BackendKind {
             store: self.store.clone(),
             id: id.to_owned(),
             client: self.client.clone(),
+            board: self.board.clone(),
         }
     }
 
@@ -181,14 +189,62 @@ pub struct Llm {
     kind: KindRef<BackendKind>,
     store: Store,
     defaults: LlmDefaults,
+    board: LiveBoard,
+    /// Requests in flight per backend: routing prefers the least busy.
+    in_flight: Arc<Mutex<HashMap<String, usize>>>,
+    /// The client requests are forwarded with (its own pool).
+    client: reqwest::Client,
+    /// Turns among equally busy backends.
+    turn: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A request in flight on a backend, counted until dropped (a stream's
+/// guard lives as long as the stream).
+pub struct InFlight {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    id: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut counts = self
+            .counts
+            .lock()
+            .expect("in-flight counts are never poisoned");
+        if let Some(n) = counts.get_mut(&self.id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// Whether a backend's listing has the model (Ollama's `name` and
+/// `name:latest` are the same model).
+fn serves(live: &LiveState, model: &str) -> bool {
+    let bare = |m: &str| m.strip_suffix(":latest").unwrap_or(m).to_owned();
+    let want = bare(model);
+    live.models.iter().any(|m| bare(&m.model) == want)
 }
 
 impl Llm {
     pub(crate) fn new(kind: KindRef<BackendKind>, store: Store, defaults: LlmDefaults) -> Self {
+        let board = kind.kind().board.clone();
+        let client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .unwrap_or_default();
         Llm {
             kind,
             store,
             defaults,
+            board,
+            in_flight: Arc::default(),
+            client,
+            turn: Arc::default(),
         }
     }
 
@@ -520,20 +576,149 @@ impl Llm {
         }
     }
 
-    /// What the backend's actor last found; an actor that cannot answer
-    /// shows as an error, not as a failed request.
-    pub async fn live(&self, id: &str) -> LiveState {
-        match self
-            .kind
-            .with_actor(id, |a| async move { BackendHandle(a).state().await })
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => LiveState {
-                error: Some(e.to_string()),
-                ..LiveState::default()
-            },
+    /// What the backend's actor last published (before its first probe:
+    /// not healthy, no error, never checked).
+    pub fn live(&self, id: &str) -> LiveState {
+        self.board
+            .read()
+            .expect("the live board is never poisoned")
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    // Routing.
+
+    /// The backends that may serve `model` for `org`, best first: those
+    /// sharing a group with it (a model in no group is in the default
+    /// chat group), answering, and listing it; the least busy first,
+    /// then the fastest.
+    pub fn route(&self, org: &str, model: &str) -> Result<Vec<(Backend, Target)>, DomainError> {
+        self.llm_model(org, model)?;
+        let mut groups: Vec<String> = self
+            .model_groups(org, model)?
+            .into_iter()
+            .map(|g| g.id)
+            .collect();
+        if groups.is_empty() {
+            groups.push("internal_chat_group".into());
         }
+        let mut backends: Vec<Backend> = Vec::new();
+        for g in &groups {
+            for b in self.group_backends(org, g)? {
+                if !backends.iter().any(|x| x.id == b.id) {
+                    backends.push(b);
+                }
+            }
+        }
+        if backends.is_empty() {
+            let any = !self.backends(org, None, 1)?.is_empty();
+            return Err(DomainError::Unreachable(if any {
+                format!(
+                    "no backend shares a group with model {model}: put one in a group of the model (POST /backend-affinity/{{groupID}}/backends/{{backendID}})"
+                )
+            } else {
+                "no LLM backend is configured: add one (POST /backends with type ollama, openai, vllm or gemini and its baseUrl) and put it in a group with the model".to_owned()
+            }));
+        }
+        let counts = self
+            .in_flight
+            .lock()
+            .expect("in-flight counts are never poisoned")
+            .clone();
+        let mut ready: Vec<(usize, u64, Backend)> = Vec::new();
+        for b in backends {
+            let live = self.live(&b.id);
+            if live.healthy && serves(&live, model) {
+                let busy = counts.get(&b.id).copied().unwrap_or(0);
+                ready.push((busy, live.latency_ms.unwrap_or(u64::MAX), b));
+            }
+        }
+        if ready.is_empty() {
+            return Err(DomainError::Unreachable(format!(
+                "no healthy backend serves model {model} (see GET /state)"
+            )));
+        }
+        // The least busy first; among the equally busy, in turn (so that
+        // sequential requests spread), the fastest probe first otherwise.
+        ready.sort_by_key(|(busy, latency, _)| (*busy, *latency));
+        let least = ready
+            .iter()
+            .filter(|(busy, _, _)| *busy == ready[0].0)
+            .count();
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ready[..least].rotate_left(turn % least);
+        ready
+            .into_iter()
+            .map(|(_, _, b)| {
+                let t = warden_actors::llm::target_of(&self.store, &b)?;
+                Ok((b, t))
+            })
+            .collect()
+    }
+
+    fn enter(&self, id: &str) -> InFlight {
+        *self
+            .in_flight
+            .lock()
+            .expect("in-flight counts are never poisoned")
+            .entry(id.to_owned())
+            .or_default() += 1;
+        InFlight {
+            counts: self.in_flight.clone(),
+            id: id.to_owned(),
+        }
+    }
+
+    /// Sends a request to the backends that may serve `model`, in
+    /// routing order, until one answers: a connect error, a timeout, a
+    /// 5xx or a stream that ends before its first byte moves on to the
+    /// next. The guard counts the request until dropped.
+    async fn forward(
+        &self,
+        org: &str,
+        model: &str,
+        path: &str,
+        body: &serde_json::Value,
+        stream: bool,
+    ) -> Result<(Answer, InFlight), DomainError> {
+        let mut failures = Vec::new();
+        for (b, target) in self.route(org, model)? {
+            let guard = self.enter(&b.id);
+            match chat::attempt(&self.client, &target, path, body, stream).await {
+                Attempt::Answered(a) => return Ok((a, guard)),
+                Attempt::Next(reason) => {
+                    tracing::warn!(backend = %b.id, model, reason = %reason, "an LLM backend failed a request; trying the next");
+                    failures.push(format!("{}: {reason}", b.name));
+                }
+            }
+        }
+        Err(DomainError::Unreachable(format!(
+            "every backend that serves {model} failed: {}",
+            failures.join("; ")
+        )))
+    }
+
+    /// A chat completion (OpenAI's protocol), streamed or whole.
+    pub async fn chat(
+        &self,
+        org: &str,
+        req: &ChatRequest,
+    ) -> Result<(Answer, InFlight), DomainError> {
+        let body = serde_json::Value::Object(req.body.clone());
+        self.forward(org, &req.model, "chat/completions", &body, req.stream)
+            .await
+    }
+
+    /// Embeddings of `input` by `model` (OpenAI's protocol), whole.
+    pub async fn embed(
+        &self,
+        org: &str,
+        model: &str,
+        input: &str,
+    ) -> Result<(Answer, InFlight), DomainError> {
+        let body = serde_json::json!({"model": model, "input": input});
+        self.forward(org, model, "embeddings", &body, false).await
     }
 
     // Groups.

@@ -6,6 +6,9 @@
 //! The configuration itself is a plain record; the actor re-reads it
 //! before each probe and stops when the backend is gone.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use warden_storage::{Store, now_millis};
 
@@ -26,16 +29,23 @@ pub enum BackendMsg {
     Crash,
 }
 
+/// Every backend's live state as its actor last published it: read by
+/// routing on each request without a message to each actor (only the
+/// actor writes its entry).
+pub type LiveBoard = Arc<RwLock<HashMap<String, LiveState>>>;
+
 pub struct BackendArgs {
     pub store: Store,
     pub id: String,
     pub client: reqwest::Client,
+    pub board: LiveBoard,
 }
 
 pub struct BackendState {
     store: Store,
     id: String,
     client: reqwest::Client,
+    board: LiveBoard,
     live: LiveState,
     probing: bool,
     /// A change arrived during a probe: probe again after it.
@@ -111,6 +121,7 @@ impl Actor for BackendActor {
             store: args.store,
             id: args.id,
             client: args.client,
+            board: args.board,
             live: LiveState::default(),
             probing: false,
             again: false,
@@ -123,6 +134,21 @@ impl Actor for BackendActor {
         state: &mut BackendState,
     ) -> Result<(), ActorProcessingErr> {
         state.probe(&myself)
+    }
+
+    /// A deleted backend leaves the board (a crash does not: its
+    /// restarted actor probes again at once).
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<BackendMsg>,
+        state: &mut BackendState,
+    ) -> Result<(), ActorProcessingErr> {
+        state
+            .board
+            .write()
+            .expect("the live board is never poisoned")
+            .remove(&state.id);
+        Ok(())
     }
 
     async fn handle(
@@ -152,6 +178,11 @@ impl Actor for BackendActor {
                         state.live.healthy = false;
                     }
                 }
+                state
+                    .board
+                    .write()
+                    .expect("the live board is never poisoned")
+                    .insert(state.id.clone(), state.live.clone());
                 if std::mem::take(&mut state.again) {
                     state.probe(&myself)?;
                 }

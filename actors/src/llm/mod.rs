@@ -3,10 +3,13 @@
 //! API build on these.
 
 pub mod actor;
+pub mod chat;
 pub mod probe;
 pub mod record;
 
-pub use actor::{BackendActor, BackendArgs, BackendHandle, BackendMsg, key_for, target_of};
+pub use actor::{
+    BackendActor, BackendArgs, BackendHandle, BackendMsg, LiveBoard, key_for, target_of,
+};
 pub use probe::{LiveModel, LiveState};
 pub use record::{
     AffinityGroup, BACKEND_TYPES, Backend, BackendInput, GroupInput, MemberKind, Membership,

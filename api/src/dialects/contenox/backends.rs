@@ -143,7 +143,7 @@ async fn list_backends(
     let llm = &state.runtime.llm;
     let mut out = Vec::new();
     for b in llm.backends(&p.org_id, before, limit)? {
-        out.push(live_view(&b, &llm.live(&b.id).await));
+        out.push(live_view(&b, &llm.live(&b.id)));
     }
     Ok(Json(Value::Array(out)))
 }
@@ -169,7 +169,7 @@ async fn get_backend(
 ) -> ContenoxResult<Json<Value>> {
     let llm = &state.runtime.llm;
     let b = llm.backend(&p.org_id, &id)?;
-    Ok(Json(live_view(&b, &llm.live(&b.id).await)))
+    Ok(Json(live_view(&b, &llm.live(&b.id))))
 }
 
 async fn update_backend(
@@ -204,7 +204,7 @@ async fn runtime_state(
     let llm = &state.runtime.llm;
     let mut out = Vec::new();
     for b in llm.backends(&p.org_id, None, usize::MAX)? {
-        let live = llm.live(&b.id).await;
+        let live = llm.live(&b.id);
         let mut v = live_view(&b, &live);
         let mut entry = json!({"id": b.id, "name": b.name, "backend": backend_view(&b)});
         for key in [

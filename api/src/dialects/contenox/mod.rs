@@ -7,6 +7,7 @@
 
 mod access;
 mod backends;
+mod chat;
 mod models;
 mod users;
 
@@ -37,6 +38,8 @@ impl Dialect for Contenox {
             409 => ("conflict", "invalid_request_error"),
             413 => ("payload_too_large", "invalid_request_error"),
             429 => ("rate_limited", "rate_limit_error"),
+            502 => ("bad_gateway", "api_error"),
+            503 => ("service_unavailable", "api_error"),
             _ => ("internal_error", "api_error"),
         };
         let (message, param) = match errors.first() {
@@ -93,4 +96,5 @@ pub(crate) fn routes() -> Api {
         .merge(access::routes())
         .merge(backends::routes())
         .merge(models::routes())
+        .merge(chat::routes())
 }

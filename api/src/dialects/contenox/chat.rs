@@ -1,0 +1,174 @@
+//! Contenox's OpenAI-compatible chat (`POST /v1/chat/completions`, whole
+//! and streamed as OpenAI clients parse it), `/execute` (a prompt to the
+//! task model) and `/embed` (the embedding model). Requests are checked
+//! here, routed and failed over by the gateway (`Llm::chat`), and the
+//! backend's answer is passed on as it gave it.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use warden_actors::llm::chat::{self, Answer};
+
+use super::{Contenox, ContenoxResult};
+use crate::AppState;
+use crate::auth::CurrentUser;
+use crate::dialects::{Fields, JsonBody};
+use crate::error::ApiError;
+use crate::openapi::Api;
+
+type Body_ = JsonBody<Contenox>;
+type Caller = CurrentUser<Contenox>;
+
+/// A backend's whole answer, with its status (a backend's 4xx is the
+/// client's to read).
+fn whole(status: u16, body: Bytes) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A backend's answer as JSON, or its error in contenox's shape.
+fn json_of(status: u16, body: &[u8]) -> ContenoxResult<Value> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_GATEWAY, "the backend's answer is not JSON"))?;
+    if (200..300).contains(&status) {
+        return Ok(v);
+    }
+    let message = v["error"]["message"]
+        .as_str()
+        .or(v["error"].as_str())
+        .unwrap_or("the backend refused the request")
+        .to_owned();
+    Err(ApiError::new(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+        message,
+    ))
+}
+
+async fn chat_completions(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    JsonBody(body, _): Body_,
+) -> ContenoxResult<Response> {
+    let llm = &state.runtime.llm;
+    let req = chat::check_chat(body, &llm.defaults().task_model).map_err(ApiError::validation)?;
+    let (answer, guard) = llm.chat(&p.org_id, &req).await?;
+    Ok(match answer {
+        Answer::Whole { status, body } => whole(status, body),
+        Answer::Stream { first, rest } => {
+            // The guard counts the request until the stream ends; a
+            // stream that breaks ends with one error event.
+            let tail = futures_util::stream::unfold(Some((rest, guard)), |st| async move {
+                let (mut rest, guard) = st?;
+                match rest.next().await {
+                    Some(Ok(b)) => Some((
+                        Ok::<Bytes, std::convert::Infallible>(b),
+                        Some((rest, guard)),
+                    )),
+                    Some(Err(e)) => Some((Ok(chat::broken_stream_event(&e)), None)),
+                    None => None,
+                }
+            });
+            let stream = futures_util::stream::once(async move { Ok(first) }).chain(tail);
+            (
+                [
+                    (header::CONTENT_TYPE, "text/event-stream"),
+                    (header::CACHE_CONTROL, "no-cache"),
+                ],
+                Body::from_stream(stream),
+            )
+                .into_response()
+        }
+    })
+}
+
+/// `/execute`: a prompt to the task model (or `model_name`), answered
+/// whole: `{id, response}`.
+async fn execute(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    JsonBody(body, _): Body_,
+) -> ContenoxResult<Json<Value>> {
+    let mut f = Fields::new(body);
+    let prompt = f.string_max("prompt", true, usize::MAX);
+    let model = f.string("model_name", false);
+    f.drop(&["model_provider"]);
+    f.finish_as::<Contenox>()?;
+    let llm = &state.runtime.llm;
+    let model = model
+        .filter(|m| !m.trim().is_empty())
+        .unwrap_or_else(|| llm.defaults().task_model.clone());
+    let req = chat::check_chat(
+        json!({"model": model, "messages": [{"role": "user", "content": prompt}]})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        &model,
+    )
+    .map_err(ApiError::validation)?;
+    let (answer, _guard) = llm.chat(&p.org_id, &req).await?;
+    let Answer::Whole { status, body } = answer else {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "the backend streamed an answer it was asked for whole",
+        ));
+    };
+    let v = json_of(status, &body)?;
+    let response = v["choices"][0]["message"]["content"]
+        .as_str()
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "the backend's answer has no message",
+            )
+        })?;
+    Ok(Json(
+        json!({"id": warden_storage::new_uuid(), "response": response}),
+    ))
+}
+
+/// `/embed`: the embedding model's vector for `text`.
+async fn embed(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    JsonBody(body, _): Body_,
+) -> ContenoxResult<Json<Value>> {
+    let mut f = Fields::new(body);
+    let text = f.string_max("text", true, usize::MAX);
+    f.finish_as::<Contenox>()?;
+    let llm = &state.runtime.llm;
+    let model = llm.defaults().embed_model.clone();
+    let (answer, _guard) = llm
+        .embed(&p.org_id, &model, &text.unwrap_or_default())
+        .await?;
+    let Answer::Whole { status, body } = answer else {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "the backend streamed embeddings",
+        ));
+    };
+    let v = json_of(status, &body)?;
+    let vector = v["data"][0]["embedding"].clone();
+    if !vector
+        .as_array()
+        .is_some_and(|a| a.iter().all(Value::is_number))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "the backend's answer has no embedding",
+        ));
+    }
+    Ok(Json(json!({"vector": vector})))
+}
+
+pub(super) fn routes() -> Api {
+    let o = "contenox: openai";
+    Api::new()
+        .post("/v1/chat/completions", o, "OpenAI chat completions, whole or streamed (SSE), routed by group and health with failover", chat_completions)
+        .post("/execute", o, "Run a prompt through the task model: {id, response}", execute)
+        .post("/embed", o, "The embedding model's vector for a text", embed)
+}

@@ -1,0 +1,500 @@
+//! The gateway's OpenAI-compatible chat, `/execute` and `/embed`,
+//! against local servers that speak OpenAI's protocol (as Ollama, vLLM
+//! and OpenAI do), streaming included: routing by group and health,
+//! failover before the first byte, one clear error after it, and bad
+//! input refused before any backend sees it.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use common::{TestServer, eventually};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Mode {
+    Ok,
+    /// Chat requests answer 500.
+    Fail,
+    /// Streams break before their first byte.
+    BreakBeforeFirst,
+    /// Streams break after two chunks.
+    BreakMid,
+    /// Whole answers that are not JSON.
+    Garbage,
+}
+
+#[derive(Clone)]
+struct Fake {
+    name: String,
+    models: Vec<String>,
+    mode: Arc<Mutex<Mode>>,
+    chats: Arc<AtomicUsize>,
+    bodies: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Fake {
+    fn new(name: &str, models: &[&str]) -> Fake {
+        Fake {
+            name: name.into(),
+            models: models.iter().map(|m| m.to_string()).collect(),
+            mode: Arc::new(Mutex::new(Mode::Ok)),
+            chats: Arc::default(),
+            bodies: Arc::default(),
+        }
+    }
+    fn set(&self, m: Mode) {
+        *self.mode.lock().unwrap() = m;
+    }
+}
+
+async fn tags(State(f): State<Fake>) -> Response {
+    let models: Vec<Value> = f
+        .models
+        .iter()
+        .map(|m| json!({"name": m, "model": m}))
+        .collect();
+    axum::Json(json!({"models": models})).into_response()
+}
+
+async fn models(State(f): State<Fake>) -> Response {
+    let data: Vec<Value> = f
+        .models
+        .iter()
+        .map(|m| json!({"id": m, "object": "model"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+fn chunk(model: &str, delta: Value, finish: Value) -> String {
+    let c = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_700_000_000,
+        "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    format!("data: {c}\n\n")
+}
+
+async fn completions(State(f): State<Fake>, axum::Json(body): axum::Json<Value>) -> Response {
+    f.chats.fetch_add(1, Ordering::SeqCst);
+    f.bodies.lock().unwrap().push(body.clone());
+    let mode = *f.mode.lock().unwrap();
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    if mode == Mode::Fail {
+        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "overloaded").into_response();
+    }
+    let text = format!("hello from {}", f.name);
+    if body["stream"] != true {
+        if mode == Mode::Garbage {
+            return (axum::http::StatusCode::OK, "<html>not json").into_response();
+        }
+        return axum::Json(json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000,
+            "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}))
+            .into_response();
+    }
+    let mut parts: Vec<Result<String, std::io::Error>> = Vec::new();
+    let broken = || Err(std::io::Error::other("backend died"));
+    if mode == Mode::BreakBeforeFirst {
+        parts.push(broken());
+    } else {
+        parts.push(Ok(chunk(
+            &model,
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )));
+        for word in text.split(' ') {
+            parts.push(Ok(chunk(
+                &model,
+                json!({"content": format!("{word} ")}),
+                Value::Null,
+            )));
+        }
+        if mode == Mode::BreakMid {
+            parts.truncate(2);
+            parts.push(broken());
+        } else {
+            parts.push(Ok(chunk(&model, json!({}), json!("stop"))));
+            if body["stream_options"]["include_usage"] == true {
+                let u = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                    "model": model, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}});
+                parts.push(Ok(format!("data: {u}\n\n")));
+            }
+            parts.push(Ok("data: [DONE]\n\n".into()));
+        }
+    }
+    let stream = futures_util::stream::iter(parts).then(|p| async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        p
+    });
+    (
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn embeddings(State(_f): State<Fake>, axum::Json(body): axum::Json<Value>) -> Response {
+    axum::Json(json!({"object": "list", "model": body["model"], "data": [{"object": "embedding", "index": 0,
+        "embedding": [0.25, -0.5, 1.0]}], "usage": {"prompt_tokens": 2, "total_tokens": 2}}))
+    .into_response()
+}
+
+async fn serve(f: Fake) -> String {
+    let app = axum::Router::new()
+        .route("/api/tags", axum::routing::get(tags))
+        .route("/v1/models", axum::routing::get(models))
+        .route("/v1/chat/completions", axum::routing::post(completions))
+        .route("/v1/embeddings", axum::routing::post(embeddings))
+        .with_state(f);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+struct Setup {
+    s: TestServer,
+    t: String,
+    group: String,
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let s = TestServer::start_with(|c| c.llm_probe_interval = Duration::from_millis(200)).await;
+        let (t, _) = s.user("chatadmin", &["admin"], None).await;
+        let group = s
+            .post(
+                "/groups",
+                &t,
+                json!({"name": "chat", "purposeType": "Chat"}),
+            )
+            .await
+            .body["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        Setup { s, t, group }
+    }
+
+    /// A backend in the group, answering, once its first probe is in.
+    async fn backend(&self, name: &str, kind: &str, fake: &Fake) -> String {
+        let url = serve(fake.clone()).await;
+        let r = self
+            .s
+            .post(
+                "/backends",
+                &self.t,
+                json!({"name": name, "type": kind, "baseUrl": url}),
+            )
+            .await;
+        let id = r.body["id"].as_str().unwrap().to_owned();
+        self.s
+            .post(
+                &format!("/backend-affinity/{}/backends/{id}", self.group),
+                &self.t,
+                json!({}),
+            )
+            .await;
+        eventually(10, "the backend's first probe", || async {
+            let b = self.s.get(&format!("/backends/{id}"), &self.t).await.body;
+            (b["healthy"] == true).then_some(())
+        })
+        .await;
+        id
+    }
+
+    async fn model(&self, name: &str) {
+        let r = self
+            .s
+            .post("/models", &self.t, json!({"model": name, "canChat": true}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        self.s
+            .post(
+                &format!("/model-affinity/{}/models/{name}", self.group),
+                &self.t,
+                json!({}),
+            )
+            .await;
+    }
+
+    async fn chat(&self, body: Value) -> reqwest::Response {
+        self.s
+            .http
+            .post(format!("{}/v1/chat/completions", self.s.base))
+            .bearer_auth(&self.t)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// The `data:` events of an SSE answer, in order.
+async fn events(r: reqwest::Response) -> Vec<String> {
+    let text = r.text().await.unwrap_or_default();
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn user_says(model: &str, stream: bool) -> Value {
+    json!({"model": model, "stream": stream, "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]})
+}
+
+#[tokio::test]
+async fn chat_whole_and_streamed_through_the_gateway() {
+    let x = Setup::new().await;
+    let a = Fake::new("a", &["mistral:instruct"]);
+    x.backend("a", "ollama", &a).await;
+    x.model("mistral:instruct").await;
+
+    let r = x.chat(user_says("mistral:instruct", false)).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["content"], "hello from a");
+    assert_eq!(v["usage"]["total_tokens"], 8);
+    assert_eq!(
+        a.bodies.lock().unwrap()[0]["messages"][0]["role"],
+        "system",
+        "the request goes as sent"
+    );
+
+    let mut body = user_says("mistral:instruct", true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = x.chat(body).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let ev = events(r).await;
+    assert_eq!(ev.last().unwrap(), "[DONE]");
+    let text: String = ev
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text.trim(), "hello from a");
+    let usage: Value = serde_json::from_str(&ev[ev.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["total_tokens"], 8);
+
+    // A prompt through the task model; a text through the embedding model.
+    let r =
+        x.s.post(
+            "/execute",
+            &x.t,
+            json!({"prompt": "hi", "model_name": "mistral:instruct"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["response"], "hello from a");
+    assert!(r.body["id"].is_string());
+    let r = x.s.post("/execute", &x.t, json!({"prompt": "hi"})).await;
+    assert_eq!(
+        r.status, 503,
+        "no backend serves the task model: {}",
+        r.body
+    );
+    let e = Fake::new("e", &["nomic-embed-text:latest"]);
+    let url = serve(e.clone()).await;
+    let id =
+        x.s.post(
+            "/backends",
+            &x.t,
+            json!({"name": "e", "type": "openai", "baseUrl": url}),
+        )
+        .await
+        .body["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    x.s.post(
+        &format!("/backend-affinity/internal_embed_group/backends/{id}"),
+        &x.t,
+        json!({}),
+    )
+    .await;
+    let r = eventually(10, "an embedding", || async {
+        let r = x.s.post("/embed", &x.t, json!({"text": "hello"})).await;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(r.body["vector"], json!([0.25, -0.5, 1.0]));
+    assert_eq!(x.s.post("/embed", &x.t, json!({})).await.status, 400);
+
+    // Whole answers that are not JSON are the backend's fault.
+    a.set(Mode::Garbage);
+    assert_eq!(
+        x.s.post(
+            "/execute",
+            &x.t,
+            json!({"prompt": "hi", "model_name": "mistral:instruct"})
+        )
+        .await
+        .status,
+        502
+    );
+}
+
+#[tokio::test]
+async fn failover_before_the_first_byte_and_one_error_after_it() {
+    let x = Setup::new().await;
+    let (a, b) = (
+        Fake::new("a", &["llama3:8b"]),
+        Fake::new("b", &["llama3:8b"]),
+    );
+    let a_id = x.backend("a", "openai", &a).await;
+    x.backend("b", "vllm", &b).await;
+    x.model("llama3:8b").await;
+
+    // a answers 500: every request is answered by b, and a was tried.
+    a.set(Mode::Fail);
+    for _ in 0..4 {
+        let r = x.chat(user_says("llama3:8b", false)).await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "hello from b");
+    }
+    assert!(
+        a.chats.load(Ordering::SeqCst) >= 1,
+        "the failing backend was tried first in turn"
+    );
+
+    // a's streams die before their first byte: b streams instead, whole.
+    a.set(Mode::BreakBeforeFirst);
+    let before = a.chats.load(Ordering::SeqCst);
+    for _ in 0..4 {
+        let ev = events(x.chat(user_says("llama3:8b", true)).await).await;
+        assert_eq!(ev.last().unwrap(), "[DONE]", "{ev:?}");
+        assert!(ev.iter().any(|e| e.contains("b ")), "{ev:?}");
+        assert!(
+            !ev.iter().any(|e| e.contains("\"a ")),
+            "never spliced: {ev:?}"
+        );
+    }
+    assert!(a.chats.load(Ordering::SeqCst) > before);
+
+    // A stream that breaks after its first byte ends with one error event.
+    x.s.delete(
+        &format!("/backend-affinity/{}/backends/{a_id}", x.group),
+        &x.t,
+    )
+    .await;
+    b.set(Mode::BreakMid);
+    let ev = events(x.chat(user_says("llama3:8b", true)).await).await;
+    assert!(ev.len() >= 2, "{ev:?}");
+    let last: Value = serde_json::from_str(ev.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "stream_interrupted", "{ev:?}");
+    assert!(!ev.contains(&"[DONE]".to_owned()));
+    assert_eq!(ev.iter().filter(|e| e.contains("\"error\"")).count(), 1);
+
+    // Every backend failing: 503 naming each.
+    b.set(Mode::Fail);
+    let r = x.chat(user_says("llama3:8b", false)).await;
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("b: HTTP 500"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_and_unreachable_models_are_refused_clearly() {
+    let x = Setup::new().await;
+    // No backend at all: how to add one.
+    let r = x.chat(user_says("phi3:3.8b", false)).await;
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("POST /backends"),
+        "{v}"
+    );
+    for v in [v["error"]["code"].clone(), v["error"]["type"].clone()] {
+        assert!(v.is_string());
+    }
+
+    let a = Fake::new("a", &["served:1b"]);
+    x.backend("a", "openai", &a).await;
+    x.model("served:1b").await;
+    x.model("unserved:1b").await;
+    let r = x.chat(user_says("unserved:1b", false)).await;
+    assert_eq!(
+        r.status(),
+        503,
+        "declared and grouped, but no backend lists it"
+    );
+    assert_eq!(x.chat(user_says("none-such", false)).await.status(), 404);
+
+    for (body, why) in [
+        (
+            json!({"model": "served:1b", "messages": []}),
+            "empty messages",
+        ),
+        (json!({"model": "served:1b"}), "no messages"),
+        (
+            json!({"model": "served:1b", "messages": [{"role": "wizard", "content": "hi"}]}),
+            "an invalid role",
+        ),
+        (
+            json!({"model": "served:1b", "messages": [{"role": "user", "content": 5}]}),
+            "content not text",
+        ),
+        (
+            json!({"model": "served:1b", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}),
+            "stream not a boolean",
+        ),
+        (
+            json!({"model": "served:1b", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}),
+            "temperature not a number",
+        ),
+    ] {
+        let r = x.chat(body).await;
+        assert_eq!(r.status(), 400, "{why}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"]["message"].is_string(), "{why}: {v}");
+    }
+    let r =
+        x.s.http
+            .post(format!("{}/v1/chat/completions", x.s.base))
+            .bearer_auth(&x.t)
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 400);
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let r = x
+        .chat(json!({"model": "served:1b", "messages": [{"role": "user", "content": huge}]}))
+        .await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        a.chats.load(Ordering::SeqCst),
+        0,
+        "no bad request reached the backend"
+    );
+    let r =
+        x.s.http
+            .post(format!("{}/v1/chat/completions", x.s.base))
+            .json(&user_says("served:1b", false))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 401);
+}
