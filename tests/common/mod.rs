@@ -2,6 +2,8 @@
 //! data directory, plus an admin token and helpers to talk to it.
 #![allow(dead_code)]
 
+pub mod fake_llm;
+
 use std::path::PathBuf;
 
 use reqwest::{Method, StatusCode};

@@ -1,0 +1,154 @@
+//! A local server speaking the OpenAI protocol as LLM backends do
+//! (Ollama's `/api/tags` too): model listings, chat completions whole and
+//! streamed (`stream_options.include_usage` honoured), embeddings, and
+//! failure modes for failover tests.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Mode {
+    Ok,
+    /// Chat requests answer 500.
+    Fail,
+    /// Streams break before their first byte.
+    BreakBeforeFirst,
+    /// Streams break after two chunks.
+    BreakMid,
+    /// Whole answers that are not JSON.
+    Garbage,
+}
+
+#[derive(Clone)]
+pub struct Fake {
+    pub name: String,
+    pub models: Vec<String>,
+    pub mode: Arc<Mutex<Mode>>,
+    pub chats: Arc<AtomicUsize>,
+    pub bodies: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Fake {
+    pub fn new(name: &str, models: &[&str]) -> Fake {
+        Fake {
+            name: name.into(),
+            models: models.iter().map(|m| m.to_string()).collect(),
+            mode: Arc::new(Mutex::new(Mode::Ok)),
+            chats: Arc::default(),
+            bodies: Arc::default(),
+        }
+    }
+    pub fn set(&self, m: Mode) {
+        *self.mode.lock().unwrap() = m;
+    }
+}
+
+async fn tags(State(f): State<Fake>) -> Response {
+    let models: Vec<Value> = f
+        .models
+        .iter()
+        .map(|m| json!({"name": m, "model": m}))
+        .collect();
+    axum::Json(json!({"models": models})).into_response()
+}
+
+async fn models(State(f): State<Fake>) -> Response {
+    let data: Vec<Value> = f
+        .models
+        .iter()
+        .map(|m| json!({"id": m, "object": "model"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+fn chunk(model: &str, delta: Value, finish: Value) -> String {
+    let c = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_700_000_000,
+        "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    format!("data: {c}\n\n")
+}
+
+async fn completions(State(f): State<Fake>, axum::Json(body): axum::Json<Value>) -> Response {
+    f.chats.fetch_add(1, Ordering::SeqCst);
+    f.bodies.lock().unwrap().push(body.clone());
+    let mode = *f.mode.lock().unwrap();
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    if mode == Mode::Fail {
+        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "overloaded").into_response();
+    }
+    let text = format!("hello from {}", f.name);
+    if body["stream"] != true {
+        if mode == Mode::Garbage {
+            return (axum::http::StatusCode::OK, "<html>not json").into_response();
+        }
+        return axum::Json(json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000,
+            "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}))
+            .into_response();
+    }
+    let mut parts: Vec<Result<String, std::io::Error>> = Vec::new();
+    let broken = || Err(std::io::Error::other("backend died"));
+    if mode == Mode::BreakBeforeFirst {
+        parts.push(broken());
+    } else {
+        parts.push(Ok(chunk(
+            &model,
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )));
+        for word in text.split(' ') {
+            parts.push(Ok(chunk(
+                &model,
+                json!({"content": format!("{word} ")}),
+                Value::Null,
+            )));
+        }
+        if mode == Mode::BreakMid {
+            parts.truncate(2);
+            parts.push(broken());
+        } else {
+            parts.push(Ok(chunk(&model, json!({}), json!("stop"))));
+            if body["stream_options"]["include_usage"] == true {
+                let u = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                    "model": model, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}});
+                parts.push(Ok(format!("data: {u}\n\n")));
+            }
+            parts.push(Ok("data: [DONE]\n\n".into()));
+        }
+    }
+    let stream = futures_util::stream::iter(parts).then(|p| async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        p
+    });
+    (
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn embeddings(State(_f): State<Fake>, axum::Json(body): axum::Json<Value>) -> Response {
+    axum::Json(json!({"object": "list", "model": body["model"], "data": [{"object": "embedding", "index": 0,
+        "embedding": [0.25, -0.5, 1.0]}], "usage": {"prompt_tokens": 2, "total_tokens": 2}}))
+    .into_response()
+}
+
+pub async fn serve(f: Fake) -> String {
+    let app = axum::Router::new()
+        .route("/api/tags", axum::routing::get(tags))
+        .route("/v1/models", axum::routing::get(models))
+        .route("/v1/chat/completions", axum::routing::post(completions))
+        .route("/v1/embeddings", axum::routing::post(embeddings))
+        .with_state(f);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
