@@ -253,6 +253,23 @@ async fn failover_before_the_first_byte_and_one_error_after_it() {
     assert!(!ev.contains(&"[DONE]".to_owned()));
     assert_eq!(ev.iter().filter(|e| e.contains("\"error\"")).count(), 1);
 
+    // What is not JSON, whole or in an event, is not passed on.
+    b.set(Mode::Garbage);
+    let r = x.chat(user_says("llama3:8b", false)).await;
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "bad_gateway", "{v}");
+    let ev = events(x.chat(user_says("llama3:8b", true)).await).await;
+    let last: Value = serde_json::from_str(ev.last().unwrap()).unwrap();
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not JSON"),
+        "{ev:?}"
+    );
+    assert!(!ev.iter().any(|e| e.contains("oops")), "{ev:?}");
+
     // Every backend failing: 503 naming each.
     b.set(Mode::Fail);
     let r = x.chat(user_says("llama3:8b", false)).await;

@@ -23,7 +23,7 @@ pub enum Mode {
     BreakBeforeFirst,
     /// Streams break after two chunks.
     BreakMid,
-    /// Whole answers that are not JSON.
+    /// Whole answers that are not JSON; streams with an event that is not.
     Garbage,
 }
 
@@ -113,6 +113,10 @@ async fn completions(State(f): State<Fake>, axum::Json(body): axum::Json<Value>)
         if mode == Mode::BreakMid {
             parts.truncate(2);
             parts.push(broken());
+        } else if mode == Mode::Garbage {
+            parts.truncate(2);
+            parts.push(Ok("data: {\"choices\": [oops\n\n".into()));
+            parts.push(Ok("data: [DONE]\n\n".into()));
         } else {
             parts.push(Ok(chunk(&model, json!({}), json!("stop"))));
             if body["stream_options"]["include_usage"] == true {

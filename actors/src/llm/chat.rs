@@ -197,6 +197,84 @@ pub async fn attempt(
     }
 }
 
+/// Whether a whole answer is JSON (a backend's garbage is not passed on).
+pub fn is_json(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+}
+
+/// The longest event a stream may hold back while it is incomplete.
+const MAX_EVENT: usize = 1 << 20;
+
+/// Checks a backend's server-sent events as they pass: every event's
+/// `data` is JSON or `[DONE]`, every line a field or a comment. Bytes are
+/// passed on as they come; only the unfinished event is kept.
+#[derive(Default)]
+pub struct SseCheck {
+    pending: Vec<u8>,
+}
+
+impl SseCheck {
+    /// Checks the events a chunk completes.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), String> {
+        self.pending.extend_from_slice(chunk);
+        while let Some((end, sep)) = event_end(&self.pending) {
+            let event: Vec<u8> = self.pending.drain(..end + sep).collect();
+            check_event(&event[..end])?;
+        }
+        if self.pending.len() > MAX_EVENT {
+            return Err("an event longer than 1 MiB".into());
+        }
+        Ok(())
+    }
+
+    /// At the end of the stream: what is left must be a whole event.
+    pub fn finish(&mut self) -> Result<(), String> {
+        let rest = std::mem::take(&mut self.pending);
+        check_event(&rest)
+    }
+}
+
+/// Where the first event ends, and the length of its blank line.
+fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+fn check_event(event: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(event).map_err(|_| "an event that is not UTF-8".to_owned())?;
+    let mut data = String::new();
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() || line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "data" => {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(value);
+            }
+            "event" | "id" | "retry" => {}
+            _ => return Err(format!("a line that is not an SSE field: {:.40}", line)),
+        }
+    }
+    if data.is_empty() || data == "[DONE]" || is_json(data.as_bytes()) {
+        Ok(())
+    } else {
+        Err("an event whose data is not JSON".into())
+    }
+}
+
 /// The one event that ends a stream that broke after its first byte.
 pub fn broken_stream_event(reason: &str) -> Bytes {
     let e = json!({"error": {
@@ -252,6 +330,23 @@ mod tests {
             let errors = check_chat(body(bad.clone()), "d").unwrap_err();
             assert_eq!(errors.len(), n, "{bad}: {errors:?}");
         }
+    }
+
+    #[test]
+    fn events_are_checked_across_chunks() {
+        let mut c = SseCheck::default();
+        assert!(c.feed(b"data: {\"a\":").is_ok(), "an event may span chunks");
+        assert!(
+            c.feed(b"1}\n\n: keep-alive\n\nevent: x\r\ndata: [DONE]\r\n\r\n")
+                .is_ok()
+        );
+        assert!(c.finish().is_ok());
+        assert!(SseCheck::default().feed(b"data: {oops\n\n").is_err());
+        assert!(SseCheck::default().feed(b"<html>\n\n").is_err());
+        let mut c = SseCheck::default();
+        c.feed(b"data: {\"cut\": ").unwrap();
+        assert!(c.finish().is_err(), "a stream may not end inside an event");
+        assert!(is_json(b"{\"a\": 1}") && !is_json(b"<html>"));
     }
 
     #[test]

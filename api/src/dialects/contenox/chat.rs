@@ -58,22 +58,42 @@ async fn chat_completions(
     let req = chat::check_chat(body, &llm.defaults().task_model).map_err(ApiError::validation)?;
     let (answer, guard) = llm.chat(&p.org_id, &req).await?;
     Ok(match answer {
-        Answer::Whole { status, body } => whole(status, body),
+        Answer::Whole { status, body } => {
+            if (200..300).contains(&status) && !chat::is_json(&body) {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "the backend's answer is not JSON",
+                ));
+            }
+            whole(status, body)
+        }
         Answer::Stream { first, rest } => {
-            // The guard counts the request until the stream ends; a
-            // stream that breaks ends with one error event.
-            let tail = futures_util::stream::unfold(Some((rest, guard)), |st| async move {
-                let (mut rest, guard) = st?;
-                match rest.next().await {
-                    Some(Ok(b)) => Some((
-                        Ok::<Bytes, std::convert::Infallible>(b),
-                        Some((rest, guard)),
-                    )),
-                    Some(Err(e)) => Some((Ok(chat::broken_stream_event(&e)), None)),
-                    None => None,
-                }
-            });
-            let stream = futures_util::stream::once(async move { Ok(first) }).chain(tail);
+            // Bytes pass as they come, each event checked on the way; the
+            // guard counts the request until the stream ends. A stream
+            // that breaks, or says something that is not an event, ends
+            // with one error event.
+            let rest = futures_util::stream::iter([Ok(first)]).chain(rest);
+            let stream = futures_util::stream::unfold(
+                Some((rest, chat::SseCheck::default(), guard)),
+                |st| async move {
+                    let (mut rest, mut check, guard) = st?;
+                    let item = match rest.next().await {
+                        Some(Ok(b)) => match check.feed(&b) {
+                            Ok(()) => return Some((Ok(b), Some((rest, check, guard)))),
+                            Err(e) => format!("the backend sent {e}"),
+                        },
+                        Some(Err(e)) => e,
+                        None => match check.finish() {
+                            Ok(()) => return None,
+                            Err(e) => format!("the backend's stream ended inside an event ({e})"),
+                        },
+                    };
+                    Some((
+                        Ok::<Bytes, std::convert::Infallible>(chat::broken_stream_event(&item)),
+                        None,
+                    ))
+                },
+            );
             (
                 [
                     (header::CONTENT_TYPE, "text/event-stream"),
