@@ -30,6 +30,11 @@ pub struct LlmProfile {
     /// Declared by the server at boot (contenox's default models): it
     /// cannot be deleted.
     pub system: bool,
+    /// The backend that serves it first (vareon's `provider_id`), besides
+    /// those sharing a group with it.
+    pub backend_id: Option<String>,
+    /// What a token costs (vareon's `cost_per_token`), for usage costs.
+    pub cost_per_token: f64,
 }
 
 impl Model {
@@ -44,6 +49,8 @@ impl Model {
                 can_stream: !embed,
                 context_length: 0,
                 system: false,
+                backend_id: None,
+                cost_per_token: 0.0,
             }
         })
     }

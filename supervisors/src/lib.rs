@@ -21,7 +21,7 @@ mod tree;
 pub use deployments::{DeploymentKind, Deployments, logs_series};
 pub use executions::{ExecutionKind, ExecutionStats, Executions};
 pub use kind::{Kind, KindRef};
-pub use llm::{BackendKind, DEFAULT_PROBE_INTERVAL, Llm, LlmDefaults, LlmModelInput};
+pub use llm::{BackendKind, DEFAULT_PROBE_INTERVAL, InFlight, Llm, LlmDefaults, LlmModelInput};
 pub use nodes::{NodeKind, Nodes};
 pub use policy::RestartPolicy;
 pub use root::{Runtime, RuntimeConfig};

@@ -13,9 +13,11 @@ use warden_actors::DomainError;
 
 use warden_actors::llm::chat::{self, Answer, Attempt, ChatRequest};
 use warden_actors::llm::probe::Target;
+use warden_actors::llm::rules::{Condition, Facts};
 use warden_actors::llm::{
     AffinityGroup, Backend, BackendActor, BackendArgs, BackendHandle, BackendInput, BackendMsg,
-    GroupInput, LiveBoard, LiveState, MemberKind, Membership, ProviderConfig, SYSTEM_ORG,
+    GroupInput, LiveBoard, LiveState, MemberKind, Membership, ProviderConfig, RoutingRule,
+    RuleInput, SYSTEM_ORG,
 };
 use warden_domain::{LLM_NAME, LlmProfile, Model, Owner};
 use warden_storage::{Record, Store, now_millis};
@@ -43,6 +45,9 @@ impl Default for LlmDefaults {
 #[derive(Debug, Clone, Default)]
 pub struct LlmModelInput {
     pub name: Option<String>,
+    /// The backend that serves it first (`Some(None)` clears it).
+    pub backend_id: Option<Option<String>>,
+    pub cost_per_token: Option<f64>,
     pub can_chat: Option<bool>,
     pub can_embed: Option<bool>,
     pub can_prompt: Option<bool>,
@@ -64,6 +69,15 @@ fn check_model_name(name: &str) -> Result<(), DomainError> {
         Err(DomainError::Invalid(vec![
             "model must be 1 to 256 of letters, digits and . _ : / @ - +".into(),
         ]))
+    }
+}
+
+fn check_cost(cost: Option<f64>) -> Result<(), DomainError> {
+    match cost {
+        Some(c) if !(c.is_finite() && c >= 0.0) => Err(DomainError::Invalid(vec![
+            "cost_per_token must be a non-negative number".into(),
+        ])),
+        _ => Ok(()),
     }
 }
 
@@ -290,6 +304,7 @@ impl Llm {
                     can_stream: !embed,
                     context_length: 0,
                     system: true,
+                    ..LlmProfile::default()
                 });
                 match self.store.insert(m).await {
                     Ok(_) | Err(warden_storage::StorageError::Conflict { .. }) => {}
@@ -373,6 +388,10 @@ impl Llm {
                 value: name,
             });
         }
+        if let Some(Some(b)) = &input.backend_id {
+            self.backend(&owner.org_id, b)?;
+        }
+        check_cost(input.cost_per_token)?;
         let embed = input.can_embed.unwrap_or(false);
         let chat = input.can_chat.unwrap_or(!embed);
         let mut m = Model::new(owner, by);
@@ -386,6 +405,8 @@ impl Llm {
             can_stream: input.can_stream.unwrap_or(chat),
             context_length: input.context_length.unwrap_or(0),
             system: false,
+            backend_id: input.backend_id.clone().flatten(),
+            cost_per_token: input.cost_per_token.unwrap_or(0.0),
         });
         Ok(self.store.insert(m).await?)
     }
@@ -409,8 +430,24 @@ impl Llm {
         input: LlmModelInput,
     ) -> Result<Model, DomainError> {
         let m = self.own_model(org, name)?;
+        if let Some(Some(b)) = &input.backend_id {
+            self.backend(org, b)?;
+        }
+        check_cost(input.cost_per_token)?;
+        if let Some(n) = &input.name {
+            check_model_name(n)?;
+            if n != &m.name && self.llm_model(org, n).is_ok() {
+                return Err(DomainError::Conflict {
+                    field: "model".into(),
+                    value: n.clone(),
+                });
+            }
+        }
         warden_domain::catalog::update::<Model>(&self.store, &m.id, by, |m| {
+            warden_domain::set(&mut m.name, input.name.clone());
             let mut p = m.llm_profile();
+            warden_domain::set(&mut p.backend_id, input.backend_id.clone());
+            warden_domain::set(&mut p.cost_per_token, input.cost_per_token);
             warden_domain::set(&mut p.can_chat, input.can_chat);
             warden_domain::set(&mut p.can_embed, input.can_embed);
             warden_domain::set(&mut p.can_prompt, input.can_prompt);
@@ -587,6 +624,22 @@ impl Llm {
             .unwrap_or_default()
     }
 
+    /// Asks a backend what it serves, now (vareon's test-connection):
+    /// the model names and the time it took, or a key-free error.
+    pub async fn test(
+        &self,
+        b: &Backend,
+    ) -> Result<Result<(Vec<String>, u64), String>, DomainError> {
+        let target = warden_actors::llm::target_of(&self.store, b)?;
+        let (result, took) = warden_actors::llm::probe::probe(&self.client, &target).await;
+        Ok(result.map(|ms| {
+            (
+                ms.into_iter().map(|m| m.model).collect(),
+                took.as_millis() as u64,
+            )
+        }))
+    }
+
     // Routing.
 
     /// The backends that may serve `model` for `org`, best first: those
@@ -604,6 +657,12 @@ impl Llm {
             groups.push("internal_chat_group".into());
         }
         let mut backends: Vec<Backend> = Vec::new();
+        // The model's own backend (vareon's provider) comes with the groups'.
+        if let Some(pinned) = self.llm_model(org, model)?.llm.and_then(|p| p.backend_id)
+            && let Ok(b) = self.backend(org, &pinned)
+        {
+            backends.push(b);
+        }
         for g in &groups {
             for b in self.group_backends(org, g)? {
                 if !backends.iter().any(|x| x.id == b.id) {
@@ -915,6 +974,107 @@ impl Llm {
             .iter()
             .filter_map(|m| self.group(org, &m.group_id).ok())
             .collect())
+    }
+
+    // Routing rules (a user's own).
+
+    fn rule_not_found(id: &str) -> DomainError {
+        DomainError::NotFound {
+            kind: "routing rule",
+            id: id.to_owned(),
+        }
+    }
+
+    /// A rule's target must be a model the organisation can use.
+    fn check_target(&self, org: &str, input: &RuleInput) -> Result<(), DomainError> {
+        match &input.target_model {
+            Some(t) if self.llm_model(org, t).is_err() => Err(DomainError::Invalid(vec![format!(
+                "target_model {t} is not a model of this organisation"
+            )])),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn create_rule(
+        &self,
+        org: &str,
+        user: &str,
+        input: RuleInput,
+    ) -> Result<RoutingRule, DomainError> {
+        self.check_target(org, &input)?;
+        Ok(self
+            .store
+            .insert(RoutingRule::create(input, user, org)?)
+            .await?)
+    }
+
+    pub fn rule(&self, org: &str, user: &str, id: &str) -> Result<RoutingRule, DomainError> {
+        self.store
+            .get::<RoutingRule>(id)?
+            .filter(|r| r.org_id == org && r.owner_id == user)
+            .ok_or_else(|| Self::rule_not_found(id))
+    }
+
+    /// A user's rules, highest priority first (then oldest).
+    pub fn rules(&self, org: &str, user: &str) -> Result<Vec<RoutingRule>, DomainError> {
+        let mut all = self
+            .store
+            .by_index::<RoutingRule>("owner", &format!("{org}/{user}"))?;
+        all.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.created_at.cmp(&b.created_at))
+        });
+        Ok(all)
+    }
+
+    pub async fn update_rule(
+        &self,
+        org: &str,
+        user: &str,
+        id: &str,
+        input: RuleInput,
+    ) -> Result<RoutingRule, DomainError> {
+        self.rule(org, user, id)?;
+        self.check_target(org, &input)?;
+        self.store
+            .update::<RoutingRule, DomainError>(id, |r| {
+                r.apply(input.clone(), false)?;
+                Ok(Some(()))
+            })
+            .await?
+            .ok_or_else(|| Self::rule_not_found(id))
+    }
+
+    pub async fn delete_rule(&self, org: &str, user: &str, id: &str) -> Result<(), DomainError> {
+        self.rule(org, user, id)?;
+        Ok(self.store.remove::<RoutingRule>(id).await?)
+    }
+
+    /// The model a user's rules choose for a request (the first rule, by
+    /// priority, whose condition holds), with the rule's id; `None` keeps
+    /// the requested model.
+    pub fn choose(
+        &self,
+        org: &str,
+        user_id: &str,
+        username: &str,
+        requested: &str,
+        text: &str,
+    ) -> Result<Option<(String, String)>, DomainError> {
+        let facts = Facts {
+            text,
+            model: requested,
+            user: username,
+        };
+        for r in self.rules(org, user_id)? {
+            // Stored rules parsed when written; one that no longer parses
+            // (a later, stricter build) is skipped, not fatal.
+            if Condition::parse(&r.condition).is_ok_and(|c| c.holds(&facts)) {
+                return Ok(Some((r.target_model, r.id)));
+            }
+        }
+        Ok(None)
     }
 
     // Provider keys.

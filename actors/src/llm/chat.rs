@@ -122,6 +122,33 @@ pub fn check_chat(
     })
 }
 
+impl ChatRequest {
+    /// The last user message's text (the text parts of a multi-part one).
+    pub fn last_user_text(&self) -> String {
+        let Some(m) = self.body["messages"]
+            .as_array()
+            .and_then(|l| l.iter().rev().find(|m| m["role"] == "user"))
+        else {
+            return String::new();
+        };
+        match &m["content"] {
+            Value::String(s) => s.clone(),
+            Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            _ => String::new(),
+        }
+    }
+
+    /// Sends the request to another model (a routing rule chose it).
+    pub fn retarget(&mut self, model: &str) {
+        self.model = model.to_owned();
+        self.body.insert("model".into(), json!(model));
+    }
+}
+
 /// Where a backend takes OpenAI-style requests (`chat/completions`,
 /// `embeddings`).
 pub fn url(target: &Target, path: &str) -> String {

@@ -6,6 +6,7 @@ pub mod actor;
 pub mod chat;
 pub mod probe;
 pub mod record;
+pub mod rules;
 
 pub use actor::{
     BackendActor, BackendArgs, BackendHandle, BackendMsg, LiveBoard, key_for, target_of,
@@ -13,5 +14,5 @@ pub use actor::{
 pub use probe::{LiveModel, LiveState};
 pub use record::{
     AffinityGroup, BACKEND_TYPES, Backend, BackendInput, GroupInput, MemberKind, Membership,
-    PROVIDER_TYPES, ProviderConfig, SYSTEM_GROUPS, SYSTEM_ORG,
+    PROVIDER_TYPES, ProviderConfig, RoutingRule, RuleInput, SYSTEM_GROUPS, SYSTEM_ORG,
 };

@@ -7,7 +7,13 @@ use warden_domain::rules::{Checks, MAX_SHORT};
 use warden_domain::{Audit, DomainError, Owned, Owner, set};
 use warden_storage::{Millis, Record, new_uuid, now_millis};
 
-warden_storage::first_layout!(Backend, AffinityGroup, Membership, ProviderConfig);
+warden_storage::first_layout!(
+    Backend,
+    AffinityGroup,
+    Membership,
+    ProviderConfig,
+    RoutingRule
+);
 
 /// The protocols a backend may speak. `vllm` (and a llama.cpp server)
 /// speak OpenAI's; `gemini` is Google's Generative Language API.
@@ -332,6 +338,85 @@ impl Record for ProviderConfig {
     }
     fn indexes(&self) -> Vec<(&'static str, String)> {
         vec![("org", self.org_id.clone())]
+    }
+}
+
+/// A user's routing rule (vareon): when its condition holds for a chat
+/// request, the request goes to `target_model` (see `rules.rs`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RoutingRule {
+    pub id: String,
+    pub name: String,
+    pub condition: String,
+    pub target_model: String,
+    /// Higher first.
+    pub priority: i64,
+    pub owner_id: String,
+    pub org_id: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RuleInput {
+    pub name: Option<String>,
+    pub condition: Option<String>,
+    pub target_model: Option<String>,
+    pub priority: Option<i64>,
+}
+
+impl RoutingRule {
+    pub fn create(
+        input: RuleInput,
+        owner_id: &str,
+        org_id: &str,
+    ) -> Result<RoutingRule, DomainError> {
+        let now = now_millis();
+        let mut r = RoutingRule {
+            id: new_uuid(),
+            name: String::new(),
+            condition: String::new(),
+            target_model: String::new(),
+            priority: 0,
+            owner_id: owner_id.to_owned(),
+            org_id: org_id.to_owned(),
+            created_at: now,
+            updated_at: now,
+        };
+        r.apply(input, true)?;
+        Ok(r)
+    }
+
+    /// Applies a change; the condition must parse.
+    pub fn apply(&mut self, input: RuleInput, create: bool) -> Result<(), DomainError> {
+        let mut c = Checks::new();
+        c.text("name", &input.name, create, MAX_SHORT);
+        c.not_blank("name", &input.name);
+        c.text("condition", &input.condition, create, 2000);
+        c.text("target_model", &input.target_model, create, MAX_SHORT);
+        c.not_blank("target_model", &input.target_model);
+        if let Some(cond) = &input.condition
+            && let Err(e) = super::rules::Condition::parse(cond)
+        {
+            c.fail(format!("condition: {e}"));
+        }
+        c.finish()?;
+        set(&mut self.name, input.name);
+        set(&mut self.condition, input.condition);
+        set(&mut self.target_model, input.target_model);
+        set(&mut self.priority, input.priority);
+        self.updated_at = now_millis().max(self.updated_at);
+        Ok(())
+    }
+}
+
+impl Record for RoutingRule {
+    const COLLECTION: &'static str = "llm_routing_rules";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn indexes(&self) -> Vec<(&'static str, String)> {
+        vec![("owner", format!("{}/{}", self.org_id, self.owner_id))]
     }
 }
 

@@ -55,8 +55,38 @@ async fn chat_completions(
     JsonBody(body, _): Body_,
 ) -> ContenoxResult<Response> {
     let llm = &state.runtime.llm;
-    let req = chat::check_chat(body, &llm.defaults().task_model).map_err(ApiError::validation)?;
+    let mut req =
+        chat::check_chat(body, &llm.defaults().task_model).map_err(ApiError::validation)?;
+    // The caller's routing rules (vareon's) may choose another model.
+    let rule = llm.choose(
+        &p.org_id,
+        &p.user_id,
+        &p.username,
+        &req.model,
+        &req.last_user_text(),
+    )?;
+    if let Some((model, _)) = &rule {
+        req.retarget(model);
+    }
     let (answer, guard) = llm.chat(&p.org_id, &req).await?;
+    let mut response = answer_response(answer, guard)?;
+    let headers = response.headers_mut();
+    if let Ok(v) = header::HeaderValue::from_str(&req.model) {
+        headers.insert("x-warden-model", v);
+    }
+    if let Some((_, id)) = rule
+        && let Ok(v) = header::HeaderValue::from_str(&id)
+    {
+        headers.insert("x-warden-routing-rule", v);
+    }
+    Ok(response)
+}
+
+/// A backend's answer as the client gets it.
+fn answer_response(
+    answer: Answer,
+    guard: warden_supervisors::InFlight,
+) -> ContenoxResult<Response> {
     Ok(match answer {
         Answer::Whole { status, body } => {
             if (200..300).contains(&status) && !chat::is_json(&body) {

@@ -47,6 +47,7 @@ fn read_model(body: serde_json::Map<String, Value>, create: bool) -> ContenoxRes
         can_prompt: f.boolean("canPrompt", false),
         can_stream: f.boolean("canStream", false),
         context_length: f.count("contextLength", false),
+        ..LlmModelInput::default()
     };
     f.drop(&["id"]);
     f.finish_as::<Contenox>()?;

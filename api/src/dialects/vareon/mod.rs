@@ -2,6 +2,7 @@
 //! `skip`/`limit` paging into bare arrays, `{"detail": ...}` errors, 422
 //! for validation with FastAPI's detail list.
 
+mod cognisys;
 mod telemetry;
 mod users;
 
@@ -82,5 +83,7 @@ impl SkipLimit {
 }
 
 pub(crate) fn routes() -> Api {
-    telemetry::routes().merge(users::routes())
+    telemetry::routes()
+        .merge(users::routes())
+        .merge(cognisys::routes())
 }
