@@ -120,6 +120,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         let _ = tcp.set_nodelay(true);
     });
     let app = warden_api::router(state);
+    let usage_runtime = runtime.clone();
+    let usage_flusher = tokio::spawn(async move {
+        let mut every = tokio::time::interval(USAGE_FLUSH);
+        loop {
+            every.tick().await;
+            usage_runtime.llm.flush_usage().await;
+        }
+    });
     let pruner = tokio::spawn(housekeeping(
         store.clone(),
         housekeeping_identity,
@@ -156,6 +164,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         .await?;
         pruner.abort();
         let _ = pruner.await;
+        usage_flusher.abort();
+        let _ = usage_flusher.await;
         runtime.shutdown().await;
         store.close();
         if let Some(reason) = poison.get() {
@@ -175,6 +185,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
 
 /// Every ten minutes: drops telemetry points older than the retention,
 /// and credentials and one-time secrets that have expired.
+/// How often counted LLM usage is stored: a crash loses at most this
+/// much counting (never a request).
+const USAGE_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn housekeeping(store: Store, identity: Identity, retention: std::time::Duration) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
     loop {

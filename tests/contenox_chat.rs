@@ -187,6 +187,38 @@ async fn chat_whole_and_streamed_through_the_gateway() {
     assert_eq!(r.body["vector"], json!([0.25, -0.5, 1.0]));
     assert_eq!(x.s.post("/embed", &x.t, json!({})).await.status, 400);
 
+    // Usage by user and model: the providers' counts where given
+    // (whole, stream with include_usage, /execute), estimates otherwise.
+    let ev = events(x.chat(user_says("mistral:instruct", true)).await).await;
+    assert_eq!(ev.last().unwrap(), "[DONE]");
+    let r =
+        x.s.get("/admin/llm/usage?model=mistral:instruct", &x.t)
+            .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let row = &r.body[0];
+    assert_eq!(
+        (row["requests"].as_u64(), row["estimatedRequests"].as_u64()),
+        (Some(4), Some(1)),
+        "{row}"
+    );
+    // 3 reported answers of 8 tokens, and one estimated: "be brief" +
+    // "hi" is 10 characters (3 tokens), "hello from a " 13 (4 tokens).
+    assert_eq!(row["totalTokens"], 3 * 8 + 3 + 4, "{row}");
+    assert_eq!(row["cost"], 0.0);
+    let models = eventually(15, "the model's counters", || async {
+        let r = x.s.get("/api/models", &x.t).await;
+        let m = r.body["data"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == "mistral:instruct")?
+            .clone();
+        (m["totalInference"] == 4).then_some(m)
+    })
+    .await;
+    assert_eq!(models["totalTokens"], 31);
+    let (other, _) = x.s.user("usagestranger", &["admin"], None).await;
+    assert_eq!(x.s.get("/admin/llm/usage", &other).await.body, json!([]));
+
     // Whole answers that are not JSON are the backend's fault.
     a.set(Mode::Garbage);
     assert_eq!(
@@ -265,7 +297,7 @@ async fn failover_before_the_first_byte_and_one_error_after_it() {
         last["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("not JSON"),
+            .contains("not a JSON object"),
         "{ev:?}"
     );
     assert!(!ev.iter().any(|e| e.contains("oops")), "{ev:?}");

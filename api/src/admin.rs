@@ -185,8 +185,51 @@ async fn outbox(
     Ok(Json(Value::Array(items)))
 }
 
+#[derive(serde::Deserialize)]
+struct UsageQuery {
+    user: Option<String>,
+    model: Option<String>,
+}
+
+/// The organisation's LLM usage by user and model: requests, tokens
+/// (the providers' counts, or Warden's estimates where they gave none)
+/// and cost at each model's `cost_per_token`.
+async fn llm_usage(
+    State(state): State<AppState>,
+    AdminUser(admin, _): Admin,
+    axum::extract::Query(q): axum::extract::Query<UsageQuery>,
+) -> AiwmResult<Json<Value>> {
+    let rows = state
+        .runtime
+        .llm
+        .usage(&admin.org_id, q.user.as_deref(), q.model.as_deref())?;
+    Ok(Json(Value::Array(
+        rows.iter()
+            .map(|u| {
+                serde_json::json!({
+                    "userId": u.user_id,
+                    "model": u.model,
+                    "requests": u.requests,
+                    "promptTokens": u.prompt_tokens,
+                    "completionTokens": u.completion_tokens,
+                    "totalTokens": u.prompt_tokens + u.completion_tokens,
+                    "estimatedRequests": u.estimated_requests,
+                    "cost": u.cost,
+                    "updatedAt": warden_storage::iso_millis(u.updated_at),
+                })
+            })
+            .collect(),
+    )))
+}
+
 pub(crate) fn routes(fault_injection: bool) -> Api {
     let api = Api::new()
+        .get(
+            "/admin/llm/usage",
+            "admin",
+            "LLM usage of the organisation by user and model (user, model filters)",
+            llm_usage,
+        )
         .get(
             "/admin/actors",
             "admin",

@@ -14,6 +14,7 @@ use warden_actors::DomainError;
 use warden_actors::llm::chat::{self, Answer, Attempt, ChatRequest};
 use warden_actors::llm::probe::Target;
 use warden_actors::llm::rules::{Condition, Facts};
+use warden_actors::llm::usage::{LlmUsage, Tokens};
 use warden_actors::llm::{
     AffinityGroup, Backend, BackendActor, BackendArgs, BackendHandle, BackendInput, BackendMsg,
     GroupInput, LiveBoard, LiveState, MemberKind, Membership, ProviderConfig, RoutingRule,
@@ -210,6 +211,8 @@ pub struct Llm {
     client: reqwest::Client,
     /// Turns among equally busy backends.
     turn: Arc<std::sync::atomic::AtomicUsize>,
+    /// Usage not yet stored, by `LlmUsage::key` (see `flush_usage`).
+    usage: Arc<Mutex<HashMap<String, LlmUsage>>>,
 }
 
 /// A request in flight on a backend, counted until dropped (a stream's
@@ -259,6 +262,7 @@ impl Llm {
             in_flight: Arc::default(),
             client,
             turn: Arc::default(),
+            usage: Arc::default(),
         }
     }
 
@@ -1075,6 +1079,121 @@ impl Llm {
             }
         }
         Ok(None)
+    }
+
+    // Usage.
+
+    /// Counts a request's tokens (and their cost, at the model's
+    /// `cost_per_token`) for its user and model; stored by `flush_usage`.
+    pub fn record_usage(&self, org: &str, user: &str, model: &str, t: Tokens) {
+        let price = self
+            .llm_model(org, model)
+            .map(|m| m.llm_profile().cost_per_token)
+            .unwrap_or(0.0);
+        let key = LlmUsage::key(org, user, model);
+        let mut pending = self.usage.lock().expect("usage is never poisoned");
+        let row = pending.entry(key.clone()).or_insert_with(|| LlmUsage {
+            id: key,
+            org_id: org.to_owned(),
+            user_id: user.to_owned(),
+            model: model.to_owned(),
+            ..LlmUsage::default()
+        });
+        row.add(&LlmUsage {
+            requests: 1,
+            prompt_tokens: t.prompt,
+            completion_tokens: t.completion,
+            estimated_requests: u64::from(t.estimated),
+            cost: (t.prompt + t.completion) as f64 * price,
+            updated_at: now_millis(),
+            ..LlmUsage::default()
+        });
+    }
+
+    /// Stores the usage counted since the last flush (every few seconds
+    /// and at shutdown: a crash loses at most that much counting, never
+    /// a request), and adds it to each model's own counters (AIWM's
+    /// `totalInference`, `totalTokens`). What cannot be stored now is
+    /// kept for the next flush.
+    pub async fn flush_usage(&self) {
+        let taken: Vec<LlmUsage> =
+            std::mem::take(&mut *self.usage.lock().expect("usage is never poisoned"))
+                .into_values()
+                .collect();
+        for delta in taken {
+            if let Err(e) = self.store_usage(&delta).await {
+                tracing::warn!(error = %e, "could not store LLM usage; kept for the next flush");
+                let mut pending = self.usage.lock().expect("usage is never poisoned");
+                pending
+                    .entry(delta.id.clone())
+                    .or_insert_with(|| LlmUsage {
+                        requests: 0,
+                        prompt_tokens: 0,
+                        completion_tokens: 0,
+                        estimated_requests: 0,
+                        cost: 0.0,
+                        ..delta.clone()
+                    })
+                    .add(&delta);
+            }
+        }
+    }
+
+    async fn store_usage(&self, delta: &LlmUsage) -> Result<(), DomainError> {
+        let updated = self
+            .store
+            .update::<LlmUsage, DomainError>(&delta.id, |u| {
+                u.add(delta);
+                Ok(Some(()))
+            })
+            .await?;
+        if updated.is_none() {
+            self.store.insert(delta.clone()).await?;
+        }
+        if let Ok(m) = self.llm_model(&delta.org_id, &delta.model)
+            && m.owner.org_id == delta.org_id
+        {
+            self.store
+                .update::<Model, DomainError>(&m.id, |m| {
+                    m.total_inference += delta.requests;
+                    m.total_tokens += delta.prompt_tokens + delta.completion_tokens;
+                    Ok(Some(()))
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// An organisation's usage by user and model (stored and pending),
+    /// optionally of one user or one model.
+    pub fn usage(
+        &self,
+        org: &str,
+        user: Option<&str>,
+        model: Option<&str>,
+    ) -> Result<Vec<LlmUsage>, DomainError> {
+        let mut rows: HashMap<String, LlmUsage> = self
+            .store
+            .by_index::<LlmUsage>("org", org)?
+            .into_iter()
+            .map(|u| (u.id.clone(), u))
+            .collect();
+        for (k, d) in self.usage.lock().expect("usage is never poisoned").iter() {
+            if d.org_id == org {
+                match rows.get_mut(k) {
+                    Some(row) => row.add(d),
+                    None => {
+                        rows.insert(k.clone(), d.clone());
+                    }
+                }
+            }
+        }
+        let mut out: Vec<LlmUsage> = rows
+            .into_values()
+            .filter(|u| user.is_none_or(|x| u.user_id == x) && model.is_none_or(|x| u.model == x))
+            .collect();
+        out.sort_by(|a, b| a.user_id.cmp(&b.user_id).then(a.model.cmp(&b.model)));
+        Ok(out)
     }
 
     // Provider keys.

@@ -384,6 +384,7 @@ impl Runtime {
     /// Stops every entity actor (each persists what it holds), then the
     /// kind supervisors, then the root.
     pub async fn shutdown(&self) {
+        self.llm.flush_usage().await;
         let timeout = Some(std::time::Duration::from_secs(10));
         for kind in &self.kinds {
             if let Some(cell) = kind.cell() {

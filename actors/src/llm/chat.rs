@@ -238,6 +238,8 @@ const MAX_EVENT: usize = 1 << 20;
 #[derive(Default)]
 pub struct SseCheck {
     pending: Vec<u8>,
+    /// The tokens the stream reports or holds, for usage.
+    pub tally: super::usage::Tally,
 }
 
 impl SseCheck {
@@ -246,7 +248,7 @@ impl SseCheck {
         self.pending.extend_from_slice(chunk);
         while let Some((end, sep)) = event_end(&self.pending) {
             let event: Vec<u8> = self.pending.drain(..end + sep).collect();
-            check_event(&event[..end])?;
+            check_event(&event[..end], &mut self.tally)?;
         }
         if self.pending.len() > MAX_EVENT {
             return Err("an event longer than 1 MiB".into());
@@ -257,7 +259,7 @@ impl SseCheck {
     /// At the end of the stream: what is left must be a whole event.
     pub fn finish(&mut self) -> Result<(), String> {
         let rest = std::mem::take(&mut self.pending);
-        check_event(&rest)
+        check_event(&rest, &mut self.tally)
     }
 }
 
@@ -274,7 +276,7 @@ fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
     }
 }
 
-fn check_event(event: &[u8]) -> Result<(), String> {
+fn check_event(event: &[u8], tally: &mut super::usage::Tally) -> Result<(), String> {
     let text = std::str::from_utf8(event).map_err(|_| "an event that is not UTF-8".to_owned())?;
     let mut data = String::new();
     for line in text.lines() {
@@ -295,10 +297,10 @@ fn check_event(event: &[u8]) -> Result<(), String> {
             _ => return Err(format!("a line that is not an SSE field: {:.40}", line)),
         }
     }
-    if data.is_empty() || data == "[DONE]" || is_json(data.as_bytes()) {
+    if data.is_empty() || data == "[DONE]" || tally.event(&data) {
         Ok(())
     } else {
-        Err("an event whose data is not JSON".into())
+        Err("an event whose data is not a JSON object".into())
     }
 }
 

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod probe;
 pub mod record;
 pub mod rules;
+pub mod usage;
 
 pub use actor::{
     BackendActor, BackendArgs, BackendHandle, BackendMsg, LiveBoard, key_for, target_of,

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use warden_actors::llm::chat::{self, Answer};
+use warden_actors::llm::usage;
 
 use super::{Contenox, ContenoxResult};
 use crate::AppState;
@@ -69,7 +70,14 @@ async fn chat_completions(
         req.retarget(model);
     }
     let (answer, guard) = llm.chat(&p.org_id, &req).await?;
-    let mut response = answer_response(answer, guard)?;
+    let who = Usage {
+        llm: llm.clone(),
+        org: p.org_id.clone(),
+        user: p.user_id.clone(),
+        model: req.model.clone(),
+        prompt_chars: usage::prompt_chars(&req.body),
+    };
+    let mut response = answer_response(answer, guard, who)?;
     let headers = response.headers_mut();
     if let Ok(v) = header::HeaderValue::from_str(&req.model) {
         headers.insert("x-warden-model", v);
@@ -82,10 +90,27 @@ async fn chat_completions(
     Ok(response)
 }
 
-/// A backend's answer as the client gets it.
+/// Who a request's tokens are counted for.
+struct Usage {
+    llm: warden_supervisors::Llm,
+    org: String,
+    user: String,
+    model: String,
+    prompt_chars: usize,
+}
+
+impl Usage {
+    fn record(&self, t: usage::Tokens) {
+        self.llm.record_usage(&self.org, &self.user, &self.model, t);
+    }
+}
+
+/// A backend's answer as the client gets it; its tokens are counted
+/// (a stream's when it ends, however it ends).
 fn answer_response(
     answer: Answer,
     guard: warden_supervisors::InFlight,
+    who: Usage,
 ) -> ContenoxResult<Response> {
     Ok(match answer {
         Answer::Whole { status, body } => {
@@ -94,6 +119,9 @@ fn answer_response(
                     StatusCode::BAD_GATEWAY,
                     "the backend's answer is not JSON",
                 ));
+            }
+            if (200..300).contains(&status) {
+                who.record(usage::of_whole(who.prompt_chars, &body));
             }
             whole(status, body)
         }
@@ -104,20 +132,25 @@ fn answer_response(
             // with one error event.
             let rest = futures_util::stream::iter([Ok(first)]).chain(rest);
             let stream = futures_util::stream::unfold(
-                Some((rest, chat::SseCheck::default(), guard)),
+                Some((rest, chat::SseCheck::default(), guard, who)),
                 |st| async move {
-                    let (mut rest, mut check, guard) = st?;
+                    let (mut rest, mut check, guard, who) = st?;
                     let item = match rest.next().await {
                         Some(Ok(b)) => match check.feed(&b) {
-                            Ok(()) => return Some((Ok(b), Some((rest, check, guard)))),
+                            Ok(()) => return Some((Ok(b), Some((rest, check, guard, who)))),
                             Err(e) => format!("the backend sent {e}"),
                         },
                         Some(Err(e)) => e,
                         None => match check.finish() {
-                            Ok(()) => return None,
+                            Ok(()) => {
+                                who.record(check.tally.tokens(who.prompt_chars));
+                                return None;
+                            }
                             Err(e) => format!("the backend's stream ended inside an event ({e})"),
                         },
                     };
+                    // A broken stream's tokens were used all the same.
+                    who.record(check.tally.tokens(who.prompt_chars));
                     Some((
                         Ok::<Bytes, std::convert::Infallible>(chat::broken_stream_event(&item)),
                         None,
@@ -167,6 +200,15 @@ async fn execute(
             "the backend streamed an answer it was asked for whole",
         ));
     };
+    if (200..300).contains(&status) {
+        let chars = usage::prompt_chars(&req.body);
+        llm.record_usage(
+            &p.org_id,
+            &p.user_id,
+            &req.model,
+            usage::of_whole(chars, &body),
+        );
+    }
     let v = json_of(status, &body)?;
     let response = v["choices"][0]["message"]["content"]
         .as_str()
@@ -193,7 +235,7 @@ async fn embed(
     let llm = &state.runtime.llm;
     let model = llm.defaults().embed_model.clone();
     let (answer, _guard) = llm
-        .embed(&p.org_id, &model, &text.unwrap_or_default())
+        .embed(&p.org_id, &model, text.as_deref().unwrap_or_default())
         .await?;
     let Answer::Whole { status, body } = answer else {
         return Err(ApiError::new(
@@ -201,6 +243,10 @@ async fn embed(
             "the backend streamed embeddings",
         ));
     };
+    if (200..300).contains(&status) {
+        let chars = text.as_deref().map_or(0, |t| t.chars().count());
+        llm.record_usage(&p.org_id, &p.user_id, &model, usage::of_whole(chars, &body));
+    }
     let v = json_of(status, &body)?;
     let vector = v["data"][0]["embedding"].clone();
     if !vector
