@@ -7,6 +7,20 @@ use warden_storage::{Store, new_object_id, now_millis};
 use crate::rules::{Checks, MAX_SHORT};
 use crate::{AccessEntry, DomainError};
 
+/// The kinds of resource a grant may name in Warden's contenox view
+/// (contenox's `/system/resources`).
+pub const RESOURCE_TYPES: [&str; 9] = [
+    "backends",
+    "chats",
+    "files",
+    "folders",
+    "groups",
+    "models",
+    "providers",
+    "system",
+    "taskchains",
+];
+
 /// The permission levels, lowest first.
 pub const PERMISSIONS: [&str; 4] = ["none", "view", "edit", "manage"];
 

@@ -9,6 +9,7 @@ mod access;
 mod backends;
 mod chat;
 mod models;
+mod system;
 mod users;
 
 use axum::Json;
@@ -97,4 +98,5 @@ pub(crate) fn routes() -> Api {
         .merge(backends::routes())
         .merge(models::routes())
         .merge(chat::routes())
+        .merge(system::routes())
 }
