@@ -403,3 +403,146 @@ async fn bad_requests_and_unreachable_models_are_refused_clearly() {
             .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test]
+async fn ollama_backends_pull_what_their_groups_want() {
+    let x = Setup::new().await;
+    let o = Fake::new("o", &["have:1b"]);
+    let id = x.backend("o", "ollama", &o).await;
+    let mut sse =
+        x.s.http
+            .get(format!("{}/queue/inProgress", x.s.base))
+            .bearer_auth(&x.t)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(sse.headers()["content-type"], "text/event-stream");
+
+    // A model put in the backend's group is pulled, with progress.
+    x.model("tiny:1b").await;
+    let mut seen: Vec<Value> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !seen
+        .iter()
+        .any(|e| e["model"] == "tiny:1b" && e["status"] == "success")
+    {
+        assert!(std::time::Instant::now() < deadline, "no success: {seen:?}");
+        let chunk = tokio::time::timeout(Duration::from_secs(5), sse.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        for e in String::from_utf8_lossy(&chunk).split("\n\n") {
+            if let Some(d) = e.strip_prefix("data: ") {
+                seen.push(serde_json::from_str(d).unwrap());
+            }
+        }
+    }
+    let progress: Vec<u64> = seen
+        .iter()
+        .filter(|e| e["status"] == "downloading")
+        .map(|e| e["completed"].as_u64().unwrap())
+        .collect();
+    assert!(
+        progress.len() >= 3 && progress.windows(2).all(|w| w[0] <= w[1]),
+        "{progress:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|e| e["baseUrl"].is_string() && e["model"].is_string())
+    );
+    eventually(10, "the pulled model served", || async {
+        let b = x.s.get(&format!("/backends/{id}"), &x.t).await.body;
+        b["models"]
+            .as_array()?
+            .iter()
+            .any(|m| m == "tiny:1b")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(x.s.get("/queue", &x.t).await.body, json!([]));
+
+    // A long pull shows in the queue until it is cancelled; then it is
+    // not pulled again.
+    x.model("slow:7b").await;
+    let job = eventually(10, "the slow pull", || async {
+        let q = x.s.get("/queue", &x.t).await.body;
+        q.as_array()?
+            .iter()
+            .find(|j| j["modelJob"]["model"] == "slow:7b" && j["status"] == "downloading")
+            .cloned()
+    })
+    .await;
+    assert_eq!(job["taskType"], "model_download");
+    let r = x.s.delete("/queue/slow:7b", &x.t).await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.clone()),
+        (200, json!("Model removed from queue"))
+    );
+    assert_eq!(x.s.get("/queue", &x.t).await.body, json!([]));
+    eventually(5, "the pull's connection closed", || async {
+        (o.pulls_dropped.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let slow = o
+        .pulls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m.as_str() == "slow:7b")
+        .count();
+    assert_eq!(slow, 1, "a cancelled pull is not started again");
+
+    // A pull the registry refuses fails once, visibly, and waits.
+    x.model("missing:1b").await;
+    let failed = seen_until(&mut sse, "missing:1b").await;
+    assert!(
+        failed["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("error: pull model manifest"),
+        "{failed}"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        o.pulls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.as_str() == "missing:1b")
+            .count(),
+        1
+    );
+
+    assert_eq!(x.s.delete("/queue/none-such", &x.t).await.status, 404);
+    assert_eq!(x.s.delete("/queue/cancel", &x.t).await.status, 400);
+    let r = x.s.delete("/queue/cancel?model=tiny:1b", &x.t).await;
+    assert_eq!(r.body, json!("Model download cancellation initiated"));
+}
+
+/// Reads progress events until one for `model` says it ended badly.
+async fn seen_until(sse: &mut reqwest::Response, model: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no error event for {model}"
+        );
+        let chunk = tokio::time::timeout(Duration::from_secs(5), sse.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        for e in String::from_utf8_lossy(&chunk).split("\n\n") {
+            if let Some(d) = e.strip_prefix("data: ") {
+                let v: Value = serde_json::from_str(d).unwrap();
+                if v["model"] == model
+                    && v["status"].as_str().is_some_and(|s| s.starts_with("error"))
+                {
+                    return v;
+                }
+            }
+        }
+    }
+}

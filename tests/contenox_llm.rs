@@ -952,14 +952,37 @@ async fn system_services_resources_and_version() {
     let t = s.admin_token.clone();
     let r = s.get("/system/services", &t).await;
     assert_eq!(r.status, 200);
-    let names: Vec<&str> = r.body.as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
-    for n in ["http-gateway", "nodes", "executions", "deployments", "backends"] {
+    let names: Vec<&str> = r
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    for n in [
+        "http-gateway",
+        "nodes",
+        "executions",
+        "deployments",
+        "backends",
+    ] {
         assert!(names.contains(&n), "{names:?}");
     }
     let r = s.get("/system/resources", &t).await;
-    assert!(r.body.as_array().unwrap().iter().any(|k| k == "backends"), "{}", r.body);
-    assert_contenox_error(&s.call(reqwest::Method::GET, "/system/services", None, None).await, 401);
+    assert!(
+        r.body.as_array().unwrap().iter().any(|k| k == "backends"),
+        "{}",
+        r.body
+    );
+    assert_contenox_error(
+        &s.call(reqwest::Method::GET, "/system/services", None, None)
+            .await,
+        401,
+    );
     let r = s.call(reqwest::Method::GET, "/version", None, None).await;
-    assert_eq!((r.status.as_u16(), r.body["name"].as_str()), (200, Some("warden")));
+    assert_eq!(
+        (r.status.as_u16(), r.body["name"].as_str()),
+        (200, Some("warden"))
+    );
     assert_eq!(r.body["version"], env!("CARGO_PKG_VERSION"));
 }

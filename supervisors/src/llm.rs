@@ -13,12 +13,13 @@ use warden_actors::DomainError;
 
 use warden_actors::llm::chat::{self, Answer, Attempt, ChatRequest};
 use warden_actors::llm::probe::Target;
+use warden_actors::llm::pull::{Pull, PullBoard, PullEvents, PullPlanner};
 use warden_actors::llm::rules::{Condition, Facts};
 use warden_actors::llm::usage::{LlmUsage, Tokens};
 use warden_actors::llm::{
     AffinityGroup, Backend, BackendActor, BackendArgs, BackendHandle, BackendInput, BackendMsg,
     GroupInput, LiveBoard, LiveState, MemberKind, Membership, ProviderConfig, RoutingRule,
-    RuleInput, SYSTEM_ORG,
+    RuleInput, SYSTEM_ORG, Shared,
 };
 use warden_domain::{LLM_NAME, LlmProfile, Model, Owner};
 use warden_storage::{Record, Store, now_millis};
@@ -96,17 +97,58 @@ pub struct BackendKind {
     store: Store,
     client: reqwest::Client,
     probe_every: Duration,
-    board: LiveBoard,
+    shared: Shared,
 }
 
 impl BackendKind {
     pub(crate) fn new(store: Store, client: reqwest::Client, probe_every: Duration) -> Self {
+        let (pull_events, _) = tokio::sync::broadcast::channel(1024);
         BackendKind {
+            shared: Shared {
+                board: LiveBoard::default(),
+                pulls: PullBoard::default(),
+                pull_events,
+                planner: Arc::new(GroupPlanner {
+                    store: store.clone(),
+                }),
+            },
             store,
             client,
             probe_every,
-            board: LiveBoard::default(),
         }
+    }
+}
+
+/// The models a backend's groups hold (its organisation's members and
+/// the system's), which an Ollama backend pulls.
+struct GroupPlanner {
+    store: Store,
+}
+
+impl PullPlanner for GroupPlanner {
+    fn wanted(&self, b: &Backend) -> Vec<String> {
+        let org = &b.owner.org_id;
+        let member = format!("{org}|{}|{}", MemberKind::Backend.as_str(), b.id);
+        let groups = self
+            .store
+            .by_index::<Membership>("member", &member)
+            .unwrap_or_default();
+        let mut names: Vec<String> = Vec::new();
+        for g in groups {
+            for scope in [org.as_str(), SYSTEM_ORG] {
+                let key = format!("{scope}|{}|{}", g.group_id, MemberKind::Model.as_str());
+                for m in self
+                    .store
+                    .by_index::<Membership>("group", &key)
+                    .unwrap_or_default()
+                {
+                    if !names.contains(&m.member_id) {
+                        names.push(m.member_id);
+                    }
+                }
+            }
+        }
+        names
     }
 }
 
@@ -126,7 +168,7 @@ impl Kind for BackendKind {
             store: self.store.clone(),
             id: id.to_owned(),
             client: self.client.clone(),
-            board: self.board.clone(),
+            shared: self.shared.clone(),
         }
     }
 
@@ -213,6 +255,8 @@ pub struct Llm {
     turn: Arc<std::sync::atomic::AtomicUsize>,
     /// Usage not yet stored, by `LlmUsage::key` (see `flush_usage`).
     usage: Arc<Mutex<HashMap<String, LlmUsage>>>,
+    pulls: PullBoard,
+    pull_events: PullEvents,
 }
 
 /// A request in flight on a backend, counted until dropped (a stream's
@@ -247,7 +291,9 @@ fn serves(live: &LiveState, model: &str) -> bool {
 
 impl Llm {
     pub(crate) fn new(kind: KindRef<BackendKind>, store: Store, defaults: LlmDefaults) -> Self {
-        let board = kind.kind().board.clone();
+        let board = kind.kind().shared.board.clone();
+        let pulls = kind.kind().shared.pulls.clone();
+        let pull_events = kind.kind().shared.pull_events.clone();
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
@@ -263,6 +309,8 @@ impl Llm {
             client,
             turn: Arc::default(),
             usage: Arc::default(),
+            pulls,
+            pull_events,
         }
     }
 
@@ -1079,6 +1127,56 @@ impl Llm {
             }
         }
         Ok(None)
+    }
+
+    // Model pulls.
+
+    /// An organisation's pulls, running and queued, by backend.
+    pub fn pulls(&self, org: &str) -> Vec<Pull> {
+        let mut all: Vec<Pull> = self
+            .pulls
+            .read()
+            .expect("the pull board is never poisoned")
+            .values()
+            .flatten()
+            .filter(|p| p.org_id == org)
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.queued_at.cmp(&b.queued_at).then(a.model.cmp(&b.model)));
+        all
+    }
+
+    /// Progress as it happens (every organisation's: filter by `org_id`).
+    pub fn pull_events(&self) -> tokio::sync::broadcast::Receiver<Pull> {
+        self.pull_events.subscribe()
+    }
+
+    /// Cancels pulls of the organisation's backends: those of `model`
+    /// (all when `None`), on the backend at `base_url` (all when `None`).
+    /// Answers how many were cancelled.
+    pub async fn cancel_pulls(
+        &self,
+        org: &str,
+        base_url: Option<&str>,
+        model: Option<&str>,
+    ) -> Result<usize, DomainError> {
+        let want = base_url.map(|u| u.trim_end_matches('/'));
+        let mut n = 0;
+        for b in self.backends(org, None, usize::MAX)? {
+            if want.is_some_and(|u| u != b.base_url) {
+                continue;
+            }
+            let model = model.map(str::to_owned);
+            n += self
+                .kind
+                .with_actor(&b.id, |a| {
+                    let model = model.clone();
+                    async move { BackendHandle(a).cancel_pulls(model).await }
+                })
+                .await
+                .unwrap_or(0);
+        }
+        Ok(n)
     }
 
     // Usage.

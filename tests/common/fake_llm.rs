@@ -30,20 +30,25 @@ pub enum Mode {
 #[derive(Clone)]
 pub struct Fake {
     pub name: String,
-    pub models: Vec<String>,
+    pub models: Arc<Mutex<Vec<String>>>,
     pub mode: Arc<Mutex<Mode>>,
     pub chats: Arc<AtomicUsize>,
     pub bodies: Arc<Mutex<Vec<Value>>>,
+    /// Pulls asked for, and pulls whose client went away mid-way.
+    pub pulls: Arc<Mutex<Vec<String>>>,
+    pub pulls_dropped: Arc<AtomicUsize>,
 }
 
 impl Fake {
     pub fn new(name: &str, models: &[&str]) -> Fake {
         Fake {
             name: name.into(),
-            models: models.iter().map(|m| m.to_string()).collect(),
+            models: Arc::new(Mutex::new(models.iter().map(|m| m.to_string()).collect())),
             mode: Arc::new(Mutex::new(Mode::Ok)),
             chats: Arc::default(),
             bodies: Arc::default(),
+            pulls: Arc::default(),
+            pulls_dropped: Arc::default(),
         }
     }
     pub fn set(&self, m: Mode) {
@@ -54,6 +59,8 @@ impl Fake {
 async fn tags(State(f): State<Fake>) -> Response {
     let models: Vec<Value> = f
         .models
+        .lock()
+        .unwrap()
         .iter()
         .map(|m| json!({"name": m, "model": m}))
         .collect();
@@ -63,6 +70,8 @@ async fn tags(State(f): State<Fake>) -> Response {
 async fn models(State(f): State<Fake>) -> Response {
     let data: Vec<Value> = f
         .models
+        .lock()
+        .unwrap()
         .iter()
         .map(|m| json!({"id": m, "object": "model"}))
         .collect();
@@ -138,6 +147,60 @@ async fn completions(State(f): State<Fake>, axum::Json(body): axum::Json<Value>)
         .into_response()
 }
 
+/// Counts a pull whose client went away before it finished.
+struct Dropped(Arc<AtomicUsize>, bool);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Ollama's pull: progress as newline-delimited JSON, then `success`
+/// (and the model is served). A model named `slow...` takes 10 s.
+async fn pull(State(f): State<Fake>, axum::Json(body): axum::Json<Value>) -> Response {
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    f.pulls.lock().unwrap().push(model.clone());
+    if model.starts_with("missing") {
+        let line = json!({"error": "pull model manifest: file does not exist"});
+        return (axum::http::StatusCode::OK, format!("{line}\n")).into_response();
+    }
+    let (steps, delay) = if model.starts_with("slow") {
+        (20, 500)
+    } else {
+        (5, 20)
+    };
+    let guard = Dropped(f.pulls_dropped.clone(), false);
+    let stream = futures_util::stream::unfold((0u64, guard), move |(i, mut guard)| {
+        let (f, model) = (f.clone(), model.clone());
+        async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let line = if i == 0 {
+                json!({"status": "pulling manifest"})
+            } else if i <= steps {
+                json!({"status": "downloading", "digest": "sha256:abc", "total": steps * 10, "completed": i * 10})
+            } else if i == steps + 1 {
+                f.models.lock().unwrap().push(model);
+                guard.1 = true;
+                json!({"status": "success"})
+            } else {
+                return None;
+            };
+            Some((
+                Ok::<String, std::io::Error>(format!("{line}\n")),
+                (i + 1, guard),
+            ))
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
 async fn embeddings(State(_f): State<Fake>, axum::Json(body): axum::Json<Value>) -> Response {
     axum::Json(json!({"object": "list", "model": body["model"], "data": [{"object": "embedding", "index": 0,
         "embedding": [0.25, -0.5, 1.0]}], "usage": {"prompt_tokens": 2, "total_tokens": 2}}))
@@ -148,6 +211,7 @@ pub async fn serve(f: Fake) -> String {
     let app = axum::Router::new()
         .route("/api/tags", axum::routing::get(tags))
         .route("/v1/models", axum::routing::get(models))
+        .route("/api/pull", axum::routing::post(pull))
         .route("/v1/chat/completions", axum::routing::post(completions))
         .route("/v1/embeddings", axum::routing::post(embeddings))
         .with_state(f);

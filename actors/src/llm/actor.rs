@@ -13,6 +13,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use warden_storage::{Store, now_millis};
 
 use super::probe::{self, LiveModel, LiveState, Target};
+use super::pull::{self, Pull, PullBoard, PullEvents, PullPlanner, same_model};
 use super::record::{Backend, ProviderConfig};
 use crate::DomainError;
 
@@ -25,6 +26,13 @@ pub enum BackendMsg {
     Probed(Box<(Result<Vec<LiveModel>, String>, std::time::Duration)>),
     /// The live state, for `/state` and the backend views.
     State(RpcReplyPort<LiveState>),
+    /// A line of a running pull's progress.
+    PullLine(Box<(String, serde_json::Value)>),
+    /// A pull ended.
+    PullDone(Box<(String, Result<(), String>)>),
+    /// Cancels the pulls of a model (every pull when `None`); answers how
+    /// many were queued or running.
+    CancelPulls(Option<String>, RpcReplyPort<usize>),
     /// Fault injection: panic inside the handler.
     Crash,
 }
@@ -34,26 +42,44 @@ pub enum BackendMsg {
 /// actor writes its entry).
 pub type LiveBoard = Arc<RwLock<HashMap<String, LiveState>>>;
 
+/// What a backend actor shares with the rest of the gateway.
+#[derive(Clone)]
+pub struct Shared {
+    pub board: LiveBoard,
+    pub pulls: PullBoard,
+    pub pull_events: PullEvents,
+    pub planner: Arc<dyn PullPlanner>,
+}
+
 pub struct BackendArgs {
     pub store: Store,
     pub id: String,
     pub client: reqwest::Client,
-    pub board: LiveBoard,
+    pub shared: Shared,
 }
 
 pub struct BackendState {
     store: Store,
     id: String,
     client: reqwest::Client,
-    board: LiveBoard,
+    shared: Shared,
     live: LiveState,
     probing: bool,
     /// A change arrived during a probe: probe again after it.
     again: bool,
+    /// Pulls waiting, and the one running (with what stops it).
+    queue: Vec<Pull>,
+    running: Option<(Pull, tokio::task::AbortHandle)>,
+    /// Models cancelled here (not pulled again until they leave the
+    /// backend's groups) or failed (tried again after `RETRY_PULL`).
+    held: HashMap<String, Option<std::time::Instant>>,
 }
 
 #[derive(Default)]
 pub struct BackendActor;
+
+/// How long a failed pull waits before it is tried again.
+pub const RETRY_PULL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The key a backend uses: its own, else its organisation's provider
 /// configuration for its type (`openai`, `gemini` only: an OpenAI key is
@@ -107,6 +133,97 @@ impl BackendState {
     }
 }
 
+impl BackendState {
+    /// Queues the models the backend's groups want and it does not serve
+    /// (Ollama backends only: others cannot pull).
+    fn plan_pulls(&mut self, myself: &ActorRef<BackendMsg>) -> Result<(), ActorProcessingErr> {
+        let Some(backend) = self.store.get::<Backend>(&self.id)? else {
+            return Ok(());
+        };
+        if backend.kind != "ollama" {
+            return Ok(());
+        }
+        let wanted = self.shared.planner.wanted(&backend);
+        let now_i = std::time::Instant::now();
+        self.held.retain(|m, until| {
+            wanted.iter().any(|w| same_model(w, m)) && until.is_none_or(|u| u > now_i)
+        });
+        let now = warden_storage::now_millis();
+        for model in wanted {
+            let served = self
+                .live
+                .models
+                .iter()
+                .any(|m| same_model(&m.model, &model));
+            let known = self.held.contains_key(&model)
+                || self.queue.iter().any(|p| same_model(&p.model, &model))
+                || self
+                    .running
+                    .as_ref()
+                    .is_some_and(|(p, _)| same_model(&p.model, &model));
+            if !served && !known {
+                let p = Pull {
+                    org_id: backend.owner.org_id.clone(),
+                    backend_id: backend.id.clone(),
+                    base_url: backend.base_url.clone(),
+                    model,
+                    status: "queued".into(),
+                    digest: String::new(),
+                    total: 0,
+                    completed: 0,
+                    queued_at: now,
+                };
+                let _ = self.shared.pull_events.send(p.clone());
+                self.queue.push(p);
+            }
+        }
+        self.publish_pulls();
+        self.next_pull(myself)
+    }
+
+    /// Starts the next queued pull unless one is running.
+    fn next_pull(&mut self, myself: &ActorRef<BackendMsg>) -> Result<(), ActorProcessingErr> {
+        if self.running.is_some() || self.queue.is_empty() {
+            self.publish_pulls();
+            return Ok(());
+        }
+        let Some(backend) = self.store.get::<Backend>(&self.id)? else {
+            return Ok(());
+        };
+        let target = target_of(&self.store, &backend)?;
+        let p = self.queue.remove(0);
+        let (client, me, model) = (self.client.clone(), myself.clone(), p.model.clone());
+        let task = tokio::spawn(async move {
+            let progress_to = me.clone();
+            let m = model.clone();
+            let result = pull::pull(&client, &target, &model, |line| {
+                let _ = progress_to.cast(BackendMsg::PullLine(Box::new((m.clone(), line.clone()))));
+            })
+            .await;
+            let _ = me.cast(BackendMsg::PullDone(Box::new((model, result))));
+        });
+        self.running = Some((p, task.abort_handle()));
+        self.publish_pulls();
+        Ok(())
+    }
+
+    /// Publishes the queue (the running pull first) for `/queue`.
+    fn publish_pulls(&self) {
+        let mut all: Vec<Pull> = self.running.iter().map(|(p, _)| p.clone()).collect();
+        all.extend(self.queue.iter().cloned());
+        let mut board = self
+            .shared
+            .pulls
+            .write()
+            .expect("the pull board is never poisoned");
+        if all.is_empty() {
+            board.remove(&self.id);
+        } else {
+            board.insert(self.id.clone(), all);
+        }
+    }
+}
+
 impl Actor for BackendActor {
     type Msg = BackendMsg;
     type State = BackendState;
@@ -121,10 +238,13 @@ impl Actor for BackendActor {
             store: args.store,
             id: args.id,
             client: args.client,
-            board: args.board,
+            shared: args.shared,
             live: LiveState::default(),
             probing: false,
             again: false,
+            queue: Vec::new(),
+            running: None,
+            held: HashMap::new(),
         })
     }
 
@@ -144,9 +264,19 @@ impl Actor for BackendActor {
         state: &mut BackendState,
     ) -> Result<(), ActorProcessingErr> {
         state
+            .shared
             .board
             .write()
             .expect("the live board is never poisoned")
+            .remove(&state.id);
+        if let Some((_, stop)) = state.running.take() {
+            stop.abort();
+        }
+        state
+            .shared
+            .pulls
+            .write()
+            .expect("the pull board is never poisoned")
             .remove(&state.id);
         Ok(())
     }
@@ -179,10 +309,14 @@ impl Actor for BackendActor {
                     }
                 }
                 state
+                    .shared
                     .board
                     .write()
                     .expect("the live board is never poisoned")
                     .insert(state.id.clone(), state.live.clone());
+                if state.live.healthy {
+                    state.plan_pulls(&myself)?;
+                }
                 if std::mem::take(&mut state.again) {
                     state.probe(&myself)?;
                 }
@@ -190,7 +324,75 @@ impl Actor for BackendActor {
             BackendMsg::State(reply) => {
                 let _ = reply.send(state.live.clone());
             }
-            BackendMsg::Crash => panic!("fault injection: backend actor {} crashed", state.id),
+            BackendMsg::PullLine(line) => {
+                let (model, v) = *line;
+                if let Some((p, _)) = state.running.as_mut().filter(|(p, _)| p.model == model) {
+                    if let Some(s) = v["status"].as_str() {
+                        p.status = s.to_owned();
+                    }
+                    if let Some(d) = v["digest"].as_str() {
+                        p.digest = d.to_owned();
+                    }
+                    if let Some(t) = v["total"].as_u64() {
+                        p.total = t;
+                    }
+                    if let Some(c) = v["completed"].as_u64() {
+                        p.completed = c;
+                    }
+                    let p = p.clone();
+                    state.publish_pulls();
+                    let _ = state.shared.pull_events.send(p);
+                }
+            }
+            BackendMsg::PullDone(done) => {
+                let (model, result) = *done;
+                if let Some((mut p, _)) = state.running.take_if(|(p, _)| p.model == model) {
+                    match result {
+                        Ok(()) => p.status = "success".into(),
+                        Err(e) => {
+                            tracing::warn!(backend = %state.id, model = %model, error = %e, "a model pull failed");
+                            p.status = format!("error: {e}");
+                            state
+                                .held
+                                .insert(model, Some(std::time::Instant::now() + RETRY_PULL));
+                        }
+                    }
+                    let _ = state.shared.pull_events.send(p);
+                    // What the backend now serves, then the next pull.
+                    state.probe(&myself)?;
+                }
+                state.next_pull(&myself)?;
+            }
+            BackendMsg::CancelPulls(model, reply) => {
+                let hits = |p: &Pull| model.as_deref().is_none_or(|m| same_model(&p.model, m));
+                let mut cancelled: Vec<Pull> = Vec::new();
+                state.queue.retain(|p| {
+                    if hits(p) {
+                        cancelled.push(p.clone());
+                        false
+                    } else {
+                        true
+                    }
+                });
+                if let Some((p, stop)) = state.running.take_if(|(p, _)| hits(p)) {
+                    stop.abort();
+                    cancelled.push(p);
+                }
+                for mut p in cancelled.iter().cloned() {
+                    state.held.insert(p.model.clone(), None);
+                    p.status = "cancelled".into();
+                    let _ = state.shared.pull_events.send(p);
+                }
+                state.publish_pulls();
+                state.next_pull(&myself)?;
+                let _ = reply.send(cancelled.len());
+            }
+            BackendMsg::Crash => {
+                if let Some((_, stop)) = state.running.take() {
+                    stop.abort();
+                }
+                panic!("fault injection: backend actor {} crashed", state.id)
+            }
         }
         Ok(())
     }
@@ -219,5 +421,22 @@ impl BackendHandle {
 
     pub fn crash(&self) {
         let _ = self.0.cast(BackendMsg::Crash);
+    }
+
+    /// Cancels the backend's pulls of `model` (all when `None`).
+    pub async fn cancel_pulls(&self, model: Option<String>) -> Result<usize, DomainError> {
+        match self
+            .0
+            .call(
+                |r| BackendMsg::CancelPulls(model, r),
+                Some(std::time::Duration::from_secs(5)),
+            )
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(n)) => Ok(n),
+            _ => Err(DomainError::Unavailable(
+                "the backend's actor did not answer".into(),
+            )),
+        }
     }
 }

@@ -5,12 +5,13 @@
 pub mod actor;
 pub mod chat;
 pub mod probe;
+pub mod pull;
 pub mod record;
 pub mod rules;
 pub mod usage;
 
 pub use actor::{
-    BackendActor, BackendArgs, BackendHandle, BackendMsg, LiveBoard, key_for, target_of,
+    BackendActor, BackendArgs, BackendHandle, BackendMsg, LiveBoard, Shared, key_for, target_of,
 };
 pub use probe::{LiveModel, LiveState};
 pub use record::{

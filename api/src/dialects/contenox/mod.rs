@@ -9,6 +9,7 @@ mod access;
 mod backends;
 mod chat;
 mod models;
+mod queue;
 mod system;
 mod users;
 
@@ -99,4 +100,5 @@ pub(crate) fn routes() -> Api {
         .merge(models::routes())
         .merge(chat::routes())
         .merge(system::routes())
+        .merge(queue::routes())
 }
