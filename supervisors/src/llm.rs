@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use warden_actors::DomainError;
 
 use warden_actors::llm::chat::{self, Answer, Attempt, ChatRequest};
-use warden_actors::llm::probe::Target;
 use warden_actors::llm::pull::{Pull, PullBoard, PullEvents, PullPlanner};
 use warden_actors::llm::rules::{Condition, Facts};
 use warden_actors::llm::usage::{LlmUsage, Tokens};
@@ -264,6 +263,8 @@ pub struct Llm {
 pub struct InFlight {
     counts: Arc<Mutex<HashMap<String, usize>>>,
     id: String,
+    /// The model's `cost_per_token`, for the request's usage.
+    pub price: f64,
 }
 
 impl Drop for InFlight {
@@ -546,6 +547,11 @@ impl Llm {
     /// The groups a model is in, for `org`.
     pub fn model_groups(&self, org: &str, name: &str) -> Result<Vec<AffinityGroup>, DomainError> {
         let m = self.llm_model(org, name)?;
+        self.groups_of_model(org, &m)
+    }
+
+    fn groups_of_model(&self, org: &str, m: &Model) -> Result<Vec<AffinityGroup>, DomainError> {
+        let name = m.name.as_str();
         let mut groups = self.groups_of(org, MemberKind::Model, name)?;
         if m.owner.org_id == SYSTEM_ORG {
             for g in self.groups_of(SYSTEM_ORG, MemberKind::Model, name)? {
@@ -698,10 +704,15 @@ impl Llm {
     /// sharing a group with it (a model in no group is in the default
     /// chat group), answering, and listing it; the least busy first,
     /// then the fastest.
-    pub fn route(&self, org: &str, model: &str) -> Result<Vec<(Backend, Target)>, DomainError> {
-        self.llm_model(org, model)?;
+    pub fn route(&self, org: &str, model: &str) -> Result<Vec<Backend>, DomainError> {
+        Ok(self.route_model(org, model)?.1)
+    }
+
+    /// [`Llm::route`], with the model resolved.
+    fn route_model(&self, org: &str, model: &str) -> Result<(Model, Vec<Backend>), DomainError> {
+        let resolved = self.llm_model(org, model)?;
         let mut groups: Vec<String> = self
-            .model_groups(org, model)?
+            .groups_of_model(org, &resolved)?
             .into_iter()
             .map(|g| g.id)
             .collect();
@@ -710,7 +721,7 @@ impl Llm {
         }
         let mut backends: Vec<Backend> = Vec::new();
         // The model's own backend (vareon's provider) comes with the groups'.
-        if let Some(pinned) = self.llm_model(org, model)?.llm.and_then(|p| p.backend_id)
+        if let Some(pinned) = resolved.llm.as_ref().and_then(|p| p.backend_id.clone())
             && let Ok(b) = self.backend(org, &pinned)
         {
             backends.push(b);
@@ -759,16 +770,10 @@ impl Llm {
             .count();
         let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ready[..least].rotate_left(turn % least);
-        ready
-            .into_iter()
-            .map(|(_, _, b)| {
-                let t = warden_actors::llm::target_of(&self.store, &b)?;
-                Ok((b, t))
-            })
-            .collect()
+        Ok((resolved, ready.into_iter().map(|(_, _, b)| b).collect()))
     }
 
-    fn enter(&self, id: &str) -> InFlight {
+    fn enter(&self, id: &str, price: f64) -> InFlight {
         *self
             .in_flight
             .lock()
@@ -778,6 +783,7 @@ impl Llm {
         InFlight {
             counts: self.in_flight.clone(),
             id: id.to_owned(),
+            price,
         }
     }
 
@@ -794,8 +800,11 @@ impl Llm {
         stream: bool,
     ) -> Result<(Answer, InFlight), DomainError> {
         let mut failures = Vec::new();
-        for (b, target) in self.route(org, model)? {
-            let guard = self.enter(&b.id);
+        let (resolved, backends) = self.route_model(org, model)?;
+        let price = resolved.llm_profile().cost_per_token;
+        for b in backends {
+            let target = warden_actors::llm::target_of(&self.store, &b)?;
+            let guard = self.enter(&b.id, price);
             match chat::attempt(&self.client, &target, path, body, stream).await {
                 Attempt::Answered(a) => return Ok((a, guard)),
                 Attempt::Next(reason) => {
@@ -1183,11 +1192,7 @@ impl Llm {
 
     /// Counts a request's tokens (and their cost, at the model's
     /// `cost_per_token`) for its user and model; stored by `flush_usage`.
-    pub fn record_usage(&self, org: &str, user: &str, model: &str, t: Tokens) {
-        let price = self
-            .llm_model(org, model)
-            .map(|m| m.llm_profile().cost_per_token)
-            .unwrap_or(0.0);
+    pub fn record_usage(&self, org: &str, user: &str, model: &str, t: Tokens, price: f64) {
         let key = LlmUsage::key(org, user, model);
         let mut pending = self.usage.lock().expect("usage is never poisoned");
         let row = pending.entry(key.clone()).or_insert_with(|| LlmUsage {

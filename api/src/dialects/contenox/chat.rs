@@ -76,6 +76,7 @@ async fn chat_completions(
         user: p.user_id.clone(),
         model: req.model.clone(),
         prompt_chars: usage::prompt_chars(&req.body),
+        price: guard.price,
     };
     let mut response = answer_response(answer, guard, who)?;
     let headers = response.headers_mut();
@@ -97,11 +98,13 @@ struct Usage {
     user: String,
     model: String,
     prompt_chars: usize,
+    price: f64,
 }
 
 impl Usage {
     fn record(&self, t: usage::Tokens) {
-        self.llm.record_usage(&self.org, &self.user, &self.model, t);
+        self.llm
+            .record_usage(&self.org, &self.user, &self.model, t, self.price);
     }
 }
 
@@ -193,7 +196,8 @@ async fn execute(
         &model,
     )
     .map_err(ApiError::validation)?;
-    let (answer, _guard) = llm.chat(&p.org_id, &req).await?;
+    let (answer, guard) = llm.chat(&p.org_id, &req).await?;
+    let price = guard.price;
     let Answer::Whole { status, body } = answer else {
         return Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -207,6 +211,7 @@ async fn execute(
             &p.user_id,
             &req.model,
             usage::of_whole(chars, &body),
+            price,
         );
     }
     let v = json_of(status, &body)?;
@@ -234,9 +239,10 @@ async fn embed(
     f.finish_as::<Contenox>()?;
     let llm = &state.runtime.llm;
     let model = llm.defaults().embed_model.clone();
-    let (answer, _guard) = llm
+    let (answer, guard) = llm
         .embed(&p.org_id, &model, text.as_deref().unwrap_or_default())
         .await?;
+    let price = guard.price;
     let Answer::Whole { status, body } = answer else {
         return Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -245,7 +251,13 @@ async fn embed(
     };
     if (200..300).contains(&status) {
         let chars = text.as_deref().map_or(0, |t| t.chars().count());
-        llm.record_usage(&p.org_id, &p.user_id, &model, usage::of_whole(chars, &body));
+        llm.record_usage(
+            &p.org_id,
+            &p.user_id,
+            &model,
+            usage::of_whole(chars, &body),
+            price,
+        );
     }
     let v = json_of(status, &body)?;
     let vector = v["data"][0]["embedding"].clone();
