@@ -889,6 +889,39 @@ async fn models_are_the_core_registry_and_groups_hold_them() {
             .body[0]["id"],
         group.as_str()
     );
+    s.post(
+        "/model-affinity/internal_chat_group/models/mistral:instruct",
+        &t,
+        json!({}),
+    )
+    .await;
+    let r = s
+        .delete(
+            "/model-affinity/internal_chat_group/models/mistral:instruct",
+            &t,
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.clone()),
+        (200, json!("model removed"))
+    );
+    assert_contenox_error(
+        &s.delete(
+            "/model-affinity/internal_chat_group/models/mistral:instruct",
+            &t,
+        )
+        .await,
+        404,
+    );
+    assert_eq!(
+        s.get("/model-affinity/mistral:instruct/groups", &t)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     for path in ["/v1/models", "/openai/any-chain/v1/models"] {
         let r = s.get(path, &t).await;
         assert_eq!(r.body["object"], "list", "{path}");

@@ -216,6 +216,26 @@ async fn models_route_to_their_provider_and_rules_choose_the_model() {
         (r.body["model_name"].as_str(), r.body["max_tokens"].as_u64()),
         (Some("general:7b"), Some(4096))
     );
+    let list = s.get("/api/cognisys/models/?limit=100", &t).await.body;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["model_name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"general:7b") && names.contains(&"coder:7b"),
+        "{names:?}"
+    );
+    assert_eq!(
+        s.get("/api/cognisys/models?skip=0&limit=1", &t)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     // The same model through contenox, by name.
     let c = s.get("/models", &t).await.body;
     assert!(
@@ -254,6 +274,13 @@ async fn models_route_to_their_provider_and_rules_choose_the_model() {
     let (_, v, headers) = chat(&s, &t, "general:7b", "just talk").await;
     assert_eq!(v["choices"][0]["message"]["content"], "hello from general");
     assert!(headers.get("x-warden-routing-rule").is_none());
+    let got = s
+        .get(&format!("/api/cognisys/routing-rules/{rule}"), &t)
+        .await;
+    assert_eq!(
+        (got.status.as_u16(), got.body["target_model"].as_str()),
+        (200, Some("coder:7b"))
+    );
     let list = s.get("/api/cognisys/routing-rules", &t).await.body;
     assert_eq!(list[0]["id"], rule.as_str(), "highest priority first");
 
