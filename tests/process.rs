@@ -334,16 +334,7 @@ async fn llm_keys_never_reach_the_logs() {
     warden::install_tls_provider();
     let provider = quoting_provider().await;
     let http = reqwest::Client::new();
-    let token: serde_json::Value = http
-        .post(format!("{base}/auth/login"))
-        .json(&json!({"username": ADMIN, "password": ADMIN_PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["accessToken"].as_str().unwrap().to_owned();
+    let token = login(&http, &base).await;
     let (org_key, own_key) = ("sk-org-key-in-no-log-1234", "sk-own-key-in-no-log-5678");
     let post = |path: &str, body: serde_json::Value| {
         http.post(format!("{base}{path}"))

@@ -216,6 +216,15 @@ impl Kind for BackendKind {
     }
 }
 
+/// Stores a record that may be there already (a second boot, a second
+/// assignment): finding it there is success.
+async fn insert_once<T: Record>(store: &Store, record: T) -> Result<(), DomainError> {
+    match store.insert(record).await {
+        Ok(_) | Err(warden_storage::StorageError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn backend_not_found(id: &str) -> DomainError {
     DomainError::NotFound {
         kind: "backend",
@@ -359,20 +368,11 @@ impl Llm {
                     system: true,
                     ..LlmProfile::default()
                 });
-                match self.store.insert(m).await {
-                    Ok(_) | Err(warden_storage::StorageError::Conflict { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                insert_once(&self.store, m).await?;
             }
             for g in groups {
-                match self
-                    .store
-                    .insert(Membership::new(g, MemberKind::Model, name, SYSTEM_ORG))
-                    .await
-                {
-                    Ok(_) | Err(warden_storage::StorageError::Conflict { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                let m = Membership::new(g, MemberKind::Model, name, SYSTEM_ORG);
+                insert_once(&self.store, m).await?;
             }
         }
         Ok(())
@@ -572,10 +572,7 @@ impl Llm {
                     updated_at: now_millis(),
                     ..g
                 };
-                match self.store.insert(g).await {
-                    Ok(_) | Err(warden_storage::StorageError::Conflict { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                insert_once(&self.store, g).await?;
             }
         }
         Ok(())
@@ -956,14 +953,7 @@ impl Llm {
             MemberKind::Backend => drop(self.backend(org, member)?),
             MemberKind::Model => drop(self.llm_model(org, member)?),
         }
-        match self
-            .store
-            .insert(Membership::new(group, kind, member, org))
-            .await
-        {
-            Ok(_) | Err(warden_storage::StorageError::Conflict { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        insert_once(&self.store, Membership::new(group, kind, member, org)).await
     }
 
     pub async fn unassign(
