@@ -21,7 +21,11 @@ struct Setup {
 
 impl Setup {
     async fn new() -> Setup {
-        let s = TestServer::start_with(|c| c.llm_probe_interval = Duration::from_millis(200)).await;
+        let s = TestServer::start_with(|c| {
+            c.llm_probe_interval = Duration::from_millis(200);
+            c.enable_fault_injection = true;
+        })
+        .await;
         let (t, _) = s.user("chatadmin", &["admin"], None).await;
         let group = s
             .post(
@@ -123,6 +127,36 @@ async fn chat_whole_and_streamed_through_the_gateway() {
         "the request goes as sent"
     );
 
+    // The backend's actor crashes: it restarts, and requests are served
+    // all along.
+    let backend = x.s.get("/backends", &x.t).await.body[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let name = format!("backend:{backend}");
+    let r =
+        x.s.post(
+            &format!("/admin/actors/{name}/crash"),
+            &x.s.admin_token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(
+        x.chat(user_says("mistral:instruct", false)).await.status(),
+        200
+    );
+    eventually(10, "the restart", || async {
+        let tree = x.s.get("/admin/actors", &x.s.admin_token).await.body;
+        let a = common::find_actor(&tree, &name)?;
+        (a["restartCount"] == 1 && a["status"] == "running").then_some(())
+    })
+    .await;
+    assert_eq!(
+        x.chat(user_says("mistral:instruct", false)).await.status(),
+        200
+    );
+
     let mut body = user_says("mistral:instruct", true);
     body["stream_options"] = json!({"include_usage": true});
     let r = x.chat(body).await;
@@ -198,12 +232,12 @@ async fn chat_whole_and_streamed_through_the_gateway() {
     let row = &r.body[0];
     assert_eq!(
         (row["requests"].as_u64(), row["estimatedRequests"].as_u64()),
-        (Some(4), Some(1)),
+        (Some(6), Some(1)),
         "{row}"
     );
-    // 3 reported answers of 8 tokens, and one estimated: "be brief" +
+    // 5 reported answers of 8 tokens, and one estimated: "be brief" +
     // "hi" is 10 characters (3 tokens), "hello from a " 13 (4 tokens).
-    assert_eq!(row["totalTokens"], 3 * 8 + 3 + 4, "{row}");
+    assert_eq!(row["totalTokens"], 5 * 8 + 3 + 4, "{row}");
     assert_eq!(row["cost"], 0.0);
     let models = eventually(15, "the model's counters", || async {
         let r = x.s.get("/api/models", &x.t).await;
@@ -212,10 +246,10 @@ async fn chat_whole_and_streamed_through_the_gateway() {
             .iter()
             .find(|m| m["name"] == "mistral:instruct")?
             .clone();
-        (m["totalInference"] == 4).then_some(m)
+        (m["totalInference"] == 6).then_some(m)
     })
     .await;
-    assert_eq!(models["totalTokens"], 31);
+    assert_eq!(models["totalTokens"], 47);
     let (other, _) = x.s.user("usagestranger", &["admin"], None).await;
     assert_eq!(x.s.get("/admin/llm/usage", &other).await.body, json!([]));
 
