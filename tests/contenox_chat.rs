@@ -580,3 +580,28 @@ async fn seen_until(sse: &mut reqwest::Response, model: &str) -> Value {
         }
     }
 }
+
+#[tokio::test]
+async fn a_stream_the_client_leaves_is_still_counted() {
+    let x = Setup::new().await;
+    let a = Fake::new("a", &["m:1b"]);
+    x.backend("a", "openai", &a).await;
+    x.model("m:1b").await;
+    a.set(Mode::Slow);
+    let mut r = x.chat(user_says("m:1b", true)).await;
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    let left = std::time::Instant::now();
+    drop(r);
+    eventually(10, "the left stream counted", || async {
+        let u = x.s.get("/admin/llm/usage?model=m:1b", &x.t).await.body;
+        (u[0]["requests"] == 1).then_some(())
+    })
+    .await;
+    // Counted when the client went away, not when the stream would have ended (~5 s).
+    assert!(
+        left.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        left.elapsed()
+    );
+}

@@ -25,6 +25,8 @@ pub enum Mode {
     BreakMid,
     /// Whole answers that are not JSON; streams with an event that is not.
     Garbage,
+    /// Streams with 400 ms between events.
+    Slow,
 }
 
 #[derive(Clone)]
@@ -136,8 +138,9 @@ async fn completions(State(f): State<Fake>, axum::Json(body): axum::Json<Value>)
             parts.push(Ok("data: [DONE]\n\n".into()));
         }
     }
-    let stream = futures_util::stream::iter(parts).then(|p| async move {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let pause = Duration::from_millis(if mode == Mode::Slow { 400 } else { 5 });
+    let stream = futures_util::stream::iter(parts).then(move |p| async move {
+        tokio::time::sleep(pause).await;
         p
     });
     (

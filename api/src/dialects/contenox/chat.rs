@@ -108,6 +108,29 @@ impl Usage {
     }
 }
 
+/// A stream's check and its usage: the tokens are counted once, when the
+/// stream ends, breaks, or is dropped because the client went away.
+struct Tallied {
+    check: chat::SseCheck,
+    who: Usage,
+    counted: bool,
+}
+
+impl Tallied {
+    fn count(&mut self) {
+        if !std::mem::replace(&mut self.counted, true) {
+            self.who
+                .record(self.check.tally.tokens(self.who.prompt_chars));
+        }
+    }
+}
+
+impl Drop for Tallied {
+    fn drop(&mut self) {
+        self.count();
+    }
+}
+
 /// A backend's answer as the client gets it; its tokens are counted
 /// (a stream's when it ends, however it ends).
 fn answer_response(
@@ -134,32 +157,35 @@ fn answer_response(
             // that breaks, or says something that is not an event, ends
             // with one error event.
             let rest = futures_util::stream::iter([Ok(first)]).chain(rest);
-            let stream = futures_util::stream::unfold(
-                Some((rest, chat::SseCheck::default(), guard, who)),
-                |st| async move {
-                    let (mut rest, mut check, guard, who) = st?;
+            let tallied = Tallied {
+                check: chat::SseCheck::default(),
+                who,
+                counted: false,
+            };
+            let stream =
+                futures_util::stream::unfold(Some((rest, tallied, guard)), |st| async move {
+                    let (mut rest, mut t, guard) = st?;
                     let item = match rest.next().await {
-                        Some(Ok(b)) => match check.feed(&b) {
-                            Ok(()) => return Some((Ok(b), Some((rest, check, guard, who)))),
+                        Some(Ok(b)) => match t.check.feed(&b) {
+                            Ok(()) => return Some((Ok(b), Some((rest, t, guard)))),
                             Err(e) => format!("the backend sent {e}"),
                         },
                         Some(Err(e)) => e,
-                        None => match check.finish() {
+                        None => match t.check.finish() {
                             Ok(()) => {
-                                who.record(check.tally.tokens(who.prompt_chars));
+                                t.count();
                                 return None;
                             }
                             Err(e) => format!("the backend's stream ended inside an event ({e})"),
                         },
                     };
                     // A broken stream's tokens were used all the same.
-                    who.record(check.tally.tokens(who.prompt_chars));
+                    t.count();
                     Some((
                         Ok::<Bytes, std::convert::Infallible>(chat::broken_stream_event(&item)),
                         None,
                     ))
-                },
-            );
+                });
             (
                 [
                     (header::CONTENT_TYPE, "text/event-stream"),
