@@ -701,11 +701,6 @@ impl Llm {
     /// sharing a group with it (a model in no group is in the default
     /// chat group), answering, and listing it; the least busy first,
     /// then the fastest.
-    pub fn route(&self, org: &str, model: &str) -> Result<Vec<Backend>, DomainError> {
-        Ok(self.route_model(org, model)?.1)
-    }
-
-    /// [`Llm::route`], with the model resolved.
     fn route_model(&self, org: &str, model: &str) -> Result<(Model, Vec<Backend>), DomainError> {
         let resolved = self.llm_model(org, model)?;
         let mut groups: Vec<String> = self

@@ -24,8 +24,6 @@ pub enum BackendMsg {
     Refresh,
     /// A probe's outcome.
     Probed(Box<(Result<Vec<LiveModel>, String>, std::time::Duration)>),
-    /// The live state, for `/state` and the backend views.
-    State(RpcReplyPort<LiveState>),
     /// A line of a running pull's progress.
     PullLine(Box<(String, serde_json::Value)>),
     /// A pull ended.
@@ -321,9 +319,6 @@ impl Actor for BackendActor {
                     state.probe(&myself)?;
                 }
             }
-            BackendMsg::State(reply) => {
-                let _ = reply.send(state.live.clone());
-            }
             BackendMsg::PullLine(line) => {
                 let (model, v) = *line;
                 if let Some((p, _)) = state.running.as_mut().filter(|(p, _)| p.model == model) {
@@ -402,19 +397,6 @@ impl Actor for BackendActor {
 pub struct BackendHandle(pub ActorRef<BackendMsg>);
 
 impl BackendHandle {
-    pub async fn state(&self) -> Result<LiveState, DomainError> {
-        match self
-            .0
-            .call(BackendMsg::State, Some(std::time::Duration::from_secs(5)))
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(s)) => Ok(s),
-            _ => Err(DomainError::Unavailable(
-                "the backend's actor did not answer".into(),
-            )),
-        }
-    }
-
     pub fn refresh(&self) {
         let _ = self.0.cast(BackendMsg::Refresh);
     }
