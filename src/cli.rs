@@ -191,6 +191,10 @@ impl ServeArgs {
         c.execution_policy = file.supervision.executions.unwrap_or_default();
         c.deployment_policy = file.supervision.deployments.unwrap_or_default();
         c.backend_policy = file.supervision.backends.unwrap_or_default();
+        c.conversation_policy = file.supervision.conversations.unwrap_or_default();
+        if let Some(secs) = file.conversations.idle_passivate_secs {
+            c.conversation_idle = std::time::Duration::from_secs(secs.max(1));
+        }
         if let Some(m) = file.llm.embed_model.clone() {
             c.llm_defaults.embed_model = m;
         }

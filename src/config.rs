@@ -32,6 +32,8 @@ pub struct FileConfig {
     pub rate_limits: RateLimitsFile,
     #[serde(default)]
     pub llm: LlmFile,
+    #[serde(default)]
+    pub conversations: ConversationsFile,
     /// Reverse proxies whose X-Forwarded-For names the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -61,6 +63,15 @@ pub struct LlmFile {
     pub embed_model: Option<String>,
     /// The task model declared at boot (`/execute`, `/defaultmodel`).
     pub task_model: Option<String>,
+}
+
+/// `[conversations]`: the conversation actors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConversationsFile {
+    /// A conversation's actor stops after this long without use (default
+    /// 300); the next message starts it again from the stored history.
+    pub idle_passivate_secs: Option<u64>,
 }
 
 /// `[rate_limits]`: per-minute limits; 0 switches one off.
@@ -100,6 +111,7 @@ pub struct SupervisionFile {
     pub executions: Option<RestartPolicy>,
     pub deployments: Option<RestartPolicy>,
     pub backends: Option<RestartPolicy>,
+    pub conversations: Option<RestartPolicy>,
 }
 
 impl FileConfig {
@@ -127,6 +139,9 @@ pub struct ServerConfig {
     pub execution_policy: RestartPolicy,
     pub deployment_policy: RestartPolicy,
     pub backend_policy: RestartPolicy,
+    pub conversation_policy: RestartPolicy,
+    /// How long a conversation's actor stays without use.
+    pub conversation_idle: Duration,
     pub node_timing: NodeTiming,
     /// How often each LLM backend is probed.
     pub llm_probe_interval: Duration,
@@ -164,6 +179,8 @@ impl ServerConfig {
             execution_policy: RestartPolicy::default(),
             deployment_policy: RestartPolicy::default(),
             backend_policy: RestartPolicy::default(),
+            conversation_policy: RestartPolicy::default(),
+            conversation_idle: warden_supervisors::DEFAULT_CONVERSATION_IDLE,
             node_timing: NodeTiming::default(),
             llm_probe_interval: warden_supervisors::DEFAULT_PROBE_INTERVAL,
             llm_defaults: warden_supervisors::LlmDefaults::default(),

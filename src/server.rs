@@ -67,6 +67,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     warden_actors::node::ensure_indexes(&store).await?;
     warden_actors::execution::ensure_indexes(&store).await?;
     warden_actors::deployment::ensure_indexes(&store).await?;
+    warden_actors::conversation::ensure_indexes(&store).await?;
     warden_domain::ensure_indexes(&store).await?;
     let identity = Identity::open(
         store.clone(),
@@ -91,6 +92,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             executions: config.execution_policy,
             deployments: config.deployment_policy,
             backends: config.backend_policy,
+            conversations: config.conversation_policy,
+            conversation_idle: Some(config.conversation_idle),
             node_timing: config.node_timing,
             llm_probe_interval: Some(config.llm_probe_interval),
             llm_defaults: config.llm_defaults.clone(),

@@ -8,13 +8,17 @@
 //! the core does not model, so nothing is lost on a round trip.
 
 pub mod access;
+mod agent;
 pub mod catalog;
 mod error;
+mod memory;
 mod model;
 mod plain;
 pub mod rules;
 
+pub use agent::{AGENT_STATUSES, Agent, AgentInput};
 pub use error::DomainError;
+pub use memory::{LlmPreference, MAX_MEMORY_VALUE, Memory};
 pub use model::{LLM_NAME, LlmProfile, MODEL_STATUSES, MODEL_TYPES, Model, ModelInput, ModelV1};
 pub use plain::{
     AccessEntry, Instruction, InstructionInput, TOOL_STATUSES, TOOL_TYPES, Tool, ToolInput,
@@ -96,6 +100,8 @@ pub async fn ensure_indexes(
     store.ensure_indexes::<Instruction>().await?;
     store.ensure_indexes::<Tool>().await?;
     store.ensure_indexes::<Model>().await?;
+    store.ensure_indexes::<Agent>().await?;
+    store.ensure_indexes::<Memory>().await?;
     Ok(())
 }
 

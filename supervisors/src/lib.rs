@@ -8,6 +8,7 @@
 //! live in one process (tests); names in the tree are logical
 //! (`nodes`, `node:{id}`).
 
+mod conversations;
 mod deployments;
 mod executions;
 mod kind;
@@ -18,6 +19,9 @@ mod policy;
 mod root;
 mod tree;
 
+pub use conversations::{
+    ACTIVE_WINDOW, ChatStats, ConversationKind, Conversations, DEFAULT_CONVERSATION_IDLE,
+};
 pub use deployments::{DeploymentKind, Deployments, logs_series};
 pub use executions::{ExecutionKind, ExecutionStats, Executions};
 pub use kind::{Kind, KindRef};

@@ -8,6 +8,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use warden_actors::DomainError;
 use warden_storage::{Millis, Store, now_millis};
 
+use crate::conversations::{
+    ConversationKind, Conversations, DEFAULT_CONVERSATION_IDLE, LlmGateway,
+};
 use crate::deployments::{DeploymentKind, Deployments, EndRoute, route_end};
 use crate::executions::{ExecutionKind, Executions, ReplyRoute, route_reply};
 use crate::kind::KindControl;
@@ -163,6 +166,9 @@ pub struct RuntimeConfig {
     pub executions: RestartPolicy,
     pub deployments: RestartPolicy,
     pub backends: RestartPolicy,
+    pub conversations: RestartPolicy,
+    /// How long a conversation's actor stays without use (default 5 min).
+    pub conversation_idle: Option<std::time::Duration>,
     pub node_timing: warden_actors::node::NodeTiming,
     /// How often each LLM backend is probed (default 15 s).
     pub llm_probe_interval: Option<std::time::Duration>,
@@ -181,6 +187,7 @@ pub struct Runtime {
     pub executions: Executions,
     pub deployments: Deployments,
     pub llm: Llm,
+    pub conversations: Conversations,
 }
 
 impl Runtime {
@@ -223,11 +230,23 @@ impl Runtime {
             ),
             config.backends,
         );
+        let llm = Llm::new(backends.clone(), store.clone(), config.llm_defaults.clone());
+        let conversations = KindRef::new(
+            ConversationKind::new(
+                store.clone(),
+                Arc::new(LlmGateway(llm.clone())),
+                config
+                    .conversation_idle
+                    .unwrap_or(DEFAULT_CONVERSATION_IDLE),
+            ),
+            config.conversations,
+        );
         let kinds: Vec<Arc<dyn KindControl>> = vec![
             Arc::new(nodes.clone()),
             Arc::new(executions.clone()),
             Arc::new(deployments.clone()),
             Arc::new(backends.clone()),
+            Arc::new(conversations.clone()),
         ];
         let (root, _) = Actor::spawn(
             None,
@@ -237,7 +256,6 @@ impl Runtime {
             kinds.clone(),
         )
         .await?;
-        let llm = Llm::new(backends, store.clone(), config.llm_defaults.clone());
         if let Err(e) = llm.ensure_system_groups().await {
             tracing::error!(error = %e, "could not store the system affinity groups");
         }
@@ -250,7 +268,8 @@ impl Runtime {
             started_at: now_millis(),
             policy: config.root,
             executions: execution_service,
-            deployments: Deployments::new(deployments, store),
+            deployments: Deployments::new(deployments, store.clone()),
+            conversations: Conversations::new(conversations, store, llm.clone()),
             nodes: node_service,
             llm,
         })

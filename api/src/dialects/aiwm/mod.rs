@@ -2,6 +2,8 @@
 //! `page/limit/filter[field]/sort` paging, soft delete, audit fields,
 //! tenancy by `owner.orgId`, and NestJS-style error bodies.
 
+mod agents;
+mod conversations;
 mod deployments;
 mod executions;
 mod instructions;
@@ -60,6 +62,8 @@ pub(crate) fn routes() -> Api {
         .merge(models::routes())
         .merge(instructions::routes())
         .merge(tools::routes())
+        .merge(agents::routes())
+        .merge(conversations::routes())
 }
 
 /// A record the AIWM routes show: owned, audited, with a JSON view.

@@ -8,6 +8,7 @@
 mod access;
 mod backends;
 mod chat;
+mod chats;
 mod models;
 mod queue;
 mod system;
@@ -99,6 +100,7 @@ pub(crate) fn routes() -> Api {
         .merge(backends::routes())
         .merge(models::routes())
         .merge(chat::routes())
+        .merge(chats::routes())
         .merge(system::routes())
         .merge(queue::routes())
 }

@@ -3,6 +3,8 @@
 //! authentication routes. Accounts registered here are usable at once
 //! (NeuroNest has no verification step) and log in through every dialect.
 
+mod agents;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -209,7 +211,7 @@ async fn logout(State(state): State<AppState>, CurrentUser(p, _): Caller) -> Res
 
 pub(crate) fn routes() -> Api {
     let tag = "neuronest: auth";
-    Api::new()
+    agents::routes()
         .public_post("/api/auth/register", tag, "Register and log in", register)
         .public_post(
             "/api/auth/login",

@@ -34,7 +34,7 @@ fn provider_view(b: &Backend) -> Value {
     })
 }
 
-fn model_view(state: &AppState, org: &str, m: &Model) -> Value {
+pub(super) fn model_view(state: &AppState, org: &str, m: &Model) -> Value {
     let p = m.llm_profile();
     let provider = p
         .backend_id

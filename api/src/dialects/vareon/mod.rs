@@ -2,6 +2,7 @@
 //! `skip`/`limit` paging into bare arrays, `{"detail": ...}` errors, 422
 //! for validation with FastAPI's detail list.
 
+mod chat;
 mod cognisys;
 mod telemetry;
 mod users;
@@ -86,4 +87,5 @@ pub(crate) fn routes() -> Api {
     telemetry::routes()
         .merge(users::routes())
         .merge(cognisys::routes())
+        .merge(chat::routes())
 }
