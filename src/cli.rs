@@ -192,6 +192,10 @@ impl ServeArgs {
         c.deployment_policy = file.supervision.deployments.unwrap_or_default();
         c.backend_policy = file.supervision.backends.unwrap_or_default();
         c.conversation_policy = file.supervision.conversations.unwrap_or_default();
+        c.telegram_policy = file.supervision.telegram.unwrap_or_default();
+        if let Some(base) = file.telegram.api_base.clone() {
+            c.telegram_api = base;
+        }
         if let Some(secs) = file.conversations.idle_passivate_secs {
             c.conversation_idle = std::time::Duration::from_secs(secs.max(1));
         }

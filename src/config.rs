@@ -34,6 +34,8 @@ pub struct FileConfig {
     pub llm: LlmFile,
     #[serde(default)]
     pub conversations: ConversationsFile,
+    #[serde(default)]
+    pub telegram: TelegramFile,
     /// Reverse proxies whose X-Forwarded-For names the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -74,6 +76,15 @@ pub struct ConversationsFile {
     pub idle_passivate_secs: Option<u64>,
 }
 
+/// `[telegram]`: the bots of contenox's telegram frontends.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramFile {
+    /// The Bot API's base URL (default https://api.telegram.org): a
+    /// local Bot API server, or a test double.
+    pub api_base: Option<String>,
+}
+
 /// `[rate_limits]`: per-minute limits; 0 switches one off.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,6 +123,7 @@ pub struct SupervisionFile {
     pub deployments: Option<RestartPolicy>,
     pub backends: Option<RestartPolicy>,
     pub conversations: Option<RestartPolicy>,
+    pub telegram: Option<RestartPolicy>,
 }
 
 impl FileConfig {
@@ -142,6 +154,9 @@ pub struct ServerConfig {
     pub conversation_policy: RestartPolicy,
     /// How long a conversation's actor stays without use.
     pub conversation_idle: Duration,
+    pub telegram_policy: RestartPolicy,
+    /// The Telegram Bot API's base URL.
+    pub telegram_api: String,
     pub node_timing: NodeTiming,
     /// How often each LLM backend is probed.
     pub llm_probe_interval: Duration,
@@ -181,6 +196,8 @@ impl ServerConfig {
             backend_policy: RestartPolicy::default(),
             conversation_policy: RestartPolicy::default(),
             conversation_idle: warden_supervisors::DEFAULT_CONVERSATION_IDLE,
+            telegram_policy: RestartPolicy::default(),
+            telegram_api: warden_supervisors::DEFAULT_TELEGRAM_API.to_owned(),
             node_timing: NodeTiming::default(),
             llm_probe_interval: warden_supervisors::DEFAULT_PROBE_INTERVAL,
             llm_defaults: warden_supervisors::LlmDefaults::default(),

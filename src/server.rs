@@ -68,6 +68,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     warden_actors::execution::ensure_indexes(&store).await?;
     warden_actors::deployment::ensure_indexes(&store).await?;
     warden_actors::conversation::ensure_indexes(&store).await?;
+    warden_actors::telegram::ensure_indexes(&store).await?;
     warden_domain::ensure_indexes(&store).await?;
     let identity = Identity::open(
         store.clone(),
@@ -94,6 +95,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             backends: config.backend_policy,
             conversations: config.conversation_policy,
             conversation_idle: Some(config.conversation_idle),
+            telegram: config.telegram_policy,
+            telegram_api: Some(config.telegram_api.clone()),
             node_timing: config.node_timing,
             llm_probe_interval: Some(config.llm_probe_interval),
             llm_defaults: config.llm_defaults.clone(),

@@ -866,3 +866,261 @@ async fn neuronest_agents_are_the_aiwm_agents() {
     assert_eq!(r.body["message"], "Agent deleted successfully");
     assert_eq!(s.get(&format!("/api/agents/{id}"), &x.t).await.status, 404);
 }
+
+/// A local server speaking the Telegram Bot API as a long-polling bot
+/// sees it: `getUpdates` waits (up to its `timeout`) for updates after
+/// `offset`; `sendMessage` records what the bot said. One bot token is
+/// known; any other is refused as Telegram does.
+mod telegram_api {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use axum::extract::{Path, State};
+    use axum::response::{IntoResponse, Response};
+    use serde_json::{Value, json};
+
+    pub const TOKEN: &str = "123456:test-secret-token";
+
+    #[derive(Clone, Default)]
+    pub struct Bot {
+        pub updates: Arc<Mutex<Vec<Value>>>,
+        pub sent: Arc<Mutex<Vec<(i64, String)>>>,
+        pub polls: Arc<Mutex<Vec<i64>>>,
+        next_id: Arc<Mutex<i64>>,
+    }
+
+    impl Bot {
+        pub fn say(&self, chat: i64, user: &str, text: &str) {
+            let mut id = self.next_id.lock().unwrap();
+            *id += 1;
+            self.updates
+                .lock()
+                .unwrap()
+                .push(json!({"update_id": 1000 + *id, "message": {
+                "message_id": *id, "date": 1_700_000_000, "text": text,
+                "chat": {"id": chat, "type": "private"},
+                "from": {"id": chat, "is_bot": false, "first_name": user, "username": user}}}));
+        }
+    }
+
+    async fn method(
+        State(bot): State<Bot>,
+        Path((token, method)): Path<(String, String)>,
+        axum::Json(body): axum::Json<Value>,
+    ) -> Response {
+        if token != format!("bot{TOKEN}") {
+            return (
+                axum::http::StatusCode::UNAUTHORIZED,
+                axum::Json(json!({"ok": false, "error_code": 401, "description": "Unauthorized"})),
+            )
+                .into_response();
+        }
+        match method.as_str() {
+            "getUpdates" => {
+                let offset = body["offset"].as_i64().unwrap_or(0);
+                bot.polls.lock().unwrap().push(offset);
+                let wait = body["timeout"].as_u64().unwrap_or(0);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+                loop {
+                    let ready: Vec<Value> = bot
+                        .updates
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|u| u["update_id"].as_i64().unwrap() >= offset)
+                        .cloned()
+                        .collect();
+                    if !ready.is_empty() || tokio::time::Instant::now() >= deadline {
+                        return axum::Json(json!({"ok": true, "result": ready})).into_response();
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            "sendMessage" => {
+                let chat = body["chat_id"].as_i64().unwrap();
+                let text = body["text"].as_str().unwrap().to_owned();
+                bot.sent.lock().unwrap().push((chat, text.clone()));
+                axum::Json(json!({"ok": true, "result": {"message_id": 1, "chat": {"id": chat}, "text": text}}))
+                    .into_response()
+            }
+            _ => (
+                axum::http::StatusCode::NOT_FOUND,
+                axum::Json(json!({"ok": false, "description": "Not Found: method not found"})),
+            )
+                .into_response(),
+        }
+    }
+
+    pub async fn serve(bot: Bot) -> String {
+        let app = axum::Router::new()
+            .route("/{token}/{method}", axum::routing::post(method))
+            .with_state(bot);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+}
+
+#[tokio::test]
+async fn telegram_frontends_answer_their_chats_through_conversations() {
+    let bot = telegram_api::Bot::default();
+    let api = telegram_api::serve(bot.clone()).await;
+    let api_for_config = api.clone();
+    let x = Setup::new("tg", move |c| c.telegram_api = api_for_config).await;
+    let s = &x.s;
+    let sent = |n: usize| {
+        let bot = bot.clone();
+        async move {
+            eventually(10, "the bot's answers", || async {
+                let sent = bot.sent.lock().unwrap().clone();
+                (sent.len() >= n).then_some(sent)
+            })
+            .await
+        }
+    };
+
+    // Bad input: no token, a malformed token, an unknown status.
+    let r = s
+        .post("/telegram-frontends", &x.t, json!({"description": "x"}))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = s
+        .post("/telegram-frontends", &x.t, json!({"botToken": "nope"}))
+        .await;
+    assert_eq!(r.status, 400);
+    let r = s
+        .post(
+            "/telegram-frontends",
+            &x.t,
+            json!({"botToken": telegram_api::TOKEN, "status": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+
+    let r = s
+        .post(
+            "/telegram-frontends",
+            &x.t,
+            json!({"botToken": telegram_api::TOKEN, "syncInterval": 1, "description": "support bot"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(
+        !r.body.to_string().contains("test-secret-token"),
+        "{}",
+        r.body
+    );
+    let id = r.body["id"].as_str().unwrap().to_owned();
+
+    bot.say(42, "ada", "hello bot");
+    let answers = sent(1).await;
+    assert_eq!(answers[0], (42, "hello from tg".to_owned()));
+    bot.say(42, "ada", "and again");
+    bot.say(7, "bob", "hi from bob");
+    let answers = sent(3).await;
+    assert!(answers.contains(&(7, "hello from tg".to_owned())));
+    // Each Telegram chat is a conversation, with its history.
+    let key = format!("telegram-{id}-42");
+    let c = s.get(&format!("/api/conversations/{key}"), &x.t).await;
+    assert_eq!(c.status, 200, "{}", c.body);
+    assert_eq!(c.body["totalMessages"], 4);
+    assert_eq!(c.body["title"], "Telegram: @ada");
+    let h = s.get(&format!("/api/chat/history/{key}"), &x.t).await;
+    assert_eq!(h.body[2]["message_content"], "and again");
+    // The offset confirms what was answered.
+    let f = eventually(10, "the offset stored", || async {
+        let f = s.get(&format!("/telegram-frontends/{id}"), &x.t).await.body;
+        (f["lastOffset"] == 1004).then_some(f)
+    })
+    .await;
+    assert!(f["lastHeartbeat"].is_string());
+    assert_eq!(f["lastError"], "");
+    assert!(!f.to_string().contains("test-secret-token"));
+    let list = s.get("/telegram-frontends", &x.t).await;
+    assert_eq!(list.body.as_array().unwrap().len(), 1);
+    let mine = s
+        .get(
+            &format!(
+                "/telegram-frontends/users/{}",
+                f["userId"].as_str().unwrap()
+            ),
+            &x.t,
+        )
+        .await;
+    assert_eq!(mine.body.as_array().map(Vec::len), Some(1), "{}", mine.body);
+    let (stranger, _) = s.user("tgstranger", &["operator"], None).await;
+    assert_eq!(
+        s.get(&format!("/telegram-frontends/{id}"), &stranger)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        s.get("/telegram-frontends", &stranger).await.body,
+        json!([])
+    );
+
+    // After a restart the bot resumes after the stored offset: nothing
+    // answered twice.
+    let Setup { s, t, fake, .. } = x;
+    let polls_before = bot.polls.lock().unwrap().len();
+    let api_again = api.clone();
+    let s = s
+        .restart(move |c| {
+            c.telegram_api = api_again;
+            c.llm_probe_interval = Duration::from_millis(200);
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // the backend's first probe
+    bot.say(42, "ada", "after the restart");
+    let answers = sent(4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bot.sent.lock().unwrap().len(), 4, "{answers:?}");
+    let resumed = bot.polls.lock().unwrap()[polls_before..].to_vec();
+    assert!(resumed.iter().all(|o| *o >= 1004), "{resumed:?}");
+
+    // A token Telegram refuses: the error is shown, the token is not.
+    let r = s
+        .put(
+            &format!("/telegram-frontends/{id}"),
+            &t,
+            json!({"botToken": "999:wrong-secret-1"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let f = eventually(10, "the refusal recorded", || async {
+        let f = s.get(&format!("/telegram-frontends/{id}"), &t).await.body;
+        f["lastError"]
+            .as_str()
+            .filter(|e| e.contains("Unauthorized"))
+            .map(|_| f.clone())
+    })
+    .await;
+    assert!(!f.to_string().contains("wrong-secret"), "{f}");
+
+    // Inactive: the bot stops asking; deleted: gone.
+    let r = s
+        .put(
+            &format!("/telegram-frontends/{id}"),
+            &t,
+            json!({"status": "inactive", "botToken": telegram_api::TOKEN}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "inactive");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let polls = bot.polls.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(bot.polls.lock().unwrap().len(), polls);
+    assert_eq!(
+        s.delete(&format!("/telegram-frontends/{id}"), &t)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        s.get(&format!("/telegram-frontends/{id}"), &t).await.status,
+        404
+    );
+    drop(fake);
+}

@@ -7,6 +7,7 @@ pub mod deployment;
 pub mod execution;
 pub mod llm;
 pub mod node;
+pub mod telegram;
 
 pub use warden_domain::DomainError;
 

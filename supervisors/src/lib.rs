@@ -17,6 +17,7 @@ mod models;
 mod nodes;
 mod policy;
 mod root;
+mod telegram;
 mod tree;
 
 pub use conversations::{
@@ -29,6 +30,7 @@ pub use llm::{BackendKind, DEFAULT_PROBE_INTERVAL, InFlight, Llm, LlmDefaults, L
 pub use nodes::{NodeKind, Nodes};
 pub use policy::RestartPolicy;
 pub use root::{Runtime, RuntimeConfig};
+pub use telegram::{DEFAULT_TELEGRAM_API, Telegram, TelegramKind};
 pub use tree::{ActorInfo, FailureInfo};
 
 use std::future::Future;

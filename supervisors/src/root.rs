@@ -15,6 +15,7 @@ use crate::deployments::{DeploymentKind, Deployments, EndRoute, route_end};
 use crate::executions::{ExecutionKind, Executions, ReplyRoute, route_reply};
 use crate::kind::KindControl;
 use crate::llm::{BackendKind, DEFAULT_PROBE_INTERVAL, Llm, LlmDefaults};
+use crate::telegram::{DEFAULT_TELEGRAM_API, Telegram, TelegramKind};
 use crate::{ActorInfo, FailureInfo, KindRef, NodeKind, Nodes, RestartPolicy, rfc3339};
 
 pub(crate) enum RootMsg {
@@ -167,6 +168,9 @@ pub struct RuntimeConfig {
     pub deployments: RestartPolicy,
     pub backends: RestartPolicy,
     pub conversations: RestartPolicy,
+    pub telegram: RestartPolicy,
+    /// The Telegram Bot API's base URL (default `https://api.telegram.org`).
+    pub telegram_api: Option<String>,
     /// How long a conversation's actor stays without use (default 5 min).
     pub conversation_idle: Option<std::time::Duration>,
     pub node_timing: warden_actors::node::NodeTiming,
@@ -188,6 +192,7 @@ pub struct Runtime {
     pub deployments: Deployments,
     pub llm: Llm,
     pub conversations: Conversations,
+    pub telegram: Telegram,
 }
 
 impl Runtime {
@@ -241,12 +246,26 @@ impl Runtime {
             ),
             config.conversations,
         );
+        let conversation_service =
+            Conversations::new(conversations.clone(), store.clone(), llm.clone());
+        let telegram = KindRef::new(
+            TelegramKind::new(
+                store.clone(),
+                Arc::new(conversation_service.clone()),
+                config
+                    .telegram_api
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_TELEGRAM_API.to_owned()),
+            ),
+            config.telegram,
+        );
         let kinds: Vec<Arc<dyn KindControl>> = vec![
             Arc::new(nodes.clone()),
             Arc::new(executions.clone()),
             Arc::new(deployments.clone()),
             Arc::new(backends.clone()),
             Arc::new(conversations.clone()),
+            Arc::new(telegram.clone()),
         ];
         let (root, _) = Actor::spawn(
             None,
@@ -269,7 +288,8 @@ impl Runtime {
             policy: config.root,
             executions: execution_service,
             deployments: Deployments::new(deployments, store.clone()),
-            conversations: Conversations::new(conversations, store, llm.clone()),
+            conversations: conversation_service,
+            telegram: Telegram::new(telegram, store),
             nodes: node_service,
             llm,
         })

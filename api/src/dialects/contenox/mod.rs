@@ -12,6 +12,7 @@ mod chats;
 mod models;
 mod queue;
 mod system;
+mod telegram;
 mod users;
 
 use axum::Json;
@@ -101,6 +102,7 @@ pub(crate) fn routes() -> Api {
         .merge(models::routes())
         .merge(chat::routes())
         .merge(chats::routes())
+        .merge(telegram::routes())
         .merge(system::routes())
         .merge(queue::routes())
 }
