@@ -254,6 +254,8 @@ impl ServeArgs {
         );
         c.rate_limits.api_per_minute = limit(file.rate_limits.api_per_minute, d.api_per_minute);
         c.rate_limits.mail_per_minute = limit(file.rate_limits.mail_per_minute, d.mail_per_minute);
+        c.rate_limits.agent_per_minute =
+            limit(file.rate_limits.agent_per_minute, d.agent_per_minute);
         c.trusted_proxies = match self.trusted_proxies {
             Some(nets) => nets,
             None => file

@@ -93,6 +93,8 @@ pub struct RateLimitsFile {
     pub api_per_minute: Option<u32>,
     /// Sign-ups, code resends and password-reset requests per client address.
     pub mail_per_minute: Option<u32>,
+    /// Forge's agent routes per user.
+    pub agent_per_minute: Option<u32>,
 }
 
 /// `[nodes]`: the telemetry the server asks of daemons.

@@ -1124,3 +1124,80 @@ async fn telegram_frontends_answer_their_chats_through_conversations() {
     );
     drop(fake);
 }
+
+#[tokio::test]
+async fn forge_agent_chats_over_the_same_conversations_and_is_rate_limited() {
+    let x = Setup::new("forge", |c| c.rate_limits.agent_per_minute = Some(5)).await;
+    let s = &x.s;
+    let r = s
+        .post(
+            "/api/v1/agent/chat",
+            &x.t,
+            json!({"message": "Which model suits my AHU data?"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["response"], "hello from forge");
+    assert_eq!(r.body["training_plan"], Value::Null);
+    let id = r.body["conversation_id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("conv_"), "{id}");
+    let r = s
+        .post(
+            "/api/v1/agent/chat",
+            &x.t,
+            json!({"message": "and why?", "conversation_id": id}),
+        )
+        .await;
+    assert_eq!(r.body["conversation_id"], id.as_str());
+    assert_eq!(x.last_prompt().len(), 3);
+    let h = s.get("/api/v1/agent/history", &x.t).await;
+    assert_eq!(h.status, 200, "{}", h.body);
+    let roles: Vec<&str> = h
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "agent", "user", "agent"]);
+    assert_eq!(h.body[0]["content"], "Which model suits my AHU data?");
+    assert_eq!(h.body[0]["conversation_id"], id.as_str());
+    // The same conversation through vareon and AIWM.
+    let key = id.strip_prefix("conv_").unwrap();
+    assert_eq!(
+        s.get(&format!("/api/chat/history/{key}"), &x.t)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    assert_eq!(
+        s.get(&format!("/api/conversations/{key}"), &x.t).await.body["conversationType"],
+        "analysis"
+    );
+    // Bad input in forge's error shape; an unknown conversation is a 404.
+    let r = s
+        .post("/api/v1/agent/chat", &x.t, json!({"message": ""}))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.body["code"].as_str()),
+        (400, Some("VALIDATION_ERROR"))
+    );
+    let r = s
+        .post(
+            "/api/v1/agent/chat",
+            &x.t,
+            json!({"message": "x", "conversation_id": "conv_nope"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.body["code"].as_str()),
+        (404, Some("NOT_FOUND"))
+    );
+    // Five agent requests a minute: the sixth is refused.
+    let r = s.get("/api/v1/agent/history", &x.t).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.body["code"], "RATE_LIMITED");
+}

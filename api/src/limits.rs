@@ -1,6 +1,5 @@
 //! Rate limits (Forge's table: login 30/min per IP, API 1000/min per
-//! user), as fixed one-minute windows per key. Forge's agent limit
-//! (20/min per user) arrives with its agent routes.
+//! user, agent 20/min per user), as fixed one-minute windows per key.
 //!
 //! Login limits count *failed* attempts, per client address and per
 //! account *from that address*: a stranger's failures from elsewhere never
@@ -25,6 +24,8 @@ pub struct RateLimits {
     pub api_per_minute: Option<u32>,
     /// Sign-ups, code resends and password-reset requests per address.
     pub mail_per_minute: Option<u32>,
+    /// Forge's agent routes, per user.
+    pub agent_per_minute: Option<u32>,
 }
 
 impl Default for RateLimits {
@@ -33,6 +34,7 @@ impl Default for RateLimits {
             login_failures_per_minute: Some(30),
             api_per_minute: Some(1000),
             mail_per_minute: Some(10),
+            agent_per_minute: Some(20),
         }
     }
 }
@@ -117,6 +119,7 @@ pub(crate) struct Limits {
     login: Limiter,
     pub api: Limiter,
     pub mail: Limiter,
+    pub agent: Limiter,
 }
 
 /// A login attempt's reserved failure slots: dropped as it is, the attempt
@@ -152,6 +155,7 @@ impl Limits {
             login: Limiter::new(c.login_failures_per_minute),
             api: Limiter::new(c.api_per_minute),
             mail: Limiter::new(c.mail_per_minute),
+            agent: Limiter::new(c.agent_per_minute),
         }
     }
 }

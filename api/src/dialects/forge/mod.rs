@@ -2,6 +2,7 @@
 //! prefixes (`usr_`), opaque bearer sessions, `{error, code, details?}`
 //! errors, and a per-user API rate limit on `/api/v1/*`.
 
+mod agent;
 mod auth;
 
 use axum::Json;
@@ -53,5 +54,5 @@ pub(crate) fn user_id(id: &str) -> String {
 }
 
 pub(crate) fn routes() -> Api {
-    auth::routes()
+    auth::routes().merge(agent::routes())
 }
