@@ -8,6 +8,7 @@
 # passivate.
 #
 #   cargo build --release && benches/conversations.sh   (DUR=10, N=10000)
+#   PERF=/tmp/conv.perf ...   also records a profile of the loaded window
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR="${DUR:-10}"
@@ -70,6 +71,7 @@ echo "warden $(git rev-parse --short HEAD), fake backend $fake, $N conversations
 sed 's/MODEL/bench-model/' "$BENCH/chat.json" >"$work/chat.json"
 WRK_BODY_FILE="$work/chat.json" wrk -t1 -c"$C" -d"${DUR}s" --latency -s "$BENCH/post.lua" \
   "$fake/v1/chat/completions" | grep '^RESULT' | sed "s/^RESULT/RESULT direct c=$C/"
+[ -n "${PERF:-}" ] && { perf record -F 199 -e cpu-clock --call-graph dwarf,16384 -p "$wpid" -o "${PERF}" -- sleep 3 >/dev/null 2>&1 & }
 t0="$(ticks)"
 line="$(WRK_CHATS="$work/active" WRK_AUTH="$token" wrk -t1 -c"$C" -d"${DUR}s" --latency \
   -s benches/conversations.lua "$warden" | grep '^RESULT' | sed "s/^RESULT/RESULT warden c=$C/")"
