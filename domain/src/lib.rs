@@ -10,6 +10,7 @@
 pub mod access;
 mod agent;
 pub mod catalog;
+pub mod dataset;
 mod error;
 mod memory;
 mod model;
@@ -102,6 +103,7 @@ pub async fn ensure_indexes(
     store.ensure_indexes::<Model>().await?;
     store.ensure_indexes::<Agent>().await?;
     store.ensure_indexes::<Memory>().await?;
+    store.ensure_indexes::<dataset::Dataset>().await?;
     Ok(())
 }
 

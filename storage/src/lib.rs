@@ -28,7 +28,7 @@ mod sled_engine;
 mod store;
 mod versioned;
 
-pub use blobs::{BlobRef, BlobStore};
+pub use blobs::{BlobRef, BlobStore, BlobWriter};
 pub use engine::{Changes, CommitStats, Engine};
 pub use error::StorageError;
 pub use keys::time_sort_key;

@@ -78,7 +78,16 @@ pub struct Turn {
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub max_tokens: Option<u64>,
+    /// Facts the dialect adds to the system prompt (forge: the user's
+    /// datasets).
+    pub context: Option<String>,
+    /// The answer stored when no backend can answer (forge's built-in
+    /// analyst), from [`FALLBACK_MODEL`].
+    pub fallback: Option<String>,
 }
+
+/// The model named on an answer that no LLM gave.
+pub const FALLBACK_MODEL: &str = "warden-analyst";
 
 /// What a turn stored.
 #[derive(Debug, Clone)]
@@ -299,7 +308,13 @@ impl ConvState {
                 .map(|m| (m.key.as_str(), m.value.as_str()))
                 .collect(),
         };
-        let system = prompt::system_prompt(&system, &self.history);
+        let mut system = prompt::system_prompt(&system, &self.history);
+        if let Some(extra) = turn.context.as_deref().filter(|c| !c.trim().is_empty()) {
+            system = Some(match system {
+                Some(s) => format!("{s}\n\n{extra}"),
+                None => extra.to_owned(),
+            });
+        }
         let messages = prompt::build(
             system.as_deref(),
             &self.history,
@@ -319,9 +334,23 @@ impl ConvState {
         };
         let answered = self.gateway.complete(ask).await;
         let elapsed = started.elapsed().as_millis() as u64;
-        let c = match answered {
-            Ok(c) => c,
-            Err(e) => {
+        let c = match (answered, turn.fallback.clone()) {
+            (Ok(c), _) => c,
+            (Err(DomainError::Unreachable(why)), Some(fallback)) => {
+                tracing::debug!(conversation = %self.conv.id, %why, "no backend answered; the fallback does");
+                Completion {
+                    tokens: Tokens {
+                        prompt: 0,
+                        completion: crate::llm::usage::estimate(fallback.chars().count()),
+                        estimated: true,
+                    },
+                    content: fallback,
+                    tool_calls: String::new(),
+                    model: FALLBACK_MODEL.into(),
+                    latency_ms: 0,
+                }
+            }
+            (Err(e), _) => {
                 if let Some(a) = &agent {
                     self.count_task(&a.id, false, elapsed, elapsed).await;
                 }

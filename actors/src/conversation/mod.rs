@@ -8,8 +8,8 @@ pub mod prompt;
 mod record;
 
 pub use actor::{
-    Ask, Completion, ConvArgs, ConvHandle, ConvMsg, ConvState, ConversationActor, Gateway,
-    HISTORY_HELD, Turn, TurnResult, load_history,
+    Ask, Completion, ConvArgs, ConvHandle, ConvMsg, ConvState, ConversationActor, FALLBACK_MODEL,
+    Gateway, HISTORY_HELD, Turn, TurnResult, load_history,
 };
 pub use record::{BY_CONVERSATION, BY_USER, Conversation, Message, MessageUsage, Participant};
 

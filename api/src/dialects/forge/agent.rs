@@ -1,13 +1,17 @@
-//! Forge's agent (`/api/v1/agent/chat`, `/api/v1/agent/history`): the
-//! core conversations in forge's shape. Conversation ids carry forge's
-//! `conv_` prefix; roles are `user` and `agent`. Limited to 20 requests
-//! a minute per user (forge's agent limit), beside the API limit.
+//! Forge's agent (`/api/v1/agent/chat`, `/analyze`, `/history`): the core
+//! conversations in forge's shape. Conversation ids carry forge's `conv_`
+//! prefix; roles are `user` and `agent`. The facts of the user's datasets
+//! go into the model's context; without any LLM backend, Warden's
+//! built-in analyst (`warden_domain::dataset::advise`) answers instead.
+//! Limited to 20 requests a minute per user (forge's agent limit),
+//! beside the API limit.
 
 use axum::Json;
 use axum::extract::{Query, State};
 use serde_json::{Value, json};
 use warden_actors::conversation::{Conversation, ConversationInput, Message, Turn};
 use warden_domain::Owner;
+use warden_domain::dataset::{self, Dataset};
 use warden_identity::Principal;
 
 use super::{Forge, ForgeResult};
@@ -75,11 +79,14 @@ async fn chat(
             convs.create(input, owner, &p.user_id, "forge").await?
         }
     };
+    let (context, fallback) = analyst_notes(&state, &p, &message)?;
     let turn = Turn {
         org: p.org_id.clone(),
         user: p.user_id.clone(),
         username: p.username.clone(),
         text: message,
+        context,
+        fallback: Some(fallback),
         ..Default::default()
     };
     let done = convs.turn(&c.id, turn).await?;
@@ -88,6 +95,146 @@ async fn chat(
         "conversation_id": forge_id(&c),
         "training_plan": null,
     })))
+}
+
+/// The organisation's datasets, newest first.
+fn datasets_of(state: &AppState, p: &Principal) -> ForgeResult<Vec<Dataset>> {
+    let scope = warden_domain::org_scope(Some(&p.org_id));
+    let mut all = state
+        .store
+        .in_scope::<Dataset>(warden_domain::CREATED, &scope)?;
+    all.reverse();
+    Ok(all)
+}
+
+/// What the model is told of the user's datasets (those the message
+/// names by name or id, else the newest three), and what the analyst
+/// answers when no model can.
+fn analyst_notes(
+    state: &AppState,
+    p: &Principal,
+    message: &str,
+) -> ForgeResult<(Option<String>, String)> {
+    let all = datasets_of(state, p)?;
+    let lower = message.to_lowercase();
+    let named: Vec<&Dataset> = all
+        .iter()
+        .filter(|d| {
+            lower.contains(&d.name.to_lowercase()) || lower.contains(&format!("ds_{}", d.id))
+        })
+        .collect();
+    let chosen: Vec<&Dataset> = if named.is_empty() {
+        all.iter().take(3).collect()
+    } else {
+        named
+    };
+    let Some(first) = chosen.first() else {
+        return Ok((
+            None,
+            "You have no datasets yet. Upload a sensor CSV (POST /api/v1/datasets) and I will profile it and recommend an architecture. (Warden's built-in analyst: no LLM backend answered.)".into(),
+        ));
+    };
+    let facts: Vec<String> = chosen.iter().map(|d| dataset::facts(d)).collect();
+    let context = format!(
+        "You are Forge's assistant for building-equipment sensor data. The user's datasets:\n{}",
+        facts.join("\n\n")
+    );
+    let advice = dataset::advise(&first.profile);
+    let answer = format!(
+        "{} (Warden's built-in analyst: no LLM backend answered.)",
+        dataset::explain(first, &advice)
+    );
+    Ok((Some(context), answer))
+}
+
+/// `POST /api/v1/agent/analyze {dataset_id, question}`: the analyst's
+/// reading of one dataset (a second pass counts the readings beyond 4
+/// standard deviations), a training plan, and the answer in words: the
+/// model's, with the facts in its context, else the analyst's.
+async fn analyze(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    JsonBody(body, _): JsonBody<Forge>,
+) -> ForgeResult<Json<Value>> {
+    limited(&state, &p)?;
+    let mut f = Fields::new(body);
+    let id = f.string("dataset_id", true);
+    let question = f.string_max("question", false, 4096);
+    f.finish_as::<Forge>()?;
+    let d = super::datasets::find(&state, &p, &id.unwrap_or_default())?;
+    let advice = dataset::advise(&d.profile);
+    let store = state.store.clone();
+    let (blob, profile) = (d.blob.clone(), d.profile.clone());
+    let anomalies = tokio::task::spawn_blocking(move || {
+        store
+            .blobs()
+            .reader(&blob)
+            .map_err(|e| e.to_string())
+            .and_then(|f| dataset::count_outliers(std::io::BufReader::new(f), &profile))
+    })
+    .await
+    .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let hyper = super::datasets::hyperparameters(&advice, advice.architecture);
+    let analyst = dataset::explain(&d, &advice);
+    let question = question
+        .filter(|q| !q.trim().is_empty())
+        .unwrap_or_else(|| "Analyze this dataset and recommend a model architecture.".into());
+    let response = ask_model(&state, &p, &d, &question)
+        .await
+        .unwrap_or(analyst);
+    Ok(Json(json!({
+        "response": response,
+        "confidence": (advice.confidence * 1000.0).round() / 1000.0,
+        "analysis": {
+            "data_quality": advice.data_quality,
+            "seasonality": advice.seasonality,
+            "anomalies_detected": anomalies,
+            "recommended_architecture": advice.architecture,
+            "recommended_hyperparameters": hyper,
+            "reasons": advice.reasons,
+        },
+        "training_plan": {
+            "architecture": advice.architecture,
+            "dataset_id": super::datasets::forge_id(&d),
+            "hyperparameters": hyper,
+        },
+    })))
+}
+
+/// The model's answer to a question about one dataset, or `None` when no
+/// backend answers (the analyst's words stand then).
+async fn ask_model(state: &AppState, p: &Principal, d: &Dataset, question: &str) -> Option<String> {
+    let llm = &state.runtime.llm;
+    let body = json!({
+        "model": llm.defaults().task_model,
+        "messages": [
+            {"role": "system", "content": format!("You are Forge's assistant for building-equipment sensor data.\n{}", dataset::facts(d))},
+            {"role": "user", "content": question},
+        ],
+    });
+    let req =
+        warden_actors::llm::chat::check_chat(body.as_object()?.clone(), &llm.defaults().task_model)
+            .ok()?;
+    let (answer, guard) = llm.chat(&p.org_id, &req).await.ok()?;
+    let warden_actors::llm::chat::Answer::Whole { status, body } = answer else {
+        return None;
+    };
+    if !(200..300).contains(&status) {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&body).ok()?;
+    let chars = warden_actors::llm::usage::prompt_chars(&req.body);
+    llm.record_usage(
+        &p.org_id,
+        &p.user_id,
+        &req.model,
+        warden_actors::llm::usage::of_whole(chars, &body),
+        guard.price,
+    );
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 #[derive(serde::Deserialize)]
@@ -144,5 +291,11 @@ pub(super) fn routes() -> Api {
             t,
             "The caller's agent messages, one flat list (conversation_id= narrows it)",
             history,
+        )
+        .post(
+            "/api/v1/agent/analyze",
+            t,
+            "Analyze a dataset: quality, seasonality, anomalies, the recommended architecture and a training plan",
+            analyze,
         )
 }

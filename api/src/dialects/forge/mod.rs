@@ -4,6 +4,7 @@
 
 mod agent;
 mod auth;
+mod datasets;
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -54,5 +55,7 @@ pub(crate) fn user_id(id: &str) -> String {
 }
 
 pub(crate) fn routes() -> Api {
-    auth::routes().merge(agent::routes())
+    auth::routes()
+        .merge(agent::routes())
+        .merge(datasets::routes())
 }
