@@ -90,3 +90,11 @@ sleep $(( idle * 2 + 5 ))
 passive="$(live)"
 passive_rss="$(rss)"
 echo "RESULT passivated live_actors=$passive rss_mib=$passive_rss per_conversation_kib=$(( (passive_rss - base_rss) * 1024 / active ))"
+
+# The same 10,000 active again: what the passivated actors freed is
+# reused (RSS grows by little), though the allocator kept it.
+WRK_CHATS="$work/chats" WRK_AUTH="$token" wrk -t1 -c64 -d"$(( N / 1000 + 5 ))s" \
+  -s benches/conversations.lua "$warden" >/dev/null
+again="$(live)"
+again_rss="$(rss)"
+echo "RESULT active_again conversations=$again rss_mib=$again_rss grew_mib=$(( again_rss - passive_rss ))"

@@ -372,7 +372,8 @@ impl Store {
         } else {
             scan
         };
-        let mut items = Vec::with_capacity(q.limit.min(1024));
+        // Small: callers may keep the vector (a full page is rare).
+        let mut items = Vec::with_capacity(q.limit.min(64));
         for entry in ordered_ids(prefix.len(), scan).skip(q.skip).take(q.limit) {
             let (sort, id) = entry?;
             if let Some(record) = self.get::<T>(&id)? {

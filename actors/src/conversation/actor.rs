@@ -145,8 +145,10 @@ pub fn load_history(store: &Store, conv: &str, limit: usize) -> Result<Vec<Messa
         after: None,
         limit,
     })?;
-    let mut out: Vec<Message> = page.items.into_iter().map(|(_, m)| m).collect();
-    out.reverse();
+    // Collected into a vector of its own size: reusing the page's (sized
+    // for its limit) would keep ~0.5 MiB per actor for a short history.
+    let mut out: Vec<Message> = Vec::with_capacity(page.items.len());
+    out.extend(page.items.into_iter().rev().map(|(_, m)| m));
     Ok(out)
 }
 
