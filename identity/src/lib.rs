@@ -105,6 +105,15 @@ impl Principal {
     pub fn sees_org(&self, org_id: &str) -> bool {
         self.is_admin() || self.org_id == org_id
     }
+
+    /// The owner of what this principal creates: its organisation and itself.
+    pub fn owner(&self) -> warden_domain::Owner {
+        warden_domain::Owner {
+            org_id: self.org_id.clone(),
+            user_id: self.user_id.clone(),
+            group_id: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::Value;
 use warden_domain::{Agent, Instruction, LlmPreference, Memory, Model, Owner};
-use warden_storage::{PageQuery, Record, Store, Write, new_object_id, now_millis};
+use warden_storage::{PageQuery, Record, Store, Write, now_millis};
 
 use super::prompt::{self, System};
 use super::record::{BY_CONVERSATION, Conversation, Message, MessageUsage};
@@ -172,31 +172,14 @@ fn as_f64(v: Option<Value>) -> Option<f64> {
 
 impl ConvState {
     fn message(&self, seq: u64, role: &str, content: String, by: &str) -> Message {
-        Message {
-            id: new_object_id(),
-            conversation_id: self.conv.id.clone(),
-            seq,
-            agent_id: self.conv.agent_id.clone(),
-            role: role.into(),
-            content,
-            name: None,
-            function_call: String::new(),
-            tool_calls: String::new(),
-            tool_results: String::new(),
-            usage: None,
-            latency: None,
-            response_time: None,
-            error: None,
-            model: None,
-            is_active: true,
-            extra: String::new(),
-            owner: Owner {
-                org_id: self.conv.owner.org_id.clone(),
-                user_id: by.to_owned(),
-                group_id: self.conv.owner.group_id.clone(),
-            },
-            audit: warden_domain::Audit::new(by),
-        }
+        let owner = Owner {
+            org_id: self.conv.owner.org_id.clone(),
+            user_id: by.to_owned(),
+            group_id: self.conv.owner.group_id.clone(),
+        };
+        let mut m = Message::new(&self.conv.id, seq, role, content, owner, by);
+        m.agent_id = self.conv.agent_id.clone();
+        m
     }
 
     /// Writes the conversation (at the version held) with its messages
@@ -611,15 +594,7 @@ async fn call<T: Send + 'static>(
     timeout: Duration,
     msg: impl FnOnce(Reply<T>) -> ConvMsg,
 ) -> Result<T, DomainError> {
-    match actor.call(msg, Some(timeout)).await {
-        Ok(ractor::rpc::CallResult::Success(result)) => result,
-        Ok(ractor::rpc::CallResult::Timeout) => Err(DomainError::TimedOut(
-            "the conversation's actor did not answer in time".into(),
-        )),
-        Ok(_) | Err(_) => Err(DomainError::Unavailable(
-            "the conversation's actor stopped while handling the request".into(),
-        )),
-    }
+    crate::ask(actor, timeout, "the conversation's actor", msg).await
 }
 
 impl ConvHandle {

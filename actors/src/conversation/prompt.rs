@@ -124,30 +124,10 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use warden_domain::{Audit, Owner};
+    use warden_domain::Owner;
 
     fn msg(seq: u64, role: &str, content: &str) -> Message {
-        Message {
-            id: seq.to_string(),
-            conversation_id: "c".into(),
-            seq,
-            agent_id: None,
-            role: role.into(),
-            content: content.into(),
-            name: None,
-            function_call: String::new(),
-            tool_calls: String::new(),
-            tool_results: String::new(),
-            usage: None,
-            latency: None,
-            response_time: None,
-            error: None,
-            model: None,
-            is_active: true,
-            extra: String::new(),
-            owner: Owner::default(),
-            audit: Audit::new("u"),
-        }
+        Message::new("c", seq, role, content.into(), Owner::default(), "u")
     }
 
     #[test]

@@ -134,6 +134,40 @@ pub struct Message {
     pub audit: Audit,
 }
 
+impl Message {
+    /// A live message with nothing but its place, role and text.
+    pub fn new(
+        conversation: &str,
+        seq: u64,
+        role: &str,
+        content: String,
+        owner: Owner,
+        by: &str,
+    ) -> Message {
+        Message {
+            id: warden_storage::new_object_id(),
+            conversation_id: conversation.to_owned(),
+            seq,
+            agent_id: None,
+            role: role.into(),
+            content,
+            name: None,
+            function_call: String::new(),
+            tool_calls: String::new(),
+            tool_results: String::new(),
+            usage: None,
+            latency: None,
+            response_time: None,
+            error: None,
+            model: None,
+            is_active: true,
+            extra: String::new(),
+            owner,
+            audit: Audit::new(by),
+        }
+    }
+}
+
 impl Record for Message {
     const COLLECTION: &'static str = "messages";
     fn id(&self) -> &str {

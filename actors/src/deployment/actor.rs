@@ -558,18 +558,13 @@ async fn call<T: Send + 'static>(
     actor: &ActorRef<DeployMsg>,
     msg: impl FnOnce(RpcReplyPort<Result<T, DomainError>>) -> DeployMsg,
 ) -> Result<T, DomainError> {
-    match actor
-        .call(msg, Some(std::time::Duration::from_secs(30)))
-        .await
-    {
-        Ok(ractor::rpc::CallResult::Success(result)) => result,
-        Ok(ractor::rpc::CallResult::Timeout) => Err(DomainError::TimedOut(
-            "the deployment's actor did not answer in time".into(),
-        )),
-        Ok(_) | Err(_) => Err(DomainError::Unavailable(
-            "the deployment's actor stopped while handling the request".into(),
-        )),
-    }
+    crate::ask(
+        actor,
+        std::time::Duration::from_secs(30),
+        "the deployment's actor",
+        msg,
+    )
+    .await
 }
 
 impl DeployHandle {

@@ -404,25 +404,13 @@ pub struct ExecHandle(pub ActorRef<ExecMsg>);
 
 impl ExecHandle {
     pub async fn apply(&self, event: Event) -> Result<Execution, DomainError> {
-        match self
-            .0
-            .call(
-                |reply| ExecMsg::Apply {
-                    event: Box::new(event),
-                    reply,
-                },
-                Some(CALL_TIMEOUT),
-            )
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(result)) => result,
-            Ok(ractor::rpc::CallResult::Timeout) => Err(DomainError::TimedOut(
-                "the execution's actor did not answer in time".into(),
-            )),
-            Ok(_) | Err(_) => Err(DomainError::Unavailable(
-                "the execution's actor stopped while handling the request".into(),
-            )),
-        }
+        crate::ask(&self.0, CALL_TIMEOUT, "the execution's actor", |reply| {
+            ExecMsg::Apply {
+                event: Box::new(event),
+                reply,
+            }
+        })
+        .await
     }
 
     /// False when the actor is gone (re-resolve it).

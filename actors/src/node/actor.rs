@@ -926,15 +926,7 @@ async fn call<T: Send + 'static>(
     actor: &ActorRef<NodeMsg>,
     msg: impl FnOnce(RpcReplyPort<Result<T, DomainError>>) -> NodeMsg,
 ) -> Result<T, DomainError> {
-    match actor.call(msg, Some(CALL_TIMEOUT)).await {
-        Ok(ractor::rpc::CallResult::Success(result)) => result,
-        Ok(ractor::rpc::CallResult::Timeout) => Err(DomainError::TimedOut(
-            "the node's actor did not answer in time".into(),
-        )),
-        Ok(_) | Err(_) => Err(DomainError::Unavailable(
-            "the node's actor stopped while handling the request".into(),
-        )),
-    }
+    crate::ask(actor, CALL_TIMEOUT, "the node's actor", msg).await
 }
 
 impl NodeHandle {

@@ -316,15 +316,7 @@ async fn call<T: Send + 'static>(
     actor: &ActorRef<TgMsg>,
     msg: impl FnOnce(Reply<T>) -> TgMsg,
 ) -> Result<T, DomainError> {
-    match actor.call(msg, Some(Duration::from_secs(30))).await {
-        Ok(ractor::rpc::CallResult::Success(result)) => result,
-        Ok(ractor::rpc::CallResult::Timeout) => Err(DomainError::TimedOut(
-            "the frontend's actor did not answer in time".into(),
-        )),
-        Ok(_) | Err(_) => Err(DomainError::Unavailable(
-            "the frontend's actor stopped while handling the request".into(),
-        )),
-    }
+    crate::ask(actor, Duration::from_secs(30), "the frontend's actor", msg).await
 }
 
 impl TgHandle {

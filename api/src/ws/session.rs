@@ -16,7 +16,6 @@ use warden_actors::node::protocol::{
     CommandReply, Connection, Envelope, Heartbeat, Outbound, RawFrame, Registration, kinds,
 };
 use warden_actors::node::{NewNode, NodeHandle, ReplyKind};
-use warden_domain::Owner;
 use warden_identity::{Credential, Principal};
 use warden_storage::Record;
 
@@ -270,11 +269,7 @@ impl Session {
             .clone()
             .or_else(|| reg.hostname.clone())
             .unwrap_or_else(|| wanted.clone());
-        let owner = Owner {
-            org_id: p.org_id.clone(),
-            user_id: p.user_id.clone(),
-            group_id: String::new(),
-        };
+        let owner = p.owner();
         let new = NewNode {
             node_id: wanted.clone(),
             name,

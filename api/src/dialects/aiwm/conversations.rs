@@ -197,22 +197,6 @@ async fn create_conversation(
     Ok((StatusCode::CREATED, Json(c.view())))
 }
 
-async fn list_conversations(
-    State(state): State<AppState>,
-    CurrentUser(p, _): Caller,
-    q: AiwmQuery,
-) -> AiwmResult<Json<Value>> {
-    list::<Conversation>(&state, &p, &q)
-}
-
-async fn get_conversation(
-    State(state): State<AppState>,
-    CurrentUser(p, _): Caller,
-    Path(id): Path<String>,
-) -> AiwmResult<Json<Value>> {
-    Ok(Json(find_visible::<Conversation>(&state, &p, &id)?.view()))
-}
-
 async fn update_conversation(
     State(state): State<AppState>,
     CurrentUser(p, _): Caller,
@@ -296,14 +280,6 @@ async fn list_messages(
     list::<Message>(&state, &p, &q)
 }
 
-async fn get_message(
-    State(state): State<AppState>,
-    CurrentUser(p, _): Caller,
-    Path(id): Path<String>,
-) -> AiwmResult<Json<Value>> {
-    Ok(Json(find_visible::<Message>(&state, &p, &id)?.view()))
-}
-
 async fn update_message(
     State(state): State<AppState>,
     CurrentUser(p, _): Caller,
@@ -353,13 +329,13 @@ pub(super) fn routes() -> Api {
             "/api/conversations",
             c,
             "List conversations (page, limit, filter[field], sort)",
-            list_conversations,
+            super::list_handler::<Conversation>,
         )
         .get(
             "/api/conversations/{id}",
             c,
             "Get a conversation by _id or conversationId",
-            get_conversation,
+            super::get_handler::<Conversation>,
         )
         .put(
             "/api/conversations/{id}",
@@ -385,7 +361,12 @@ pub(super) fn routes() -> Api {
             "List messages (filter[conversationId] reads one conversation in order)",
             list_messages,
         )
-        .get("/api/messages/{id}", m, "Get a message", get_message)
+        .get(
+            "/api/messages/{id}",
+            m,
+            "Get a message",
+            super::get_handler::<Message>,
+        )
         .put("/api/messages/{id}", m, "Update a message", update_message)
         .delete(
             "/api/messages/{id}",

@@ -112,11 +112,7 @@ pub(crate) fn view_of(extra: &str, fields: Value, owner: &Owner, audit: &Audit) 
 }
 
 pub(crate) fn owner_of(p: &Principal) -> Owner {
-    Owner {
-        org_id: p.org_id.clone(),
-        user_id: p.user_id.clone(),
-        group_id: String::new(),
-    }
+    p.owner()
 }
 
 pub(crate) fn require_write(p: &Principal, action: &str) -> AiwmResult<()> {

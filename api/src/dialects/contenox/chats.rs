@@ -11,7 +11,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use warden_actors::conversation::{ConversationInput, Message, MessageInput, Turn};
-use warden_domain::Owner;
 
 use super::{Contenox, ContenoxResult};
 use crate::AppState;
@@ -50,11 +49,7 @@ async fn create(
         model_id: model,
         ..Default::default()
     };
-    let owner = Owner {
-        org_id: p.org_id.clone(),
-        user_id: p.user_id.clone(),
-        group_id: String::new(),
-    };
+    let owner = p.owner();
     let c = state
         .runtime
         .conversations

@@ -7,7 +7,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 use warden_actors::telegram::{FRONTEND_STATUSES, FrontendInput, TelegramFrontend};
-use warden_domain::Owner;
 use warden_identity::Principal;
 
 use super::{Contenox, ContenoxResult};
@@ -69,11 +68,7 @@ async fn create(
     JsonBody(body, _): Body_,
 ) -> ContenoxResult<(StatusCode, Json<Value>)> {
     let input = read(body, true)?;
-    let owner = Owner {
-        org_id: p.org_id.clone(),
-        user_id: p.user_id.clone(),
-        group_id: String::new(),
-    };
+    let owner = p.owner();
     let f = state
         .runtime
         .telegram

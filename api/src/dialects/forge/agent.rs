@@ -10,7 +10,6 @@ use axum::Json;
 use axum::extract::{Query, State};
 use serde_json::{Value, json};
 use warden_actors::conversation::{Conversation, ConversationInput, Message, Turn};
-use warden_domain::Owner;
 use warden_domain::dataset::{self, Dataset};
 use warden_identity::Principal;
 
@@ -66,11 +65,7 @@ async fn chat(
     let c = match conversation {
         Some(id) => find(&state, &p, &id)?,
         None => {
-            let owner = Owner {
-                org_id: p.org_id.clone(),
-                user_id: p.user_id.clone(),
-                group_id: String::new(),
-            };
+            let owner = p.owner();
             let input = ConversationInput {
                 title: Some(message.chars().take(60).collect()),
                 conversation_type: Some("analysis".into()),

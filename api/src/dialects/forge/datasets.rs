@@ -7,8 +7,8 @@ use axum::Json;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use serde_json::{Map, Value, json};
+use warden_domain::DomainError;
 use warden_domain::dataset::{self, Advice, Dataset, DatasetInput};
-use warden_domain::{DomainError, Owner};
 use warden_identity::Principal;
 use warden_storage::BlobRef;
 
@@ -182,11 +182,7 @@ async fn upload(
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let owner = Owner {
-        org_id: p.org_id.clone(),
-        user_id: p.user_id.clone(),
-        group_id: String::new(),
-    };
+    let owner = p.owner();
     let made = match profiled {
         Err(reasons) => Err(ApiError::validation(reasons)),
         Ok(profile) => {

@@ -6,7 +6,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::{Map, Value, json};
-use warden_domain::{Agent, AgentInput, DomainError, Owner, catalog};
+use warden_domain::{Agent, AgentInput, DomainError, catalog};
 use warden_identity::Principal;
 
 use super::Neuronest;
@@ -66,11 +66,7 @@ async fn create(
     JsonBody(body, _): JsonBody<Neuronest>,
 ) -> Result<Json<Value>> {
     let input = read(body, true)?;
-    let owner = Owner {
-        org_id: p.org_id.clone(),
-        user_id: p.user_id.clone(),
-        group_id: String::new(),
-    };
+    let owner = p.owner();
     let mut agent = Agent::new(owner, &p.user_id);
     agent.apply(input, true)?;
     let agent = catalog::create(&state.store, agent).await?;

@@ -8,8 +8,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde_json::{Value, json};
 use warden_actors::conversation::{Conversation, ConversationInput, Message, Turn};
-use warden_domain::{LlmPreference, Memory, Owner};
-use warden_identity::Principal;
+use warden_domain::{LlmPreference, Memory};
 
 use super::{SkipLimit, Vareon, VareonBody, VareonResult};
 use crate::AppState;
@@ -44,14 +43,6 @@ fn message_view(c: &Conversation, m: &Message) -> Value {
     })
 }
 
-fn owner_of(p: &Principal) -> Owner {
-    Owner {
-        org_id: p.org_id.clone(),
-        user_id: p.user_id.clone(),
-        group_id: String::new(),
-    }
-}
-
 /// A title from a first message: its first line, at most 60 characters.
 fn title_from(text: &str) -> String {
     let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
@@ -81,9 +72,7 @@ async fn chat(
                 title: Some(title_from(&message)),
                 ..Default::default()
             };
-            convs
-                .create(input, owner_of(&p), &p.user_id, "vareon")
-                .await?
+            convs.create(input, p.owner(), &p.user_id, "vareon").await?
         }
     };
     let turn = Turn {
@@ -144,7 +133,7 @@ async fn create(
     let c = state
         .runtime
         .conversations
-        .create(input, owner_of(&p), &p.user_id, "vareon")
+        .create(input, p.owner(), &p.user_id, "vareon")
         .await?;
     Ok(Json(conversation_view(&c)))
 }
@@ -255,7 +244,7 @@ async fn start_chat(
     let c = state
         .runtime
         .conversations
-        .create(input, owner_of(&p), &p.user_id, "vareon")
+        .create(input, p.owner(), &p.user_id, "vareon")
         .await?;
     Ok(Json(json!({
         "message": "Arcana Chat started successfully!",
