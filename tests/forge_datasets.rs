@@ -371,3 +371,135 @@ async fn the_agent_analyses_datasets_with_or_without_a_model() {
         "lstm_autoencoder"
     );
 }
+
+async fn vareon_upload(s: &TestServer, token: &str, query: &str, body: Vec<u8>) -> (u16, Value) {
+    let r = s
+        .http
+        .post(format!("{}/api/neosyntis/datasets/upload?{query}", s.base))
+        .bearer_auth(token)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn vareon_datasets_are_the_forge_datasets() {
+    let s = TestServer::start().await;
+    let (t, _) = s.user("vdsuser", &["operator"], None).await;
+    let (stranger, _) = s.user("vdsstranger", &["operator"], None).await;
+    let csv = sensor_csv(500, 48, 0);
+    let (status, d) = vareon_upload(
+        &s,
+        &t,
+        "name=Pump%202&format=csv&description=pump",
+        form(&[], Some(&csv)),
+    )
+    .await;
+    assert_eq!(status, 201, "{d}");
+    let id = d["id"].as_str().unwrap().to_owned();
+    assert_eq!(d["size_bytes"], csv.len());
+    assert_eq!(d["file_path"], format!("datasets/{id}.csv"));
+    assert_eq!(d["format"], "csv");
+    // The same dataset through forge, with its statistics.
+    let f = s.get(&format!("/api/v1/datasets/ds_{id}"), &t).await;
+    assert_eq!(f.status, 200, "{}", f.body);
+    assert_eq!(f.body["row_count"], 500);
+    assert!(f.body["column_stats"]["supply_temp"]["mean"].is_number());
+
+    // PUT cannot move the file: download still gives the uploaded bytes.
+    let r = s
+        .put(
+            &format!("/api/neosyntis/datasets/{id}"),
+            &t,
+            json!({"name": "Pump 2b", "file_path": "/etc/passwd", "size_bytes": 1}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["name"], "Pump 2b");
+    assert_eq!(r.body["file_path"], format!("datasets/{id}.csv"));
+    let dl = s
+        .http
+        .get(format!("{}/api/neosyntis/datasets/{id}/download", s.base))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dl.status(), 200);
+    assert_eq!(
+        dl.headers()["content-disposition"],
+        format!("attachment; filename=\"{id}.csv\"").as_str()
+    );
+    assert_eq!(dl.bytes().await.unwrap().as_ref(), csv.as_slice());
+
+    // Any other format is kept as a file: no statistics, nothing to recommend.
+    let (status, j) = vareon_upload(
+        &s,
+        &t,
+        "name=events&format=json",
+        form(&[], Some(b"{\"a\": 1}")),
+    )
+    .await;
+    assert_eq!(status, 201, "{j}");
+    let jid = j["id"].as_str().unwrap();
+    let f = s.get(&format!("/api/v1/datasets/ds_{jid}"), &t).await;
+    assert_eq!(f.body["row_count"], 0);
+    assert_eq!(
+        s.get(&format!("/api/v1/datasets/ds_{jid}/recommend"), &t)
+            .await
+            .status,
+        400
+    );
+    let list = s.get("/api/neosyntis/datasets/?limit=1", &t).await;
+    assert_eq!(list.body.as_array().unwrap().len(), 1);
+
+    // Bad input: 422 in vareon's shape; too large: 413; others: 404.
+    let (status, v) = vareon_upload(&s, &t, "format=csv", form(&[], Some(&csv))).await;
+    assert_eq!(status, 422, "{v}");
+    let (status, v) = vareon_upload(&s, &t, "name=x", form(&[], Some(&csv))).await;
+    assert_eq!(status, 422, "{v}");
+    let (status, v) = vareon_upload(&s, &t, "name=x&format=csv", form(&[], None)).await;
+    assert_eq!(status, 422, "{v}");
+    let (status, v) =
+        vareon_upload(&s, &t, "name=x&format=csv", form(&[], Some(b"a,b\n1\n"))).await;
+    assert_eq!(status, 422, "{v}");
+    let mut huge = b"a\n".to_vec();
+    huge.resize(101 * 1024 * 1024, b'1');
+    let (status, _) = vareon_upload(&s, &t, "name=x&format=csv", form(&[], Some(&huge))).await;
+    assert_eq!(status, 413);
+    for path in ["", "/download"] {
+        assert_eq!(
+            s.get(&format!("/api/neosyntis/datasets/{id}{path}"), &stranger)
+                .await
+                .status,
+            404
+        );
+    }
+    assert_eq!(
+        s.get("/api/neosyntis/datasets/", &stranger).await.body,
+        json!([])
+    );
+
+    assert_eq!(
+        s.delete(&format!("/api/neosyntis/datasets/{id}"), &t)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        s.get(&format!("/api/v1/datasets/ds_{id}"), &t).await.status,
+        404
+    );
+    assert_eq!(
+        s.get(&format!("/api/neosyntis/datasets/{id}"), &t)
+            .await
+            .status,
+        404
+    );
+}

@@ -398,7 +398,12 @@ pub struct Dataset {
     pub unit: String,
     pub source: String,
     pub description: String,
+    /// `csv`, or what vareon's uploader said (`json`, `parquet`, ...).
+    pub format: String,
     pub blob: BlobRef,
+    /// Whether the file was read as a CSV (else it is an opaque blob:
+    /// no stats, nothing to train on).
+    pub profiled: bool,
     pub profile: Profile,
     pub owner: Owner,
     pub audit: Audit,
@@ -412,42 +417,103 @@ pub struct DatasetInput {
     pub location: Option<String>,
     pub unit: Option<String>,
     pub description: Option<String>,
+    /// Vareon's `format`; forge's uploads are `csv`.
+    pub format: Option<String>,
+}
+
+/// Where an upload came from: each dialect requires its own fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Forge: `name` and `equipment_type`; always a CSV.
+    Forge,
+    /// Vareon neosyntis: `name` and `format`; only a CSV is profiled.
+    Vareon,
+}
+
+fn check_input(input: &DatasetInput, origin: Option<Origin>) -> Result<(), DomainError> {
+    let create = origin.is_some();
+    let mut c = Checks::new();
+    c.text("name", &input.name, create, MAX_SHORT);
+    c.not_blank("name", &input.name);
+    c.one_of(
+        "equipment_type",
+        &input.equipment_type,
+        &EQUIPMENT_TYPES,
+        origin == Some(Origin::Forge),
+    );
+    c.text("format", &input.format, origin == Some(Origin::Vareon), 32);
+    c.text("location", &input.location, false, MAX_SHORT);
+    c.text("unit", &input.unit, false, MAX_SHORT);
+    c.text("description", &input.description, false, 4096);
+    c.finish()
 }
 
 impl Dataset {
-    /// A dataset of a profiled blob; forge's fields checked.
+    /// Whether an upload of this format is read as a CSV.
+    pub fn is_csv(format: Option<&str>) -> bool {
+        format.is_none_or(|f| f.eq_ignore_ascii_case("csv"))
+    }
+
+    /// A dataset of a blob, profiled when it is a CSV (`profile`).
     pub fn new(
         input: DatasetInput,
+        origin: Origin,
         blob: BlobRef,
-        profile: Profile,
+        profile: Option<Profile>,
         owner: Owner,
         by: &str,
     ) -> Result<Dataset, DomainError> {
-        let mut c = Checks::new();
-        c.text("name", &input.name, true, MAX_SHORT);
-        c.one_of(
-            "equipment_type",
-            &input.equipment_type,
-            &EQUIPMENT_TYPES,
-            true,
-        );
-        c.text("location", &input.location, false, MAX_SHORT);
-        c.text("unit", &input.unit, false, MAX_SHORT);
-        c.text("description", &input.description, false, 4096);
-        c.finish()?;
+        check_input(&input, Some(origin))?;
         Ok(Dataset {
             id: new_uuid().replace('-', "")[..12].to_owned(),
             name: input.name.unwrap_or_default(),
             equipment_type: input.equipment_type.unwrap_or_default(),
             location: input.location.unwrap_or_default(),
             unit: input.unit.unwrap_or_default(),
-            source: "csv_upload".into(),
+            source: match origin {
+                Origin::Forge => "csv_upload",
+                Origin::Vareon => "file_upload",
+            }
+            .into(),
             description: input.description.unwrap_or_default(),
+            format: input
+                .format
+                .map(|f| f.to_lowercase())
+                .unwrap_or_else(|| "csv".into()),
             blob,
-            profile,
+            profiled: profile.is_some(),
+            profile: profile.unwrap_or_default(),
             owner,
             audit: Audit::new(by),
         })
+    }
+
+    /// Applies a change of its descriptive fields (the file stays).
+    pub fn apply(&mut self, input: DatasetInput, by: &str) -> Result<(), DomainError> {
+        check_input(&input, None)?;
+        crate::set(&mut self.name, input.name);
+        crate::set(&mut self.equipment_type, input.equipment_type);
+        crate::set(&mut self.location, input.location);
+        crate::set(&mut self.unit, input.unit);
+        crate::set(&mut self.description, input.description);
+        crate::set(&mut self.format, input.format.map(|f| f.to_lowercase()));
+        self.audit.touch(by);
+        Ok(())
+    }
+
+    /// The file's logical name (never a host path).
+    pub fn file_name(&self) -> String {
+        let ext: String = self
+            .format
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(16)
+            .collect();
+        format!(
+            "datasets/{}.{}",
+            self.id,
+            if ext.is_empty() { "bin" } else { &ext }
+        )
     }
 }
 
@@ -477,6 +543,25 @@ impl Owned for Dataset {
 /// Stores a dataset of a profiled blob.
 pub async fn create(store: &warden_storage::Store, d: Dataset) -> Result<Dataset, DomainError> {
     Ok(store.insert(d).await?)
+}
+
+/// Changes a dataset's descriptive fields.
+pub async fn update(
+    store: &warden_storage::Store,
+    id: &str,
+    input: DatasetInput,
+    by: &str,
+) -> Result<Dataset, DomainError> {
+    store
+        .update::<Dataset, DomainError>(id, |d| {
+            d.apply(input.clone(), by)?;
+            Ok(Some(()))
+        })
+        .await?
+        .ok_or_else(|| DomainError::NotFound {
+            kind: "Dataset",
+            id: id.to_owned(),
+        })
 }
 
 /// Removes a dataset (forge deletes for good), and its blob when no
@@ -687,11 +772,12 @@ mod tests {
                 equipment_type: Some("air_handler".into()),
                 ..Default::default()
             },
+            Origin::Forge,
             BlobRef {
                 sha256: "x".into(),
                 size: 1,
             },
-            p,
+            Some(p),
             Owner::default(),
             "u",
         )
@@ -703,16 +789,52 @@ mod tests {
             "{text}"
         );
         assert!(facts(&d).contains("A cycle every 24 rows"), "{}", facts(&d));
+        let blob = BlobRef {
+            sha256: "x".into(),
+            size: 1,
+        };
         let bad = Dataset::new(
             DatasetInput::default(),
-            BlobRef {
-                sha256: "x".into(),
-                size: 1,
-            },
-            Profile::default(),
+            Origin::Forge,
+            blob.clone(),
+            None,
             Owner::default(),
             "u",
         );
         assert!(bad.is_err());
+        // Vareon needs a format, not an equipment type; a non-CSV is opaque.
+        let named = DatasetInput {
+            name: Some("logs".into()),
+            ..Default::default()
+        };
+        assert!(
+            Dataset::new(
+                named.clone(),
+                Origin::Vareon,
+                blob.clone(),
+                None,
+                Owner::default(),
+                "u"
+            )
+            .is_err()
+        );
+        let json = DatasetInput {
+            format: Some("JSON".into()),
+            ..named
+        };
+        let mut d = Dataset::new(json, Origin::Vareon, blob, None, Owner::default(), "u").unwrap();
+        assert!(!d.profiled && d.format == "json");
+        assert_eq!(d.file_name(), format!("datasets/{}.json", d.id));
+        let rename = DatasetInput {
+            name: Some("renamed".into()),
+            ..Default::default()
+        };
+        d.apply(rename, "u").unwrap();
+        assert_eq!(d.name, "renamed");
+        let blank = DatasetInput {
+            name: Some(" ".into()),
+            ..Default::default()
+        };
+        assert!(d.apply(blank, "u").is_err());
     }
 }

@@ -6,6 +6,7 @@ pub(crate) mod body;
 pub(crate) mod contenox;
 pub(crate) mod forge;
 pub(crate) mod neuronest;
+pub(crate) mod upload;
 pub(crate) mod vareon;
 
 use axum::http::StatusCode;

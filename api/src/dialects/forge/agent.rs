@@ -98,6 +98,7 @@ fn datasets_of(state: &AppState, p: &Principal) -> ForgeResult<Vec<Dataset>> {
     let mut all = state
         .store
         .in_scope::<Dataset>(warden_domain::CREATED, &scope)?;
+    all.retain(|d| d.profiled);
     all.reverse();
     Ok(all)
 }
@@ -156,7 +157,7 @@ async fn analyze(
     let id = f.string("dataset_id", true);
     let question = f.string_max("question", false, 4096);
     f.finish_as::<Forge>()?;
-    let d = super::datasets::find(&state, &p, &id.unwrap_or_default())?;
+    let d = super::datasets::find_csv(&state, &p, &id.unwrap_or_default())?;
     let advice = dataset::advise(&d.profile);
     let store = state.store.clone();
     let (blob, profile) = (d.blob.clone(), d.profile.clone());

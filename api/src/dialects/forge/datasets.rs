@@ -1,30 +1,25 @@
-//! Forge datasets (`/api/v1/datasets`): CSV uploads streamed to a blob
-//! (multipart, 100 MB, never held whole in memory), profiled in one pass
-//! (`warden_domain::dataset`), listed, previewed a page at a time,
-//! deleted, and given architecture recommendations by the analyst.
+//! Forge datasets (`/api/v1/datasets`): CSV uploads (`dialects/upload.rs`:
+//! multipart, 100 MB, streamed to a blob, profiled in one pass), listed,
+//! previewed a page at a time, downloaded, deleted, and given
+//! architecture recommendations by the analyst. Vareon's neosyntis
+//! datasets are the same records.
 
 use axum::Json;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 use warden_domain::DomainError;
-use warden_domain::dataset::{self, Advice, Dataset, DatasetInput};
+use warden_domain::dataset::{self, Advice, Dataset, DatasetInput, Origin};
 use warden_identity::Principal;
-use warden_storage::BlobRef;
 
 use super::{Forge, ForgeResult};
 use crate::AppState;
 use crate::auth::CurrentUser;
-use crate::dialects::iso;
+use crate::dialects::{iso, upload};
 use crate::error::ApiError;
 use crate::openapi::Api;
 
 type Caller = CurrentUser<Forge>;
-
-/// The largest CSV an upload may carry.
-pub const MAX_UPLOAD: u64 = 100 * 1024 * 1024;
-/// The largest text field of an upload form.
-const MAX_FIELD: usize = 4096;
 
 pub(crate) fn forge_id(d: &Dataset) -> String {
     format!("ds_{}", d.id)
@@ -70,6 +65,20 @@ fn detail(d: &Dataset) -> Value {
 }
 
 /// A dataset of the caller's organisation, by forge's id (or the bare one).
+/// A dataset that was read as a CSV (what previews, recommendations and
+/// training need).
+pub(crate) fn find_csv(state: &AppState, p: &Principal, id: &str) -> ForgeResult<Dataset> {
+    let d = find(state, p, id)?;
+    if d.profiled {
+        Ok(d)
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("dataset {id} is a {} file, not a CSV", d.format),
+        ))
+    }
+}
+
 pub(crate) fn find(state: &AppState, p: &Principal, id: &str) -> ForgeResult<Dataset> {
     let bare = id.strip_prefix("ds_").unwrap_or(id);
     state
@@ -85,79 +94,6 @@ pub(crate) fn find(state: &AppState, p: &Principal, id: &str) -> ForgeResult<Dat
         })
 }
 
-fn bad(message: impl Into<String>) -> ApiError<Forge> {
-    ApiError::new(StatusCode::BAD_REQUEST, message)
-}
-
-fn multipart_error(e: multer::Error) -> ApiError<Forge> {
-    match e {
-        multer::Error::StreamSizeExceeded { .. } | multer::Error::FieldSizeExceeded { .. } => {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the file is larger than {} MB", MAX_UPLOAD / (1024 * 1024)),
-            )
-        }
-        other => bad(format!("the upload could not be read: {other}")),
-    }
-}
-
-/// Reads the upload form: the file streamed into a blob as it arrives,
-/// the text fields kept.
-async fn read_form(state: &AppState, req: Request) -> ForgeResult<(DatasetInput, Option<BlobRef>)> {
-    let boundary = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|ct| multer::parse_boundary(ct).ok())
-        .ok_or_else(|| bad("the upload must be multipart/form-data with a file field"))?;
-    let limits = multer::Constraints::new().size_limit(
-        multer::SizeLimit::new()
-            .whole_stream(MAX_UPLOAD + 64 * 1024)
-            .per_field(MAX_UPLOAD),
-    );
-    let mut form =
-        multer::Multipart::with_constraints(req.into_body().into_data_stream(), boundary, limits);
-    let mut input = DatasetInput::default();
-    let mut blob = None;
-    while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {
-        let name = field.name().unwrap_or_default().to_owned();
-        if name == "file" {
-            let mut w = state.store.blobs().writer()?;
-            while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-                w.write(&chunk)?;
-            }
-            if let Some(old) = blob.take() {
-                dataset::discard_blob(&state.store, &old)?;
-            }
-            blob = Some(
-                tokio::task::spawn_blocking(move || w.finish())
-                    .await
-                    .map_err(|e| {
-                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                    })??,
-            );
-            continue;
-        }
-        let mut text = Vec::new();
-        while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-            text.extend_from_slice(&chunk);
-            if text.len() > MAX_FIELD {
-                return Err(bad(format!("{name} is longer than {MAX_FIELD} bytes")));
-            }
-        }
-        let text = String::from_utf8(text).map_err(|_| bad(format!("{name} is not UTF-8")))?;
-        match name.as_str() {
-            "name" => input.name = Some(text),
-            "equipment_type" => input.equipment_type = Some(text),
-            "location" => input.location = Some(text),
-            "unit" => input.unit = Some(text),
-            "description" => input.description = Some(text),
-            _ => {}
-        }
-    }
-    Ok((input, blob))
-}
-
 async fn upload(
     State(state): State<AppState>,
     CurrentUser(p, _): Caller,
@@ -166,37 +102,17 @@ async fn upload(
     if !p.can_write() {
         return Err(ApiError::forbidden("viewers cannot upload datasets"));
     }
-    let (input, blob) = read_form(&state, req).await?;
-    let Some(blob) = blob else {
-        return Err(ApiError::validation(vec!["file is required".into()]));
+    let mut u = upload::read::<Forge>(&state, req).await?;
+    let mut field = |k: &str| u.fields.remove(k);
+    let input = DatasetInput {
+        name: field("name"),
+        equipment_type: field("equipment_type"),
+        location: field("location"),
+        unit: field("unit"),
+        description: field("description"),
+        format: None,
     };
-    // Profile the blob as it streams from disk.
-    let store = state.store.clone();
-    let b = blob.clone();
-    let profiled = tokio::task::spawn_blocking(move || {
-        store
-            .blobs()
-            .reader(&b)
-            .map_err(|e| vec![e.to_string()])
-            .and_then(|f| dataset::profile(std::io::BufReader::with_capacity(256 * 1024, f)))
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let owner = p.owner();
-    let made = match profiled {
-        Err(reasons) => Err(ApiError::validation(reasons)),
-        Ok(profile) => {
-            Dataset::new(input, blob.clone(), profile, owner, &p.username).map_err(ApiError::from)
-        }
-    };
-    let d = match made {
-        Ok(d) => d,
-        Err(e) => {
-            dataset::discard_blob(&state.store, &blob)?;
-            return Err(e);
-        }
-    };
-    let d = dataset::create(&state.store, d).await?;
+    let d = upload::store::<Forge>(&state, &p, input, Origin::Forge, u.file).await?;
     Ok((StatusCode::CREATED, Json(detail(&d))))
 }
 
@@ -232,7 +148,7 @@ async fn preview(
     Path(id): Path<String>,
     Query(q): Query<PreviewQuery>,
 ) -> ForgeResult<Json<Value>> {
-    let d = find(&state, &p, &id)?;
+    let d = find_csv(&state, &p, &id)?;
     let page = q.page.unwrap_or(1).max(1);
     let size = q.page_size.unwrap_or(50).clamp(1, 1000);
     let store = state.store.clone();
@@ -307,7 +223,7 @@ async fn recommend(
     CurrentUser(p, _): Caller,
     Path(id): Path<String>,
 ) -> ForgeResult<Json<Value>> {
-    let d = find(&state, &p, &id)?;
+    let d = find_csv(&state, &p, &id)?;
     let a = dataset::advise(&d.profile);
     let numeric = d.profile.numeric().count();
     let recs: Vec<Value> = a

@@ -4,6 +4,7 @@
 
 mod chat;
 mod cognisys;
+mod datasets;
 mod telemetry;
 mod users;
 
@@ -88,4 +89,5 @@ pub(crate) fn routes() -> Api {
         .merge(users::routes())
         .merge(cognisys::routes())
         .merge(chat::routes())
+        .merge(datasets::routes())
 }
