@@ -99,6 +99,26 @@ fn blobs_in(s: &TestServer) -> usize {
     count(&s.data_dir.join("blobs"))
 }
 
+fn blobs_size(s: &TestServer) -> u64 {
+    fn size(p: &std::path::Path) -> u64 {
+        std::fs::read_dir(p)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| {
+                        let p = e.path();
+                        if p.is_dir() {
+                            size(&p)
+                        } else {
+                            e.metadata().map_or(0, |m| m.len())
+                        }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    size(&s.data_dir.join("blobs"))
+}
+
 #[tokio::test]
 async fn upload_profile_preview_recommend_and_delete() {
     let s = TestServer::start().await;
@@ -147,6 +167,78 @@ async fn upload_profile_preview_recommend_and_delete() {
     assert_eq!(p.body["rows"].as_array().unwrap().len(), 3);
     assert_eq!(p.body["rows"][0][0], "2026-01-01T00:03:00Z");
     assert_eq!(p.body["total_rows"], 60_000);
+    assert_eq!(p.body["total_pages"], 20_000);
+    assert_eq!(p.body["headers"][1], "supply_temp");
+    // Sorted by a column: the spikes first, descending.
+    let top = s
+        .get(
+            &format!(
+                "/api/v1/datasets/{id}/preview?page_size=20&sort_col=supply_temp&sort_dir=desc"
+            ),
+            &t,
+        )
+        .await;
+    let rows = top.body["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 20);
+    assert!(rows.iter().all(|r| r[1] == "400.00"), "{}", top.body);
+    let r = s
+        .get(&format!("/api/v1/datasets/{id}/preview?sort_col=nope"), &t)
+        .await;
+    assert_eq!(r.status, 400);
+
+    // Validation: clean, so locked and compressed; the bytes come back
+    // the same; a locked dataset cannot be changed until unlocked.
+    let before = blobs_size(&s);
+    let v = s
+        .post(&format!("/api/v1/datasets/{id}/validate"), &t, json!({}))
+        .await;
+    assert_eq!(v.status, 200, "{}", v.body);
+    assert_eq!(v.body["valid"], true, "{}", v.body);
+    assert_eq!(
+        (v.body["locked"].clone(), v.body["rows_checked"].clone()),
+        (json!(true), json!(60_000))
+    );
+    assert!(blobs_size(&s) * 3 < before, "the file is kept compressed");
+    let bare = id.strip_prefix("ds_").unwrap();
+    let download = |s: &TestServer| {
+        let req = s
+            .http
+            .get(format!("{}/api/neosyntis/datasets/{bare}/download", s.base))
+            .bearer_auth(&t);
+        async move { req.send().await.unwrap().bytes().await.unwrap() }
+    };
+    assert_eq!(download(&s).await.as_ref(), csv.as_slice());
+    let r = s
+        .put(
+            &format!("/api/neosyntis/datasets/{bare}"),
+            &t,
+            json!({"name": "renamed"}),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let p2 = s
+        .get(
+            &format!("/api/v1/datasets/{id}/preview?page=2&page_size=3"),
+            &t,
+        )
+        .await;
+    assert_eq!(
+        p2.body["rows"], p.body["rows"],
+        "previews read through the compression"
+    );
+    assert_eq!(
+        s.get(&format!("/api/v1/datasets/{id}"), &t).await.body["file_size_bytes"],
+        csv.len()
+    );
+    let u = s
+        .post(&format!("/api/v1/datasets/{id}/unlock"), &t, json!({}))
+        .await;
+    assert_eq!(
+        u.body,
+        json!({"message": "Dataset unlocked", "is_validated": false, "locked": false})
+    );
+    assert_eq!(download(&s).await.as_ref(), csv.as_slice());
+    assert_eq!(blobs_size(&s), before);
 
     // The daily cycle makes the LSTM autoencoder the first choice.
     let r = s.get(&format!("/api/v1/datasets/{id}/recommend"), &t).await;
@@ -270,6 +362,32 @@ async fn the_agent_analyses_datasets_with_or_without_a_model() {
     let (status, d) = upload(&s, &t, form(&fields, Some(&sensor_csv(3000, 96, 5)))).await;
     assert_eq!(status, 201, "{d}");
     let id = d["id"].as_str().unwrap().to_owned();
+    let gappy = b"t,a,b\n1,2,x\n2,,3\n3,4,5\n";
+    let (_, g) = upload(
+        &s,
+        &t,
+        form(
+            &[("name", "gappy"), ("equipment_type", "pump")],
+            Some(gappy),
+        ),
+    )
+    .await;
+    let v = s
+        .post(
+            &format!("/api/v1/datasets/{}/validate", g["id"].as_str().unwrap()),
+            &t,
+            json!({}),
+        )
+        .await;
+    assert_eq!(v.body["valid"], false, "{}", v.body);
+    assert_eq!(v.body["locked"], false);
+    assert_eq!(
+        v.body["issues"],
+        json!([
+            "Column 'a': 1 missing values (33.33%)",
+            "Column 'b': mixed types detected (numeric: 2, string: 1)"
+        ])
+    );
 
     // Still no backend: the built-in analyst answers, and the turn is kept.
     let r = s

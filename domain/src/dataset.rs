@@ -405,6 +405,13 @@ pub struct Dataset {
     /// no stats, nothing to train on).
     pub profiled: bool,
     pub profile: Profile,
+    /// Validated for training (forge's `is_validated`), and frozen.
+    pub validated: bool,
+    pub locked: bool,
+    /// The blob holds the file zstd-compressed (a locked dataset's);
+    /// `size` is then the original's.
+    pub compressed: bool,
+    pub size: u64,
     pub owner: Owner,
     pub audit: Audit,
 }
@@ -480,16 +487,27 @@ impl Dataset {
                 .format
                 .map(|f| f.to_lowercase())
                 .unwrap_or_else(|| "csv".into()),
+            size: blob.size,
             blob,
             profiled: profile.is_some(),
             profile: profile.unwrap_or_default(),
+            validated: false,
+            locked: false,
+            compressed: false,
             owner,
             audit: Audit::new(by),
         })
     }
 
-    /// Applies a change of its descriptive fields (the file stays).
+    /// Applies a change of its descriptive fields (the file stays);
+    /// refused while the dataset is locked.
     pub fn apply(&mut self, input: DatasetInput, by: &str) -> Result<(), DomainError> {
+        if self.locked {
+            return Err(DomainError::Conflict {
+                field: "dataset".into(),
+                value: format!("{} is locked (validated); unlock it first", self.id),
+            });
+        }
         check_input(&input, None)?;
         crate::set(&mut self.name, input.name);
         crate::set(&mut self.equipment_type, input.equipment_type);
@@ -543,6 +561,306 @@ impl Owned for Dataset {
 /// Stores a dataset of a profiled blob.
 pub async fn create(store: &warden_storage::Store, d: Dataset) -> Result<Dataset, DomainError> {
     Ok(store.insert(d).await?)
+}
+
+/// The dataset's file as it was uploaded (decompressed as it is read
+/// when the dataset is locked).
+pub fn open(
+    store: &warden_storage::Store,
+    d: &Dataset,
+) -> Result<Box<dyn Read + Send>, DomainError> {
+    let file = std::io::BufReader::with_capacity(256 * 1024, store.blobs().reader(&d.blob)?);
+    Ok(if d.compressed {
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(file)
+                .map_err(|e| DomainError::Unavailable(format!("the file cannot be read: {e}")))?,
+        )
+    } else {
+        Box::new(file)
+    })
+}
+
+/// How a preview is ordered: by a column, ascending or descending.
+#[derive(Debug, Clone, Copy)]
+pub struct SortBy {
+    pub column: usize,
+    pub descending: bool,
+    pub numeric: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Key {
+    /// Missing values sort last either way.
+    missing: bool,
+    num: f64,
+    text: String,
+    /// File order breaks ties.
+    seq: u64,
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.missing
+            .cmp(&other.missing)
+            .then(self.num.total_cmp(&other.num))
+            .then_with(|| self.text.cmp(&other.text))
+            .then(self.seq.cmp(&other.seq))
+    }
+}
+
+/// One page of a CSV's rows (1-based `page`), in file order or sorted by
+/// a column. Sorting keeps only the best `page × size` rows while the
+/// file streams by (a bounded heap), never the whole file.
+pub fn page_rows(
+    input: impl Read,
+    page: usize,
+    size: usize,
+    sort: Option<SortBy>,
+) -> Result<Vec<Vec<String>>, String> {
+    let mut reader = csv::ReaderBuilder::new().from_reader(input);
+    let skip = (page.max(1) - 1) * size;
+    let Some(sort) = sort else {
+        let mut out = Vec::with_capacity(size.min(1000));
+        for rec in reader.records().skip(skip).take(size) {
+            out.push(
+                rec.map_err(|e| e.to_string())?
+                    .iter()
+                    .map(str::to_owned)
+                    .collect(),
+            );
+        }
+        return Ok(out);
+    };
+    let keep = skip + size;
+    // A max-heap of the `keep` smallest keys (for descending: of the
+    // largest, by ordering on the negated key).
+    let mut heap: std::collections::BinaryHeap<(Key, Vec<String>)> = Default::default();
+    for (seq, rec) in reader.records().enumerate() {
+        let rec = rec.map_err(|e| e.to_string())?;
+        let cell = rec.get(sort.column).unwrap_or("").trim();
+        let missing = cell.is_empty();
+        let value = if sort.numeric {
+            cell.parse::<f64>().unwrap_or(f64::NAN)
+        } else {
+            0.0
+        };
+        let (num, text) = match (sort.descending, sort.numeric) {
+            (false, true) => (value, String::new()),
+            (true, true) => (-value, String::new()),
+            (false, false) => (0.0, cell.to_owned()),
+            // Descending text: invert each character, so that the
+            // ordering of the inverted text is the reverse.
+            (true, false) => (
+                0.0,
+                cell.chars()
+                    .map(|c| char::from_u32(0x10FFFF - c as u32).unwrap_or(c))
+                    .collect(),
+            ),
+        };
+        let key = Key {
+            missing: missing || (sort.numeric && value.is_nan()),
+            num,
+            text,
+            seq: seq as u64,
+        };
+        if heap.len() < keep {
+            heap.push((key, rec.iter().map(str::to_owned).collect()));
+        } else if heap.peek().is_some_and(|(top, _)| key < *top) {
+            heap.pop();
+            heap.push((key, rec.iter().map(str::to_owned).collect()));
+        }
+    }
+    let mut all = heap.into_sorted_vec();
+    Ok(all.drain(..).skip(skip).map(|(_, row)| row).collect())
+}
+
+/// What a validation found (forge's `/validate`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Validation {
+    pub issues: Vec<String>,
+    pub columns_checked: u64,
+    pub rows_checked: u64,
+}
+
+/// Scans every row: type consistency per column (numbers and text in one
+/// column), missing values, and rows of another width than the header.
+pub fn validate(input: impl Read) -> Validation {
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input);
+    let headers = match reader.headers() {
+        Ok(h) => h.clone(),
+        Err(e) => {
+            return Validation {
+                issues: vec![csv_error(&e)],
+                ..Validation::default()
+            };
+        }
+    };
+    let width = headers.len();
+    // Per column: numbers, texts (not times), missing.
+    let mut counts = vec![(0u64, 0u64, 0u64); width];
+    let mut ragged = Vec::new();
+    let mut rows = 0u64;
+    let mut issues = Vec::new();
+    for rec in reader.records() {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                issues.push(csv_error(&e));
+                break;
+            }
+        };
+        rows += 1;
+        if rec.len() != width && ragged.len() < 10 {
+            ragged.push(format!(
+                "Row {}: expected {width} fields, found {}",
+                rows + 1,
+                rec.len()
+            ));
+        }
+        for (i, cell) in rec.iter().enumerate().take(width) {
+            let cell = cell.trim();
+            let c = &mut counts[i];
+            if cell.is_empty()
+                || cell.eq_ignore_ascii_case("nan")
+                || cell.eq_ignore_ascii_case("null")
+            {
+                c.2 += 1;
+            } else if cell.parse::<f64>().is_ok_and(f64::is_finite) {
+                c.0 += 1;
+            } else {
+                c.1 += 1;
+            }
+        }
+    }
+    for (name, (numeric, text, missing)) in headers.iter().zip(&counts) {
+        if *numeric > 0 && *text > 0 {
+            issues.push(format!(
+                "Column '{name}': mixed types detected (numeric: {numeric}, string: {text})"
+            ));
+        }
+        if *missing > 0 {
+            issues.push(format!(
+                "Column '{name}': {missing} missing values ({:.2}%)",
+                *missing as f64 * 100.0 / rows.max(1) as f64
+            ));
+        }
+    }
+    issues.extend(ragged);
+    Validation {
+        issues,
+        columns_checked: width as u64,
+        rows_checked: rows,
+    }
+}
+
+/// Validates a dataset; when it passes, locks it and stores its file
+/// zstd-compressed (the record and the new blob in place before the old
+/// blob goes).
+pub async fn validate_and_lock(
+    store: &warden_storage::Store,
+    d: &Dataset,
+    by: &str,
+) -> Result<(Dataset, Validation), DomainError> {
+    if !d.profiled {
+        return Err(DomainError::Invalid(vec![format!(
+            "dataset {} is a {} file, not a CSV",
+            d.id, d.format
+        )]));
+    }
+    let (s, current) = (store.clone(), d.clone());
+    let checked = run_blocking(
+        move || -> Result<(Validation, Option<BlobRef>), DomainError> {
+            let v = validate(open(&s, &current)?);
+            if !v.issues.is_empty() || current.compressed {
+                return Ok((v, None));
+            }
+            let mut w = s.blobs().writer()?;
+            zstd::stream::copy_encode(open(&s, &current)?, &mut w, 3)
+                .map_err(|e| DomainError::Unavailable(format!("compression failed: {e}")))?;
+            Ok((v, Some(w.finish()?)))
+        },
+    )
+    .await?;
+    let (v, packed) = checked?;
+    let valid = v.issues.is_empty();
+    let old = d.blob.clone();
+    let next = store
+        .update::<Dataset, DomainError>(&d.id, |x| {
+            x.validated = valid;
+            x.locked = valid;
+            if let Some(b) = &packed {
+                x.blob = b.clone();
+                x.compressed = true;
+            }
+            x.audit.touch(by);
+            Ok(Some(()))
+        })
+        .await?
+        .ok_or_else(|| DomainError::NotFound {
+            kind: "Dataset",
+            id: d.id.clone(),
+        })?;
+    if packed.is_some() {
+        discard_blob(store, &old)?;
+    }
+    Ok((next, v))
+}
+
+/// Unlocks a dataset: its file decompressed again, validation undone.
+pub async fn unlock(
+    store: &warden_storage::Store,
+    d: &Dataset,
+    by: &str,
+) -> Result<Dataset, DomainError> {
+    let (s, current) = (store.clone(), d.clone());
+    let unpacked = run_blocking(move || -> Result<Option<BlobRef>, DomainError> {
+        if !current.compressed {
+            return Ok(None);
+        }
+        let mut w = s.blobs().writer()?;
+        std::io::copy(&mut open(&s, &current)?, &mut w)
+            .map_err(|e| DomainError::Unavailable(format!("decompression failed: {e}")))?;
+        Ok(Some(w.finish()?))
+    })
+    .await??;
+    let old = d.blob.clone();
+    let next = store
+        .update::<Dataset, DomainError>(&d.id, |x| {
+            x.validated = false;
+            x.locked = false;
+            if let Some(b) = &unpacked {
+                x.blob = b.clone();
+                x.compressed = false;
+            }
+            x.audit.touch(by);
+            Ok(Some(()))
+        })
+        .await?
+        .ok_or_else(|| DomainError::NotFound {
+            kind: "Dataset",
+            id: d.id.clone(),
+        })?;
+    if unpacked.is_some() {
+        discard_blob(store, &old)?;
+    }
+    Ok(next)
+}
+
+/// Runs file work off the async threads.
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, DomainError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DomainError::Unavailable(format!("the file work stopped: {e}")))
 }
 
 /// Changes a dataset's descriptive fields.
@@ -758,6 +1076,51 @@ mod tests {
         assert_eq!(noise.periodicity, None);
         assert_eq!(advise(&noise).architecture, "gru_predictor");
         assert_ne!(advise(&cyclic).confidence, advise(&noise).confidence);
+    }
+
+    #[test]
+    fn pages_in_file_order_or_sorted_without_holding_the_file() {
+        let csv = "t,v,name\n1,5,e\n2,3,c\n3,,a\n4,9,b\n5,1,d\n";
+        let col = |rows: Vec<Vec<String>>, i: usize| -> Vec<String> {
+            rows.into_iter().map(|r| r[i].clone()).collect()
+        };
+        let p = page_rows(csv.as_bytes(), 2, 2, None).unwrap();
+        assert_eq!(col(p, 0), ["3", "4"]);
+        let by_v = |descending| SortBy {
+            column: 1,
+            descending,
+            numeric: true,
+        };
+        let p = page_rows(csv.as_bytes(), 1, 3, Some(by_v(false))).unwrap();
+        assert_eq!(col(p, 1), ["1", "3", "5"]);
+        let p = page_rows(csv.as_bytes(), 2, 3, Some(by_v(false))).unwrap();
+        assert_eq!(col(p, 1), ["9", ""], "missing last");
+        let p = page_rows(csv.as_bytes(), 1, 2, Some(by_v(true))).unwrap();
+        assert_eq!(col(p, 1), ["9", "5"]);
+        let by_name = |descending| SortBy {
+            column: 2,
+            descending,
+            numeric: false,
+        };
+        let p = page_rows(csv.as_bytes(), 1, 5, Some(by_name(true))).unwrap();
+        assert_eq!(col(p, 2), ["e", "d", "c", "b", "a"]);
+        let p = page_rows(csv.as_bytes(), 1, 2, Some(by_name(false))).unwrap();
+        assert_eq!(col(p, 2), ["a", "b"]);
+    }
+
+    #[test]
+    fn validation_names_mixed_types_missing_values_and_ragged_rows() {
+        let v = validate("a,b,c\n1,x,\n2,3,4\n5,6\n".as_bytes());
+        assert_eq!((v.rows_checked, v.columns_checked), (3, 3));
+        assert_eq!(
+            v.issues,
+            [
+                "Column 'b': mixed types detected (numeric: 2, string: 1)",
+                "Column 'c': 1 missing values (33.33%)",
+                "Row 4: expected 3 fields, found 2",
+            ]
+        );
+        assert!(validate("a,b\n1,2\n".as_bytes()).issues.is_empty());
     }
 
     #[test]

@@ -164,6 +164,16 @@ impl BlobWriter {
     }
 }
 
+impl std::io::Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        BlobWriter::write(self, buf).map_err(std::io::Error::other)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Drop for BlobWriter {
     fn drop(&mut self) {
         if self.file.is_some() {

@@ -148,10 +148,40 @@ pub(crate) async fn store<D>(
     made
 }
 
-/// A dataset's file as a download: streamed from its blob, named safely.
+/// A dataset's file as a download: the uploaded bytes (decompressed as
+/// they go when the dataset is locked), streamed, named safely.
 pub(crate) async fn download<D>(state: &AppState, d: &Dataset) -> Result<Response, ApiError<D>> {
-    let file = tokio::fs::File::from_std(state.store.blobs().reader(&d.blob)?);
-    let stream = chunks(file);
+    let body = if d.compressed {
+        // Decoded on a blocking thread, handed over chunk by chunk.
+        let mut file = dataset::open(&state.store, d)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                match std::io::Read::read(&mut file, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if tx
+                            .blocking_send(Ok(bytes::Bytes::copy_from_slice(&buf[..n])))
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        break;
+                    }
+                }
+            }
+        });
+        Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }))
+    } else {
+        let file = tokio::fs::File::from_std(state.store.blobs().reader(&d.blob)?);
+        Body::from_stream(chunks(file))
+    };
     let name: String = d
         .file_name()
         .rsplit('/')
@@ -160,7 +190,7 @@ pub(crate) async fn download<D>(state: &AppState, d: &Dataset) -> Result<Respons
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || ".-_".contains(*c))
         .collect();
-    let mut response = Body::from_stream(stream).into_response();
+    let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -173,7 +203,7 @@ pub(crate) async fn download<D>(state: &AppState, d: &Dataset) -> Result<Respons
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(d.blob.size));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(d.size));
     Ok(response)
 }
 

@@ -160,13 +160,11 @@ async fn analyze(
     let d = super::datasets::find_csv(&state, &p, &id.unwrap_or_default())?;
     let advice = dataset::advise(&d.profile);
     let store = state.store.clone();
-    let (blob, profile) = (d.blob.clone(), d.profile.clone());
+    let held = d.clone();
     let anomalies = tokio::task::spawn_blocking(move || {
-        store
-            .blobs()
-            .reader(&blob)
+        dataset::open(&store, &held)
             .map_err(|e| e.to_string())
-            .and_then(|f| dataset::count_outliers(std::io::BufReader::new(f), &profile))
+            .and_then(|f| dataset::count_outliers(f, &held.profile))
     })
     .await
     .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?

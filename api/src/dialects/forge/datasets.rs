@@ -35,7 +35,9 @@ pub(crate) fn summary(d: &Dataset) -> Value {
         "source": d.source,
         "row_count": d.profile.rows,
         "columns": d.profile.columns.iter().map(|c| &c.name).collect::<Vec<_>>(),
-        "file_size_bytes": d.blob.size,
+        "file_size_bytes": d.size,
+        "is_validated": d.validated,
+        "locked": d.locked,
         "created_at": iso(d.audit.created_at),
         "created_by": d.audit.created_by,
     })
@@ -139,9 +141,13 @@ async fn get(
 struct PreviewQuery {
     page: Option<usize>,
     page_size: Option<usize>,
+    sort_col: Option<String>,
+    sort_dir: Option<String>,
 }
 
-/// One page of the rows, read from the blob as it streams.
+/// One page of the rows (forge's `{headers, rows, total_rows, page,
+/// total_pages}`), read from the file as it streams; sorted by a column
+/// when asked.
 async fn preview(
     State(state): State<AppState>,
     CurrentUser(p, _): Caller,
@@ -150,29 +156,89 @@ async fn preview(
 ) -> ForgeResult<Json<Value>> {
     let d = find_csv(&state, &p, &id)?;
     let page = q.page.unwrap_or(1).max(1);
-    let size = q.page_size.unwrap_or(50).clamp(1, 1000);
-    let store = state.store.clone();
-    let blob = d.blob.clone();
-    let rows = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<String>>, String> {
-        let f = store.blobs().reader(&blob).map_err(|e| e.to_string())?;
-        let mut r = csv::ReaderBuilder::new().from_reader(std::io::BufReader::new(f));
-        let mut out = Vec::new();
-        for rec in r.records().skip((page - 1) * size).take(size) {
-            let rec = rec.map_err(|e| e.to_string())?;
-            out.push(rec.iter().map(str::to_owned).collect());
+    let size = q.page_size.unwrap_or(100).clamp(1, 1000);
+    let sort = match q.sort_col.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(name) => {
+            let column = d
+                .profile
+                .columns
+                .iter()
+                .position(|c| c.name == name)
+                .ok_or_else(|| {
+                    ApiError::validation(vec![format!("sort_col {name}: no such column")])
+                })?;
+            let descending = match q.sort_dir.as_deref().unwrap_or("asc") {
+                "asc" => false,
+                "desc" => true,
+                _ => {
+                    return Err(ApiError::validation(vec![
+                        "sort_dir must be asc or desc".into(),
+                    ]));
+                }
+            };
+            Some(dataset::SortBy {
+                column,
+                descending,
+                numeric: d.profile.columns[column].numeric,
+            })
         }
-        Ok(out)
+    };
+    let store = state.store.clone();
+    let held = d.clone();
+    let rows = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<String>>, String> {
+        let file = dataset::open(&store, &held).map_err(|e| e.to_string())?;
+        dataset::page_rows(file, page, size, sort)
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     Ok(Json(json!({
-        "dataset_id": forge_id(&d),
-        "columns": d.profile.columns.iter().map(|c| &c.name).collect::<Vec<_>>(),
+        "headers": d.profile.columns.iter().map(|c| &c.name).collect::<Vec<_>>(),
         "rows": rows,
+        "total_rows": d.profile.rows,
         "page": page,
         "page_size": size,
-        "total_rows": d.profile.rows,
+        "total_pages": d.profile.rows.div_ceil(size as u64),
+    })))
+}
+
+/// Scans every row; when nothing is wrong, locks the dataset and keeps
+/// its file zstd-compressed.
+async fn validate(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    Path(id): Path<String>,
+) -> ForgeResult<Json<Value>> {
+    if !p.can_write() {
+        return Err(ApiError::forbidden("viewers cannot validate datasets"));
+    }
+    let d = find_csv(&state, &p, &id)?;
+    let (d, v) = dataset::validate_and_lock(&state.store, &d, &p.username).await?;
+    Ok(Json(json!({
+        "valid": v.issues.is_empty(),
+        "issues": v.issues,
+        "columns_checked": v.columns_checked,
+        "rows_checked": v.rows_checked,
+        "is_validated": d.validated,
+        "locked": d.locked,
+    })))
+}
+
+async fn unlock(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    Path(id): Path<String>,
+) -> ForgeResult<Json<Value>> {
+    if !p.can_write() {
+        return Err(ApiError::forbidden("viewers cannot unlock datasets"));
+    }
+    let d = find(&state, &p, &id)?;
+    let d = dataset::unlock(&state.store, &d, &p.username).await?;
+    Ok(Json(json!({
+        "message": "Dataset unlocked",
+        "is_validated": d.validated,
+        "locked": d.locked,
     })))
 }
 
@@ -273,8 +339,20 @@ pub(super) fn routes() -> Api {
         .get(
             "/api/v1/datasets/{id}/preview",
             t,
-            "A page of rows (page, page_size)",
+            "A page of rows (page, page_size, sort_col, sort_dir)",
             preview,
+        )
+        .post(
+            "/api/v1/datasets/{id}/validate",
+            t,
+            "Check every row; when valid, lock the dataset and compress its file (zstd)",
+            validate,
+        )
+        .post(
+            "/api/v1/datasets/{id}/unlock",
+            t,
+            "Unlock a validated dataset (decompressed again, to be validated again)",
+            unlock,
         )
         .delete(
             "/api/v1/datasets/{id}",

@@ -29,7 +29,7 @@ fn view(d: &Dataset) -> Value {
         "name": d.name,
         "description": (!d.description.is_empty()).then_some(&d.description),
         "file_path": d.file_name(),
-        "size_bytes": d.blob.size,
+        "size_bytes": d.size,
         "format": d.format,
         "uploaded_at": iso(d.audit.created_at),
         "id": d.id,
