@@ -35,10 +35,11 @@ fn form(fields: &[(&str, &str)], file: Option<&[u8]>) -> Vec<u8> {
     body
 }
 
-async fn upload(s: &TestServer, token: &str, body: Vec<u8>) -> (u16, Value) {
+/// Posts a multipart form to `path`.
+async fn post_form(s: &TestServer, token: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
     let r = s
         .http
-        .post(format!("{}/api/v1/datasets", s.base))
+        .post(format!("{}{path}", s.base))
         .bearer_auth(token)
         .header(
             "content-type",
@@ -50,6 +51,10 @@ async fn upload(s: &TestServer, token: &str, body: Vec<u8>) -> (u16, Value) {
         .unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn upload(s: &TestServer, token: &str, body: Vec<u8>) -> (u16, Value) {
+    post_form(s, token, "/api/v1/datasets", body).await
 }
 
 /// Sensor readings with a daily cycle (`period` rows) and `spikes` anomalies.
@@ -491,20 +496,13 @@ async fn the_agent_analyses_datasets_with_or_without_a_model() {
 }
 
 async fn vareon_upload(s: &TestServer, token: &str, query: &str, body: Vec<u8>) -> (u16, Value) {
-    let r = s
-        .http
-        .post(format!("{}/api/neosyntis/datasets/upload?{query}", s.base))
-        .bearer_auth(token)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={BOUNDARY}"),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    post_form(
+        s,
+        token,
+        &format!("/api/neosyntis/datasets/upload?{query}"),
+        body,
+    )
+    .await
 }
 
 #[tokio::test]

@@ -558,6 +558,18 @@ impl Owned for Dataset {
     }
 }
 
+/// A live dataset of `org`, by its id (bare, or forge's `ds_` one).
+pub fn find(store: &warden_storage::Store, org: &str, id: &str) -> Result<Dataset, DomainError> {
+    let bare = id.strip_prefix("ds_").unwrap_or(id);
+    store
+        .get::<Dataset>(bare)?
+        .filter(|d| !d.is_deleted() && d.owner.org_id == org)
+        .ok_or_else(|| DomainError::NotFound {
+            kind: "Dataset",
+            id: id.to_owned(),
+        })
+}
+
 /// Stores a dataset of a profiled blob.
 pub async fn create(store: &warden_storage::Store, d: Dataset) -> Result<Dataset, DomainError> {
     Ok(store.insert(d).await?)
@@ -791,26 +803,7 @@ pub async fn validate_and_lock(
     .await?;
     let (v, packed) = checked?;
     let valid = v.issues.is_empty();
-    let old = d.blob.clone();
-    let next = store
-        .update::<Dataset, DomainError>(&d.id, |x| {
-            x.validated = valid;
-            x.locked = valid;
-            if let Some(b) = &packed {
-                x.blob = b.clone();
-                x.compressed = true;
-            }
-            x.audit.touch(by);
-            Ok(Some(()))
-        })
-        .await?
-        .ok_or_else(|| DomainError::NotFound {
-            kind: "Dataset",
-            id: d.id.clone(),
-        })?;
-    if packed.is_some() {
-        discard_blob(store, &old)?;
-    }
+    let next = settle(store, d, by, valid, packed.map(|b| (b, true))).await?;
     Ok((next, v))
 }
 
@@ -831,14 +824,26 @@ pub async fn unlock(
         Ok(Some(w.finish()?))
     })
     .await??;
-    let old = d.blob.clone();
+    settle(store, d, by, false, unpacked.map(|b| (b, false))).await
+}
+
+/// Records a dataset's validation (validated and locked together) and,
+/// when given, its file in a new form (`(blob, compressed)`): the record
+/// points at the new blob before the old one goes.
+async fn settle(
+    store: &warden_storage::Store,
+    d: &Dataset,
+    by: &str,
+    validated: bool,
+    file: Option<(BlobRef, bool)>,
+) -> Result<Dataset, DomainError> {
     let next = store
         .update::<Dataset, DomainError>(&d.id, |x| {
-            x.validated = false;
-            x.locked = false;
-            if let Some(b) = &unpacked {
-                x.blob = b.clone();
-                x.compressed = false;
+            x.validated = validated;
+            x.locked = validated;
+            if let Some((blob, compressed)) = &file {
+                x.blob = blob.clone();
+                x.compressed = *compressed;
             }
             x.audit.touch(by);
             Ok(Some(()))
@@ -848,8 +853,8 @@ pub async fn unlock(
             kind: "Dataset",
             id: d.id.clone(),
         })?;
-    if unpacked.is_some() {
-        discard_blob(store, &old)?;
+    if file.is_some() {
+        discard_blob(store, &d.blob)?;
     }
     Ok(next)
 }

@@ -131,3 +131,18 @@ pub fn created_order(org_id: &str, created_at: Millis) -> Vec<(&'static str, Str
 pub trait Owned {
     fn owner(&self) -> &Owner;
 }
+
+/// A live record by `_id`, or by its client-chosen key (`key`, unique
+/// per organisation) within `org`.
+pub fn resolve<T: warden_storage::Record>(
+    store: &warden_storage::Store,
+    key: &str,
+    org: &str,
+    id: &str,
+) -> Result<Option<T>, DomainError> {
+    let found = match store.get::<T>(id)? {
+        Some(r) => Some(r),
+        None => store.get_by_unique::<T>(key, &format!("{org}/{id}"))?,
+    };
+    Ok(found.filter(|r| !r.is_deleted()))
+}

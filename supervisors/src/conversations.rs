@@ -117,68 +117,76 @@ impl Gateway for LlmGateway {
 
     fn complete(&self, ask: Ask) -> BoxFuture<Result<Completion, DomainError>> {
         let llm = self.0.clone();
-        Box::pin(async move {
-            let mut body = json!({"model": ask.model, "messages": ask.messages, "stream": false});
-            if let Some(t) = ask.temperature {
-                body["temperature"] = json!(t);
-            }
-            if let Some(t) = ask.top_p {
-                body["top_p"] = json!(t);
-            }
-            if let Some(t) = ask.max_tokens {
-                body["max_tokens"] = json!(t);
-            }
-            let mut req =
-                chat::check_chat(body.as_object().cloned().unwrap_or_default(), &ask.model)
-                    .map_err(DomainError::Invalid)?;
-            if let Some((model, _)) = llm.choose(
-                &ask.org,
-                &ask.user,
-                &ask.username,
-                &req.model,
-                &req.last_user_text(),
-            )? {
-                req.retarget(&model);
-            }
-            let started = Instant::now();
-            let (answer, guard) = llm.chat(&ask.org, &req).await?;
-            let latency_ms = started.elapsed().as_millis() as u64;
-            let Answer::Whole { status, body } = answer else {
-                return Err(DomainError::Unreachable(
-                    "the backend streamed an answer it was asked for whole".into(),
-                ));
-            };
-            let v: Value = serde_json::from_slice(&body)
-                .map_err(|_| DomainError::Unreachable("the backend's answer is not JSON".into()))?;
-            if !(200..300).contains(&status) {
-                let why = v["error"]["message"]
-                    .as_str()
-                    .or(v["error"].as_str())
-                    .unwrap_or("no reason given");
-                return Err(DomainError::Unreachable(format!(
-                    "the backend refused the request (HTTP {status}): {why}"
-                )));
-            }
-            let tokens = usage::of_whole(usage::prompt_chars(&req.body), &body);
-            llm.record_usage(&ask.org, &ask.user, &req.model, tokens, guard.price);
-            let message = &v["choices"][0]["message"];
-            let content = message["content"].as_str();
-            let tool_calls = match &message["tool_calls"] {
-                Value::Array(calls) if !calls.is_empty() => message["tool_calls"].to_string(),
-                _ => String::new(),
-            };
-            if content.is_none() && tool_calls.is_empty() {
-                return Err(DomainError::Unreachable(
-                    "the backend's answer has no message".into(),
-                ));
-            }
-            Ok(Completion {
-                content: content.unwrap_or_default().to_owned(),
-                tool_calls,
-                model: v["model"].as_str().unwrap_or(&req.model).to_owned(),
-                tokens,
-                latency_ms,
-            })
+        Box::pin(async move { llm.complete(ask).await })
+    }
+}
+
+impl Llm {
+    /// One whole chat completion on a user's behalf: the user's routing
+    /// rules applied, routed and failed over, the answer read and its
+    /// tokens counted. What conversations and forge's analysis ask.
+    pub async fn complete(&self, ask: Ask) -> Result<Completion, DomainError> {
+        let llm = self;
+
+        let mut body = json!({"model": ask.model, "messages": ask.messages, "stream": false});
+        if let Some(t) = ask.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(t) = ask.top_p {
+            body["top_p"] = json!(t);
+        }
+        if let Some(t) = ask.max_tokens {
+            body["max_tokens"] = json!(t);
+        }
+        let mut req = chat::check_chat(body.as_object().cloned().unwrap_or_default(), &ask.model)
+            .map_err(DomainError::Invalid)?;
+        if let Some((model, _)) = llm.choose(
+            &ask.org,
+            &ask.user,
+            &ask.username,
+            &req.model,
+            &req.last_user_text(),
+        )? {
+            req.retarget(&model);
+        }
+        let started = Instant::now();
+        let (answer, guard) = llm.chat(&ask.org, &req).await?;
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let Answer::Whole { status, body } = answer else {
+            return Err(DomainError::Unreachable(
+                "the backend streamed an answer it was asked for whole".into(),
+            ));
+        };
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|_| DomainError::Unreachable("the backend's answer is not JSON".into()))?;
+        if !(200..300).contains(&status) {
+            let why = v["error"]["message"]
+                .as_str()
+                .or(v["error"].as_str())
+                .unwrap_or("no reason given");
+            return Err(DomainError::Unreachable(format!(
+                "the backend refused the request (HTTP {status}): {why}"
+            )));
+        }
+        let tokens = usage::of_whole(usage::prompt_chars(&req.body), &body);
+        llm.record_usage(&ask.org, &ask.user, &req.model, tokens, guard.price);
+        let message = &v["choices"][0]["message"];
+        let content = message["content"].as_str();
+        let tool_calls = match &message["tool_calls"] {
+            Value::Array(calls) if !calls.is_empty() => message["tool_calls"].to_string(),
+            _ => String::new(),
+        };
+        if content.is_none() && tool_calls.is_empty() {
+            return Err(DomainError::Unreachable(
+                "the backend's answer has no message".into(),
+            ));
+        }
+        Ok(Completion {
+            content: content.unwrap_or_default().to_owned(),
+            tool_calls,
+            model: v["model"].as_str().unwrap_or(&req.model).to_owned(),
+            tokens,
+            latency_ms,
         })
     }
 }
@@ -216,13 +224,9 @@ impl Conversations {
 
     /// A live conversation of `org` by `_id` or by its key.
     pub fn resolve(&self, org: &str, id: &str) -> Result<Option<Conversation>, DomainError> {
-        let found = match self.store.get::<Conversation>(id)? {
-            Some(c) => Some(c),
-            None => self
-                .store
-                .get_by_unique::<Conversation>("conversationId", &format!("{org}/{id}"))?,
-        };
-        Ok(found.filter(|c| !c.is_deleted() && c.owner.org_id == org))
+        let found: Option<Conversation> =
+            warden_domain::resolve(&self.store, "conversationId", org, id)?;
+        Ok(found.filter(|c| c.owner.org_id == org))
     }
 
     /// A conversation `user` takes part in (its owner or a participant):
@@ -248,13 +252,8 @@ impl Conversations {
 
     /// A live agent of `org` by `_id` or by its key.
     pub fn agent(&self, org: &str, id: &str) -> Result<Option<Agent>, DomainError> {
-        let found = match self.store.get::<Agent>(id)? {
-            Some(a) => Some(a),
-            None => self
-                .store
-                .get_by_unique::<Agent>("agentId", &format!("{org}/{id}"))?,
-        };
-        Ok(found.filter(|a| !a.is_deleted() && a.owner.org_id == org))
+        let found: Option<Agent> = warden_domain::resolve(&self.store, "agentId", org, id)?;
+        Ok(found.filter(|a| a.owner.org_id == org))
     }
 
     /// The agent an input names, as its `_id`; an unknown one is refused.

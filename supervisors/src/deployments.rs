@@ -176,13 +176,7 @@ impl Deployments {
 
     /// A live deployment by `_id`, or by `deploymentId` within `org`.
     pub fn resolve(&self, org: &str, id: &str) -> Result<Option<Deployment>, DomainError> {
-        let found = match self.store.get::<Deployment>(id)? {
-            Some(d) => Some(d),
-            None => self
-                .store
-                .get_by_unique::<Deployment>("deploymentId", &format!("{org}/{id}"))?,
-        };
-        Ok(found.filter(|d| !d.is_deleted()))
+        warden_domain::resolve(&self.store, "deploymentId", org, id)
     }
 
     /// Writes the first version (`pending`, not running).

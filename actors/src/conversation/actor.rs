@@ -152,20 +152,6 @@ pub fn load_history(store: &Store, conv: &str, limit: usize) -> Result<Vec<Messa
     Ok(out)
 }
 
-/// A live record by `_id`, or by its key within `org`.
-fn resolve<T: warden_storage::Record>(
-    store: &Store,
-    key: &str,
-    org: &str,
-    id: &str,
-) -> Result<Option<T>, DomainError> {
-    let found = match store.get::<T>(id)? {
-        Some(r) => Some(r),
-        None => store.get_by_unique::<T>(key, &format!("{org}/{id}"))?,
-    };
-    Ok(found.filter(|r| !r.is_deleted()))
-}
-
 fn as_f64(v: Option<Value>) -> Option<f64> {
     v.and_then(|v| v.as_f64())
 }
@@ -249,12 +235,12 @@ impl ConvState {
         check_text(&turn.text)?;
         let org = self.conv.owner.org_id.clone();
         let agent: Option<Agent> = match &self.conv.agent_id {
-            Some(a) => resolve(&self.store, "agentId", &org, a)?,
+            Some(a) => warden_domain::resolve(&self.store, "agentId", &org, a)?,
             None => None,
         };
         let instruction: Option<Instruction> =
             match agent.as_ref().and_then(|a| a.instruction_id.clone()) {
-                Some(i) => resolve(&self.store, "instructionId", &org, &i)?
+                Some(i) => warden_domain::resolve(&self.store, "instructionId", &org, &i)?
                     .filter(|i: &Instruction| i.is_active),
                 None => None,
             };

@@ -77,20 +77,6 @@ pub struct DeployState {
 #[derive(Default)]
 pub struct DeploymentActor;
 
-/// A live record by `_id`, or by its key within `org`.
-fn resolve<T: warden_storage::Record>(
-    store: &Store,
-    key: &str,
-    org: &str,
-    id: &str,
-) -> Result<Option<T>, DomainError> {
-    let found = match store.get::<T>(id)? {
-        Some(r) => Some(r),
-        None => store.get_by_unique::<T>(key, &format!("{org}/{id}"))?,
-    };
-    Ok(found.filter(|r| !r.is_deleted()))
-}
-
 /// The execution that starts a deployment: download the model on the
 /// node unless it is there, then `deployment.create`.
 pub fn start_program(d: &Deployment, model: &Model, key: &str) -> NewExecution {
@@ -354,13 +340,14 @@ impl DeployState {
         let program = if key.contains("-stop-") {
             stop_program(&self.d, &key)
         } else {
-            let model: Model = resolve(&self.store, "modelId", &org, &self.d.model_id)?
-                .ok_or_else(|| {
-                    DomainError::Invalid(vec![format!(
-                        "modelId {}: no such model",
-                        self.d.model_id
-                    )])
-                })?;
+            let model: Model =
+                warden_domain::resolve(&self.store, "modelId", &org, &self.d.model_id)?
+                    .ok_or_else(|| {
+                        DomainError::Invalid(vec![format!(
+                            "modelId {}: no such model",
+                            self.d.model_id
+                        )])
+                    })?;
             start_program(&self.d, &model, &key)
         };
         let x = self
@@ -379,13 +366,17 @@ impl DeployState {
     async fn begin(&mut self, what: &str, by: &str) -> Result<Deployment, DomainError> {
         let org = self.d.owner.org_id.clone();
         if what == "start" {
-            if resolve::<Model>(&self.store, "modelId", &org, &self.d.model_id)?.is_none() {
+            if warden_domain::resolve::<Model>(&self.store, "modelId", &org, &self.d.model_id)?
+                .is_none()
+            {
                 return Err(DomainError::Invalid(vec![format!(
                     "modelId {}: no such model",
                     self.d.model_id
                 )]));
             }
-            if resolve::<Node>(&self.store, "nodeId", &org, &self.d.node_id)?.is_none() {
+            if warden_domain::resolve::<Node>(&self.store, "nodeId", &org, &self.d.node_id)?
+                .is_none()
+            {
                 return Err(DomainError::Invalid(vec![format!(
                     "nodeId {}: no such node",
                     self.d.node_id

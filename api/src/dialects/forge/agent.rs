@@ -200,35 +200,20 @@ async fn analyze(
 /// backend answers (the analyst's words stand then).
 async fn ask_model(state: &AppState, p: &Principal, d: &Dataset, question: &str) -> Option<String> {
     let llm = &state.runtime.llm;
-    let body = json!({
-        "model": llm.defaults().task_model,
-        "messages": [
-            {"role": "system", "content": format!("You are Forge's assistant for building-equipment sensor data.\n{}", dataset::facts(d))},
-            {"role": "user", "content": question},
+    let ask = warden_actors::conversation::Ask {
+        org: p.org_id.clone(),
+        user: p.user_id.clone(),
+        username: p.username.clone(),
+        model: llm.defaults().task_model.clone(),
+        messages: vec![
+            json!({"role": "system", "content": format!("You are Forge's assistant for building-equipment sensor data.\n{}", dataset::facts(d))}),
+            json!({"role": "user", "content": question}),
         ],
-    });
-    let req =
-        warden_actors::llm::chat::check_chat(body.as_object()?.clone(), &llm.defaults().task_model)
-            .ok()?;
-    let (answer, guard) = llm.chat(&p.org_id, &req).await.ok()?;
-    let warden_actors::llm::chat::Answer::Whole { status, body } = answer else {
-        return None;
+        temperature: None,
+        top_p: None,
+        max_tokens: None,
     };
-    if !(200..300).contains(&status) {
-        return None;
-    }
-    let v: Value = serde_json::from_slice(&body).ok()?;
-    let chars = warden_actors::llm::usage::prompt_chars(&req.body);
-    llm.record_usage(
-        &p.org_id,
-        &p.user_id,
-        &req.model,
-        warden_actors::llm::usage::of_whole(chars, &body),
-        guard.price,
-    );
-    v["choices"][0]["message"]["content"]
-        .as_str()
-        .map(str::to_owned)
+    llm.complete(ask).await.ok().map(|c| c.content)
 }
 
 #[derive(serde::Deserialize)]

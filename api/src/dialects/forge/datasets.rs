@@ -8,7 +8,6 @@ use axum::Json;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
-use warden_domain::DomainError;
 use warden_domain::dataset::{self, Advice, Dataset, DatasetInput, Origin};
 use warden_identity::Principal;
 
@@ -82,18 +81,7 @@ pub(crate) fn find_csv(state: &AppState, p: &Principal, id: &str) -> ForgeResult
 }
 
 pub(crate) fn find(state: &AppState, p: &Principal, id: &str) -> ForgeResult<Dataset> {
-    let bare = id.strip_prefix("ds_").unwrap_or(id);
-    state
-        .store
-        .get::<Dataset>(bare)?
-        .filter(|d| d.audit.deleted_at.is_none() && d.owner.org_id == p.org_id)
-        .ok_or_else(|| {
-            DomainError::NotFound {
-                kind: "Dataset",
-                id: id.to_owned(),
-            }
-            .into()
-        })
+    Ok(dataset::find(&state.store, &p.org_id, id)?)
 }
 
 async fn upload(

@@ -11,7 +11,6 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
-use warden_domain::DomainError;
 use warden_domain::dataset::{self, Dataset, DatasetInput, Origin};
 use warden_identity::Principal;
 
@@ -39,18 +38,7 @@ fn view(d: &Dataset) -> Value {
 
 /// A dataset of the caller's organisation (its bare id or forge's).
 fn find(state: &AppState, p: &Principal, id: &str) -> VareonResult<Dataset> {
-    let bare = id.strip_prefix("ds_").unwrap_or(id);
-    state
-        .store
-        .get::<Dataset>(bare)?
-        .filter(|d| d.owner.org_id == p.org_id)
-        .ok_or_else(|| {
-            DomainError::NotFound {
-                kind: "Dataset",
-                id: id.to_owned(),
-            }
-            .into()
-        })
+    Ok(dataset::find(&state.store, &p.org_id, id)?)
 }
 
 #[derive(serde::Deserialize)]
