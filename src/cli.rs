@@ -193,6 +193,10 @@ impl ServeArgs {
         c.backend_policy = file.supervision.backends.unwrap_or_default();
         c.conversation_policy = file.supervision.conversations.unwrap_or_default();
         c.telegram_policy = file.supervision.telegram.unwrap_or_default();
+        c.training_policy = file.supervision.training.unwrap_or_default();
+        if let Some(n) = file.training.max_concurrent {
+            c.training_max_concurrent = n.clamp(1, 64);
+        }
         if let Some(base) = file.telegram.api_base.clone() {
             c.telegram_api = base;
         }

@@ -36,6 +36,8 @@ pub struct FileConfig {
     pub conversations: ConversationsFile,
     #[serde(default)]
     pub telegram: TelegramFile,
+    #[serde(default)]
+    pub training: TrainingFile,
     /// Reverse proxies whose X-Forwarded-For names the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -85,6 +87,15 @@ pub struct TelegramFile {
     pub api_base: Option<String>,
 }
 
+/// `[training]`: the training runs' queue.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingFile {
+    /// Runs that train at once (default 2, one CPU thread each); the
+    /// rest wait in the queue, oldest first.
+    pub max_concurrent: Option<usize>,
+}
+
 /// `[rate_limits]`: per-minute limits; 0 switches one off.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -126,6 +137,7 @@ pub struct SupervisionFile {
     pub backends: Option<RestartPolicy>,
     pub conversations: Option<RestartPolicy>,
     pub telegram: Option<RestartPolicy>,
+    pub training: Option<RestartPolicy>,
 }
 
 impl FileConfig {
@@ -159,6 +171,9 @@ pub struct ServerConfig {
     pub telegram_policy: RestartPolicy,
     /// The Telegram Bot API's base URL.
     pub telegram_api: String,
+    pub training_policy: RestartPolicy,
+    /// Training runs that train at once.
+    pub training_max_concurrent: usize,
     pub node_timing: NodeTiming,
     /// How often each LLM backend is probed.
     pub llm_probe_interval: Duration,
@@ -200,6 +215,8 @@ impl ServerConfig {
             conversation_idle: warden_supervisors::DEFAULT_CONVERSATION_IDLE,
             telegram_policy: RestartPolicy::default(),
             telegram_api: warden_supervisors::DEFAULT_TELEGRAM_API.to_owned(),
+            training_policy: RestartPolicy::default(),
+            training_max_concurrent: warden_supervisors::DEFAULT_MAX_CONCURRENT,
             node_timing: NodeTiming::default(),
             llm_probe_interval: warden_supervisors::DEFAULT_PROBE_INTERVAL,
             llm_defaults: warden_supervisors::LlmDefaults::default(),

@@ -97,6 +97,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             conversation_idle: Some(config.conversation_idle),
             telegram: config.telegram_policy,
             telegram_api: Some(config.telegram_api.clone()),
+            training: config.training_policy,
+            training_max_concurrent: Some(config.training_max_concurrent),
             node_timing: config.node_timing,
             llm_probe_interval: Some(config.llm_probe_interval),
             llm_defaults: config.llm_defaults.clone(),

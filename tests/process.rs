@@ -950,3 +950,119 @@ async fn an_execution_survives_sigkill_and_sends_nothing_twice() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A training run killed mid-training resumes from its last checkpoint:
+/// the epochs it had finished stay, and it goes on from the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_training_run_resumes_from_its_checkpoint_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = spawn_server(dir.path());
+    warden::install_tls_provider();
+    let http = reqwest::Client::new();
+    let token = login(&http, &base).await;
+    let mut csv = String::from("t,a,b,c\n");
+    for i in 0..3000 {
+        let x = (i as f64 / 8.0).sin();
+        csv.push_str(&format!(
+            "{i},{x:.4},{:.4},{:.4}\n",
+            x * x,
+            (i % 17) as f64 / 17.0
+        ));
+    }
+    let b = "resume-boundary";
+    let body = format!(
+        "--{b}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nresume\r\n\
+         --{b}\r\nContent-Disposition: form-data; name=\"equipment_type\"\r\n\r\npump\r\n\
+         --{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"r.csv\"\r\n\r\n{csv}\r\n--{b}--\r\n"
+    );
+    let ds: serde_json::Value = http
+        .post(format!("{base}/api/v1/datasets"))
+        .bearer_auth(&token)
+        .header("content-type", format!("multipart/form-data; boundary={b}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run: serde_json::Value = http
+        .post(format!("{base}/api/v1/training/start"))
+        .bearer_auth(&token)
+        .json(
+            &json!({"dataset_id": ds["id"], "architecture": "gru_predictor",
+            "hyperparameters": {"epochs": 10000, "hidden_dim": 64, "sequence_length": 32}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = run["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a run: {run} (dataset {ds})"))
+        .to_owned();
+    let get = |base: String, token: String| {
+        let (http, id) = (http.clone(), id.clone());
+        async move {
+            http.get(format!("{base}/api/v1/training/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let before = common::eventually(60, "three epochs", || {
+        let f = get(base.clone(), token.clone());
+        async move {
+            let r = f.await;
+            (r["current_epoch"].as_u64().unwrap_or(0) >= 3).then_some(r)
+        }
+    })
+    .await;
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+
+    let (mut child, base) = spawn_server(dir.path());
+    let token = login(&http, &base).await;
+    let after = get(base.clone(), token.clone()).await;
+    assert_eq!(after["status"], "running", "the run came back: {after}");
+    let kept = before["current_epoch"].as_u64().unwrap();
+    assert!(
+        after["current_epoch"].as_u64().unwrap() >= kept,
+        "{before} / {after}"
+    );
+    assert!(after["best_val_loss"].as_f64() <= before["best_val_loss"].as_f64());
+    // The next epoch is the checkpoint's next, not a first one.
+    let at = after["current_epoch"].as_u64().unwrap();
+    let resumed = common::eventually(60, "an epoch after the restart", || {
+        let f = get(base.clone(), token.clone());
+        async move {
+            let r = f.await;
+            (r["current_epoch"].as_u64().unwrap_or(0) != at).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(
+        resumed["current_epoch"].as_u64().unwrap(),
+        at + 1,
+        "{resumed}"
+    );
+    assert_eq!(resumed["status"], "running");
+    let stopped: serde_json::Value = http
+        .post(format!("{base}/api/v1/training/{id}/stop"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stopped["status"], "stopped");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -8,6 +8,7 @@ pub mod execution;
 pub mod llm;
 pub mod node;
 pub mod telegram;
+pub mod training;
 
 pub use warden_domain::DomainError;
 

@@ -1002,6 +1002,74 @@ pub fn count_outliers(input: impl Read, p: &Profile) -> Result<u64, String> {
     Ok(n)
 }
 
+/// Column names read as anomaly labels (non-zero = anomalous) rather than
+/// as a feature, when the column is numeric.
+pub const LABEL_COLUMNS: [&str; 6] = [
+    "label",
+    "labels",
+    "anomaly",
+    "is_anomaly",
+    "anomalous",
+    "is_anomalous",
+];
+
+/// The dataset's numeric columns as a table for training: features are
+/// the numeric columns but a label column (see [`LABEL_COLUMNS`]), which
+/// becomes the rows' labels. Read in one streaming pass.
+pub fn read_numeric(
+    store: &warden_storage::Store,
+    d: &Dataset,
+) -> Result<warden_ml::Raw, DomainError> {
+    let bad = |m: String| DomainError::Invalid(vec![m]);
+    if !d.profiled {
+        return Err(bad(format!(
+            "dataset {} is a {} file, not a CSV",
+            d.id, d.format
+        )));
+    }
+    let is_label = |name: &str| LABEL_COLUMNS.contains(&name.trim().to_ascii_lowercase().as_str());
+    let cols = &d.profile.columns;
+    let features: Vec<usize> = (0..cols.len())
+        .filter(|&i| cols[i].numeric && !is_label(&cols[i].name))
+        .collect();
+    let label = (0..cols.len()).find(|&i| cols[i].numeric && is_label(&cols[i].name));
+    if features.is_empty() {
+        return Err(bad("the dataset has no numeric column to train on".into()));
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(open(store, d)?);
+    let mut values = Vec::with_capacity(d.profile.rows as usize * features.len());
+    let mut labels = label.map(|_| Vec::with_capacity(d.profile.rows as usize));
+    let mut record = csv::ByteRecord::new();
+    loop {
+        match reader.read_byte_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => return Err(bad(format!("the file cannot be read: {e}"))),
+        }
+        let num = |i: usize| {
+            record
+                .get(i)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse::<f32>().ok())
+                .filter(|v| v.is_finite())
+        };
+        for &i in &features {
+            values.push(num(i).unwrap_or(f32::NAN));
+        }
+        if let (Some(l), Some(i)) = (labels.as_mut(), label) {
+            l.push(num(i).is_some_and(|v| v != 0.0));
+        }
+    }
+    Ok(warden_ml::Raw {
+        names: features.iter().map(|&i| cols[i].name.clone()).collect(),
+        values,
+        labels,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

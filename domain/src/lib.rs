@@ -12,6 +12,7 @@ mod agent;
 pub mod catalog;
 pub mod dataset;
 mod error;
+pub mod evaluation;
 mod memory;
 mod model;
 mod plain;
@@ -20,7 +21,9 @@ pub mod rules;
 pub use agent::{AGENT_STATUSES, Agent, AgentInput};
 pub use error::DomainError;
 pub use memory::{LlmPreference, MAX_MEMORY_VALUE, Memory};
-pub use model::{LLM_NAME, LlmProfile, MODEL_STATUSES, MODEL_TYPES, Model, ModelInput, ModelV1};
+pub use model::{
+    LLM_NAME, LlmProfile, MODEL_STATUSES, MODEL_TYPES, Model, ModelInput, ModelV1, Trained,
+};
 pub use plain::{
     AccessEntry, Instruction, InstructionInput, TOOL_STATUSES, TOOL_TYPES, Tool, ToolInput,
 };

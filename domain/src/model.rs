@@ -61,11 +61,11 @@ impl Model {
     }
 }
 
-impl warden_storage::Versioned for Model {
+impl warden_storage::Versioned for ModelV2 {
     const VERSION: u32 = 2;
     type Previous = ModelV1;
     fn upgrade(v: ModelV1) -> Self {
-        Model {
+        ModelV2 {
             id: v.id,
             model_id: v.model_id,
             name: v.name,
@@ -91,6 +91,41 @@ impl warden_storage::Versioned for Model {
             owner: v.owner,
             audit: v.audit,
             llm: None,
+        }
+    }
+}
+
+impl warden_storage::Versioned for Model {
+    const VERSION: u32 = 3;
+    type Previous = ModelV2;
+    fn upgrade(v: ModelV2) -> Self {
+        Model {
+            id: v.id,
+            model_id: v.model_id,
+            name: v.name,
+            description: v.description,
+            version: v.version,
+            kind: v.kind,
+            framework: v.framework,
+            repository: v.repository,
+            file_name: v.file_name,
+            file_size: v.file_size,
+            sha256: v.sha256,
+            is_downloaded: v.is_downloaded,
+            download_path: v.download_path,
+            download_progress: v.download_progress,
+            status: v.status,
+            node_id: v.node_id,
+            total_inference: v.total_inference,
+            total_tokens: v.total_tokens,
+            total_processing_time: v.total_processing_time,
+            tags: v.tags,
+            is_active: v.is_active,
+            extra: v.extra,
+            owner: v.owner,
+            audit: v.audit,
+            llm: v.llm,
+            trained: None,
         }
     }
 }
@@ -126,6 +161,42 @@ pub struct ModelV1 {
 
 warden_storage::first_layout!(ModelV1);
 
+/// [`Model`]'s second layout (before trained models).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelV2 {
+    pub id: String,
+    pub model_id: String,
+    pub name: String,
+    pub description: String,
+    pub version: String,
+    /// AIWM's `type`.
+    pub kind: String,
+    pub framework: String,
+    /// Where the file comes from: an `http(s)://` URL, an `org/name` hub
+    /// path (resolved against the node's configured hub), or a local path.
+    pub repository: String,
+    pub file_name: String,
+    pub file_size: u64,
+    /// The file's SHA-256 (hex), checked after a download when given.
+    pub sha256: Option<String>,
+    pub is_downloaded: bool,
+    pub download_path: Option<String>,
+    pub download_progress: u32,
+    pub status: String,
+    /// The node that holds (or is to hold) the file, as the client named it.
+    pub node_id: String,
+    pub total_inference: u64,
+    pub total_tokens: u64,
+    pub total_processing_time: u64,
+    pub tags: Vec<String>,
+    pub is_active: bool,
+    pub extra: String,
+    pub owner: Owner,
+    pub audit: Audit,
+    /// Set for models declared through an LLM gateway (layout 2).
+    pub llm: Option<LlmProfile>,
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Model {
     pub id: String,
@@ -159,6 +230,33 @@ pub struct Model {
     pub audit: Audit,
     /// Set for models declared through an LLM gateway (layout 2).
     pub llm: Option<LlmProfile>,
+    /// Set for models Warden trained (forge's and vareon's ML models;
+    /// layout 3).
+    pub trained: Option<Trained>,
+}
+
+/// What a model trained by Warden carries besides the registry's fields:
+/// its run, its figures and its file (a `WARDENML` file, see warden-ml).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Trained {
+    pub architecture: String,
+    pub dataset_id: String,
+    pub training_run_id: String,
+    pub equipment_type: String,
+    pub parameters: u64,
+    pub input_features: Vec<String>,
+    /// The run's hyperparameters, as JSON.
+    pub hyperparameters: String,
+    pub threshold: f64,
+    pub val_loss: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub accuracy: f64,
+    pub auc_roc: f64,
+    /// (train_loss, val_loss) per epoch.
+    pub curves: Vec<(f64, f64)>,
+    pub blob: warden_storage::BlobRef,
 }
 
 /// What a client may set on a model; `None` leaves a field as it is.
@@ -213,6 +311,7 @@ impl Model {
             owner,
             audit: Audit::new(by),
             llm: None,
+            trained: None,
         }
     }
 

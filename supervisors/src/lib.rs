@@ -18,6 +18,7 @@ mod nodes;
 mod policy;
 mod root;
 mod telegram;
+mod training;
 mod tree;
 
 pub use conversations::{
@@ -31,6 +32,7 @@ pub use nodes::{NodeKind, Nodes};
 pub use policy::RestartPolicy;
 pub use root::{Runtime, RuntimeConfig};
 pub use telegram::{DEFAULT_TELEGRAM_API, Telegram, TelegramKind};
+pub use training::{DEFAULT_MAX_CONCURRENT, QueueStats, Training, TrainingKind};
 pub use tree::{ActorInfo, FailureInfo};
 
 use std::future::Future;

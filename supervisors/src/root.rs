@@ -16,6 +16,7 @@ use crate::executions::{ExecutionKind, Executions, ReplyRoute, route_reply};
 use crate::kind::KindControl;
 use crate::llm::{BackendKind, DEFAULT_PROBE_INTERVAL, Llm, LlmDefaults};
 use crate::telegram::{DEFAULT_TELEGRAM_API, Telegram, TelegramKind};
+use crate::training::{DEFAULT_MAX_CONCURRENT, Training, TrainingKind};
 use crate::{ActorInfo, FailureInfo, KindRef, NodeKind, Nodes, RestartPolicy, rfc3339};
 
 pub(crate) enum RootMsg {
@@ -169,6 +170,9 @@ pub struct RuntimeConfig {
     pub backends: RestartPolicy,
     pub conversations: RestartPolicy,
     pub telegram: RestartPolicy,
+    pub training: RestartPolicy,
+    /// Training runs that train at once (default 2); the rest queue.
+    pub training_max_concurrent: Option<usize>,
     /// The Telegram Bot API's base URL (default `https://api.telegram.org`).
     pub telegram_api: Option<String>,
     /// How long a conversation's actor stays without use (default 5 min).
@@ -193,6 +197,7 @@ pub struct Runtime {
     pub llm: Llm,
     pub conversations: Conversations,
     pub telegram: Telegram,
+    pub training: Training,
 }
 
 impl Runtime {
@@ -259,6 +264,13 @@ impl Runtime {
             ),
             config.telegram,
         );
+        let max_training = config
+            .training_max_concurrent
+            .unwrap_or(DEFAULT_MAX_CONCURRENT);
+        let training = KindRef::new(
+            TrainingKind::new(store.clone(), max_training),
+            config.training,
+        );
         let kinds: Vec<Arc<dyn KindControl>> = vec![
             Arc::new(nodes.clone()),
             Arc::new(executions.clone()),
@@ -266,6 +278,7 @@ impl Runtime {
             Arc::new(backends.clone()),
             Arc::new(conversations.clone()),
             Arc::new(telegram.clone()),
+            Arc::new(training.clone()),
         ];
         let (root, _) = Actor::spawn(
             None,
@@ -289,7 +302,8 @@ impl Runtime {
             executions: execution_service,
             deployments: Deployments::new(deployments, store.clone()),
             conversations: conversation_service,
-            telegram: Telegram::new(telegram, store),
+            telegram: Telegram::new(telegram, store.clone()),
+            training: Training::new(training, store, max_training),
             nodes: node_service,
             llm,
         })

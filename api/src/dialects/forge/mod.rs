@@ -5,6 +5,7 @@
 mod agent;
 mod auth;
 mod datasets;
+mod training;
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -58,4 +59,5 @@ pub(crate) fn routes() -> Api {
     auth::routes()
         .merge(agent::routes())
         .merge(datasets::routes())
+        .merge(training::routes())
 }

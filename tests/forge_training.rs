@@ -1,0 +1,519 @@
+//! Forge training, models and evaluations over the real server: each
+//! architecture trains on a sensor CSV (loss falls), epochs arrive over
+//! `/ws/training/{id}`, the model detects the injected anomalies well
+//! above chance, downloads, evaluates again identically, compares; the
+//! queue keeps to `max_concurrent`; stop is immediate; bad requests are
+//! refused with nothing left behind.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestServer, eventually};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const BOUNDARY: &str = "warden-training-boundary-5d1c";
+
+/// Four sensors with a 48-row cycle, and a missing cell now and then.
+fn sensor_csv(rows: usize) -> Vec<u8> {
+    let mut s = String::from("timestamp,supply_temp,fan_speed,power_kw,humidity\n");
+    let mut noise = 12345u64;
+    let mut rnd = || {
+        noise = noise
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((noise >> 33) as f64 / (1u64 << 31) as f64) - 0.5
+    };
+    for i in 0..rows {
+        let load = (i as f64 * std::f64::consts::TAU / 48.0).sin();
+        let humidity = if i % 97 == 5 {
+            String::new()
+        } else {
+            format!("{:.2}", 50.0 - 5.0 * load + rnd())
+        };
+        s.push_str(&format!(
+            "2026-01-01T00:{:02}:00Z,{:.3},{:.3},{:.3},{humidity}\n",
+            i % 60,
+            55.0 + 3.0 * load + 0.2 * rnd(),
+            35.0 + 40.0 * load.max(0.0) + rnd(),
+            0.4 + 2.0 * (load * 0.5 + 0.5).powi(3) + 0.05 * rnd(),
+        ));
+    }
+    s.into_bytes()
+}
+
+async fn upload(s: &TestServer, token: &str, name: &str, csv: Vec<u8>) -> String {
+    let mut body = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\n{name}\r\n\
+         --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"equipment_type\"\r\n\r\nair_handler\r\n\
+         --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.csv\"\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(&csv);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    let r = s
+        .http
+        .post(format!("{}/api/v1/datasets", s.base))
+        .bearer_auth(token)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let v: Value = r.json().await.unwrap();
+    v["id"].as_str().unwrap().to_owned()
+}
+
+fn small(epochs: u32) -> Value {
+    json!({
+        "epochs": epochs, "hidden_dim": 16, "sequence_length": 24, "batch_size": 16,
+        "max_windows": 256, "learning_rate": 0.005, "num_layers": 1
+    })
+}
+
+async fn start(s: &TestServer, token: &str, dataset: &str, arch: &str, hyper: Value) -> Value {
+    let r = s
+        .post(
+            "/api/v1/training/start",
+            token,
+            json!({"dataset_id": dataset, "architecture": arch, "hyperparameters": hyper}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.body
+}
+
+async fn finished(s: &TestServer, token: &str, id: &str) -> Value {
+    eventually(120, "the run finishes", || async {
+        let r = s.get(&format!("/api/v1/training/{id}"), token).await;
+        let st = r.body["status"].as_str().unwrap_or("").to_owned();
+        (st != "running" && st != "queued").then_some(r.body)
+    })
+    .await
+}
+
+fn ws_url(s: &TestServer, id: &str, token: &str) -> String {
+    format!(
+        "{}/ws/training/{id}?token={token}",
+        s.base.replace("http://", "ws://")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_architecture_trains_streams_registers_and_evaluates() {
+    let s = TestServer::start().await;
+    let (t, _) = s.user("trainer", &["operator"], None).await;
+    let ds = upload(&s, &t, "ahu-1", sensor_csv(4000)).await;
+
+    // The LSTM autoencoder, watched over the WebSocket from the start.
+    let run = start(&s, &t, &ds, "lstm_autoencoder", small(5)).await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("tr_"));
+    assert!(
+        ["running", "queued"].contains(&run["status"].as_str().unwrap()),
+        "{run}"
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&s, &id, &t))
+        .await
+        .unwrap();
+    let mut epochs = Vec::new();
+    let complete = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(120), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let Message::Text(text) = msg else { continue };
+        let v: Value = serde_json::from_str(&text).unwrap();
+        match v["type"].as_str().unwrap() {
+            "epoch_update" => epochs.push(v),
+            "training_complete" => break v,
+            other => panic!("unexpected frame {other}"),
+        }
+    };
+    // The close follows the last frame.
+    let closed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(closed, Some(Ok(Message::Close(_))) | None),
+        "{closed:?}"
+    );
+    assert!(!epochs.is_empty() && epochs.len() <= 5, "{epochs:?}");
+    for w in epochs.windows(2) {
+        assert!(w[1]["current_epoch"].as_u64() > w[0]["current_epoch"].as_u64());
+    }
+    assert_eq!(epochs.last().unwrap()["current_epoch"], 5);
+    assert_eq!(epochs[0]["total_epochs"], 5);
+    assert_eq!(complete["status"], "completed");
+    let curve = complete["final_metrics"].as_array().unwrap();
+    assert_eq!(curve.len(), 5);
+    assert!(
+        curve[4]["train_loss"].as_f64().unwrap() < 0.7 * curve[0]["train_loss"].as_f64().unwrap(),
+        "loss falls: {curve:?}"
+    );
+
+    let done = s.get(&format!("/api/v1/training/{id}"), &t).await.body;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["current_epoch"], 5);
+    let model_id = done["model_id"].as_str().unwrap().to_owned();
+    let model = s.get(&format!("/api/v1/models/{model_id}"), &t).await;
+    assert_eq!(model.status, 200);
+    let m = &model.body;
+    assert_eq!(m["architecture"], "lstm_autoencoder");
+    assert_eq!(m["training_run_id"], id.as_str());
+    assert_eq!(m["input_features"], 4);
+    assert_eq!(m["hidden_dim"], 16);
+    assert!(m["parameters"].as_u64().unwrap() > 1000);
+    assert!(
+        m["metrics"]["f1"].as_f64().unwrap() > 0.7,
+        "F1 well above chance: {m}"
+    );
+    assert!(
+        m["metrics"]["reconstruction_error_threshold"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+
+    // Its evaluation was registered with it; a new one agrees exactly.
+    let evals = s.get("/api/v1/evaluations", &t).await.body;
+    let first = evals
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["model_id"] == model_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(first["status"], "completed");
+    for k in ["precision", "recall", "f1", "auc_roc", "accuracy"] {
+        let v = first["metrics"][k].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{k} = {v}");
+    }
+    let cm = &first["confusion_matrix"];
+    let total: u64 = [
+        "true_positive",
+        "false_positive",
+        "true_negative",
+        "false_negative",
+    ]
+    .iter()
+    .map(|k| cm[k].as_u64().unwrap())
+    .sum();
+    assert_eq!(total, first["windows"].as_u64().unwrap());
+    assert_eq!(
+        first["training_curves"]["train_loss"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    let again = s
+        .post(
+            "/api/v1/evaluations",
+            &t,
+            json!({"model_id": model_id, "evaluation_type": "holdout"}),
+        )
+        .await;
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert_eq!(again.body["metrics"], first["metrics"]);
+    assert_eq!(again.body["evaluation_type"], "holdout");
+    let eid = again.body["id"].as_str().unwrap();
+    assert_eq!(
+        s.get(&format!("/api/v1/evaluations/{eid}"), &t).await.body["id"],
+        eid
+    );
+
+    // The file: WARDENML, a JSON header, the weights.
+    let file = s
+        .http
+        .get(format!("{}/api/v1/models/{model_id}/download", s.base))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(file.status().as_u16(), 200);
+    let bytes = file.bytes().await.unwrap();
+    assert_eq!(&bytes[..8], b"WARDENML");
+    let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[12..12 + len]).unwrap();
+    assert_eq!(
+        header["features"],
+        json!(["supply_temp", "fan_speed", "power_kw", "humidity"])
+    );
+    assert_eq!(
+        bytes.len() - 12 - len,
+        4 * m["parameters"].as_u64().unwrap() as usize
+    );
+
+    // The other two architectures; then the comparison.
+    let mut others = Vec::new();
+    for arch in ["gru_predictor", "sentinel"] {
+        let r = start(&s, &t, &ds, arch, small(4)).await;
+        let done = finished(&s, &t, r["id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        if arch == "gru_predictor" {
+            let (a, b) = (
+                done["current_epoch"].as_u64().unwrap(),
+                done["total_epochs"].as_u64().unwrap(),
+            );
+            assert_eq!((a, b), (4, 4));
+        } else {
+            assert_eq!(done["total_epochs"], 1, "the sentinel fits in one pass");
+        }
+        let mid = done["model_id"].as_str().unwrap().to_owned();
+        let m = s.get(&format!("/api/v1/models/{mid}"), &t).await.body;
+        assert!(m["metrics"]["f1"].as_f64().unwrap() > 0.6, "{arch}: {m}");
+        others.push(mid);
+    }
+    let c = s
+        .post(
+            &format!("/api/v1/models/{model_id}/compare"),
+            &t,
+            json!({"compare_with": others[0]}),
+        )
+        .await;
+    assert_eq!(c.status, 200, "{}", c.body);
+    assert_eq!(c.body["models"].as_array().unwrap().len(), 2);
+    let winner = c.body["winner"].as_str().unwrap();
+    assert!(winner == model_id || winner == others[0]);
+    assert!(c.body["advantage"]["f1"].as_f64().unwrap() >= 0.0);
+    assert_eq!(
+        s.get("/api/v1/models", &t)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        s.get("/api/v1/training", &t)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // A finished run's socket says so at once.
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&s, &id, &t))
+        .await
+        .unwrap();
+    let Some(Ok(Message::Text(text))) = ws.next().await else {
+        panic!("a frame")
+    };
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["type"],
+        "training_complete"
+    );
+
+    // Other organisations see none of it; deletion.
+    let (stranger, _) = s.user("trainer-stranger", &["operator"], None).await;
+    assert_eq!(
+        s.get(&format!("/api/v1/models/{model_id}"), &stranger)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        s.get(&format!("/api/v1/training/{id}"), &stranger)
+            .await
+            .status,
+        404
+    );
+    assert!(
+        s.get("/api/v1/evaluations", &stranger)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.delete(&format!("/api/v1/models/{model_id}"), &t)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        s.get(&format!("/api/v1/models/{model_id}"), &t)
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_keeps_to_max_concurrent_and_stop_is_immediate() {
+    let s = TestServer::start_with(|c| c.training_max_concurrent = 1).await;
+    let (t, _) = s.user("queuer", &["operator"], None).await;
+    let ds = upload(&s, &t, "long", sensor_csv(4000)).await;
+    let long =
+        json!({"epochs": 10000, "hidden_dim": 64, "sequence_length": 48, "max_windows": 2000});
+    let a = start(&s, &t, &ds, "lstm_autoencoder", long.clone()).await;
+    assert_eq!(a["status"], "running");
+    let b = start(&s, &t, &ds, "gru_predictor", long).await;
+    assert_eq!(b["status"], "queued", "{b}");
+    let q = s.get("/api/v1/training/queue", &t).await.body;
+    assert_eq!(
+        q,
+        json!({"active_trainings": 1, "max_concurrent": 1, "queued": 1, "capacity_available": 0})
+    );
+
+    // Mid-epoch of a long run: the answer is immediate, the slot frees.
+    let a_id = a["id"].as_str().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    let stopped = s
+        .post(&format!("/api/v1/training/{a_id}/stop"), &t, json!({}))
+        .await;
+    assert_eq!(stopped.status, 200);
+    assert_eq!(stopped.body["status"], "stopped");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    let b_id = b["id"].as_str().unwrap().to_owned();
+    eventually(10, "the queued run starts", || async {
+        (s.get(&format!("/api/v1/training/{b_id}"), &t).await.body["status"] == "running")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        s.post(&format!("/api/v1/training/{b_id}/stop"), &t, json!({}))
+            .await
+            .body["status"],
+        "stopped"
+    );
+    // Stopping again answers the run as it stands.
+    assert_eq!(
+        s.post(&format!("/api/v1/training/{a_id}/stop"), &t, json!({}))
+            .await
+            .body["status"],
+        "stopped"
+    );
+    let runs = s.get("/api/v1/training", &t).await.body;
+    assert!(
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "stopped" && r["model_id"].is_null())
+    );
+    assert_eq!(
+        s.get("/api/v1/training/queue", &t).await.body["active_trainings"],
+        0
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_and_leave_nothing() {
+    let s = TestServer::start().await;
+    let (t, _) = s.user("badtrainer", &["operator"], None).await;
+    let (viewer, _) = s.user("viewer-trainer", &["viewer"], None).await;
+    let ds = upload(&s, &t, "ok", sensor_csv(600)).await;
+    let tiny = upload(&s, &t, "tiny", sensor_csv(30)).await;
+    let cases = [
+        (
+            json!({"dataset_id": ds, "architecture": "transformer"}),
+            400,
+            "architecture",
+        ),
+        (
+            json!({"dataset_id": ds, "architecture": "gru_predictor", "hyperparameters": {"learning_rate": -1}}),
+            400,
+            "learning_rate",
+        ),
+        (
+            json!({"dataset_id": ds, "architecture": "gru_predictor", "hyperparameters": {"optimizer": "rmsprop"}}),
+            400,
+            "optimizer",
+        ),
+        (
+            json!({"dataset_id": ds, "architecture": "gru_predictor", "hyperparameters": {"epochz": 3}}),
+            400,
+            "epochz",
+        ),
+        (
+            json!({"dataset_id": ds, "architecture": "gru_predictor", "hyperparameters": {"epochs": "many"}}),
+            400,
+            "hyperparameters",
+        ),
+        (
+            json!({"dataset_id": ds, "architecture": "gru_predictor", "hyperparameters": [1]}),
+            400,
+            "hyperparameters",
+        ),
+        (
+            json!({"dataset_id": tiny, "architecture": "lstm_autoencoder"}),
+            400,
+            "rows",
+        ),
+        (
+            json!({"dataset_id": "ds_nope", "architecture": "sentinel"}),
+            404,
+            "not found",
+        ),
+        (json!({"architecture": "sentinel"}), 400, "dataset_id"),
+    ];
+    for (body, status, says) in cases {
+        let r = s.post("/api/v1/training/start", &t, body.clone()).await;
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+        assert!(r.body.to_string().contains(says), "{body}: {}", r.body);
+        assert!(r.body["code"].is_string(), "forge's error body: {}", r.body);
+    }
+    let r = s
+        .post(
+            "/api/v1/training/start",
+            &viewer,
+            json!({"dataset_id": "ds_nope", "architecture": "sentinel"}),
+        )
+        .await;
+    assert_eq!(r.status, 403, "viewers are refused before any lookup");
+    assert!(
+        s.get("/api/v1/training", &t)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.get("/api/v1/training/queue", &t).await.body["queued"], 0);
+
+    // The socket: credentials, then the run, before the upgrade.
+    let url = format!("{}/ws/training/tr_nope", s.base.replace("http://", "ws://"));
+    let err = tokio_tungstenite::connect_async(url.clone())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+    let err = tokio_tungstenite::connect_async(format!("{url}?token={t}"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("404"), "{err}");
+    for path in [
+        "/api/v1/training/tr_nope",
+        "/api/v1/models/mdl_nope",
+        "/api/v1/evaluations/eval_nope",
+    ] {
+        assert_eq!(s.get(path, &t).await.status, 404, "{path}");
+    }
+    assert_eq!(
+        s.post("/api/v1/evaluations", &t, json!({"model_id": "mdl_nope"}))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        s.post("/api/v1/evaluations", &t, json!({})).await.status,
+        400
+    );
+    assert_eq!(s.get("/api/v1/models", "").await.status, 401);
+}
