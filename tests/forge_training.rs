@@ -315,6 +315,12 @@ async fn each_architecture_trains_streams_registers_and_evaluates() {
         "training_complete"
     );
 
+    // One registry: AIWM's model list shows the trained models.
+    let aiwm = s.get("/api/models?limit=100", &t).await;
+    assert_eq!(aiwm.status, 200, "{}", aiwm.body);
+    let bare = model_id.trim_start_matches("mdl_");
+    assert!(aiwm.body.to_string().contains(bare), "{}", aiwm.body);
+
     // Other organisations see none of it; deletion.
     let (stranger, _) = s.user("trainer-stranger", &["operator"], None).await;
     assert_eq!(

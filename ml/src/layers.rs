@@ -86,37 +86,59 @@ pub struct Scratch {
     bias: Vec<f32>,
 }
 
+/// Where a recurrent layer's weights lie: `weight_ih` G·H×I, `weight_hh`
+/// G·H×H and the two biases G·H, for G gates (LSTM 4, GRU 3).
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-pub struct Lstm {
+pub struct Recurrent {
     pub input: usize,
     pub hidden: usize,
+    pub gates: usize,
     pub w_ih: usize,
     pub w_hh: usize,
     pub b_ih: usize,
     pub b_hh: usize,
 }
 
-impl Lstm {
-    pub fn new(layout: &mut Layout, input: usize, hidden: usize) -> Lstm {
+impl Recurrent {
+    fn new(layout: &mut Layout, input: usize, hidden: usize, gates: usize) -> Recurrent {
         let bound = 1.0 / (hidden as f32).sqrt();
-        Lstm {
+        let g = gates * hidden;
+        Recurrent {
             input,
             hidden,
-            w_ih: layout.take(4 * hidden * input, bound),
-            w_hh: layout.take(4 * hidden * hidden, bound),
-            b_ih: layout.take(4 * hidden, bound),
-            b_hh: layout.take(4 * hidden, bound),
+            gates,
+            w_ih: layout.take(g * input, bound),
+            w_hh: layout.take(g * hidden, bound),
+            b_ih: layout.take(g, bound),
+            b_hh: layout.take(g, bound),
         }
     }
 
+    /// `weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`.
     fn weights<'a>(&self, p: &'a [f32]) -> (&'a [f32], &'a [f32], &'a [f32], &'a [f32]) {
-        let (h, i) = (self.hidden, self.input);
+        let g = self.gates * self.hidden;
         (
-            &p[self.w_ih..self.w_ih + 4 * h * i],
-            &p[self.w_hh..self.w_hh + 4 * h * h],
-            &p[self.b_ih..self.b_ih + 4 * h],
-            &p[self.b_hh..self.b_hh + 4 * h],
+            &p[self.w_ih..self.w_ih + g * self.input],
+            &p[self.w_hh..self.w_hh + g * self.hidden],
+            &p[self.b_ih..self.b_ih + g],
+            &p[self.b_hh..self.b_hh + g],
         )
+    }
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct Lstm(pub Recurrent);
+
+impl std::ops::Deref for Lstm {
+    type Target = Recurrent;
+    fn deref(&self) -> &Recurrent {
+        &self.0
+    }
+}
+
+impl Lstm {
+    pub fn new(layout: &mut Layout, input: usize, hidden: usize) -> Lstm {
+        Lstm(Recurrent::new(layout, input, hidden, 4))
     }
 
     pub fn forward(
@@ -257,36 +279,18 @@ impl Lstm {
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-pub struct Gru {
-    pub input: usize,
-    pub hidden: usize,
-    pub w_ih: usize,
-    pub w_hh: usize,
-    pub b_ih: usize,
-    pub b_hh: usize,
+pub struct Gru(pub Recurrent);
+
+impl std::ops::Deref for Gru {
+    type Target = Recurrent;
+    fn deref(&self) -> &Recurrent {
+        &self.0
+    }
 }
 
 impl Gru {
     pub fn new(layout: &mut Layout, input: usize, hidden: usize) -> Gru {
-        let bound = 1.0 / (hidden as f32).sqrt();
-        Gru {
-            input,
-            hidden,
-            w_ih: layout.take(3 * hidden * input, bound),
-            w_hh: layout.take(3 * hidden * hidden, bound),
-            b_ih: layout.take(3 * hidden, bound),
-            b_hh: layout.take(3 * hidden, bound),
-        }
-    }
-
-    fn weights<'a>(&self, p: &'a [f32]) -> (&'a [f32], &'a [f32], &'a [f32], &'a [f32]) {
-        let (h, i) = (self.hidden, self.input);
-        (
-            &p[self.w_ih..self.w_ih + 3 * h * i],
-            &p[self.w_hh..self.w_hh + 3 * h * h],
-            &p[self.b_ih..self.b_ih + 3 * h],
-            &p[self.b_hh..self.b_hh + 3 * h],
-        )
+        Gru(Recurrent::new(layout, input, hidden, 3))
     }
 
     /// PyTorch's GRU: r = σ(x·W_irᵀ + b_ir + h·W_hrᵀ + b_hr), z likewise,
