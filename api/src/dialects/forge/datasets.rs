@@ -258,7 +258,7 @@ fn described(architecture: &str) -> (&'static str, &'static str, &'static str) {
         ),
         _ => (
             "Threshold Monitoring",
-            "Sentinel: robust per-column bounds (median ± 4 × MAD) learned from the data, no deep model; for short or sparse data",
+            "Sentinel: robust per-column bands (median ± k × MAD of the values and of their steps) learned from the data, no deep model; for short or sparse data",
             "Per-column out-of-bounds flags",
         ),
     }
