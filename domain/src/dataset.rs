@@ -560,14 +560,7 @@ impl Owned for Dataset {
 
 /// A live dataset of `org`, by its id (bare, or forge's `ds_` one).
 pub fn find(store: &warden_storage::Store, org: &str, id: &str) -> Result<Dataset, DomainError> {
-    let bare = id.strip_prefix("ds_").unwrap_or(id);
-    store
-        .get::<Dataset>(bare)?
-        .filter(|d| !d.is_deleted() && d.owner.org_id == org)
-        .ok_or_else(|| DomainError::NotFound {
-            kind: "Dataset",
-            id: id.to_owned(),
-        })
+    crate::find_in_org(store, org, id, "ds_", "Dataset")
 }
 
 /// Stores a dataset of a profiled blob.
@@ -1013,6 +1006,18 @@ pub const LABEL_COLUMNS: [&str; 6] = [
     "is_anomalous",
 ];
 
+/// Which columns a model trains on (every numeric column but a label
+/// column) and which, if any, labels the rows.
+pub fn feature_columns(p: &Profile) -> (Vec<usize>, Option<usize>) {
+    let is_label = |name: &str| LABEL_COLUMNS.contains(&name.trim().to_ascii_lowercase().as_str());
+    let cols = &p.columns;
+    let features = (0..cols.len())
+        .filter(|&i| cols[i].numeric && !is_label(&cols[i].name))
+        .collect();
+    let label = (0..cols.len()).find(|&i| cols[i].numeric && is_label(&cols[i].name));
+    (features, label)
+}
+
 /// The dataset's numeric columns as a table for training: features are
 /// the numeric columns but a label column (see [`LABEL_COLUMNS`]), which
 /// becomes the rows' labels. Read in one streaming pass.
@@ -1027,12 +1032,8 @@ pub fn read_numeric(
             d.id, d.format
         )));
     }
-    let is_label = |name: &str| LABEL_COLUMNS.contains(&name.trim().to_ascii_lowercase().as_str());
+    let (features, label) = feature_columns(&d.profile);
     let cols = &d.profile.columns;
-    let features: Vec<usize> = (0..cols.len())
-        .filter(|&i| cols[i].numeric && !is_label(&cols[i].name))
-        .collect();
-    let label = (0..cols.len()).find(|&i| cols[i].numeric && is_label(&cols[i].name));
     if features.is_empty() {
         return Err(bad("the dataset has no numeric column to train on".into()));
     }

@@ -83,14 +83,7 @@ impl Owned for Evaluation {
 
 /// A live evaluation of `org`, by its id (bare or forge's `eval_` one).
 pub fn find(store: &warden_storage::Store, org: &str, id: &str) -> Result<Evaluation, DomainError> {
-    let bare = id.strip_prefix("eval_").unwrap_or(id);
-    store
-        .get::<Evaluation>(bare)?
-        .filter(|e| !e.is_deleted() && e.owner.org_id == org)
-        .ok_or_else(|| DomainError::NotFound {
-            kind: "Evaluation",
-            id: id.to_owned(),
-        })
+    crate::find_in_org(store, org, id, "eval_", "Evaluation")
 }
 
 /// Scores a trained model again on its dataset's held-out part (the same

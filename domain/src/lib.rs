@@ -135,6 +135,26 @@ pub trait Owned {
     fn owner(&self) -> &Owner;
 }
 
+/// A live record of `org` by its id, bare or with the dialect's prefix
+/// (forge's `ds_`, `tr_`, `eval_`): other organisations' records are
+/// not found.
+pub fn find_in_org<T: warden_storage::Record + Owned>(
+    store: &warden_storage::Store,
+    org: &str,
+    id: &str,
+    prefix: &str,
+    kind: &'static str,
+) -> Result<T, DomainError> {
+    let bare = id.strip_prefix(prefix).unwrap_or(id);
+    store
+        .get::<T>(bare)?
+        .filter(|r| !r.is_deleted() && r.owner().org_id == org)
+        .ok_or_else(|| DomainError::NotFound {
+            kind,
+            id: id.to_owned(),
+        })
+}
+
 /// A live record by `_id`, or by its client-chosen key (`key`, unique
 /// per organisation) within `org`.
 pub fn resolve<T: warden_storage::Record>(

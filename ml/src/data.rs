@@ -37,16 +37,7 @@ impl Series {
             return Err("the dataset has no numeric column to train on".into());
         }
         let rows = raw.values.len() / features;
-        let train_rows = ((rows as f64) * (1.0 - validation_split)).floor() as usize;
-        let val_rows = rows - train_rows;
-        if train_rows < sequence_length || val_rows < sequence_length {
-            return Err(format!(
-                "the dataset has {rows} rows: with validation_split {validation_split} and sequence_length \
-                 {sequence_length} both parts need at least {sequence_length} rows (at least {} rows in all)",
-                ((sequence_length as f64) / validation_split.min(1.0 - validation_split)).ceil()
-                    as usize
-            ));
-        }
+        let train_rows = split_rows(rows, validation_split, sequence_length)?;
         let (mut sum, mut sq, mut n) = (
             vec![0f64; features],
             vec![0f64; features],
@@ -141,6 +132,26 @@ impl Series {
             .map(|i| all[i])
             .collect()
     }
+}
+
+/// The training part's rows, when both parts of `rows` rows hold a
+/// window of `sequence_length`: the one rule for whether a table is
+/// long enough, checked before a run is queued and when it starts.
+pub fn split_rows(
+    rows: usize,
+    validation_split: f64,
+    sequence_length: usize,
+) -> Result<usize, String> {
+    let train_rows = ((rows as f64) * (1.0 - validation_split)).floor() as usize;
+    if train_rows < sequence_length || rows - train_rows < sequence_length {
+        return Err(format!(
+            "the dataset has {rows} rows: with validation_split {validation_split} and sequence_length \
+             {sequence_length} both parts need at least {sequence_length} rows (at least {} rows in all)",
+            ((sequence_length as f64) / validation_split.min(1.0 - validation_split)).ceil()
+                as usize
+        ));
+    }
+    Ok(train_rows)
 }
 
 /// Up to `n` integers from `lo` to `hi` inclusive, evenly spaced

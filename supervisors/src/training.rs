@@ -9,7 +9,8 @@ use ractor::ActorRef;
 use tokio::sync::{Semaphore, broadcast};
 use warden_actors::DomainError;
 use warden_actors::training::{
-    Progress, RunStatus, TrainingArgs, TrainingHandle, TrainingMsg, TrainingRun, TrainingRunActor,
+    Progress, RunStatus, STATUS, TrainingArgs, TrainingHandle, TrainingMsg, TrainingRun,
+    TrainingRunActor,
 };
 use warden_domain::{Owner, dataset};
 use warden_ml::{Architecture, Hyper};
@@ -33,18 +34,18 @@ impl TrainingKind {
         }
     }
 
+    /// Queued and running runs (the status index holds only those),
+    /// oldest first.
     fn unfinished(&self) -> Vec<TrainingRun> {
-        match self.store.all::<TrainingRun>() {
-            Ok(mut all) => {
-                all.retain(|r| !r.is_deleted() && !r.status.is_terminal());
-                all.sort_by_key(|r| r.audit.created_at);
-                all
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "could not read the training runs");
-                Vec::new()
+        let mut all = Vec::new();
+        for status in [RunStatus::Queued, RunStatus::Running] {
+            match self.store.by_index::<TrainingRun>(STATUS, status.as_str()) {
+                Ok(runs) => all.extend(runs.into_iter().filter(|r| !r.is_deleted())),
+                Err(e) => tracing::error!(error = %e, "could not read the training runs"),
             }
         }
+        all.sort_by_key(|r| r.audit.created_at);
+        all
     }
 }
 
@@ -144,7 +145,7 @@ impl Training {
         hyperparameters: Option<serde_json::Value>,
     ) -> Result<TrainingRun, DomainError> {
         let invalid = |m: String| DomainError::Invalid(vec![m]);
-        let arch = Architecture::parse(architecture).ok_or_else(|| {
+        Architecture::parse(architecture).ok_or_else(|| {
             invalid(format!(
                 "Invalid architecture {architecture:?}: valid architectures are {}",
                 Architecture::NAMES.join(", ")
@@ -166,29 +167,17 @@ impl Training {
                 d.format
             )));
         }
-        let features = d
-            .profile
-            .numeric()
-            .filter(|c| {
-                !dataset::LABEL_COLUMNS.contains(&c.name.trim().to_ascii_lowercase().as_str())
-            })
-            .count();
-        if features == 0 {
+        if dataset::feature_columns(&d.profile).0.is_empty() {
             return Err(invalid(
                 "the dataset has no numeric column to train on".into(),
             ));
         }
-        let rows = d.profile.rows as f64;
-        let t = hyper.sequence_length as f64;
-        let train = (rows * (1.0 - hyper.validation_split)).floor();
-        if train < t || rows - train < t {
-            return Err(invalid(format!(
-                "the dataset has {rows} rows: too few for sequence_length {t} with validation_split {} \
-                 (each part needs at least {t} rows)",
-                hyper.validation_split
-            )));
-        }
-        let _ = arch;
+        warden_ml::data::split_rows(
+            d.profile.rows as usize,
+            hyper.validation_split,
+            hyper.sequence_length as usize,
+        )
+        .map_err(invalid)?;
         let run = TrainingRun::new(&d.id, architecture, hyper, owner, by);
         let run = self.store.insert(run).await?;
         // Activation admits the run (or queues it) before any other message.
@@ -198,23 +187,40 @@ impl Training {
             .await
     }
 
-    /// A run's record: from its actor while it is unfinished (the latest
-    /// word), else from the store.
-    pub async fn get(&self, org: &str, id: &str) -> Result<TrainingRun, DomainError> {
+    /// Asks an unfinished run's actor (`ask`); a finished run, or one
+    /// that finished meanwhile, is answered from the store (`done`).
+    async fn unfinished_or<T, F, Fut>(
+        &self,
+        org: &str,
+        id: &str,
+        done: impl Fn(TrainingRun) -> T,
+        mut ask: F,
+    ) -> Result<T, DomainError>
+    where
+        F: FnMut(TrainingHandle) -> Fut,
+        Fut: std::future::Future<Output = Result<T, DomainError>>,
+    {
         let run = warden_actors::training::find(&self.store, org, id)?;
         if run.status.is_terminal() {
-            return Ok(run);
+            return Ok(done(run));
         }
         match self
             .kind
-            .with_actor(&run.id, |a| async move { TrainingHandle(a).get().await })
+            .with_actor(&run.id, |a| ask(TrainingHandle(a)))
             .await
         {
             Err(DomainError::NotFound { .. }) => {
-                Ok(warden_actors::training::find(&self.store, org, id)?)
+                Ok(done(warden_actors::training::find(&self.store, org, id)?))
             }
             other => other,
         }
+    }
+
+    /// A run's record: from its actor while it is unfinished (the latest
+    /// word), else from the store.
+    pub async fn get(&self, org: &str, id: &str) -> Result<TrainingRun, DomainError> {
+        self.unfinished_or(org, id, |r| r, |h| async move { h.get().await })
+            .await
     }
 
     pub fn list(&self, org: &str) -> Result<Vec<TrainingRun>, DomainError> {
@@ -228,20 +234,8 @@ impl Training {
 
     /// Stops a run at once (a finished run is answered as it stands).
     pub async fn stop(&self, org: &str, id: &str, by: &str) -> Result<TrainingRun, DomainError> {
-        let run = warden_actors::training::find(&self.store, org, id)?;
-        if run.status.is_terminal() {
-            return Ok(run);
-        }
-        match self
-            .kind
-            .with_actor(&run.id, |a| async move { TrainingHandle(a).stop(by).await })
+        self.unfinished_or(org, id, |r| r, |h| async move { h.stop(by).await })
             .await
-        {
-            Err(DomainError::NotFound { .. }) => {
-                Ok(warden_actors::training::find(&self.store, org, id)?)
-            }
-            other => other,
-        }
     }
 
     /// The run now and, while it is unfinished, its later changes.
@@ -250,37 +244,25 @@ impl Training {
         org: &str,
         id: &str,
     ) -> Result<(TrainingRun, Option<broadcast::Receiver<Progress>>), DomainError> {
-        let run = warden_actors::training::find(&self.store, org, id)?;
-        if run.status.is_terminal() {
-            return Ok((run, None));
-        }
-        match self
-            .kind
-            .with_actor(
-                &run.id,
-                |a| async move { TrainingHandle(a).subscribe().await },
-            )
-            .await
-        {
-            Ok((run, rx)) => Ok((run, Some(rx))),
-            Err(DomainError::NotFound { .. }) => {
-                Ok((warden_actors::training::find(&self.store, org, id)?, None))
-            }
-            Err(e) => Err(e),
-        }
+        self.unfinished_or(
+            org,
+            id,
+            |r| (r, None),
+            |h| async move { h.subscribe().await.map(|(r, rx)| (r, Some(rx))) },
+        )
+        .await
     }
 
+    /// Running and queued runs: from the status index, not a scan.
     pub fn queue(&self) -> QueueStats {
-        let (mut active, mut queued) = (0, 0);
-        for r in self.kind.kind().unfinished() {
-            match r.status {
-                RunStatus::Running => active += 1,
-                _ => queued += 1,
-            }
-        }
+        let count = |s: RunStatus| {
+            self.store
+                .ids_by_index::<TrainingRun>(STATUS, s.as_str())
+                .map_or(0, |ids| ids.len())
+        };
         QueueStats {
-            active,
-            queued,
+            active: count(RunStatus::Running),
+            queued: count(RunStatus::Queued),
             max_concurrent: self.max_concurrent,
         }
     }

@@ -7,4 +7,4 @@ mod actor;
 mod record;
 
 pub use actor::{Outcome, Progress, TrainingArgs, TrainingHandle, TrainingMsg, TrainingRunActor};
-pub use record::{RunStatus, TrainingRun, find};
+pub use record::{RunStatus, STATUS, TrainingRun, find};

@@ -10,6 +10,9 @@ use warden_domain::{Audit, Owned, Owner};
 
 warden_storage::first_layout!(TrainingRun);
 
+/// The index of unfinished runs by status.
+pub const STATUS: &str = "status";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RunStatus {
     Queued,
@@ -112,6 +115,15 @@ impl Record for TrainingRun {
     fn id(&self) -> &str {
         &self.id
     }
+    /// Unfinished runs by status (`queued`, `running`): the queue and
+    /// boot read only those.
+    fn indexes(&self) -> Vec<(&'static str, String)> {
+        if self.status.is_terminal() {
+            Vec::new()
+        } else {
+            vec![(STATUS, self.status.as_str().to_owned())]
+        }
+    }
     fn is_deleted(&self) -> bool {
         self.audit.deleted_at.is_some()
     }
@@ -132,12 +144,5 @@ pub fn find(
     org: &str,
     id: &str,
 ) -> Result<TrainingRun, DomainError> {
-    let bare = id.strip_prefix("tr_").unwrap_or(id);
-    store
-        .get::<TrainingRun>(bare)?
-        .filter(|r| !r.is_deleted() && r.owner.org_id == org)
-        .ok_or_else(|| DomainError::NotFound {
-            kind: "TrainingRun",
-            id: id.to_owned(),
-        })
+    warden_domain::find_in_org(store, org, id, "tr_", "TrainingRun")
 }

@@ -265,12 +265,12 @@ async fn stream(
 
 /// A trained model of the caller's organisation, by forge's id.
 fn find_model(state: &AppState, p: &Principal, id: &str) -> ForgeResult<Model> {
-    let bare = id.strip_prefix("mdl_").unwrap_or(id);
-    state
-        .store
-        .get::<Model>(bare)?
-        .filter(|m| !m.is_deleted() && m.owner.org_id == p.org_id && m.trained.is_some())
-        .ok_or_else(|| ApiError::not_found("Model", id))
+    let m: Model = warden_domain::find_in_org(&state.store, &p.org_id, id, "mdl_", "Model")?;
+    if m.trained.is_some() {
+        Ok(m)
+    } else {
+        Err(ApiError::not_found("Model", id))
+    }
 }
 
 fn model_summary(m: &Model) -> Value {
