@@ -1,7 +1,8 @@
 //! Forge training, models and evaluations over the real server: each
 //! architecture trains on a sensor CSV (loss falls), epochs arrive over
 //! `/ws/training/{id}`, the model detects the injected anomalies well
-//! above chance, downloads, evaluates again identically, compares; the
+//! above chance, downloads (its ONNX export scores as it does), evaluates
+//! again identically, compares; the
 //! queue keeps to `max_concurrent`; stop is immediate; bad requests are
 //! refused with nothing left behind.
 
@@ -42,6 +43,101 @@ fn sensor_csv(rows: usize) -> Vec<u8> {
         ));
     }
     s.into_bytes()
+}
+
+/// `n` complete rows of the CSV's numeric columns from row 6 on (the
+/// missing cells are in rows 5, 102, 199, ...).
+fn rows_of(csv: &[u8], n: usize) -> Vec<f32> {
+    std::str::from_utf8(csv)
+        .unwrap()
+        .lines()
+        .skip(1 + 6)
+        .take(n)
+        .flat_map(|l| {
+            l.split(',')
+                .skip(1)
+                .map(|v| v.parse::<f32>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+async fn fetch(s: &TestServer, token: &str, path: &str) -> (u16, Vec<u8>) {
+    let r = s
+        .http
+        .get(format!("{}{path}", s.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+}
+
+/// The model's ONNX export, run by ONNX Runtime on raw rows, scores as
+/// its downloaded Warden file does natively (within 1e-4 relative: see
+/// tests/onnx_export.rs), and the detail's quantized size is the int8
+/// export's.
+async fn onnx_export_matches(s: &TestServer, token: &str, model_id: &str, csv: &[u8]) {
+    let (status, file) = fetch(
+        s,
+        token,
+        &format!("/api/v1/models/{model_id}/download?format=wardenml"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let native = warden_ml::Model::from_bytes(&file).unwrap();
+    let (status, onnx) = fetch(
+        s,
+        token,
+        &format!("/api/v1/models/{model_id}/download?format=onnx"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (t, f) = (native.sequence_length(), native.features.len());
+    let rows = rows_of(csv, 90);
+    let n = (90 - t) / 5;
+    let mut raw = Vec::new();
+    for w in 0..n {
+        raw.extend_from_slice(&rows[w * 5 * f..(w * 5 + t) * f]);
+    }
+    let standardised: Vec<f32> = raw
+        .chunks_exact(f)
+        .flat_map(|r| {
+            (0..f)
+                .map(|k| (r[k] - native.mean[k]) / native.sd[k])
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let expected = native.score(&standardised);
+    let env = common::ort_env();
+    let (scores, anomaly) = common::onnx_scores(env, &onnx, [n, t, f], raw);
+    for (i, (a, b)) in scores.iter().zip(&expected).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 + 1e-4 * b.abs(),
+            "{model_id} window {i}: ONNX {a} vs native {b}"
+        );
+        assert_eq!(anomaly[i] == 1.0, *a > native.threshold);
+    }
+    let (status, int8) = fetch(
+        s,
+        token,
+        &format!("/api/v1/models/{model_id}/download?format=onnx-int8"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let detail = s
+        .get(&format!("/api/v1/models/{model_id}"), token)
+        .await
+        .body;
+    assert_eq!(detail["quantized"], true);
+    assert_eq!(detail["quantized_size_bytes"], int8.len());
+    let (status, _) = fetch(
+        s,
+        token,
+        &format!("/api/v1/models/{model_id}/download?format=pt"),
+    )
+    .await;
+    assert_eq!(status, 400);
 }
 
 async fn upload(s: &TestServer, token: &str, name: &str, csv: Vec<u8>) -> String {
@@ -109,7 +205,8 @@ fn ws_url(s: &TestServer, id: &str, token: &str) -> String {
 async fn each_architecture_trains_streams_registers_and_evaluates() {
     let s = TestServer::start().await;
     let (t, _) = s.user("trainer", &["operator"], None).await;
-    let ds = upload(&s, &t, "ahu-1", sensor_csv(4000)).await;
+    let csv = sensor_csv(4000);
+    let ds = upload(&s, &t, "ahu-1", csv.clone()).await;
 
     // The LSTM autoencoder, watched over the WebSocket from the start.
     let run = start(&s, &t, &ds, "lstm_autoencoder", small(5)).await;
@@ -251,6 +348,7 @@ async fn each_architecture_trains_streams_registers_and_evaluates() {
         bytes.len() - 12 - len,
         4 * m["parameters"].as_u64().unwrap() as usize
     );
+    onnx_export_matches(&s, &t, &model_id, &csv).await;
 
     // The other two architectures; then the comparison.
     let mut others = Vec::new();
@@ -270,6 +368,7 @@ async fn each_architecture_trains_streams_registers_and_evaluates() {
         let mid = done["model_id"].as_str().unwrap().to_owned();
         let m = s.get(&format!("/api/v1/models/{mid}"), &t).await.body;
         assert!(m["metrics"]["f1"].as_f64().unwrap() > 0.6, "{arch}: {m}");
+        onnx_export_matches(&s, &t, &mid, &csv).await;
         others.push(mid);
     }
     let c = s

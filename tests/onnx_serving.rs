@@ -9,25 +9,11 @@ mod common;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use common::{TestServer, eventually, fast_nodes, node_body};
+use common::{TestServer, eventually, fast_nodes, node_body, ort_library};
 use serde_json::json;
 use sha2::Digest;
 
 const BIN: &str = env!("CARGO_BIN_EXE_warden");
-
-/// The ONNX Runtime library: `ORT_DYLIB_PATH` (README's test command sets
-/// it), else what `scripts/onnxruntime` installs.
-fn ort_library() -> PathBuf {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
-        return PathBuf::from(p);
-    }
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/onnxruntime"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("scripts/onnxruntime runs");
-    assert!(out.status.success(), "scripts/onnxruntime failed");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
 
 fn fixture() -> PathBuf {
     PathBuf::from(concat!(

@@ -101,8 +101,7 @@ pub fn evaluate_again(
             model.id
         )])
     })?;
-    let file = warden_ml::Model::from_bytes(&store.blobs().get(&t.blob)?)
-        .map_err(|e| DomainError::Unavailable(format!("the model's file cannot be read: {e}")))?;
+    let file = t.file(store)?;
     let d = crate::dataset::find(store, &model.owner.org_id, &t.dataset_id)?;
     let raw = crate::dataset::read_numeric(store, &d)?;
     if raw.names != file.features {

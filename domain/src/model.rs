@@ -259,6 +259,60 @@ pub struct Trained {
     pub blob: warden_storage::BlobRef,
 }
 
+/// The forms a trained model's file is served in: Warden's own file
+/// (`WARDENML`, what is stored) and its ONNX export in float32 or with
+/// int8 weights (warden-ml `onnx`), derived from it on demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    WardenMl,
+    Onnx,
+    OnnxInt8,
+}
+
+impl FileFormat {
+    pub const NAMES: [&'static str; 3] = ["wardenml", "onnx", "onnx-int8"];
+
+    pub fn parse(s: &str) -> Option<FileFormat> {
+        match s {
+            "wardenml" => Some(FileFormat::WardenMl),
+            "onnx" => Some(FileFormat::Onnx),
+            "onnx-int8" => Some(FileFormat::OnnxInt8),
+            _ => None,
+        }
+    }
+
+    /// The file name's extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            FileFormat::WardenMl => "wardenml",
+            FileFormat::Onnx => "onnx",
+            FileFormat::OnnxInt8 => "int8.onnx",
+        }
+    }
+}
+
+impl Trained {
+    /// The model's stored file, read. Blocking.
+    pub fn file(&self, store: &warden_storage::Store) -> Result<warden_ml::Model, DomainError> {
+        warden_ml::Model::from_bytes(&store.blobs().get(&self.blob)?)
+            .map_err(|e| DomainError::Unavailable(format!("the model's file cannot be read: {e}")))
+    }
+
+    /// The model's file in `format`. Blocking.
+    pub fn export(
+        &self,
+        store: &warden_storage::Store,
+        format: FileFormat,
+    ) -> Result<Vec<u8>, DomainError> {
+        use warden_ml::onnx::{Precision, export};
+        Ok(match format {
+            FileFormat::WardenMl => store.blobs().get(&self.blob)?,
+            FileFormat::Onnx => export(&self.file(store)?, Precision::F32),
+            FileFormat::OnnxInt8 => export(&self.file(store)?, Precision::Int8),
+        })
+    }
+}
+
 /// What a client may set on a model; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct ModelInput {

@@ -13,6 +13,7 @@ pub mod layers;
 pub mod linalg;
 pub mod model;
 pub mod net;
+pub mod onnx;
 pub mod optim;
 pub mod rng;
 pub mod sentinel;

@@ -449,3 +449,55 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// The ONNX Runtime library: `ORT_DYLIB_PATH` (README's test command sets
+/// it), else what `scripts/onnxruntime` installs.
+pub fn ort_library() -> PathBuf {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return PathBuf::from(p);
+    }
+    let out =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/onnxruntime"))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("scripts/onnxruntime runs");
+    assert!(out.status.success(), "scripts/onnxruntime failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// ONNX Runtime, loaded once per test process (it allows one environment
+/// per process).
+pub fn ort_env() -> &'static ort::environment::Environment {
+    static ENV: std::sync::OnceLock<ort::environment::Environment> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        ort::init_from(ort_library())
+            .expect("ONNX Runtime loads")
+            .with_name("warden-tests")
+            .build()
+            .expect("ONNX Runtime starts")
+    })
+}
+
+/// Runs an exported anomaly model (input `x`, outputs `score` and
+/// `anomaly`) on N×T×F windows with ONNX Runtime, optimised as `warden
+/// serve-model` runs it.
+pub fn onnx_scores(
+    env: &ort::environment::Environment,
+    model: &[u8],
+    shape: [usize; 3],
+    x: Vec<f32>,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut session = ort::session::Session::builder(env)
+        .and_then(|mut b| b.commit_from_memory(model))
+        .expect("ONNX Runtime accepts the export");
+    let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    let x = ort::value::Tensor::from_array((shape, x)).unwrap();
+    let out = session
+        .run(ort::inputs!["x" => x])
+        .expect("the export runs");
+    let take = |name: &str| {
+        let (_, data) = out[name].try_extract_tensor::<f32>().unwrap();
+        data.to_vec()
+    };
+    (take("score"), take("anomaly"))
+}

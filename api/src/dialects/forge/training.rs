@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use warden_actors::training::{RunStatus, TrainingRun};
 use warden_domain::evaluation::{self, Evaluation};
-use warden_domain::{Model, catalog};
+use warden_domain::{FileFormat, Model, catalog};
 use warden_identity::Principal;
 use warden_storage::Record;
 
@@ -283,7 +283,8 @@ fn model_summary(m: &Model) -> Value {
         "parameters": t.parameters,
         "metrics": {"f1": t.f1, "val_loss": t.val_loss, "precision": t.precision, "recall": t.recall},
         "file_size_bytes": m.file_size,
-        "quantized": false,
+        // Every trained model has an int8 export (`?format=onnx-int8`).
+        "quantized": true,
         "status": m.status,
         "created_at": iso(m.audit.created_at),
     })
@@ -316,7 +317,6 @@ fn model_detail(m: &Model) -> Value {
         "auc_roc": t.auc_roc,
     });
     v["file_path"] = json!(m.file_name);
-    v["quantized_size_bytes"] = Value::Null;
     v
 }
 
@@ -347,26 +347,61 @@ async fn model(
     CurrentUser(p, _): Caller,
     Path(id): Path<String>,
 ) -> ForgeResult<Json<Value>> {
-    Ok(Json(model_detail(&find_model(&state, &p, &id)?)))
+    let m = find_model(&state, &p, &id)?;
+    let mut v = model_detail(&m);
+    // The int8 export's real size (a model is a few hundred kB at most:
+    // exporting it costs about a millisecond).
+    let (t, store) = (m.trained.clone().expect("trained"), state.store.clone());
+    let int8 = blocking(move || t.export(&store, FileFormat::OnnxInt8)).await?;
+    v["quantized_size_bytes"] = json!(int8.len());
+    Ok(Json(v))
 }
 
+/// Runs blocking store or model work off the runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, warden_domain::DomainError> + Send + 'static,
+) -> ForgeResult<T> {
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??)
+}
+
+#[derive(serde::Deserialize)]
+struct DownloadQuery {
+    format: Option<String>,
+}
+
+/// The model's file: `?format=wardenml` (the default, Warden's own file),
+/// `onnx` or `onnx-int8` (its ONNX export).
 async fn download(
     State(state): State<AppState>,
     CurrentUser(p, _): Caller,
     Path(id): Path<String>,
+    Query(q): Query<DownloadQuery>,
 ) -> ForgeResult<Response> {
+    let format = match q.format.as_deref() {
+        None => FileFormat::WardenMl,
+        Some(f) => FileFormat::parse(f).ok_or_else(|| {
+            ApiError::validation(vec![format!(
+                "format must be one of {} (got {f})",
+                FileFormat::NAMES.join(", ")
+            )])
+        })?,
+    };
     let m = find_model(&state, &p, &id)?;
-    let blob = m.trained.as_ref().expect("trained").blob.clone();
+    let t = m.trained.clone().expect("trained");
     let store = state.store.clone();
-    let bytes = tokio::task::spawn_blocking(move || store.blobs().get(&blob))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let bytes = blocking(move || t.export(&store, format)).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
             (
                 header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"mdl_{}.wardenml\"", m.id),
+                format!(
+                    "attachment; filename=\"mdl_{}.{}\"",
+                    m.id,
+                    format.extension()
+                ),
             ),
         ],
         bytes,
@@ -513,9 +548,7 @@ async fn evaluate(
     let kind = kind
         .filter(|k| !k.trim().is_empty())
         .unwrap_or_else(|| "standard".into());
-    let e = tokio::task::spawn_blocking(move || evaluation::evaluate_again(&store, &m, &kind, &by))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let e = blocking(move || evaluation::evaluate_again(&store, &m, &kind, &by)).await?;
     let e = state.store.insert(e).await?;
     Ok((StatusCode::CREATED, Json(evaluation_json(&state, &e))))
 }
@@ -531,7 +564,7 @@ pub(super) fn routes() -> Api {
         .get("/ws/training/{id}", t, "Live progress: epoch_update per epoch, then training_complete", watch)
         .get("/api/v1/models", m, "Trained models, newest first", models)
         .get("/api/v1/models/{id}", m, "A model with its hyperparameters and metrics", model)
-        .get("/api/v1/models/{id}/download", m, "The model file (WARDENML: JSON header + f32 weights)", download)
+        .get("/api/v1/models/{id}/download", m, "The model file: ?format=wardenml (default; JSON header + f32 weights), onnx or onnx-int8", download)
         .delete("/api/v1/models/{id}", m, "Delete a model", delete_model)
         .post("/api/v1/models/{id}/compare", m, "Compare with another model {compare_with}: winner and advantages", compare)
         .get("/api/v1/evaluations", e, "Evaluations, newest first", evaluations)
