@@ -260,6 +260,35 @@ async fn each_architecture_trains_streams_registers_and_evaluates() {
     assert_eq!(done["status"], "completed");
     assert_eq!(done["current_epoch"], 5);
     let model_id = done["model_id"].as_str().unwrap().to_owned();
+
+    // The same run is a vareon training job (bare ids).
+    let bare = id.trim_start_matches("tr_");
+    let jobs = s.get("/api/neosyntis/training-jobs/?limit=10", &t).await;
+    assert_eq!(jobs.status, 200, "{}", jobs.body);
+    assert!(
+        jobs.body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["id"] == bare)
+    );
+    let job = s
+        .get(&format!("/api/neosyntis/training-jobs/{bare}"), &t)
+        .await;
+    assert_eq!(job.status, 200, "{}", job.body);
+    assert_eq!(job.body["status"], "completed");
+    assert_eq!(job.body["model_id"], model_id.trim_start_matches("mdl_"));
+    assert_eq!(job.body["metrics"]["current_epoch"], 5);
+    assert_eq!(job.body["logs"].as_str().unwrap().lines().count(), 5);
+    assert!(job.body["end_time"].is_string());
+    let missing = s.get("/api/neosyntis/training-jobs/nope", &t).await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.body["detail"].is_string(), "{}", missing.body);
+    let anonymous = s.get("/api/neosyntis/training-jobs/", "").await;
+    assert_eq!(anonymous.status, 401);
+    let bad = s.get("/api/neosyntis/training-jobs/?skip=-1", &t).await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+
     let model = s.get(&format!("/api/v1/models/{model_id}"), &t).await;
     assert_eq!(model.status, 200);
     let m = &model.body;

@@ -6,6 +6,7 @@ mod chat;
 mod cognisys;
 mod datasets;
 mod telemetry;
+mod training;
 mod users;
 
 use axum::Json;
@@ -90,4 +91,5 @@ pub(crate) fn routes() -> Api {
         .merge(cognisys::routes())
         .merge(chat::routes())
         .merge(datasets::routes())
+        .merge(training::routes())
 }
