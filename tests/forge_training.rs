@@ -100,15 +100,7 @@ async fn onnx_export_matches(s: &TestServer, token: &str, model_id: &str, csv: &
     for w in 0..n {
         raw.extend_from_slice(&rows[w * 5 * f..(w * 5 + t) * f]);
     }
-    let standardised: Vec<f32> = raw
-        .chunks_exact(f)
-        .flat_map(|r| {
-            (0..f)
-                .map(|k| (r[k] - native.mean[k]) / native.sd[k])
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let expected = native.score(&standardised);
+    let expected = native.score(&native.standardise(&raw));
     let env = common::ort_env();
     let (scores, anomaly) = common::onnx_scores(env, &onnx, [n, t, f], raw);
     for (i, (a, b)) in scores.iter().zip(&expected).enumerate() {

@@ -72,12 +72,6 @@ fn windows(raw: &Raw, n: usize) -> Vec<f32> {
     out
 }
 
-fn standardised(m: &Model, x: &[f32]) -> Vec<f32> {
-    x.chunks_exact(F)
-        .flat_map(|row| (0..F).map(move |k| (row[k] - m.mean[k]) / m.sd[k]))
-        .collect()
-}
-
 fn assert_close(what: &str, onnx: &[f32], native: &[f32], relative: f32) {
     assert_eq!(onnx.len(), native.len(), "{what}");
     for (i, (a, b)) in onnx.iter().zip(native).enumerate() {
@@ -101,7 +95,7 @@ fn onnx_exports_score_as_the_native_models_do() {
         Architecture::Sentinel,
     ] {
         let mut m = model(arch, &series);
-        let native = m.score(&standardised(&m, &x));
+        let native = m.score(&m.standardise(&x));
         assert!(native.iter().all(|s| s.is_finite() && *s >= 0.0));
         // A threshold between the scores, so both answers occur.
         let mut sorted = native.clone();
@@ -120,7 +114,7 @@ fn onnx_exports_score_as_the_native_models_do() {
         let int8_file = export(&m, Precision::Int8);
         let (score, _) = onnx_scores(env, &int8_file, [n, T, F], x.clone());
         let q = dequantized(&m);
-        let q_native = q.score(&standardised(&q, &x));
+        let q_native = q.score(&q.standardise(&x));
         assert_close(&format!("{} int8", arch.as_str()), &score, &q_native, 1e-3);
         if arch != Architecture::Sentinel {
             // Rounding moves the scores, a little.

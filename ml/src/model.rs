@@ -54,6 +54,16 @@ impl Model {
         }
     }
 
+    /// Raw rows (complete, in `features` order) standardised as the
+    /// model was trained: what [`Model::score`] takes, and what the ONNX
+    /// export does first.
+    pub fn standardise(&self, raw: &[f32]) -> Vec<f32> {
+        let f = self.features.len();
+        raw.chunks_exact(f)
+            .flat_map(|row| (0..f).map(move |k| (row[k] - self.mean[k]) / self.sd[k]))
+            .collect()
+    }
+
     /// Scores standardised windows (N×T×F, back to back).
     pub fn score(&self, windows: &[f32]) -> Vec<f32> {
         let (t, f) = (self.sequence_length(), self.features.len());

@@ -14,6 +14,7 @@ use crate::AppState;
 use crate::auth::CurrentUser;
 use crate::dialects::iso;
 use crate::openapi::Api;
+use crate::paging::Window;
 
 type Caller = CurrentUser<Vareon>;
 
@@ -59,8 +60,15 @@ async fn list(
     Query(q): Query<SkipLimit>,
 ) -> VareonResult<Json<Vec<Value>>> {
     let (skip, limit) = q.parse()?;
-    let runs = state.runtime.training.list(&p.org_id)?;
-    Ok(Json(runs.iter().skip(skip).take(limit).map(view).collect()))
+    // Newest first, reading only the page (forge's list is the whole set).
+    let scope = warden_domain::org_scope(Some(&p.org_id));
+    let page = Window::skip(skip, limit).read::<TrainingRun>(
+        &state.store,
+        warden_domain::CREATED,
+        &scope,
+        true,
+    )?;
+    Ok(Json(page.items.iter().map(|(_, r)| view(r)).collect()))
 }
 
 async fn get(
