@@ -283,6 +283,19 @@ async fn each_architecture_trains_streams_registers_and_evaluates() {
 
     let model = s.get(&format!("/api/v1/models/{model_id}"), &t).await;
     assert_eq!(model.status, 200);
+    // Forge's trained models are vareon's neosyntis models too.
+    let neo = s
+        .get(
+            &format!(
+                "/api/neosyntis/models/{}",
+                model_id.trim_start_matches("mdl_")
+            ),
+            &t,
+        )
+        .await
+        .body;
+    assert_eq!(neo["status"], "trained", "{neo}");
+    assert_eq!(neo["training_dataset_id"], ds.trim_start_matches("ds_"));
     let m = &model.body;
     assert_eq!(m["architecture"], "lstm_autoencoder");
     assert_eq!(m["training_run_id"], id.as_str());
@@ -642,4 +655,166 @@ async fn bad_requests_are_refused_and_leave_nothing() {
         400
     );
     assert_eq!(s.get("/api/v1/models", "").await.status, 401);
+}
+
+/// Vareon's neosyntis models are the registry's ML models: created there,
+/// trained into by `train` (a training run, seen as a job and in forge),
+/// stopped, retrained, and gone from both dialects when deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vareon_models_are_registry_models_that_train_into_themselves() {
+    let s = TestServer::start().await;
+    let (t, _) = s.user("neosyntis", &["operator"], None).await;
+    let (viewer, _) = s.user("neo-viewer", &["viewer"], None).await;
+    let ds = upload(&s, &t, "pumps", sensor_csv(1500)).await;
+    let bare_ds = ds.trim_start_matches("ds_");
+
+    let created = s
+        .post(
+            "/api/neosyntis/models/",
+            &t,
+            json!({"name": "pump", "version": "1", "training_dataset_id": bare_ds}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let m = created.body.clone();
+    assert_eq!(m["status"], "registered");
+    assert_eq!(m["training_dataset_id"], bare_ds);
+    assert!(m["owner_id"].is_string() && m["deployed_at"].is_null());
+    let id = m["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/neosyntis/models/{id}");
+
+    for (body, says) in [
+        (json!({"version": "1"}), "name"),
+        (json!({"name": "x", "training_dataset_id": "nope"}), "nope"),
+        (
+            json!({"name": "x", "deployed_at": "yesterday"}),
+            "deployed_at",
+        ),
+        (json!({"name": 5}), "name"),
+    ] {
+        let r = s.post("/api/neosyntis/models/", &t, body.clone()).await;
+        assert_eq!(r.status, 422, "{body}: {}", r.body);
+        assert!(r.body.to_string().contains(says), "{body}: {}", r.body);
+    }
+    let r = s
+        .post("/api/neosyntis/models/", &viewer, json!({"name": "v"}))
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(s.get("/api/neosyntis/models/", "").await.status, 401);
+    let list = s.get("/api/neosyntis/models/", &t).await.body;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+
+    let put = s
+        .put(
+            &path,
+            &t,
+            json!({"status": "staging", "path_to_artifact": "s3://bucket/pump.onnx",
+                   "deployed_at": "2026-12-01T10:00:00Z"}),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    assert_eq!(put.body["status"], "staging");
+    assert_eq!(put.body["path_to_artifact"], "s3://bucket/pump.onnx");
+    assert!(
+        put.body["deployed_at"]
+            .as_str()
+            .unwrap()
+            .starts_with("2026-12-01T10:00:00")
+    );
+    let put = s.put(&path, &t, json!({"deployed_at": null})).await;
+    assert!(put.body["deployed_at"].is_null(), "{}", put.body);
+    assert_eq!(put.body["name"], "pump");
+
+    // A long run, stopped through forge: the model hears it.
+    let train = |body: Value| {
+        let (s, t, path) = (&s, &t, &path);
+        async move { s.post(&format!("{path}/train"), t, body).await }
+    };
+    let long = train(json!({"architecture": "lstm_autoencoder",
+        "hyperparameters": {"epochs": 10000, "max_windows": 2000}}))
+    .await;
+    assert_eq!(long.status, 200, "{}", long.body);
+    assert_eq!(long.body["model_id"], id.as_str());
+    assert_eq!(s.get(&path, &t).await.body["status"], "training");
+    let again = train(json!({})).await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    let job = long.body["id"].as_str().unwrap();
+    let stopped = s
+        .post(&format!("/api/v1/training/tr_{job}/stop"), &t, json!({}))
+        .await;
+    assert_eq!(stopped.body["status"], "stopped");
+    assert_eq!(s.get(&path, &t).await.body["status"], "stopped");
+
+    // A short one trains the model itself.
+    let short = train(json!({"architecture": "gru_predictor", "hyperparameters": small(3)})).await;
+    assert_eq!(short.status, 200, "{}", short.body);
+    let job = short.body["id"].as_str().unwrap().to_owned();
+    let done = eventually(120, "the job completes", || async {
+        let j = s
+            .get(&format!("/api/neosyntis/training-jobs/{job}"), &t)
+            .await
+            .body;
+        (j["status"] == "completed" || j["status"] == "failed").then_some(j)
+    })
+    .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["model_id"], id.as_str());
+    let trained = s.get(&path, &t).await.body;
+    assert_eq!(trained["status"], "trained");
+    assert_eq!(trained["name"], "pump");
+    assert_eq!(
+        trained["path_to_artifact"],
+        format!("/api/v1/models/mdl_{id}/download?format=onnx")
+    );
+    let forge = s.get(&format!("/api/v1/models/mdl_{id}"), &t).await;
+    assert_eq!(forge.status, 200, "{}", forge.body);
+    assert_eq!(forge.body["architecture"], "gru_predictor");
+    assert_eq!(forge.body["training_run_id"], format!("tr_{job}"));
+    let (status, onnx) = fetch(&s, &t, trained["path_to_artifact"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    assert!(onnx.len() > 1000);
+
+    // What train needs, and what it refuses.
+    let bare = s
+        .post("/api/neosyntis/models/", &t, json!({"name": "no-data"}))
+        .await
+        .body;
+    let r = s
+        .post(
+            &format!(
+                "/api/neosyntis/models/{}/train",
+                bare["id"].as_str().unwrap()
+            ),
+            &t,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.to_string().contains("training_dataset_id"));
+    let r = train(json!({"architecture": "transformer"})).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(train(json!("x")).await.status, 422);
+    let r = s
+        .post("/api/neosyntis/models/nope/train", &t, json!({}))
+        .await;
+    assert_eq!(r.status, 404);
+    assert!(r.body["detail"].is_string());
+    assert_eq!(
+        s.post(&format!("{path}/train"), &viewer, json!({}))
+            .await
+            .status,
+        403
+    );
+    let page = s
+        .get("/api/neosyntis/models/?skip=1&limit=5", &t)
+        .await
+        .body;
+    assert_eq!(page.as_array().unwrap().len(), 1, "{page}");
+
+    assert_eq!(s.delete(&path, &t).await.status, 204);
+    assert_eq!(s.get(&path, &t).await.status, 404);
+    assert_eq!(
+        s.get(&format!("/api/v1/models/mdl_{id}"), &t).await.status,
+        404
+    );
 }

@@ -123,6 +123,7 @@ impl<D> From<DomainError> for ApiError<D> {
             }
             DomainError::Unavailable(m) | DomainError::TimedOut(m) => Self::unavailable(m),
             DomainError::Forbidden(m) => Self::new(StatusCode::FORBIDDEN, m),
+            DomainError::Busy(m) => Self::new(StatusCode::CONFLICT, m),
             DomainError::Unreachable(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, m),
             DomainError::Storage(e) => Self::storage(e),
         }

@@ -30,6 +30,10 @@ pub enum DomainError {
     /// to show (503).
     #[error("{0}")]
     Unreachable(String),
+    /// The entity is busy with what the request would start again (a
+    /// model that is training): 409.
+    #[error("{0}")]
+    Busy(String),
     /// The operation is never allowed on this entity (a system record).
     #[error("{0}")]
     Forbidden(String),

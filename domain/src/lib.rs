@@ -22,8 +22,8 @@ pub use agent::{AGENT_STATUSES, Agent, AgentInput};
 pub use error::DomainError;
 pub use memory::{LlmPreference, MAX_MEMORY_VALUE, Memory};
 pub use model::{
-    FileFormat, LLM_NAME, LlmProfile, MODEL_STATUSES, MODEL_TYPES, Model, ModelInput, ModelV1,
-    Trained,
+    FileFormat, LLM_NAME, LlmProfile, MODEL_STATUSES, MODEL_TYPES, MlProfile, Model, ModelInput,
+    ModelV1, Trained,
 };
 pub use plain::{
     AccessEntry, Instruction, InstructionInput, TOOL_STATUSES, TOOL_TYPES, Tool, ToolInput,

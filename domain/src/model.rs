@@ -55,6 +55,21 @@ impl Model {
         })
     }
 
+    /// Whether it is an ML model (vareon's neosyntis models): created
+    /// there, or trained by Warden.
+    pub fn is_ml(&self) -> bool {
+        self.ml.is_some() || self.trained.is_some()
+    }
+
+    /// The dataset `train` trains on: the one a client named, else the
+    /// one it was last trained on.
+    pub fn training_dataset(&self) -> Option<String> {
+        self.ml
+            .as_ref()
+            .and_then(|ml| ml.training_dataset_id.clone())
+            .or_else(|| self.trained.as_ref().map(|t| t.dataset_id.clone()))
+    }
+
     /// Whether an LLM gateway may serve it.
     pub fn is_llm(&self) -> bool {
         self.llm.is_some() || self.kind == "llm" || self.kind == "embedding"
@@ -95,11 +110,11 @@ impl warden_storage::Versioned for ModelV2 {
     }
 }
 
-impl warden_storage::Versioned for Model {
+impl warden_storage::Versioned for ModelV3 {
     const VERSION: u32 = 3;
     type Previous = ModelV2;
     fn upgrade(v: ModelV2) -> Self {
-        Model {
+        ModelV3 {
             id: v.id,
             model_id: v.model_id,
             name: v.name,
@@ -126,6 +141,42 @@ impl warden_storage::Versioned for Model {
             audit: v.audit,
             llm: v.llm,
             trained: None,
+        }
+    }
+}
+
+impl warden_storage::Versioned for Model {
+    const VERSION: u32 = 4;
+    type Previous = ModelV3;
+    fn upgrade(v: ModelV3) -> Self {
+        Model {
+            id: v.id,
+            model_id: v.model_id,
+            name: v.name,
+            description: v.description,
+            version: v.version,
+            kind: v.kind,
+            framework: v.framework,
+            repository: v.repository,
+            file_name: v.file_name,
+            file_size: v.file_size,
+            sha256: v.sha256,
+            is_downloaded: v.is_downloaded,
+            download_path: v.download_path,
+            download_progress: v.download_progress,
+            status: v.status,
+            node_id: v.node_id,
+            total_inference: v.total_inference,
+            total_tokens: v.total_tokens,
+            total_processing_time: v.total_processing_time,
+            tags: v.tags,
+            is_active: v.is_active,
+            extra: v.extra,
+            owner: v.owner,
+            audit: v.audit,
+            llm: v.llm,
+            trained: v.trained,
+            ml: None,
         }
     }
 }
@@ -197,6 +248,45 @@ pub struct ModelV2 {
     pub llm: Option<LlmProfile>,
 }
 
+/// [`Model`]'s third layout (before vareon's ML model fields).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelV3 {
+    pub id: String,
+    pub model_id: String,
+    pub name: String,
+    pub description: String,
+    pub version: String,
+    /// AIWM's `type`.
+    pub kind: String,
+    pub framework: String,
+    /// Where the file comes from: an `http(s)://` URL, an `org/name` hub
+    /// path (resolved against the node's configured hub), or a local path.
+    pub repository: String,
+    pub file_name: String,
+    pub file_size: u64,
+    /// The file's SHA-256 (hex), checked after a download when given.
+    pub sha256: Option<String>,
+    pub is_downloaded: bool,
+    pub download_path: Option<String>,
+    pub download_progress: u32,
+    pub status: String,
+    /// The node that holds (or is to hold) the file, as the client named it.
+    pub node_id: String,
+    pub total_inference: u64,
+    pub total_tokens: u64,
+    pub total_processing_time: u64,
+    pub tags: Vec<String>,
+    pub is_active: bool,
+    pub extra: String,
+    pub owner: Owner,
+    pub audit: Audit,
+    /// Set for models declared through an LLM gateway (layout 2).
+    pub llm: Option<LlmProfile>,
+    /// Set for models Warden trained (forge's and vareon's ML models;
+    /// layout 3).
+    pub trained: Option<Trained>,
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Model {
     pub id: String,
@@ -233,6 +323,29 @@ pub struct Model {
     /// Set for models Warden trained (forge's and vareon's ML models;
     /// layout 3).
     pub trained: Option<Trained>,
+    /// Set for models created or trained through vareon's neosyntis
+    /// (layout 4).
+    pub ml: Option<MlProfile>,
+}
+
+/// Vareon's ML model fields (neosyntis `MLModelResponse`) that the
+/// registry's own fields do not hold. A model Warden trained without
+/// them (through forge) is seen there as `trained`, its dataset and
+/// artifact taken from its trained part.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct MlProfile {
+    /// Vareon's free-form status: `registered` when created, then
+    /// `training`, `trained`, `failed` or `stopped` as runs train it, and
+    /// `deploying`, `deployed` as it is served.
+    pub status: String,
+    /// Metadata a client may set; Warden never reads a file from it. A
+    /// trained model's is its ONNX download path.
+    pub path_to_artifact: Option<String>,
+    /// The dataset `train` trains on (a dataset of the same organisation).
+    pub training_dataset_id: Option<String>,
+    pub deployed_at: Option<warden_storage::Millis>,
+    /// The deployment serving it, once `deploy` was asked.
+    pub deployment_id: Option<String>,
 }
 
 /// What a model trained by Warden carries besides the registry's fields:
@@ -366,6 +479,7 @@ impl Model {
             audit: Audit::new(by),
             llm: None,
             trained: None,
+            ml: None,
         }
     }
 

@@ -10,11 +10,11 @@ use tokio::sync::{Semaphore, broadcast};
 use warden_actors::DomainError;
 use warden_actors::training::{
     Progress, RunStatus, STATUS, TrainingArgs, TrainingHandle, TrainingMsg, TrainingRun,
-    TrainingRunActor,
+    TrainingRunActor, target_status,
 };
-use warden_domain::{Owner, dataset};
+use warden_domain::{Model, Owner, dataset};
 use warden_ml::{Architecture, Hyper};
-use warden_storage::{Record, Store, now_millis};
+use warden_storage::{Record, Store, Write, now_millis};
 
 use crate::{Kind, KindRef};
 
@@ -85,18 +85,30 @@ impl Kind for TrainingKind {
     }
 
     async fn mark_failed(&self, id: &str, reason: &str) {
-        let result = self
-            .store
-            .update::<TrainingRun, DomainError>(id, |r| {
-                if r.status.is_terminal() {
-                    return Ok(None);
-                }
-                r.status = RunStatus::Failed;
-                r.completed_at = Some(now_millis());
-                r.error = Some(format!("the run's actor failed too often: {reason}"));
-                Ok(Some(()))
-            })
-            .await;
+        let Ok(Some((mut run, version))) = self.store.get_versioned::<TrainingRun>(id) else {
+            return;
+        };
+        if run.status.is_terminal() {
+            return;
+        }
+        run.status = RunStatus::Failed;
+        run.completed_at = Some(now_millis());
+        run.error = Some(format!("the run's actor failed too often: {reason}"));
+        let writes = Write::put(&run, Some(version))
+            .map_err(DomainError::from)
+            .and_then(|w| {
+                let mut all = vec![w];
+                all.extend(target_status(
+                    &self.store,
+                    &run,
+                    RunStatus::Failed.as_str(),
+                )?);
+                Ok(all)
+            });
+        let result = match writes {
+            Ok(writes) => self.store.commit(writes).await.map_err(DomainError::from),
+            Err(e) => Err(e),
+        };
         if let Err(e) = result {
             tracing::error!(run = id, error = %e, "could not record the run's failure");
         }
@@ -144,6 +156,73 @@ impl Training {
         architecture: &str,
         hyperparameters: Option<serde_json::Value>,
     ) -> Result<TrainingRun, DomainError> {
+        let run = self.prepare(owner, by, dataset_id, architecture, hyperparameters)?;
+        let run = self.store.insert(run).await?;
+        self.activate(run.id).await
+    }
+
+    /// Starts a run that trains into an ML model of `org` (vareon's
+    /// `train`) on the model's training dataset: the model is `training`
+    /// in the same commit as the run's creation, and the run fills it in
+    /// when it ends. A model that is training already is refused.
+    pub async fn start_into(
+        &self,
+        org: &str,
+        by: &str,
+        model_id: &str,
+        architecture: &str,
+        hyperparameters: Option<serde_json::Value>,
+    ) -> Result<TrainingRun, DomainError> {
+        let model: Model = warden_domain::find_in_org(&self.store, org, model_id, "mdl_", "Model")?;
+        let Some((mut model, version)) = self
+            .store
+            .get_versioned::<Model>(&model.id)?
+            .filter(|(m, _)| m.is_ml() && !m.is_deleted())
+        else {
+            return Err(DomainError::NotFound {
+                kind: "ML Model",
+                id: model_id.to_owned(),
+            });
+        };
+        let dataset_id = model.training_dataset().ok_or_else(|| {
+            DomainError::Invalid(vec![
+                "training_dataset_id: the model has no training dataset".into(),
+            ])
+        })?;
+        let ml = model.ml.get_or_insert_default();
+        if ml.status == "training" {
+            return Err(DomainError::Busy(format!(
+                "model {model_id} is training already"
+            )));
+        }
+        let mut run = self.prepare(
+            model.owner.clone(),
+            by,
+            &dataset_id,
+            architecture,
+            hyperparameters,
+        )?;
+        run.model_id = Some(model.id.clone());
+        ml.status = "training".into();
+        model.audit.touch(by);
+        self.store
+            .commit(vec![
+                Write::insert(&run)?,
+                Write::put(&model, Some(version))?,
+            ])
+            .await?;
+        self.activate(run.id).await
+    }
+
+    /// A new run's record, once everything it asks for is checked.
+    fn prepare(
+        &self,
+        owner: Owner,
+        by: &str,
+        dataset_id: &str,
+        architecture: &str,
+        hyperparameters: Option<serde_json::Value>,
+    ) -> Result<TrainingRun, DomainError> {
         let invalid = |m: String| DomainError::Invalid(vec![m]);
         Architecture::parse(architecture).ok_or_else(|| {
             invalid(format!(
@@ -178,10 +257,12 @@ impl Training {
             hyper.sequence_length as usize,
         )
         .map_err(invalid)?;
-        let run = TrainingRun::new(&d.id, architecture, hyper, owner, by);
-        let run = self.store.insert(run).await?;
-        // Activation admits the run (or queues it) before any other message.
-        let id = run.id.clone();
+        Ok(TrainingRun::new(&d.id, architecture, hyper, owner, by))
+    }
+
+    /// Wakes a stored run's actor: activation admits the run (or queues
+    /// it) before any other message.
+    async fn activate(&self, id: String) -> Result<TrainingRun, DomainError> {
         self.kind
             .with_actor(&id, |a| async move { TrainingHandle(a).get().await })
             .await

@@ -169,11 +169,14 @@ impl TrainingState {
         });
     }
 
+    /// Ends the run. A run that trains into an existing model (vareon's
+    /// `train`) and ends without one tells that model how it ended, in
+    /// the same commit.
     async fn end(
         &mut self,
         status: RunStatus,
         error: Option<String>,
-        also: Vec<Write>,
+        mut also: Vec<Write>,
         model_id: Option<String>,
     ) -> Result<(), DomainError> {
         self.worker = None;
@@ -183,6 +186,8 @@ impl TrainingState {
         next.completed_at = Some(now_millis());
         if model_id.is_some() {
             next.model_id = model_id;
+        } else {
+            also.extend(target_status(&self.store, &next, status.as_str())?);
         }
         let old = next.checkpoint.take();
         self.persist(next, also).await?;
@@ -191,6 +196,27 @@ impl TrainingState {
         }
         Ok(())
     }
+}
+
+/// The write that sets the vareon status of the model a run trains into
+/// (a run's `model_id` set before it ends), if it still exists.
+pub fn target_status(
+    store: &Store,
+    run: &TrainingRun,
+    status: &str,
+) -> Result<Option<Write>, DomainError> {
+    let Some(id) = &run.model_id else {
+        return Ok(None);
+    };
+    let Some((mut m, version)) = store.get_versioned::<Model>(id)? else {
+        return Ok(None);
+    };
+    if m.audit.deleted_at.is_some() {
+        return Ok(None);
+    }
+    m.ml.get_or_insert_default().status = status.into();
+    m.audit.touch(&run.audit.created_by);
+    Ok(Some(Write::put(&m, Some(version))?))
 }
 
 /// The run's work, on its own thread: reads the dataset, resumes from
@@ -268,11 +294,53 @@ fn train(
     }))
 }
 
-/// The registry entry of a finished run's model.
-fn register(run: &TrainingRun, o: &Outcome, equipment_type: &str) -> Model {
-    let mut m = Model::new(run.owner.clone(), &run.audit.created_by);
-    m.name = format!("{} on {} ({})", run.architecture, run.dataset_id, &run.id);
-    m.description = format!("Trained by run {} on dataset {}", run.id, run.dataset_id);
+/// What a finished run writes besides itself: its model (the one it
+/// trains into, when it still exists, else a new registry entry) and the
+/// model's evaluation; and the model's id.
+fn products(
+    store: &Store,
+    run: &TrainingRun,
+    o: &Outcome,
+) -> Result<(Vec<Write>, String), DomainError> {
+    let equipment = dataset::find(store, &run.owner.org_id, &run.dataset_id)
+        .map(|d| d.equipment_type)
+        .unwrap_or_default();
+    let target = match &run.model_id {
+        Some(id) => store
+            .get_versioned::<Model>(id)?
+            .filter(|(m, _)| m.audit.deleted_at.is_none()),
+        None => None,
+    };
+    let (model, write) = match target {
+        Some((mut m, version)) => {
+            fill(&mut m, run, o, &equipment);
+            m.ml.get_or_insert_default().status = "trained".into();
+            m.audit.touch(&run.audit.created_by);
+            let w = Write::put(&m, Some(version))?;
+            (m, w)
+        }
+        None => {
+            let mut m = Model::new(run.owner.clone(), &run.audit.created_by);
+            m.name = format!("{} on {} ({})", run.architecture, run.dataset_id, &run.id);
+            m.description = format!("Trained by run {} on dataset {}", run.id, run.dataset_id);
+            fill(&mut m, run, o, &equipment);
+            let w = Write::insert(&m)?;
+            (m, w)
+        }
+    };
+    let evaluation = Evaluation::completed(
+        &model.id,
+        "standard",
+        &o.evaluation,
+        run.best_val_loss.unwrap_or(0.0),
+        run.owner.clone(),
+        &run.audit.created_by,
+    );
+    Ok((vec![write, Write::insert(&evaluation)?], model.id))
+}
+
+/// A registry entry made the model a finished run trained.
+fn fill(m: &mut Model, run: &TrainingRun, o: &Outcome, equipment_type: &str) {
     m.kind = "classifier".into();
     m.framework = "warden".into();
     m.file_name = format!("models/{}.wardenml", m.id);
@@ -304,7 +372,6 @@ fn register(run: &TrainingRun, o: &Outcome, equipment_type: &str) -> Model {
             .collect(),
         blob: o.file.clone(),
     });
-    m
 }
 
 impl Actor for TrainingRunActor {
@@ -395,24 +462,7 @@ impl Actor for TrainingRunActor {
                 }
                 match ended {
                     Ok(outcome) => {
-                        let equipment = dataset::find(
-                            &state.store,
-                            &state.run.owner.org_id,
-                            &state.run.dataset_id,
-                        )
-                        .map(|d| d.equipment_type)
-                        .unwrap_or_default();
-                        let model = register(&state.run, &outcome, &equipment);
-                        let evaluation = Evaluation::completed(
-                            &model.id,
-                            "standard",
-                            &outcome.evaluation,
-                            state.run.best_val_loss.unwrap_or(0.0),
-                            state.run.owner.clone(),
-                            &state.run.audit.created_by,
-                        );
-                        let writes = vec![Write::insert(&model)?, Write::insert(&evaluation)?];
-                        let id = model.id.clone();
+                        let (writes, id) = products(&state.store, &state.run, &outcome)?;
                         state
                             .end(RunStatus::Completed, None, writes, Some(id))
                             .await?;

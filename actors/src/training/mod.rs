@@ -6,5 +6,7 @@
 mod actor;
 mod record;
 
-pub use actor::{Outcome, Progress, TrainingArgs, TrainingHandle, TrainingMsg, TrainingRunActor};
+pub use actor::{
+    Outcome, Progress, TrainingArgs, TrainingHandle, TrainingMsg, TrainingRunActor, target_status,
+};
 pub use record::{RunStatus, STATUS, TrainingRun, find};

@@ -55,6 +55,9 @@ pub struct TrainingRun {
     pub parameters: u64,
     /// The last epoch's checkpoint (a blob), which a restarted run resumes from.
     pub checkpoint: Option<BlobRef>,
+    /// The model the run produced; set from the start when the run
+    /// trains into an existing model (vareon's `train`), which it then
+    /// fills in instead of registering a new one.
     pub model_id: Option<String>,
     pub error: Option<String>,
     pub started_at: Option<Millis>,

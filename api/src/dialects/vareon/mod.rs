@@ -5,6 +5,7 @@
 mod chat;
 mod cognisys;
 mod datasets;
+mod models;
 mod telemetry;
 mod training;
 mod users;
@@ -92,4 +93,5 @@ pub(crate) fn routes() -> Api {
         .merge(chat::routes())
         .merge(datasets::routes())
         .merge(training::routes())
+        .merge(models::routes())
 }

@@ -18,7 +18,7 @@ use crate::paging::Window;
 
 type Caller = CurrentUser<Vareon>;
 
-fn view(r: &TrainingRun) -> Value {
+pub(super) fn view(r: &TrainingRun) -> Value {
     let last = r.history.last();
     let mut logs: Vec<String> = r
         .history
