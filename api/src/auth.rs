@@ -190,6 +190,31 @@ impl<D: Dialect> FromRequestParts<AppState> for CurrentUser<D> {
     }
 }
 
+/// A caller of an organisation: a user, or a node daemon with its node
+/// credential (for what nodes fetch from the server). Holds the org id.
+pub(crate) struct OrgMember<D>(pub String, pub PhantomData<D>);
+
+impl<D: Dialect> FromRequestParts<AppState> for OrgMember<D> {
+    type Rejection = ApiError<D>;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = presented(parts).ok_or_else(ApiError::unauthorized)?;
+        match state.identity.verify_credential(token) {
+            Ok(warden_identity::Credential::User(p)) => Ok(OrgMember(p.org_id, PhantomData)),
+            Ok(warden_identity::Credential::Node { org_id, .. }) => {
+                Ok(OrgMember(org_id, PhantomData))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "refused a credential");
+                Err(ApiError::unauthorized())
+            }
+        }
+    }
+}
+
 impl<D: Dialect> FromRequestParts<AppState> for AdminUser<D> {
     type Rejection = ApiError<D>;
 

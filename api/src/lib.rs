@@ -4,6 +4,7 @@
 //! handlers extract, call the core, and map the answer.
 
 mod admin;
+mod artifacts;
 mod auth;
 mod context;
 mod dialects;
@@ -13,6 +14,7 @@ mod limits;
 mod metrics;
 mod openapi;
 mod paging;
+mod serving;
 mod ws;
 
 use std::sync::Arc;
@@ -159,6 +161,7 @@ pub fn router(state: AppState) -> Router {
         .merge(dialects::forge::routes())
         .merge(dialects::contenox::routes())
         .merge(ws::routes())
+        .merge(artifacts::routes())
         .merge(admin::routes(state.config.enable_fault_injection));
     let (router, docs) = api.finish();
     let docs = Arc::new(docs);

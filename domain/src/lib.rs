@@ -23,7 +23,7 @@ pub use error::DomainError;
 pub use memory::{LlmPreference, MAX_MEMORY_VALUE, Memory};
 pub use model::{
     FileFormat, LLM_NAME, LlmProfile, MODEL_STATUSES, MODEL_TYPES, MlProfile, Model, ModelInput,
-    ModelV1, Trained,
+    ModelV1, ServedFile, Trained, artifact_path,
 };
 pub use plain::{
     AccessEntry, Instruction, InstructionInput, TOOL_STATUSES, TOOL_TYPES, Tool, ToolInput,

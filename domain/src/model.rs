@@ -426,6 +426,57 @@ impl Trained {
     }
 }
 
+/// The path of a trained model's exports on Warden's own routes, which
+/// nodes (with their node credential) and users of the organisation may
+/// read: `?format=` one of [`FileFormat::NAMES`].
+pub fn artifact_path(model_id: &str, format: FileFormat) -> String {
+    let name = match format {
+        FileFormat::WardenMl => "wardenml",
+        FileFormat::Onnx => "onnx",
+        FileFormat::OnnxInt8 => "onnx-int8",
+    };
+    format!("/artifacts/models/{model_id}?format={name}")
+}
+
+/// The file a node fetches to serve a model, and how it is served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedFile {
+    /// A `model.download` source: a URL, hub path, local path, or
+    /// `warden:/path` on the node's own server.
+    pub source: String,
+    pub file_name: String,
+    pub sha256: Option<String>,
+    pub size: u64,
+    pub framework: String,
+}
+
+impl Model {
+    /// What a node serves of this model: a trained model's float32 ONNX
+    /// export (framework `onnx`, served by `warden serve-model`), fetched
+    /// from the server and checked by its hash; any other model's own
+    /// file. Blocking for a trained model (it reads and exports its file).
+    pub fn served_file(&self, store: &warden_storage::Store) -> Result<ServedFile, DomainError> {
+        let Some(t) = &self.trained else {
+            return Ok(ServedFile {
+                source: self.repository.clone(),
+                file_name: self.file_name.clone(),
+                sha256: self.sha256.clone(),
+                size: self.file_size,
+                framework: self.framework.clone(),
+            });
+        };
+        let bytes = t.export(store, FileFormat::Onnx)?;
+        use sha2::Digest;
+        Ok(ServedFile {
+            source: format!("warden:{}", artifact_path(&self.id, FileFormat::Onnx)),
+            file_name: format!("{}.onnx", self.id),
+            sha256: Some(hex::encode(sha2::Sha256::digest(&bytes))),
+            size: bytes.len() as u64,
+            framework: "onnx".into(),
+        })
+    }
+}
+
 /// What a client may set on a model; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct ModelInput {

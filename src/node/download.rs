@@ -7,7 +7,10 @@
 //! `checksum`), `fileSize` (or `size`). A source is an `http(s)://` URL,
 //! a hub path `org/name` (or `huggingface.co/org/name`: fetched from
 //! `{hub}/{org}/{name}/resolve/main/{fileName}`), or a local path
-//! (`/...` or `file://...`), copied. The target is a directory when a
+//! (`/...` or `file://...`), copied, or `warden:/path`: a file of the
+//! server this daemon is connected to (a trained model's ONNX export),
+//! fetched from `{server}/path` with the daemon's own credential, which
+//! is never sent anywhere else. The target is a directory when a
 //! `fileName` is given (the file goes inside it), else the file itself;
 //! relative targets are under the models directory, and no target may
 //! leave it (`..`, an absolute path elsewhere, a symlink out).
@@ -26,7 +29,13 @@ pub struct Settings {
     /// Base URL of the model hub for `org/name` sources.
     pub hub_url: String,
     pub http: reqwest::Client,
+    /// The server's base URL and the daemon's credential, for `warden:`
+    /// sources.
+    pub server: Option<(String, String)>,
 }
+
+/// The scheme of files served by the daemon's own server.
+pub const SERVER_SCHEME: &str = "warden:";
 
 impl Settings {
     pub fn new(models_dir: PathBuf, hub_url: String) -> anyhow::Result<Settings> {
@@ -39,7 +48,14 @@ impl Settings {
             models_dir,
             hub_url: hub_url.trim_end_matches('/').to_owned(),
             http,
+            server: None,
         })
+    }
+
+    /// Lets `warden:` sources be fetched from `server` with `token`.
+    pub fn with_server(mut self, server: &str, token: &str) -> Settings {
+        self.server = Some((server.trim_end_matches('/').to_owned(), token.to_owned()));
+        self
     }
 }
 
@@ -51,6 +67,8 @@ pub fn failure(code: &str, message: impl Into<String>) -> Value {
 #[derive(Debug, PartialEq)]
 enum Source {
     Http(String),
+    /// A path on the daemon's server.
+    Server(String),
     Local(PathBuf),
 }
 
@@ -61,6 +79,15 @@ fn text<'a>(data: &'a Value, keys: &[&str]) -> Option<&'a str> {
 }
 
 fn source_of(source: &str, file_name: Option<&str>, hub: &str) -> Result<Source, Value> {
+    if let Some(path) = source.strip_prefix(SERVER_SCHEME) {
+        if !path.starts_with('/') || path.starts_with("//") {
+            return Err(failure(
+                "INVALID_SOURCE",
+                format!("a {SERVER_SCHEME} source is a path on the server: {source}"),
+            ));
+        }
+        return Ok(Source::Server(path.to_owned()));
+    }
     if source.starts_with("http://") || source.starts_with("https://") {
         return Ok(Source::Http(match file_name {
             Some(f) if source.ends_with('/') => format!("{source}{f}"),
@@ -228,6 +255,7 @@ async fn sha256_of(path: &Path) -> std::io::Result<String> {
 async fn fetch(
     s: &Settings,
     url: &str,
+    token: Option<&str>,
     part: &Path,
     progress: &(dyn Fn(f64) + Send + Sync),
 ) -> Result<u64, Value> {
@@ -237,6 +265,9 @@ async fn fetch(
         .map(|m| m.len())
         .unwrap_or(0);
     let mut req = s.http.get(url);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
     if have > 0 {
         req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
     }
@@ -329,7 +360,13 @@ pub async fn run(
         .into_owned();
     let part = target.with_file_name(format!("{name}.part"));
     let resumed = match &source {
-        Source::Http(url) => fetch(s, url, &part, progress).await?,
+        Source::Http(url) => fetch(s, url, None, &part, progress).await?,
+        Source::Server(path) => {
+            let (server, token) = s.server.as_ref().ok_or_else(|| {
+                failure("INVALID_SOURCE", "this daemon has no server to fetch from")
+            })?;
+            fetch(s, &format!("{server}{path}"), Some(token), &part, progress).await?
+        }
         Source::Local(path) => {
             tokio::fs::copy(path, &part)
                 .await
@@ -393,6 +430,17 @@ mod tests {
             Source::Local("/srv/m.onnx".into())
         );
         assert!(source_of("meta/llama", None, hub).is_err());
+        assert_eq!(
+            source_of(
+                "warden:/artifacts/models/m?format=onnx",
+                Some("m.onnx"),
+                hub
+            )
+            .unwrap(),
+            Source::Server("/artifacts/models/m?format=onnx".into())
+        );
+        assert!(source_of("warden://evil.example/x", None, hub).is_err());
+        assert!(source_of("warden:x", None, hub).is_err());
         assert!(source_of("../x/y", Some("f"), hub).is_err());
         assert!(source_of("a/b/c", Some("f"), hub).is_err());
     }

@@ -167,7 +167,8 @@ pub async fn run(
     runtimes.ort_library = config.ort_library.clone();
     let health_every = runtimes.health_every_ms.clone();
     let mut runner = commands::Runner::new(
-        download::Settings::new(models_dir, config.hub_url.clone())?,
+        download::Settings::new(models_dir, config.hub_url.clone())?
+            .with_server(&config.server, &config.token),
         runtimes,
     );
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));

@@ -1,7 +1,8 @@
 //! The model registry follows real downloads: a `model.download` command
 //! whose resource is a model moves that model's `status`,
 //! `downloadProgress`, `isDownloaded` and `downloadPath` as the node
-//! reports progress and its result.
+//! reports progress and its result (not a trained model's: its file is
+//! the server's, and nodes fetch exports of it).
 
 use serde_json::Value;
 use warden_actors::node::{CommandEvent, CommandStatus, NodeCommand, ReplyKind};
@@ -50,16 +51,22 @@ pub(crate) fn download_of(event: &CommandEvent) -> Option<Download> {
 /// Records a download's state on its model (by `_id`, or `modelId` in the
 /// command's organisation). A model deleted meanwhile is left alone.
 pub(crate) async fn record(store: &Store, cmd: &NodeCommand, download: Download) {
-    let id = match store.get::<Model>(&cmd.resource_id) {
-        Ok(Some(m)) => m.id,
+    let model = match store.get::<Model>(&cmd.resource_id) {
+        Ok(Some(m)) => m,
         _ => match store.get_by_unique::<Model>(
             "modelId",
             &format!("{}/{}", cmd.owner.org_id, cmd.resource_id),
         ) {
-            Ok(Some(m)) => m.id,
+            Ok(Some(m)) => m,
             _ => return,
         },
     };
+    // A trained model's file is Warden's; a node's copy of its export
+    // says nothing about it.
+    if model.trained.is_some() {
+        return;
+    }
+    let id = model.id;
     let result = catalog::update::<Model>(store, &id, &cmd.node_id, |m| {
         match &download {
             Download::Progress(p) => {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::{Value, json};
-use warden_domain::{Model, Owner};
+use warden_domain::{Model, Owner, ServedFile};
 use warden_storage::{Store, Write, now_millis};
 
 use super::record::{DeployStatus, Deployment};
@@ -79,24 +79,24 @@ pub struct DeploymentActor;
 
 /// The execution that starts a deployment: download the model on the
 /// node unless it is there, then `deployment.create`.
-pub fn start_program(d: &Deployment, model: &Model, key: &str) -> NewExecution {
-    let on_node = model.is_downloaded && model.node_id == d.node_id;
+pub fn start_program(d: &Deployment, model: &Model, file: &ServedFile, key: &str) -> NewExecution {
+    let on_node = model.is_downloaded && model.node_id == d.node_id && model.trained.is_none();
     let mut steps = Vec::new();
     let model_path = match (&model.download_path, on_node) {
         (Some(path), true) => path.clone(),
         _ => {
             let mut data = json!({
-                "source": model.repository,
+                "source": file.source,
                 "targetPath": model.model_id,
             });
-            if !model.file_name.is_empty() {
-                data["fileName"] = json!(model.file_name);
+            if !file.file_name.is_empty() {
+                data["fileName"] = json!(file.file_name);
             }
-            if let Some(sum) = &model.sha256 {
+            if let Some(sum) = &file.sha256 {
                 data["sha256"] = json!(sum);
             }
-            if model.file_size > 0 {
-                data["fileSize"] = json!(model.file_size);
+            if file.size > 0 {
+                data["fileSize"] = json!(file.size);
             }
             steps.push(NewStep {
                 name: Some("Download model files".into()),
@@ -109,10 +109,10 @@ pub fn start_program(d: &Deployment, model: &Model, key: &str) -> NewExecution {
                 timeout_seconds: Some(3600),
                 ..Default::default()
             });
-            if model.file_name.is_empty() {
+            if file.file_name.is_empty() {
                 model.model_id.clone()
             } else {
-                format!("{}/{}", model.model_id, model.file_name)
+                format!("{}/{}", model.model_id, file.file_name)
             }
         }
     };
@@ -120,7 +120,7 @@ pub fn start_program(d: &Deployment, model: &Model, key: &str) -> NewExecution {
         "deploymentId": d.deployment_id,
         "modelId": model.model_id,
         "modelPath": model_path,
-        "framework": model.framework,
+        "framework": file.framework,
         "deploymentType": d.deployment_type,
         "replicas": d.replicas,
         "hardwareProfile": d.hardware_profile,
@@ -348,7 +348,8 @@ impl DeployState {
                             self.d.model_id
                         )])
                     })?;
-            start_program(&self.d, &model, &key)
+            let file = model.served_file(&self.store)?;
+            start_program(&self.d, &model, &file, &key)
         };
         let x = self
             .launcher

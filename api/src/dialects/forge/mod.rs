@@ -5,6 +5,7 @@
 mod agent;
 mod auth;
 mod datasets;
+mod deployments;
 mod training;
 
 use axum::Json;
@@ -60,4 +61,5 @@ pub(crate) fn routes() -> Api {
         .merge(agent::routes())
         .merge(datasets::routes())
         .merge(training::routes())
+        .merge(deployments::routes())
 }

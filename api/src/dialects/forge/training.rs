@@ -7,7 +7,7 @@
 use axum::Json;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -19,6 +19,7 @@ use warden_storage::Record;
 
 use super::{Forge, ForgeResult};
 use crate::AppState;
+use crate::artifacts;
 use crate::auth::CurrentUser;
 use crate::dialects::{Fields, JsonBody, iso};
 use crate::error::ApiError;
@@ -352,20 +353,12 @@ async fn model(
     // The int8 export's real size (a model is a few hundred kB at most:
     // exporting it costs about a millisecond).
     let (t, store) = (m.trained.clone().expect("trained"), state.store.clone());
-    let int8 = blocking(move || t.export(&store, FileFormat::OnnxInt8)).await?;
+    let int8 = artifacts::blocking(move || t.export(&store, FileFormat::OnnxInt8)).await?;
     v["quantized_size_bytes"] = json!(int8.len());
     Ok(Json(v))
 }
 
 /// Runs blocking store or model work off the runtime.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, warden_domain::DomainError> + Send + 'static,
-) -> ForgeResult<T> {
-    Ok(tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??)
-}
-
 #[derive(serde::Deserialize)]
 struct DownloadQuery {
     format: Option<String>,
@@ -379,34 +372,9 @@ async fn download(
     Path(id): Path<String>,
     Query(q): Query<DownloadQuery>,
 ) -> ForgeResult<Response> {
-    let format = match q.format.as_deref() {
-        None => FileFormat::WardenMl,
-        Some(f) => FileFormat::parse(f).ok_or_else(|| {
-            ApiError::validation(vec![format!(
-                "format must be one of {} (got {f})",
-                FileFormat::NAMES.join(", ")
-            )])
-        })?,
-    };
+    let format = artifacts::format(q.format.as_deref(), FileFormat::WardenMl)?;
     let m = find_model(&state, &p, &id)?;
-    let t = m.trained.clone().expect("trained");
-    let store = state.store.clone();
-    let bytes = blocking(move || t.export(&store, format)).await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!(
-                    "attachment; filename=\"mdl_{}.{}\"",
-                    m.id,
-                    format.extension()
-                ),
-            ),
-        ],
-        bytes,
-    )
-        .into_response())
+    artifacts::download(&state, &m, format).await
 }
 
 async fn delete_model(
@@ -548,7 +516,7 @@ async fn evaluate(
     let kind = kind
         .filter(|k| !k.trim().is_empty())
         .unwrap_or_else(|| "standard".into());
-    let e = blocking(move || evaluation::evaluate_again(&store, &m, &kind, &by)).await?;
+    let e = artifacts::blocking(move || evaluation::evaluate_again(&store, &m, &kind, &by)).await?;
     let e = state.store.insert(e).await?;
     Ok((StatusCode::CREATED, Json(evaluation_json(&state, &e))))
 }

@@ -5,13 +5,15 @@
 //! [`MlProfile`]. `train` starts a supervised training run on the
 //! model's `training_dataset_id` that fills this model in when it ends
 //! (its job is in `/training-jobs/`); `deploy` serves the model's ONNX
-//! export on a Warden node (see `deploy.rs`).
+//! export on a Warden node (see `serving.rs`).
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
+use warden_actors::deployment::Deployment;
+use warden_actors::node::Node;
 use warden_domain::{MlProfile, Model, catalog, dataset};
 use warden_identity::Principal;
 
@@ -21,19 +23,35 @@ use crate::auth::CurrentUser;
 use crate::dialects::{Fields, JsonBody, iso};
 use crate::error::ApiError;
 use crate::openapi::Api;
+use crate::serving::{self, EdgeStatus};
 
 type Caller = CurrentUser<Vareon>;
 
 /// What `train` trains when the request names no architecture.
 const DEFAULT_ARCHITECTURE: &str = "lstm_autoencoder";
 
-pub(super) fn view(m: &Model) -> Value {
+pub(super) fn view(state: &AppState, m: &Model) -> Value {
     let ml = m.ml.clone().unwrap_or_default();
-    let status = match (ml.status.as_str(), &m.trained) {
+    let mut status = match (ml.status.as_str(), &m.trained) {
         ("", Some(_)) => "trained",
         ("", None) => "registered",
         (s, _) => s,
     };
+    let mut deployed_at = ml.deployed_at;
+    // Once deploy was asked, the deployment says where it stands.
+    let deployment = ml
+        .deployment_id
+        .as_deref()
+        .and_then(|id| state.store.get::<Deployment>(id).ok().flatten());
+    if let Some(d) = &deployment {
+        status = match serving::status(state, d) {
+            EdgeStatus::Deployed => "deployed",
+            EdgeStatus::Failed => "failed",
+            EdgeStatus::Cancelled => "trained",
+            _ => "deploying",
+        };
+        deployed_at = serving::deployed_at(d).or(deployed_at);
+    }
     // A trained model's artifact is its ONNX export, served by Warden.
     let artifact = match &m.trained {
         Some(_) => Some(format!("/api/v1/models/mdl_{}/download?format=onnx", m.id)),
@@ -45,7 +63,7 @@ pub(super) fn view(m: &Model) -> Value {
         "status": status,
         "path_to_artifact": artifact,
         "training_dataset_id": m.training_dataset(),
-        "deployed_at": ml.deployed_at.map(iso),
+        "deployed_at": deployed_at.map(iso),
         "created_at": iso(m.audit.created_at),
         "updated_at": iso(m.audit.updated_at),
         "id": m.id,
@@ -187,7 +205,7 @@ async fn create(
     });
     input.apply(&mut m);
     let m = catalog::create(&state.store, m).await?;
-    Ok((StatusCode::CREATED, Json(view(&m))))
+    Ok((StatusCode::CREATED, Json(view(&state, &m))))
 }
 
 async fn list(
@@ -205,7 +223,7 @@ async fn list(
             .filter(|m| m.is_ml())
             .skip(skip)
             .take(limit)
-            .map(view)
+            .map(|m| view(&state, m))
             .collect(),
     ))
 }
@@ -215,7 +233,7 @@ async fn get(
     CurrentUser(p, _): Caller,
     Path(id): Path<String>,
 ) -> VareonResult<Json<Value>> {
-    Ok(Json(view(&find(&state, &p, &id)?)))
+    Ok(Json(view(&state, &find(&state, &p, &id)?)))
 }
 
 async fn update(
@@ -235,7 +253,7 @@ async fn update(
         Ok(())
     })
     .await?;
-    Ok(Json(view(&m)))
+    Ok(Json(view(&state, &m)))
 }
 
 async fn delete(
@@ -292,6 +310,82 @@ async fn train(
     Ok(Json(super::training::view(&run)))
 }
 
+/// `deploy`'s optional body: `node_id`, else the organisation's first
+/// online node.
+fn deploy_node(state: &AppState, p: &Principal, body: &Bytes) -> VareonResult<Node> {
+    let asked = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
+            return Err(ApiError::validation(vec![
+                "body must be a JSON object".into(),
+            ]));
+        };
+        let mut f = Fields::new(map);
+        let id = f.string("node_id", false);
+        f.finish_as::<Vareon>()?;
+        id
+    };
+    if let Some(id) = asked {
+        return state
+            .runtime
+            .nodes
+            .resolve(&p.org_id, &id)
+            .map_err(|_| ApiError::validation(vec![format!("node_id: node {id} not found")]));
+    }
+    let scope = warden_domain::org_scope(Some(&p.org_id));
+    state
+        .store
+        .in_scope::<Node>(warden_domain::CREATED, &scope)?
+        .into_iter()
+        .find(serving::is_online)
+        .ok_or_else(|| {
+            ApiError::validation(vec![
+                "node_id: no Warden node of the organisation is online to serve the model (start `warden node`)".into(),
+            ])
+        })
+}
+
+/// Serves the trained model's ONNX export on a node (a core
+/// deployment); `deploying` until the node's health check passes, then
+/// `deployed` with `deployed_at`. Asked again while it is deploying or
+/// deployed, it answers the model as it stands.
+async fn deploy(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> VareonResult<Json<Value>> {
+    writer(&p)?;
+    let m = find(&state, &p, &id)?;
+    let current =
+        m.ml.as_ref()
+            .and_then(|ml| ml.deployment_id.as_deref())
+            .and_then(|d| state.store.get::<Deployment>(d).ok().flatten());
+    if let Some(d) = current
+        && !matches!(
+            serving::status(&state, &d),
+            EdgeStatus::Failed | EdgeStatus::Cancelled
+        )
+    {
+        return Ok(Json(view(&state, &m)));
+    }
+    if m.trained.is_none() {
+        return Err(ApiError::validation(vec![format!(
+            "model {id} has not been trained: POST /api/neosyntis/models/{id}/train first"
+        )]));
+    }
+    let node = deploy_node(&state, &p, &body)?;
+    let d = serving::deploy(&state, &p, &m, &node, json!({})).await?;
+    let m = catalog::update::<Model>(&state.store, &m.id, &p.user_id, |m| {
+        let ml = m.ml.get_or_insert_default();
+        ml.deployment_id = Some(d.id.clone());
+        Ok(())
+    })
+    .await?;
+    Ok(Json(view(&state, &m)))
+}
+
 pub(super) fn routes() -> Api {
     let t = "vareon: neosyntis models";
     Api::new()
@@ -325,5 +419,11 @@ pub(super) fn routes() -> Api {
             t,
             "Train the model on its training dataset (optional body: architecture, hyperparameters); the job is a training run",
             train,
+        )
+        .post(
+            "/api/neosyntis/models/{model_id}/deploy",
+            t,
+            "Serve the trained model's ONNX export on a Warden node (optional body: node_id); deployed once health-checked",
+            deploy,
         )
 }
