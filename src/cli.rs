@@ -197,6 +197,12 @@ impl ServeArgs {
         if let Some(n) = file.training.max_concurrent {
             c.training_max_concurrent = n.clamp(1, 64);
         }
+        if let Some(secs) = file.datasets.import_timeout_secs {
+            c.import_timeout = std::time::Duration::from_secs(secs.max(1));
+        }
+        if let Some(dirs) = file.datasets.import_dirs.clone() {
+            c.import_dirs = dirs;
+        }
         if let Some(base) = file.telegram.api_base.clone() {
             c.telegram_api = base;
         }

@@ -38,6 +38,8 @@ pub struct FileConfig {
     pub telegram: TelegramFile,
     #[serde(default)]
     pub training: TrainingFile,
+    #[serde(default)]
+    pub datasets: DatasetsFile,
     /// Reverse proxies whose X-Forwarded-For names the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -94,6 +96,17 @@ pub struct TrainingFile {
     /// Runs that train at once (default 2, one CPU thread each); the
     /// rest wait in the queue, oldest first.
     pub max_concurrent: Option<usize>,
+}
+
+/// `[datasets]`: imports from outside sources (`/datasets/connect`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetsFile {
+    /// How long one import may take, connect to last row (default 120).
+    pub import_timeout_secs: Option<u64>,
+    /// Directories SQLite files may be imported from (default
+    /// `<data_dir>/imports`); a path elsewhere is refused.
+    pub import_dirs: Option<Vec<PathBuf>>,
 }
 
 /// `[rate_limits]`: per-minute limits; 0 switches one off.
@@ -174,6 +187,10 @@ pub struct ServerConfig {
     pub training_policy: RestartPolicy,
     /// Training runs that train at once.
     pub training_max_concurrent: usize,
+    /// How long one dataset import may take.
+    pub import_timeout: Duration,
+    /// Directories SQLite files may be imported from.
+    pub import_dirs: Vec<PathBuf>,
     pub node_timing: NodeTiming,
     /// How often each LLM backend is probed.
     pub llm_probe_interval: Duration,
@@ -193,10 +210,14 @@ pub const DEFAULT_DATA_DIR: &str = "./warden-data";
 pub const DEFAULT_TOKEN_TTL_SECS: i64 = 24 * 3600;
 pub const DEFAULT_TELEMETRY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_IMPORT_TIMEOUT: Duration = Duration::from_secs(120);
+/// SQLite files are imported from here, under the data directory, by default.
+pub const IMPORTS_DIR: &str = "imports";
 
 impl ServerConfig {
     /// Defaults for a data directory; used by tests and benches.
     pub fn for_data_dir(data_dir: PathBuf) -> ServerConfig {
+        let imports = data_dir.join(IMPORTS_DIR);
         ServerConfig {
             listen: DEFAULT_LISTEN
                 .parse()
@@ -217,6 +238,8 @@ impl ServerConfig {
             telegram_api: warden_supervisors::DEFAULT_TELEGRAM_API.to_owned(),
             training_policy: RestartPolicy::default(),
             training_max_concurrent: warden_supervisors::DEFAULT_MAX_CONCURRENT,
+            import_timeout: DEFAULT_IMPORT_TIMEOUT,
+            import_dirs: vec![imports],
             node_timing: NodeTiming::default(),
             llm_probe_interval: warden_supervisors::DEFAULT_PROBE_INTERVAL,
             llm_defaults: warden_supervisors::LlmDefaults::default(),

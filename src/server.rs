@@ -118,6 +118,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             version: env!("CARGO_PKG_VERSION"),
             rate_limits: config.rate_limits,
             trusted_proxies: config.trusted_proxies.clone(),
+            import: warden_import::Settings::new(
+                config.import_timeout,
+                config.import_dirs.clone(),
+                warden_api::MAX_UPLOAD,
+            ),
         },
         lifecycle,
     );

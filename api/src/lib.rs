@@ -3,6 +3,9 @@
 //! (correlation id), metrics and the OpenAPI document. No business logic:
 //! handlers extract, call the core, and map the answer.
 
+/// The largest dataset a client may upload or import.
+pub use dialects::upload::MAX_UPLOAD;
+
 mod admin;
 mod artifacts;
 mod auth;
@@ -38,6 +41,8 @@ pub struct ApiConfig {
     pub rate_limits: RateLimits,
     /// Peers whose `X-Forwarded-For` names the client (reverse proxies).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Dataset imports (`/api/v1/datasets/connect`).
+    pub import: warden_import::Settings,
 }
 
 /// Everything a handler can reach. One pointer to clone: axum clones the

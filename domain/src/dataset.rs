@@ -76,10 +76,14 @@ impl Profile {
     }
 }
 
-/// Parses a time as forge's sensor exports write them.
+/// Parses a time as forge's sensor exports (and PostgreSQL) write them.
 pub fn parse_time(s: &str) -> Option<Millis> {
     let s = s.trim();
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_millis());
+    }
+    // PostgreSQL's text form of timestamptz: `2026-01-01 00:00:00+00`.
+    if let Ok(t) = chrono::DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z") {
         return Some(t.timestamp_millis());
     }
     for f in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"] {
@@ -435,6 +439,15 @@ pub enum Origin {
     Forge,
     /// Vareon neosyntis: `name` and `format`; only a CSV is profiled.
     Vareon,
+    /// Forge's `connect`: `name` and `equipment_type`; a CSV written from
+    /// the rows of the named source type (`sqlite`, `postgresql`, ...).
+    Imported(&'static str),
+}
+
+/// Checks what a client says about a new dataset before its file is
+/// stored (or, for an import, fetched).
+pub fn check_new(input: &DatasetInput, origin: Origin) -> Result<(), DomainError> {
+    check_input(input, Some(origin))
 }
 
 fn check_input(input: &DatasetInput, origin: Option<Origin>) -> Result<(), DomainError> {
@@ -446,7 +459,7 @@ fn check_input(input: &DatasetInput, origin: Option<Origin>) -> Result<(), Domai
         "equipment_type",
         &input.equipment_type,
         &EQUIPMENT_TYPES,
-        origin == Some(Origin::Forge),
+        matches!(origin, Some(Origin::Forge | Origin::Imported(_))),
     );
     c.text("format", &input.format, origin == Some(Origin::Vareon), 32);
     c.text("location", &input.location, false, MAX_SHORT);
@@ -480,6 +493,7 @@ impl Dataset {
             source: match origin {
                 Origin::Forge => "csv_upload",
                 Origin::Vareon => "file_upload",
+                Origin::Imported(source_type) => source_type,
             }
             .into(),
             description: input.description.unwrap_or_default(),

@@ -10,11 +10,12 @@ use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 use warden_domain::dataset::{self, Advice, Dataset, DatasetInput, Origin};
 use warden_identity::Principal;
+use warden_import::{ImportError, SOURCE_TYPES, Source};
 
 use super::{Forge, ForgeResult};
 use crate::AppState;
 use crate::auth::CurrentUser;
-use crate::dialects::{iso, upload};
+use crate::dialects::{JsonBody, iso, upload};
 use crate::error::ApiError;
 use crate::openapi::Api;
 
@@ -103,6 +104,72 @@ async fn upload(
         format: None,
     };
     let d = upload::store::<Forge>(&state, &p, input, Origin::Forge, u.file).await?;
+    Ok((StatusCode::CREATED, Json(detail(&d))))
+}
+
+fn import_error(e: ImportError) -> ApiError<Forge> {
+    let status = match &e {
+        ImportError::Config(problems) => return ApiError::validation(problems.clone()),
+        ImportError::Query(_) | ImportError::Empty => StatusCode::BAD_REQUEST,
+        ImportError::Unreachable(_) => StatusCode::BAD_GATEWAY,
+        ImportError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        ImportError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+    };
+    ApiError::new(status, e.to_string())
+}
+
+/// Imports a table from an outside source (`source_type`, default
+/// `aegis_bridge`; see warden-import for each one's protocol) as a new
+/// dataset: its rows are written as the dataset's CSV and profiled like
+/// an upload. The dataset's fields are checked before the source is
+/// asked; a failed import leaves nothing behind.
+async fn connect(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    JsonBody(body, _): JsonBody<Forge>,
+) -> ForgeResult<(StatusCode, Json<Value>)> {
+    if !p.can_write() {
+        return Err(ApiError::forbidden("viewers cannot import datasets"));
+    }
+    let asked = match body.get("source_type") {
+        None | Some(Value::Null) => "aegis_bridge",
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => {
+            return Err(ApiError::validation(vec![
+                "source_type must be a string".into(),
+            ]));
+        }
+    };
+    let source_type = SOURCE_TYPES
+        .iter()
+        .copied()
+        .find(|t| *t == asked)
+        .ok_or_else(|| {
+            ApiError::validation(vec![format!(
+                "Unsupported source_type {asked:?}: one of {}",
+                SOURCE_TYPES.join(", ")
+            )])
+        })?;
+    let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
+    let input = DatasetInput {
+        name: text("name"),
+        equipment_type: text("equipment_type"),
+        location: text("location"),
+        unit: text("unit"),
+        description: text("description"),
+        format: None,
+    };
+    let origin = Origin::Imported(source_type);
+    dataset::check_new(&input, origin)?;
+    let source = Source::parse(source_type, &body).map_err(import_error)?;
+    let table = warden_import::import(&source, &state.config.import)
+        .await
+        .map_err(import_error)?;
+    let store = state.store.clone();
+    let blob = tokio::task::spawn_blocking(move || store.blobs().put(&table.to_csv()))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let d = upload::store::<Forge>(&state, &p, input, origin, Some(blob)).await?;
     Ok((StatusCode::CREATED, Json(detail(&d))))
 }
 
@@ -317,6 +384,12 @@ pub(super) fn routes() -> Api {
             t,
             "Upload a CSV (multipart: file, name, equipment_type, location, unit; 100 MB)",
             upload,
+        )
+        .post(
+            "/api/v1/datasets/connect",
+            t,
+            "Import a dataset from a source: aegis_bridge (default), influxdb, postgresql, tidb, sqlite, mongodb, spacetimedb",
+            connect,
         )
         .get(
             "/api/v1/datasets/{id}",

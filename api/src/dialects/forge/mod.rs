@@ -30,6 +30,8 @@ fn code(status: StatusCode) -> &'static str {
         410 => "EXPIRED",
         413 => "PAYLOAD_TOO_LARGE",
         429 => "RATE_LIMITED",
+        502 => "BAD_GATEWAY",
+        504 => "GATEWAY_TIMEOUT",
         503 => "UNAVAILABLE",
         _ => "INTERNAL_ERROR",
     }
