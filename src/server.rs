@@ -127,6 +127,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         lifecycle,
     );
 
+    // Background work a stopped server left unfinished.
+    warden_domain::evaluation::resume_gradients(&store);
+
     let listener = bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let listener = listener.tap_io(|tcp| {

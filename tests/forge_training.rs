@@ -728,3 +728,93 @@ async fn vareon_models_are_registry_models_that_train_into_themselves() {
         404
     );
 }
+
+/// The gradient evaluation: 202, then 19 figures on the evaluation; one
+/// a stopped server left running is taken up again at boot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gradient_evaluations_complete_and_resume_after_a_restart() {
+    let s = TestServer::start().await;
+    let (t, _) = s.user("gradient", &["operator"], None).await;
+    let (viewer, _) = s.user("gradient-viewer", &["viewer"], None).await;
+    let ds = upload(&s, &t, "ahu", sensor_csv(1500)).await;
+    let run = start(&s, &t, &ds, "lstm_autoencoder", small(3)).await;
+    let done = finished(&s, &t, run["id"].as_str().unwrap()).await;
+    let model_id = done["model_id"].as_str().unwrap().to_owned();
+    let evals = s.get("/api/v1/evaluations", &t).await.body;
+    let ev = evals
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["model_id"] == model_id.as_str())
+        .unwrap()
+        .clone();
+    assert!(ev["gradient_evaluation"].is_null());
+    let eid = ev["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/evaluations/{eid}");
+
+    assert_eq!(
+        s.post(&format!("{path}/gradient"), &viewer, json!({}))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        s.post("/api/v1/evaluations/eval_nope/gradient", &t, json!({}))
+            .await
+            .status,
+        404
+    );
+    let r = s.post(&format!("{path}/gradient"), &t, json!({})).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(
+        r.body,
+        json!({"status": "running", "message": "Gradient evaluation started"})
+    );
+    let g = eventually(30, "the gradient evaluation", || async {
+        let g = s.get(&path, &t).await.body["gradient_evaluation"].clone();
+        (g["status"] == "completed" || g["status"] == "failed").then_some(g)
+    })
+    .await;
+    assert_eq!(g["status"], "completed", "{g}");
+    let m = g["metrics"].as_object().unwrap();
+    assert_eq!(m.len(), 19, "{g}");
+    assert!(
+        m.values().all(|v| v.as_f64().is_some_and(f64::is_finite)),
+        "{g}"
+    );
+    assert_eq!(
+        m["f1"], ev["metrics"]["f1"],
+        "the same windows and threshold"
+    );
+    assert_eq!(m["auc_roc"], ev["metrics"]["auc_roc"]);
+    assert!(m["auc_pr"].as_f64().unwrap() > 0.5, "{g}");
+    assert!(m["input_gradient_norm"].as_f64().unwrap() > 0.0, "{g}");
+    let first_done = g["completed_at"].clone();
+
+    // A gradient evaluation left running by a stopped server.
+    let bare = eid.trim_start_matches("eval_").to_owned();
+    let s = s
+        .stop_edit_start(|data_dir| async move {
+            let store = warden_storage::Store::open(&warden_storage::StoreConfig {
+                data_dir,
+                durability: warden_storage::Durability::Flush,
+            })
+            .unwrap();
+            let mut e: warden_domain::evaluation::Evaluation = store.get(&bare).unwrap().unwrap();
+            let g = e.gradient.as_mut().unwrap();
+            g.status = "running".into();
+            g.metrics = None;
+            g.completed_at = None;
+            store.put(&e).await.unwrap();
+            store.close();
+        })
+        .await;
+    let t = s.login("gradient", "user-password-1").await;
+    let g = eventually(30, "the resumed gradient evaluation", || async {
+        let g = s.get(&path, &t).await.body["gradient_evaluation"].clone();
+        (g["status"] == "completed").then_some(g)
+    })
+    .await;
+    assert_ne!(g["completed_at"], first_done);
+    assert_eq!(g["metrics"]["f1"], ev["metrics"]["f1"]);
+}

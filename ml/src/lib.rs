@@ -8,6 +8,7 @@
 
 pub mod data;
 pub mod eval;
+pub mod gradient;
 pub mod hyper;
 pub mod layers;
 pub mod linalg;

@@ -137,6 +137,39 @@ fn each_architecture_learns_and_detects_injected_anomalies() {
         let back = Model::from_bytes(&model.to_bytes()).expect("reads back");
         let held = crate::train::held_out(&s.series, 24, 1);
         assert_eq!(model.score(&held.windows), back.score(&held.windows));
+
+        // The gradient evaluation agrees with the standard one where they
+        // overlap, and its own figures say what they should.
+        let g = crate::gradient::evaluate(&model, &held, 1);
+        let standard =
+            crate::eval::metrics(&model.score(&held.windows), &held.labels, model.threshold);
+        assert_eq!(
+            (g.f1, g.auc_roc),
+            (standard.f1, standard.auc_roc),
+            "{arch:?}"
+        );
+        assert!(
+            g.auc_pr > 0.75 && g.score_separation > 1.0,
+            "{arch:?}: {g:?}"
+        );
+        assert!(
+            g.matthews_correlation > 0.5 && g.cohen_kappa > 0.5,
+            "{arch:?}: {g:?}"
+        );
+        assert!(
+            g.input_gradient_norm.is_finite() && g.input_gradient_norm > 0.0,
+            "{arch:?}: {g:?}"
+        );
+        // Noise of 0.1 SD moves a predictor's error a lot (the GRU keeps ~half
+        // its decisions): a figure to read, not a bound.
+        assert!((0.0..=1.0).contains(&g.noise_stability), "{arch:?}: {g:?}");
+        assert!(g.latency_ms_per_window > 0.0, "{arch:?}: {g:?}");
+        let again = crate::gradient::evaluate(&model, &held, 1);
+        assert_eq!(
+            (again.input_gradient_norm, again.noise_f1),
+            (g.input_gradient_norm, g.noise_f1),
+            "deterministic"
+        );
     }
 }
 

@@ -468,7 +468,14 @@ fn evaluation_json(state: &AppState, e: &Evaluation) -> Value {
             "train_loss": curves.iter().map(|c| c.0).collect::<Vec<_>>(),
             "val_loss": curves.iter().map(|c| c.1).collect::<Vec<_>>(),
         },
-        "gradient_evaluation": Value::Null,
+        "gradient_evaluation": e.gradient.as_ref().map(|g| json!({
+            "status": g.status,
+            "started_at": iso(g.started_at),
+            "completed_at": g.completed_at.map(iso),
+            "metrics": g.metrics,
+            "noise_sd": warden_ml::gradient::NOISE_SD,
+            "error": g.error,
+        })),
         "created_at": iso(e.audit.created_at),
     })
 }
@@ -521,6 +528,27 @@ async fn evaluate(
     Ok((StatusCode::CREATED, Json(evaluation_json(&state, &e))))
 }
 
+/// `POST /api/v1/evaluations/{id}/gradient`: starts the gradient
+/// evaluation (19 figures, warden-ml `gradient`) in the background; 202,
+/// and the evaluation's `gradient_evaluation` says when it is done.
+/// Asked again while it runs, it answers the same.
+async fn gradient(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    Path(id): Path<String>,
+) -> ForgeResult<(StatusCode, Json<Value>)> {
+    writer(&p, "run evaluations")?;
+    let e = evaluation::find(&state.store, &p.org_id, &id)?;
+    let (_, started) = evaluation::start_gradient(&state.store, &e.id, &p.user_id).await?;
+    if started {
+        tokio::spawn(evaluation::run_gradient(state.store.clone(), e.id.clone()));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "running", "message": "Gradient evaluation started"})),
+    ))
+}
+
 pub(super) fn routes() -> Api {
     let (t, m, e) = ("forge: training", "forge: models", "forge: evaluations");
     Api::new()
@@ -538,4 +566,5 @@ pub(super) fn routes() -> Api {
         .get("/api/v1/evaluations", e, "Evaluations, newest first", evaluations)
         .post("/api/v1/evaluations", e, "Evaluate a model again {model_id, evaluation_type}", evaluate)
         .get("/api/v1/evaluations/{id}", e, "An evaluation: metrics, confusion matrix, training curves", evaluation)
+        .post("/api/v1/evaluations/{id}/gradient", e, "Start the gradient evaluation (19 figures, in the background): 202", gradient)
 }
