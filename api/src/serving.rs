@@ -46,7 +46,8 @@ impl EdgeStatus {
     }
 }
 
-fn extra(d: &Deployment) -> Value {
+/// A deployment's extra fields (the dialects' own), as JSON.
+pub(crate) fn extra(d: &Deployment) -> Value {
     serde_json::from_str(&d.extra).unwrap_or(Value::Null)
 }
 

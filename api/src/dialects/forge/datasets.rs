@@ -12,7 +12,7 @@ use warden_domain::dataset::{self, Advice, Dataset, DatasetInput, Origin};
 use warden_identity::Principal;
 use warden_import::{ImportError, SOURCE_TYPES, Source};
 
-use super::{Forge, ForgeResult};
+use super::{Forge, ForgeResult, writer};
 use crate::AppState;
 use crate::auth::CurrentUser;
 use crate::dialects::{JsonBody, iso, upload};
@@ -90,9 +90,7 @@ async fn upload(
     CurrentUser(p, _): Caller,
     req: Request,
 ) -> ForgeResult<(StatusCode, Json<Value>)> {
-    if !p.can_write() {
-        return Err(ApiError::forbidden("viewers cannot upload datasets"));
-    }
+    writer(&p, "upload datasets")?;
     let mut u = upload::read::<Forge>(&state, req).await?;
     let mut field = |k: &str| u.fields.remove(k);
     let input = DatasetInput {
@@ -128,9 +126,7 @@ async fn connect(
     CurrentUser(p, _): Caller,
     JsonBody(body, _): JsonBody<Forge>,
 ) -> ForgeResult<(StatusCode, Json<Value>)> {
-    if !p.can_write() {
-        return Err(ApiError::forbidden("viewers cannot import datasets"));
-    }
+    writer(&p, "import datasets")?;
     let asked = match body.get("source_type") {
         None | Some(Value::Null) => "aegis_bridge",
         Some(Value::String(s)) => s.as_str(),
@@ -265,9 +261,7 @@ async fn validate(
     CurrentUser(p, _): Caller,
     Path(id): Path<String>,
 ) -> ForgeResult<Json<Value>> {
-    if !p.can_write() {
-        return Err(ApiError::forbidden("viewers cannot validate datasets"));
-    }
+    writer(&p, "validate datasets")?;
     let d = find_csv(&state, &p, &id)?;
     let (d, v) = dataset::validate_and_lock(&state.store, &d, &p.username).await?;
     Ok(Json(json!({
@@ -285,9 +279,7 @@ async fn unlock(
     CurrentUser(p, _): Caller,
     Path(id): Path<String>,
 ) -> ForgeResult<Json<Value>> {
-    if !p.can_write() {
-        return Err(ApiError::forbidden("viewers cannot unlock datasets"));
-    }
+    writer(&p, "unlock datasets")?;
     let d = find(&state, &p, &id)?;
     let d = dataset::unlock(&state.store, &d, &p.username).await?;
     Ok(Json(json!({
@@ -302,9 +294,7 @@ async fn delete(
     CurrentUser(p, _): Caller,
     Path(id): Path<String>,
 ) -> ForgeResult<StatusCode> {
-    if !p.can_write() {
-        return Err(ApiError::forbidden("viewers cannot delete datasets"));
-    }
+    writer(&p, "delete datasets")?;
     let d = find(&state, &p, &id)?;
     dataset::remove(&state.store, &d).await?;
     Ok(StatusCode::NO_CONTENT)

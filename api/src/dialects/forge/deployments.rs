@@ -16,7 +16,7 @@ use warden_domain::Model;
 use warden_identity::Principal;
 use warden_storage::Record;
 
-use super::{Forge, ForgeResult};
+use super::{Forge, ForgeResult, writer};
 use crate::auth::CurrentUser;
 use crate::dialects::{Fields, JsonBody, iso};
 use crate::error::ApiError;
@@ -24,18 +24,6 @@ use crate::openapi::Api;
 use crate::{AppState, artifacts, serving};
 
 type Caller = CurrentUser<Forge>;
-
-fn writer(p: &Principal, what: &str) -> ForgeResult<()> {
-    if p.can_write() {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(format!("viewers cannot {what}")))
-    }
-}
-
-fn extra(d: &Deployment) -> Value {
-    serde_json::from_str(&d.extra).unwrap_or(Value::Null)
-}
 
 /// A target's address: the one it was registered with, else the one
 /// its daemon reported.
@@ -91,7 +79,7 @@ fn target_view(state: &AppState, n: &Node, deployments: &[Deployment]) -> Value 
 }
 
 fn view(state: &AppState, d: &Deployment) -> Value {
-    let x = extra(d);
+    let x = serving::extra(d);
     let node = serving::node_of(state, d);
     json!({
         "id": format!("dep_{}", d.id),

@@ -53,6 +53,15 @@ impl Dialect for Forge {
 pub(crate) type ForgeError = ApiError<Forge>;
 pub(crate) type ForgeResult<T> = Result<T, ForgeError>;
 
+/// Viewers may look, not change: 403 before any lookup.
+pub(crate) fn writer(p: &warden_identity::Principal, what: &str) -> ForgeResult<()> {
+    if p.can_write() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!("viewers cannot {what}")))
+    }
+}
+
 /// Forge's ids carry a kind prefix.
 pub(crate) fn user_id(id: &str) -> String {
     format!("usr_{id}")

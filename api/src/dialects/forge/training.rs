@@ -17,7 +17,7 @@ use warden_domain::{FileFormat, Model, catalog};
 use warden_identity::Principal;
 use warden_storage::Record;
 
-use super::{Forge, ForgeResult};
+use super::{Forge, ForgeResult, writer};
 use crate::AppState;
 use crate::artifacts;
 use crate::auth::CurrentUser;
@@ -26,14 +26,6 @@ use crate::error::ApiError;
 use crate::openapi::Api;
 
 type Caller = CurrentUser<Forge>;
-
-fn writer(p: &Principal, what: &str) -> ForgeResult<()> {
-    if p.can_write() {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(format!("viewers cannot {what}")))
-    }
-}
 
 fn run_json(r: &TrainingRun) -> Value {
     let last = r.history.last();

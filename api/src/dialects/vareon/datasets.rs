@@ -14,11 +14,10 @@ use serde_json::{Value, json};
 use warden_domain::dataset::{self, Dataset, DatasetInput, Origin};
 use warden_identity::Principal;
 
-use super::{SkipLimit, Vareon, VareonBody, VareonResult};
+use super::{SkipLimit, Vareon, VareonBody, VareonResult, writer};
 use crate::AppState;
 use crate::auth::CurrentUser;
 use crate::dialects::{Fields, JsonBody, iso, upload};
-use crate::error::ApiError;
 use crate::openapi::Api;
 
 type Caller = CurrentUser<Vareon>;
@@ -54,9 +53,7 @@ async fn upload_dataset(
     Query(q): Query<UploadQuery>,
     req: Request,
 ) -> VareonResult<(StatusCode, Json<Value>)> {
-    if !p.can_write() {
-        return Err(ApiError::forbidden("Not enough permissions"));
-    }
+    writer(&p)?;
     // What the query lacks, the form may carry (as browsers' forms do).
     let mut u = upload::read::<Vareon>(&state, req).await?;
     let input = DatasetInput {
@@ -96,9 +93,7 @@ async fn update(
     Path(id): Path<String>,
     JsonBody(body, _): VareonBody,
 ) -> VareonResult<Json<Value>> {
-    if !p.can_write() {
-        return Err(ApiError::forbidden("Not enough permissions"));
-    }
+    writer(&p)?;
     let d = find(&state, &p, &id)?;
     let mut f = Fields::new(body);
     // The server's own: where the file is, its size, when it came.
@@ -119,9 +114,7 @@ async fn delete(
     CurrentUser(p, _): Caller,
     Path(id): Path<String>,
 ) -> VareonResult<StatusCode> {
-    if !p.can_write() {
-        return Err(ApiError::forbidden("Not enough permissions"));
-    }
+    writer(&p)?;
     let d = find(&state, &p, &id)?;
     dataset::remove(&state.store, &d).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -59,6 +59,15 @@ pub(crate) type VareonBody = crate::dialects::JsonBody<Vareon>;
 pub(crate) type VareonError = ApiError<Vareon>;
 pub(crate) type VareonResult<T> = Result<T, VareonError>;
 
+/// Viewers may look, not change: 403 (FastAPI's words) before any lookup.
+pub(crate) fn writer(p: &warden_identity::Principal) -> VareonResult<()> {
+    if p.can_write() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("Not enough permissions"))
+    }
+}
+
 /// `skip` and `limit` (FastAPI's defaults 0 and 100).
 #[derive(Debug, serde::Deserialize)]
 pub(crate) struct SkipLimit {

@@ -17,7 +17,7 @@ use warden_actors::node::Node;
 use warden_domain::{MlProfile, Model, catalog, dataset};
 use warden_identity::Principal;
 
-use super::{SkipLimit, Vareon, VareonBody, VareonResult};
+use super::{SkipLimit, Vareon, VareonBody, VareonResult, writer};
 use crate::AppState;
 use crate::auth::CurrentUser;
 use crate::dialects::{Fields, JsonBody, iso};
@@ -69,14 +69,6 @@ pub(super) fn view(state: &AppState, m: &Model) -> Value {
         "id": m.id,
         "owner_id": m.owner.user_id,
     })
-}
-
-fn writer(p: &Principal) -> VareonResult<()> {
-    if p.can_write() {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("Not enough permissions"))
-    }
 }
 
 /// An ML model of the caller's organisation (its bare id or forge's).
@@ -267,17 +259,26 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A body the original does not take but Warden reads when given: none
+/// (empty), or a JSON object.
+fn optional_object(body: &Bytes) -> VareonResult<Option<Map<String, Value>>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(Some(map)),
+        _ => Err(ApiError::validation(vec![
+            "body must be a JSON object".into(),
+        ])),
+    }
+}
+
 /// `train`'s optional body: `architecture` (default `lstm_autoencoder`)
 /// and `hyperparameters` (forge's names and defaults). The original takes
 /// no body, so an empty one is the defaults.
 fn train_options(body: &Bytes) -> VareonResult<(String, Option<Value>)> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let Some(mut map) = optional_object(body)? else {
         return Ok((DEFAULT_ARCHITECTURE.into(), None));
-    }
-    let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(body) else {
-        return Err(ApiError::validation(vec![
-            "body must be a JSON object".into(),
-        ]));
     };
     let hyper = map.remove("hyperparameters");
     if hyper
@@ -313,18 +314,14 @@ async fn train(
 /// `deploy`'s optional body: `node_id`, else the organisation's first
 /// online node.
 fn deploy_node(state: &AppState, p: &Principal, body: &Bytes) -> VareonResult<Node> {
-    let asked = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
-            return Err(ApiError::validation(vec![
-                "body must be a JSON object".into(),
-            ]));
-        };
-        let mut f = Fields::new(map);
-        let id = f.string("node_id", false);
-        f.finish_as::<Vareon>()?;
-        id
+    let asked = match optional_object(body)? {
+        None => None,
+        Some(map) => {
+            let mut f = Fields::new(map);
+            let id = f.string("node_id", false);
+            f.finish_as::<Vareon>()?;
+            id
+        }
     };
     if let Some(id) = asked {
         return state
