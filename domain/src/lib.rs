@@ -17,6 +17,7 @@ mod memory;
 mod model;
 mod plain;
 pub mod rules;
+pub mod workflow;
 
 pub use agent::{AGENT_STATUSES, Agent, AgentInput};
 pub use error::DomainError;
@@ -108,6 +109,7 @@ pub async fn ensure_indexes(
     store.ensure_indexes::<Agent>().await?;
     store.ensure_indexes::<Memory>().await?;
     store.ensure_indexes::<dataset::Dataset>().await?;
+    store.ensure_indexes::<workflow::Workflow>().await?;
     Ok(())
 }
 

@@ -12,6 +12,7 @@ mod chats;
 mod models;
 mod queue;
 mod system;
+mod taskchains;
 mod telegram;
 mod users;
 
@@ -66,6 +67,15 @@ impl Dialect for Contenox {
 pub(crate) type ContenoxError = ApiError<Contenox>;
 pub(crate) type ContenoxResult<T> = Result<T, ContenoxError>;
 
+/// Viewers may look, not change: 403 before any lookup.
+pub(crate) fn writer(p: &warden_identity::Principal) -> ContenoxResult<()> {
+    if p.can_write() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("viewers cannot change this"))
+    }
+}
+
 /// Contenox paging: `limit` (default 100, at most 1000) and an RFC 3339
 /// cursor (named `cursor` or `from`): items created before it.
 pub(crate) fn page_params(
@@ -105,4 +115,5 @@ pub(crate) fn routes() -> Api {
         .merge(telegram::routes())
         .merge(system::routes())
         .merge(queue::routes())
+        .merge(taskchains::routes())
 }

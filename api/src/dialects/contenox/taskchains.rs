@@ -1,0 +1,133 @@
+//! Contenox task chains (`/taskchains`): the core's workflows whose
+//! program is a chain (WORKFLOWS.md §1, §4 A). A chain is stored as sent
+//! (unknown fields round-trip); `POST` with an id that exists replaces
+//! it, as the original's key-value put does; the list pages newest first
+//! by `limit` and an RFC 3339 `cursor` (chains created before it).
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use warden_domain::catalog;
+use warden_domain::workflow::{self, Workflow};
+
+use super::backends::PageQuery;
+use super::{Contenox, ContenoxResult, writer};
+use crate::AppState;
+use crate::auth::CurrentUser;
+use crate::dialects::JsonBody;
+use crate::error::ApiError;
+use crate::openapi::Api;
+use crate::paging::Window;
+
+type Caller = CurrentUser<Contenox>;
+type Body = JsonBody<Contenox>;
+
+fn find(state: &AppState, org: &str, id: &str) -> ContenoxResult<Workflow> {
+    workflow::by_key(&state.store, org, id)?.ok_or_else(|| ApiError::not_found("Task chain", id))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    JsonBody(body, _): Body,
+) -> ContenoxResult<(StatusCode, Json<Value>)> {
+    writer(&p)?;
+    let (key, description, program) = workflow::chain_from(body)?;
+    let (w, _) = workflow::put_chain(
+        &state.store,
+        p.owner(),
+        &p.user_id,
+        key,
+        description,
+        program,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(w.chain_view())))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    Query(q): Query<PageQuery>,
+) -> ContenoxResult<Json<Vec<Value>>> {
+    let (limit, before) = q.read()?;
+    let scope = warden_domain::org_scope(Some(&p.org_id));
+    let page = Window::before(before, limit).read::<Workflow>(
+        &state.store,
+        warden_domain::CREATED,
+        &scope,
+        true,
+    )?;
+    Ok(Json(
+        page.items.iter().map(|(_, w)| w.chain_view()).collect(),
+    ))
+}
+
+async fn get(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    Path(id): Path<String>,
+) -> ContenoxResult<Json<Value>> {
+    Ok(Json(find(&state, &p.org_id, &id)?.chain_view()))
+}
+
+/// Replaces the chain at `id` (the body's own `id`, if any, must agree).
+async fn replace(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    Path(id): Path<String>,
+    JsonBody(mut body, _): Body,
+) -> ContenoxResult<Json<Value>> {
+    writer(&p)?;
+    let existing = find(&state, &p.org_id, &id)?;
+    match body.get("id") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if *s == id => {}
+        Some(_) => {
+            return Err(ApiError::validation(vec![format!(
+                "id in the body must be {id}, the chain's id"
+            )]));
+        }
+    }
+    body.insert("id".into(), json!(id));
+    let (_, description, program) = workflow::chain_from(body)?;
+    let w = catalog::update::<Workflow>(&state.store, &existing.id, &p.user_id, |w| {
+        w.description.clone_from(&description);
+        w.program = program.clone();
+        Ok(())
+    })
+    .await?;
+    Ok(Json(w.chain_view()))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    Path(id): Path<String>,
+) -> ContenoxResult<Json<Value>> {
+    writer(&p)?;
+    let w = find(&state, &p.org_id, &id)?;
+    catalog::soft_delete::<Workflow>(&state.store, &w.id, &p.user_id).await?;
+    Ok(Json(json!("deleted")))
+}
+
+pub(super) fn routes() -> Api {
+    let t = "contenox: task chains";
+    Api::new()
+        .post(
+            "/taskchains",
+            t,
+            "Store a task chain {id, description, debug, token_limit, tasks[]} (an existing id is replaced)",
+            create,
+        )
+        .get(
+            "/taskchains",
+            t,
+            "The organisation's task chains, newest first (limit, cursor)",
+            list,
+        )
+        .get("/taskchains/{id}", t, "A task chain", get)
+        .put("/taskchains/{id}", t, "Replace a task chain", replace)
+        .delete("/taskchains/{id}", t, "Delete a task chain", delete)
+}

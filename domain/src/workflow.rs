@@ -1,0 +1,284 @@
+//! Workflows (WORKFLOWS.md §1): stored programs that executions run. One
+//! record behind three dialects: a contenox task chain, a neuronest
+//! workflow, a vareon neosyntis workflow. A plain record written through
+//! `catalog.rs`; keyed per organisation by its `key` (a contenox chain's
+//! client-chosen id, else a Warden-made UUID).
+//!
+//! A chain is kept as the client sent it (WORKFLOWS.md §4 A: loose tasks
+//! and unknown fields round-trip), checked here only for what a later
+//! run or another dialect must be able to read: an object whose `tasks`
+//! is an array of objects with string ids, and whose branches are arrays.
+//! What a run needs beyond that (handlers, targets, operators) is checked
+//! when a run starts.
+
+use serde_json::{Map, Value};
+use warden_storage::{Record, new_uuid};
+
+use crate::rules::MAX_SHORT;
+use crate::{Audit, DomainError, Owned, Owner};
+
+warden_storage::first_layout!(Workflow);
+
+/// The largest chain a client may store (its JSON text).
+pub const MAX_PROGRAM_BYTES: usize = 512 * 1024;
+
+/// What a workflow runs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Program {
+    /// A contenox task chain: its definition as JSON object text, without
+    /// its `id` (the workflow's key).
+    Chain(String),
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Workflow {
+    pub id: String,
+    /// Unique in the organisation: a chain's id.
+    pub key: String,
+    pub description: String,
+    pub program: Program,
+    pub owner: Owner,
+    pub audit: Audit,
+}
+
+fn invalid(m: String) -> DomainError {
+    DomainError::Invalid(vec![m])
+}
+
+/// Checks a chain definition for storing (see the module's notes) and
+/// returns its key and the program.
+pub fn chain_from(mut body: Map<String, Value>) -> Result<(String, String, Program), DomainError> {
+    let key = match body.remove("id") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s,
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            return Err(invalid("id is required".into()));
+        }
+        Some(_) => return Err(invalid("id must be a string".into())),
+    };
+    let mut problems = Vec::new();
+    if key.chars().count() > MAX_SHORT || key.contains('/') || key.chars().any(char::is_control) {
+        problems.push(format!(
+            "id must be at most {MAX_SHORT} characters, without '/' or control characters"
+        ));
+    }
+    let description = match body.get("description") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => {
+            problems.push("description must be a string".into());
+            String::new()
+        }
+    };
+    if body
+        .get("debug")
+        .is_some_and(|d| !d.is_boolean() && !d.is_null())
+    {
+        problems.push("debug must be a boolean".into());
+    }
+    if body
+        .get("token_limit")
+        .is_some_and(|t| !t.is_null() && !t.is_i64())
+    {
+        problems.push("token_limit must be an integer".into());
+    }
+    match body.get("tasks") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(tasks)) => {
+            for (i, t) in tasks.iter().enumerate() {
+                let Some(t) = t.as_object() else {
+                    problems.push(format!("tasks[{i}] must be an object"));
+                    continue;
+                };
+                if t.get("id").is_some_and(|id| !id.is_string()) {
+                    problems.push(format!("tasks[{i}].id must be a string"));
+                }
+                if let Some(tr) = t.get("transition").filter(|v| !v.is_null()) {
+                    let branches_ok = tr
+                        .get("branches")
+                        .is_none_or(|b| b.is_null() || b.is_array());
+                    if !tr.is_object() || !branches_ok {
+                        problems.push(format!(
+                            "tasks[{i}].transition must be an object whose branches are an array"
+                        ));
+                    }
+                }
+            }
+        }
+        Some(_) => problems.push("tasks must be an array".into()),
+    }
+    if !problems.is_empty() {
+        return Err(DomainError::Invalid(problems));
+    }
+    let text = Value::Object(body).to_string();
+    if text.len() > MAX_PROGRAM_BYTES {
+        return Err(invalid(format!(
+            "the chain is larger than {} KiB",
+            MAX_PROGRAM_BYTES / 1024
+        )));
+    }
+    Ok((key, description, Program::Chain(text)))
+}
+
+impl Workflow {
+    pub fn new(
+        key: String,
+        description: String,
+        program: Program,
+        owner: Owner,
+        by: &str,
+    ) -> Workflow {
+        Workflow {
+            id: new_uuid(),
+            key,
+            description,
+            program,
+            owner,
+            audit: Audit::new(by),
+        }
+    }
+
+    /// The chain as contenox shows it: its definition with its `id`.
+    pub fn chain_view(&self) -> Value {
+        let Program::Chain(text) = &self.program;
+        let mut v: Value = serde_json::from_str(text).unwrap_or_else(|_| Value::Object(Map::new()));
+        if let Value::Object(m) = &mut v {
+            m.insert("id".into(), Value::String(self.key.clone()));
+            m.entry("description")
+                .or_insert_with(|| Value::String(self.description.clone()));
+            m.entry("tasks").or_insert_with(|| Value::Array(Vec::new()));
+        }
+        v
+    }
+}
+
+impl Record for Workflow {
+    const COLLECTION: &'static str = "workflows";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn uniques(&self) -> Vec<(&'static str, String)> {
+        vec![("key", format!("{}/{}", self.owner.org_id, self.key))]
+    }
+    fn is_deleted(&self) -> bool {
+        self.audit.deleted_at.is_some()
+    }
+    fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
+        crate::created_order(&self.owner.org_id, self.audit.created_at)
+    }
+}
+
+impl crate::catalog::Plain for Workflow {
+    const KIND: &'static str = "Task chain";
+    fn audit(&self) -> &Audit {
+        &self.audit
+    }
+    fn audit_mut(&mut self) -> &mut Audit {
+        &mut self.audit
+    }
+}
+
+impl Owned for Workflow {
+    fn owner(&self) -> &Owner {
+        &self.owner
+    }
+}
+
+/// A live workflow of `org` by its key.
+pub fn by_key(
+    store: &warden_storage::Store,
+    org: &str,
+    key: &str,
+) -> Result<Option<Workflow>, DomainError> {
+    Ok(store
+        .get_by_unique::<Workflow>("key", &format!("{org}/{key}"))?
+        .filter(|w| !w.is_deleted()))
+}
+
+/// Stores a chain: a new workflow, or (same key in the organisation)
+/// the replacement of the existing one's program, as the original's
+/// key-value put does. Returns the workflow and whether it is new.
+pub async fn put_chain(
+    store: &warden_storage::Store,
+    owner: Owner,
+    by: &str,
+    key: String,
+    description: String,
+    program: Program,
+) -> Result<(Workflow, bool), DomainError> {
+    if let Some(existing) = by_key(store, &owner.org_id, &key)? {
+        let w = crate::catalog::update::<Workflow>(store, &existing.id, by, |w| {
+            w.description.clone_from(&description);
+            w.program = program.clone();
+            Ok(())
+        })
+        .await?;
+        return Ok((w, false));
+    }
+    let w = Workflow::new(key, description, program, owner, by);
+    match crate::catalog::create(store, w.clone()).await {
+        Ok(w) => Ok((w, true)),
+        // Another request stored the same key meanwhile: replace it.
+        Err(DomainError::Conflict { .. }) => {
+            let existing = by_key(store, &w.owner.org_id, &w.key)?.ok_or_else(|| {
+                DomainError::Unavailable("the chain changed meanwhile; try again".into())
+            })?;
+            let w = crate::catalog::update::<Workflow>(store, &existing.id, by, |e| {
+                e.description.clone_from(&w.description);
+                e.program = w.program.clone();
+                Ok(())
+            })
+            .await?;
+            Ok((w, false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn chain(v: Value) -> Result<(String, String, Program), DomainError> {
+        chain_from(v.as_object().unwrap().clone())
+    }
+
+    #[test]
+    fn chains_are_checked_loosely_and_round_trip() {
+        let body = json!({"id": "triage", "description": "d", "debug": true, "token_limit": 0,
+            "custom": {"x": 1},
+            "tasks": [{"id": "a", "handler": "noop", "model": "m", "transition": {"branches": [{"operator": "default", "goto": "end"}]}},
+                      {"id": "b"}]});
+        let (key, description, program) = chain(body.clone()).unwrap();
+        assert_eq!((key.as_str(), description.as_str()), ("triage", "d"));
+        let w = Workflow::new(key, description, program, Owner::default(), "u");
+        assert_eq!(w.chain_view(), body, "every field comes back");
+
+        for (bad, says) in [
+            (json!({"tasks": []}), "id is required"),
+            (json!({"id": "a/b"}), "'/'"),
+            (
+                json!({"id": "x", "tasks": {"id": "t"}}),
+                "tasks must be an array",
+            ),
+            (
+                json!({"id": "x", "tasks": [1]}),
+                "tasks[0] must be an object",
+            ),
+            (json!({"id": "x", "tasks": [{"id": 3}]}), "tasks[0].id"),
+            (
+                json!({"id": "x", "tasks": [{"transition": {"branches": {"goto": "a"}}}]}),
+                "branches",
+            ),
+            (
+                json!({"id": "x", "debug": "yes", "token_limit": 1.5}),
+                "debug",
+            ),
+        ] {
+            let Err(DomainError::Invalid(p)) = chain(bad.clone()) else {
+                panic!("{bad} should be refused")
+            };
+            assert!(p.join("; ").contains(says), "{bad}: {p:?}");
+        }
+    }
+}
