@@ -4,6 +4,7 @@
 //! The transitions are in [`machine`], pure and unit-tested.
 
 mod actor;
+pub mod chain;
 pub mod machine;
 mod record;
 

@@ -1,0 +1,954 @@
+//! The contenox chain language (WORKFLOWS.md §2), as a resumable
+//! interpreter: [`Runner::advance`] runs the chain's pure steps until the
+//! run ends or a step needs an outside effect (an LLM, a hook), which it
+//! hands back as a [`Next::Call`]; the caller records that, performs it
+//! and gives the result to [`Runner::effect_done`]. Everything the run
+//! knows is in [`ChainRun`], which is plain data: the execution actor
+//! stores it between steps and resumes from it after a crash. Nothing
+//! here does I/O or reads a clock other than the one it is given.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+/// A run stops after this many transitions (a chain looping on itself).
+pub const MAX_TRANSITIONS: u32 = 1000;
+
+/// The handlers the language has; those this module runs itself are
+/// [`PURE`], the rest need an outside effect.
+pub const HANDLERS: [&str; 14] = [
+    "raw_string",
+    "condition_key",
+    "parse_number",
+    "parse_score",
+    "parse_range",
+    "parse_transition",
+    "parse_key_value",
+    "embedding",
+    "raise_error",
+    "model_execution",
+    "execute_tool_calls",
+    "convert_to_openai_chat_response",
+    "noop",
+    "hook",
+];
+pub const PURE: [&str; 4] = ["noop", "parse_transition", "parse_key_value", "raise_error"];
+
+pub const TYPES: [&str; 13] = [
+    "any",
+    "string",
+    "bool",
+    "int",
+    "float",
+    "vector",
+    "search_results",
+    "json",
+    "chat_history",
+    "openai_chat",
+    "openai_chat_response",
+    "nil",
+    "",
+];
+
+const OPERATORS: [&str; 11] = [
+    "equals",
+    "contains",
+    "starts_with",
+    "ends_with",
+    ">",
+    "gt",
+    "<",
+    "lt",
+    "in_range",
+    "default",
+    "",
+];
+
+/// A value with its type name (`inputType`/`outputType`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Data {
+    pub kind: String,
+    /// JSON text.
+    pub value: String,
+}
+
+impl Data {
+    pub fn new(kind: &str, value: &Value) -> Data {
+        Data {
+            kind: kind.into(),
+            value: value.to_string(),
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.value).unwrap_or(Value::Null)
+    }
+
+    /// The value as text: a string as it is, anything else as JSON.
+    pub fn text(&self) -> String {
+        match self.json() {
+            Value::String(s) => s,
+            Value::Null => String::new(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// A chain's input, read as its declared type: a `string` given as an
+/// object is its `value` (else its JSON text); `bool`, `int` and `float`
+/// parse strings.
+pub fn typed_input(kind: &str, input: &Value) -> Result<Data, String> {
+    let kind = if kind.is_empty() { "any" } else { kind };
+    if !TYPES.contains(&kind) {
+        return Err(format!(
+            "inputType {kind:?} is not one of {}",
+            TYPES[..TYPES.len() - 1].join(", ")
+        ));
+    }
+    let bad = || format!("the input is not a valid {kind}");
+    let value = match (kind, input) {
+        ("string", Value::String(_)) => input.clone(),
+        ("string", Value::Object(o)) => match o.get("value") {
+            Some(Value::String(s)) => json!(s),
+            _ => json!(input.to_string()),
+        },
+        ("string", other) => json!(other.to_string()),
+        ("bool", Value::String(s)) => json!(s.trim().parse::<bool>().map_err(|_| bad())?),
+        ("int", Value::String(s)) => json!(s.trim().parse::<i64>().map_err(|_| bad())?),
+        ("float", Value::String(s)) => json!(s.trim().parse::<f64>().map_err(|_| bad())?),
+        ("bool", v) if v.is_boolean() => v.clone(),
+        ("int", v) if v.is_i64() => v.clone(),
+        ("float", v) if v.is_number() => v.clone(),
+        ("bool" | "int" | "float", _) => return Err(bad()),
+        ("chat_history", Value::Object(o)) if o.get("messages").is_some_and(Value::is_array) => {
+            input.clone()
+        }
+        ("chat_history", _) => return Err(bad()),
+        _ => input.clone(),
+    };
+    Ok(Data::new(kind, &value))
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Branch {
+    operator: String,
+    when: String,
+    goto: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    pub id: String,
+    pub handler: String,
+    input_var: Option<String>,
+    prompt_template: Option<String>,
+    print: Option<String>,
+    retry_on_failure: u32,
+    pub timeout: Option<Duration>,
+    branches: Vec<Branch>,
+    on_failure: Option<String>,
+    compose: Option<(String, Option<String>)>,
+    /// The task as stored, for the handlers that read more of it.
+    pub raw: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chain {
+    pub id: String,
+    pub debug: bool,
+    pub tasks: Vec<Task>,
+}
+
+/// A Go duration (`500ms`, `30s`, `2m`, `1h30m`).
+pub fn go_duration(s: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..u] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = &rest[u..];
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+fn text_of(v: Option<&Value>) -> Option<String> {
+    v.and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// Reads and checks a stored chain before a run (WORKFLOWS.md §2): at
+/// least one task, ids present and not `end`, known handlers, branch and
+/// failure targets that exist, known operators, valid timeouts. Every
+/// problem names its task.
+pub fn parse(id: &str, chain: &Value) -> Result<Chain, Vec<String>> {
+    let mut problems = Vec::new();
+    let tasks_json = chain["tasks"].as_array().cloned().unwrap_or_default();
+    if tasks_json.is_empty() {
+        problems.push("tasks: a chain needs at least one task".to_owned());
+    }
+    let ids: Vec<String> = tasks_json
+        .iter()
+        .map(|t| t["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let mut tasks = Vec::new();
+    for (i, t) in tasks_json.iter().enumerate() {
+        let raw = t.as_object().cloned().unwrap_or_default();
+        let tid = ids[i].clone();
+        let name = if tid.is_empty() {
+            format!("tasks[{i}]")
+        } else {
+            format!("task {tid}")
+        };
+        if tid.is_empty() {
+            problems.push(format!("{name}: id is required"));
+        } else if tid == "end" {
+            problems.push(format!("{name}: id `end` is reserved"));
+        }
+        let handler = text_of(raw.get("handler")).unwrap_or_default();
+        if handler.is_empty() {
+            problems.push(format!("{name}: task-type is empty (handler)"));
+        } else if !HANDLERS.contains(&handler.as_str()) {
+            problems.push(format!("{name}: unsupported handler {handler:?}"));
+        }
+        let known =
+            |target: &str| target.is_empty() || target == "end" || ids.iter().any(|i| i == target);
+        let tr = &raw.get("transition").cloned().unwrap_or(Value::Null);
+        let mut branches = Vec::new();
+        for b in tr["branches"].as_array().cloned().unwrap_or_default() {
+            let operator = b["operator"].as_str().unwrap_or_default().to_owned();
+            if !OPERATORS.contains(&operator.as_str()) {
+                problems.push(format!("{name}: unknown operator {operator:?}"));
+            }
+            let goto = b["goto"].as_str().unwrap_or_default().to_owned();
+            if !known(&goto) {
+                problems.push(format!("{name}: goto {goto:?} is not a task of the chain"));
+            }
+            branches.push(Branch {
+                operator,
+                when: match &b["when"] {
+                    Value::String(s) => s.clone(),
+                    Value::Null => String::new(),
+                    other => other.to_string(),
+                },
+                goto,
+            });
+        }
+        let on_failure = text_of(tr.get("on_failure"));
+        if let Some(f) = &on_failure
+            && !known(f)
+        {
+            problems.push(format!(
+                "{name}: on_failure {f:?} is not a task of the chain"
+            ));
+        }
+        let timeout = match text_of(raw.get("timeout")) {
+            None => None,
+            Some(s) => match go_duration(&s) {
+                Some(d) => Some(d),
+                None => {
+                    problems.push(format!(
+                        "{name}: timeout {s:?} is not a duration (like 30s)"
+                    ));
+                    None
+                }
+            },
+        };
+        let compose = raw
+            .get("compose")
+            .and_then(|c| text_of(c.get("with_var")).map(|v| (v, text_of(c.get("strategy")))));
+        tasks.push(Task {
+            id: tid,
+            handler,
+            input_var: text_of(raw.get("input_var")),
+            prompt_template: text_of(raw.get("prompt_template")),
+            print: text_of(raw.get("print")),
+            retry_on_failure: raw
+                .get("retry_on_failure")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                .min(100) as u32,
+            timeout,
+            branches,
+            on_failure,
+            compose,
+            raw,
+        });
+    }
+    if problems.is_empty() {
+        Ok(Chain {
+            id: id.into(),
+            debug: chain["debug"].as_bool().unwrap_or(false),
+            tasks,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+/// Renders a Go text/template's `{{.name}}` and `{{.name.field}}`
+/// actions against the variables (missing → `<no value>`, as Go does);
+/// strings as they are, anything else as JSON.
+pub fn render(template: &str, vars: &BTreeMap<String, Data>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find("}}") else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let action = rest[start + 2..start + end].trim().trim_matches('-').trim();
+        let value = action.strip_prefix('.').and_then(|path| {
+            let mut parts = path.split('.');
+            let head = vars.get(parts.next()?)?;
+            let mut v = head.json();
+            for p in parts {
+                v = v.get(p)?.clone();
+            }
+            Some(v)
+        });
+        match value {
+            Some(Value::String(s)) => out.push_str(&s),
+            Some(Value::Null) | None => out.push_str("<no value>"),
+            Some(other) => out.push_str(&other.to_string()),
+        }
+        rest = &rest[start + end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One attempt of one task, as contenox reports it (`state[]`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StateUnit {
+    pub task_id: String,
+    pub handler: String,
+    pub input_type: String,
+    pub output_type: String,
+    pub input_var: String,
+    pub transition: String,
+    pub duration_ns: u64,
+    pub error: String,
+    /// Only when the chain has `debug` set.
+    pub input: Option<String>,
+    pub output: Option<String>,
+}
+
+impl StateUnit {
+    pub fn view(&self) -> Value {
+        let mut v = json!({
+            "taskID": self.task_id,
+            "taskHandler": self.handler,
+            "inputType": self.input_type,
+            "outputType": self.output_type,
+            "inputVar": self.input_var,
+            "transition": self.transition,
+            "duration": self.duration_ns,
+            "error": {"error": self.error},
+        });
+        if let Some(i) = &self.input {
+            v["input"] = json!(i);
+        }
+        if let Some(o) = &self.output {
+            v["output"] = json!(o);
+        }
+        v
+    }
+}
+
+/// Everything a run knows: plain data, stored between steps.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ChainRun {
+    pub vars: BTreeMap<String, Data>,
+    /// The task to run next; `None` once the run ended.
+    pub current: Option<String>,
+    /// Attempts of the current task that failed.
+    pub failures: u32,
+    pub transitions: u32,
+    pub output: Data,
+    pub state: Vec<StateUnit>,
+    /// Why the run failed, once it did.
+    pub error: Option<String>,
+}
+
+/// What the caller does next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// The run ended with this output.
+    Done(Data),
+    /// The run failed.
+    Failed(String),
+    /// The current task needs an effect with this input.
+    Call { task: String, input: Data },
+}
+
+/// The result of one attempt: output and the transition's eval, or why
+/// it failed.
+pub type Outcome = Result<(Data, String), String>;
+
+impl ChainRun {
+    pub fn new(chain: &Chain, input: Data) -> ChainRun {
+        let mut vars = BTreeMap::new();
+        vars.insert("input".to_owned(), input.clone());
+        ChainRun {
+            vars,
+            current: chain.tasks.first().map(|t| t.id.clone()),
+            failures: 0,
+            transitions: 0,
+            output: input,
+            state: Vec::new(),
+            error: None,
+        }
+    }
+}
+
+pub struct Runner<'a> {
+    pub chain: &'a Chain,
+    pub run: &'a mut ChainRun,
+}
+
+fn kv_value(v: &str) -> Value {
+    let v = v.trim().trim_matches(|c| c == '"' || c == '\'');
+    if let Ok(n) = v.parse::<i64>() {
+        json!(n)
+    } else if let Ok(x) = v.parse::<f64>() {
+        json!(x)
+    } else if let Ok(b) = v.parse::<bool>() {
+        json!(b)
+    } else {
+        json!(v)
+    }
+}
+
+/// The pure handlers.
+fn pure(handler: &str, input: &Data) -> Outcome {
+    match handler {
+        "noop" => Ok((input.clone(), "noop".into())),
+        "raise_error" => Err(input.text()),
+        "parse_transition" => {
+            let text = input.text();
+            let t = text.trim();
+            match t.strip_prefix('/') {
+                None => Ok((input.clone(), "pass".into())),
+                Some(cmd) => {
+                    let cmd = cmd.split_whitespace().next().unwrap_or_default();
+                    if cmd.is_empty() {
+                        Err("parse_transition: an empty command (`/`)".into())
+                    } else {
+                        Ok((input.clone(), cmd.to_owned()))
+                    }
+                }
+            }
+        }
+        "parse_key_value" => {
+            if input.kind == "json" || input.json().is_object() {
+                return Ok((Data::new("json", &input.json()), "already_json".into()));
+            }
+            let text = input.text();
+            let mut map = Map::new();
+            for part in text.split([';', '\n', ',']) {
+                let Some((k, v)) = part.split_once('=').or_else(|| part.split_once(':')) else {
+                    continue;
+                };
+                let k = k.trim().trim_matches(|c| c == '"' || c == '\'');
+                if !k.is_empty() {
+                    map.insert(k.to_owned(), kv_value(v));
+                }
+            }
+            if map.is_empty() {
+                Err(format!("parse_key_value: no key=value pairs in {text:?}"))
+            } else {
+                Ok((Data::new("json", &Value::Object(map)), "parsed".into()))
+            }
+        }
+        other => Err(format!("{other} is not a pure handler")),
+    }
+}
+
+fn number(s: &str) -> Option<f64> {
+    s.trim().parse::<f64>().ok()
+}
+
+/// Whether a branch matches the transition's eval.
+fn matches(b: &Branch, eval: &str) -> Result<bool, String> {
+    Ok(match b.operator.as_str() {
+        "equals" => eval == b.when,
+        "contains" => eval.contains(&b.when),
+        "starts_with" => eval.starts_with(&b.when),
+        "ends_with" => eval.ends_with(&b.when),
+        ">" | "gt" | "<" | "lt" => {
+            let (Some(a), Some(w)) = (number(eval), number(&b.when)) else {
+                return Err(format!(
+                    "operator {} compares numbers: {eval:?}, {:?}",
+                    b.operator, b.when
+                ));
+            };
+            if b.operator == ">" || b.operator == "gt" {
+                a > w
+            } else {
+                a < w
+            }
+        }
+        "in_range" => {
+            let (lo, hi) = b
+                .when
+                .split_once('-')
+                .and_then(|(l, h)| Some((number(l)?, number(h)?)))
+                .ok_or_else(|| format!("in_range wants min-max, got {:?}", b.when))?;
+            let v = number(eval).ok_or_else(|| format!("in_range compares numbers: {eval:?}"))?;
+            (lo..=hi).contains(&v)
+        }
+        other => return Err(format!("unknown operator {other:?}")),
+    })
+}
+
+/// Deep-merges `right` into `left` (right wins).
+fn merge(left: &mut Value, right: &Value) {
+    match (left, right) {
+        (Value::Object(l), Value::Object(r)) => {
+            for (k, v) in r {
+                merge(l.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (l, r) => *l = r.clone(),
+    }
+}
+
+fn messages(v: &Value) -> Vec<Value> {
+    v["messages"].as_array().cloned().unwrap_or_default()
+}
+
+impl Runner<'_> {
+    fn task(&self, id: &str) -> Option<&Task> {
+        self.chain.tasks.iter().find(|t| t.id == id)
+    }
+
+    fn fail(&mut self, error: String) -> Next {
+        self.run.current = None;
+        self.run.error = Some(error.clone());
+        Next::Failed(error)
+    }
+
+    /// The current task's input: its `input_var` or the last output, then
+    /// its rendered `prompt_template` in its place.
+    pub fn input(&self) -> Result<(Data, String), String> {
+        let task = self
+            .run
+            .current
+            .as_deref()
+            .and_then(|id| self.task(id))
+            .ok_or("no current task")?;
+        let (mut data, var) = match &task.input_var {
+            Some(v) => (
+                self.run
+                    .vars
+                    .get(v)
+                    .cloned()
+                    .ok_or_else(|| format!("task {}: input_var {v:?} is not set", task.id))?,
+                v.clone(),
+            ),
+            None => (self.run.output.clone(), task.id.clone()),
+        };
+        if let Some(t) = &task.prompt_template {
+            data = Data::new("string", &json!(render(t, &self.run.vars)));
+        }
+        Ok((data, var))
+    }
+
+    /// Runs pure tasks until the run ends or a task needs an effect.
+    pub fn advance(&mut self) -> Next {
+        loop {
+            let Some(id) = self.run.current.clone() else {
+                return match &self.run.error {
+                    Some(e) => Next::Failed(e.clone()),
+                    None => Next::Done(self.run.output.clone()),
+                };
+            };
+            if self.run.transitions >= MAX_TRANSITIONS {
+                return self.fail(format!(
+                    "the chain made {MAX_TRANSITIONS} transitions: stopped (a loop?)"
+                ));
+            }
+            let Some(task) = self.task(&id).cloned() else {
+                return self.fail(format!("task {id} is not in the chain"));
+            };
+            let (input, _) = match self.input() {
+                Ok(i) => i,
+                Err(e) => return self.fail(e),
+            };
+            if let Some(p) = &task.print {
+                tracing::info!(chain = %self.chain.id, task = %task.id, "{}", render(p, &self.run.vars));
+            }
+            if !PURE.contains(&task.handler.as_str()) {
+                return Next::Call { task: id, input };
+            }
+            let outcome = pure(&task.handler, &input);
+            self.finish_attempt(&task, &input, outcome, 0);
+        }
+    }
+
+    /// The result of the current task's effect; then call [`advance`].
+    pub fn effect_done(&mut self, outcome: Outcome, duration_ns: u64) {
+        let Some(task) = self
+            .run
+            .current
+            .clone()
+            .and_then(|id| self.task(&id).cloned())
+        else {
+            return;
+        };
+        let input = match self.input() {
+            Ok((i, _)) => i,
+            Err(e) => {
+                self.fail(e);
+                return;
+            }
+        };
+        self.finish_attempt(&task, &input, outcome, duration_ns);
+    }
+
+    fn finish_attempt(&mut self, task: &Task, input: &Data, outcome: Outcome, duration_ns: u64) {
+        self.run.transitions += 1;
+        let debug = self.chain.debug;
+        let var = task.input_var.clone().unwrap_or_else(|| task.id.clone());
+        let mut unit = StateUnit {
+            task_id: task.id.clone(),
+            handler: task.handler.clone(),
+            input_type: input.kind.clone(),
+            output_type: String::new(),
+            input_var: var,
+            transition: String::new(),
+            duration_ns,
+            error: String::new(),
+            input: debug.then(|| input.text()),
+            output: None,
+        };
+        match outcome {
+            Err(e) => {
+                unit.error = e.clone();
+                self.run.state.push(unit);
+                self.run.failures += 1;
+                if self.run.failures <= task.retry_on_failure {
+                    return;
+                }
+                self.run.failures = 0;
+                match &task.on_failure {
+                    Some(target) if target != "end" => self.run.current = Some(target.clone()),
+                    Some(_) => self.run.current = None,
+                    None => {
+                        self.fail(format!(
+                            "task {} failed after {} retries: {e}",
+                            task.id, task.retry_on_failure
+                        ));
+                    }
+                }
+            }
+            Ok((mut output, eval)) => {
+                self.run.failures = 0;
+                if let Some((with_var, strategy)) = &task.compose {
+                    match self.compose(with_var, strategy.as_deref(), &output) {
+                        Ok(composed) => {
+                            self.run
+                                .vars
+                                .insert(format!("{}_composed", task.id), composed.clone());
+                            output = composed;
+                        }
+                        Err(e) => {
+                            unit.error = e.clone();
+                            self.run.state.push(unit);
+                            self.fail(format!("task {}: {e}", task.id));
+                            return;
+                        }
+                    }
+                }
+                unit.output_type = output.kind.clone();
+                unit.transition = eval.clone();
+                unit.output = debug.then(|| output.json().to_string());
+                self.run.state.push(unit);
+                self.run.vars.insert(task.id.clone(), output.clone());
+                self.run
+                    .vars
+                    .insert("previous_output".into(), output.clone());
+                self.run.output = output;
+                match self.next_task(task, &eval) {
+                    Ok(next) => self.run.current = next,
+                    Err(e) => {
+                        self.fail(format!("task {}: {e}", task.id));
+                    }
+                }
+            }
+        }
+    }
+
+    fn compose(
+        &self,
+        with_var: &str,
+        strategy: Option<&str>,
+        output: &Data,
+    ) -> Result<Data, String> {
+        let other = self
+            .run
+            .vars
+            .get(with_var)
+            .ok_or_else(|| format!("compose.with_var {with_var:?} is not set"))?;
+        let input_kind = self.run.vars.get("input").map(|d| d.kind.as_str());
+        let strategy = strategy.unwrap_or(
+            if input_kind == Some("chat_history") && other.kind == "chat_history" {
+                "merge_chat_histories"
+            } else {
+                "override"
+            },
+        );
+        let (left, right) = (other.json(), output.json());
+        match strategy {
+            "override" => {
+                if !left.is_object() || !right.is_object() {
+                    return Err("compose override needs two objects".into());
+                }
+                let mut merged = left;
+                merge(&mut merged, &right);
+                Ok(Data::new(&output.kind, &merged))
+            }
+            "merge_chat_histories" => {
+                let mut history = if right.is_object() {
+                    right.clone()
+                } else {
+                    json!({})
+                };
+                let mut all = messages(&left);
+                all.extend(messages(&right));
+                history["messages"] = json!(all);
+                Ok(Data::new("chat_history", &history))
+            }
+            "append_string_to_chat_history" => {
+                let (text, mut history) = if left.is_string() {
+                    (left.clone(), right.clone())
+                } else {
+                    (right.clone(), left.clone())
+                };
+                if !history.is_object() {
+                    return Err("append_string_to_chat_history needs a chat history".into());
+                }
+                let mut all = vec![json!({"role": "system", "content": text})];
+                all.extend(messages(&history));
+                history["messages"] = json!(all);
+                Ok(Data::new("chat_history", &history))
+            }
+            other => Err(format!("unknown compose strategy {other:?}")),
+        }
+    }
+
+    /// The branch the eval takes: the first matching non-default one,
+    /// else the first default; `end` or an empty goto ends the run.
+    fn next_task(&self, task: &Task, eval: &str) -> Result<Option<String>, String> {
+        let mut chosen = None;
+        for b in task.branches.iter().filter(|b| b.operator != "default") {
+            if matches(b, eval)? {
+                chosen = Some(b);
+                break;
+            }
+        }
+        let chosen = chosen
+            .or_else(|| task.branches.iter().find(|b| b.operator == "default"))
+            .ok_or_else(|| format!("no matching transition for {eval:?}"))?;
+        Ok(match chosen.goto.as_str() {
+            "" | "end" => None,
+            other => Some(other.to_owned()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(chain: Value, input: Value, kind: &str) -> (Next, ChainRun) {
+        let c = parse("c", &chain).expect("a valid chain");
+        let mut run = ChainRun::new(&c, typed_input(kind, &input).unwrap());
+        let next = Runner {
+            chain: &c,
+            run: &mut run,
+        }
+        .advance();
+        (next, run)
+    }
+
+    fn to_end() -> Value {
+        json!({"branches": [{"operator": "default", "goto": "end"}]})
+    }
+
+    #[test]
+    fn templates_branches_and_variables() {
+        let chain = json!({"debug": true, "tasks": [
+            {"id": "greet", "handler": "noop", "prompt_template": "hello {{.input}} {{ .missing }}",
+             "transition": {"branches": [{"operator": "default", "goto": "route"}]}},
+            {"id": "route", "handler": "parse_transition", "input_var": "input",
+             "transition": {"branches": [
+                 {"operator": "equals", "when": "deploy", "goto": "kv"},
+                 {"operator": "default", "goto": "end"}]}},
+            {"id": "kv", "handler": "parse_key_value", "prompt_template": "a=1; b=two, c:true",
+             "transition": to_end()}
+        ]});
+        let (next, run) = run(chain.clone(), json!("/deploy now"), "string");
+        assert_eq!(
+            next,
+            Next::Done(Data::new("json", &json!({"a": 1, "b": "two", "c": true})))
+        );
+        assert_eq!(run.vars["greet"].text(), "hello /deploy now <no value>");
+        let evals: Vec<&str> = run.state.iter().map(|u| u.transition.as_str()).collect();
+        assert_eq!(evals, ["noop", "deploy", "parsed"]);
+        assert_eq!(
+            run.state[0].input.as_deref(),
+            Some("hello /deploy now <no value>")
+        );
+        assert_eq!(
+            run.state[1].input.as_deref(),
+            Some("/deploy now"),
+            "input_var: the chain input"
+        );
+        let (next, _) = super::tests::run(chain, json!("no command"), "string");
+        assert_eq!(next, Next::Done(Data::new("string", &json!("no command"))));
+    }
+
+    #[test]
+    fn retries_failure_targets_and_errors() {
+        let chain = |on_failure: Value| {
+            json!({"tasks": [
+                {"id": "boom", "handler": "raise_error", "retry_on_failure": 2,
+                 "transition": {"on_failure": on_failure, "branches": [{"operator": "default", "goto": "end"}]}},
+                {"id": "fallback", "handler": "noop", "prompt_template": "recovered", "transition": to_end()}
+            ]})
+        };
+        let (next, run) = run(chain(json!("fallback")), json!("bad input"), "string");
+        assert_eq!(next, Next::Done(Data::new("string", &json!("recovered"))));
+        assert_eq!(
+            run.state.len(),
+            4,
+            "three failed attempts, then the fallback"
+        );
+        assert!(run.state[..3].iter().all(|u| u.error == "bad input"));
+        assert!(
+            !run.vars.contains_key("boom"),
+            "a failed task sets no variable"
+        );
+        let (next, _) = super::tests::run(chain(Value::Null), json!("bad input"), "string");
+        assert_eq!(
+            next,
+            Next::Failed("task boom failed after 2 retries: bad input".into())
+        );
+    }
+
+    #[test]
+    fn loops_stop_and_effects_are_handed_back() {
+        let looping = json!({"tasks": [{"id": "again", "handler": "noop",
+            "transition": {"branches": [{"operator": "default", "goto": "again"}]}}]});
+        let (next, run) = run(looping, json!(1), "int");
+        assert!(matches!(next, Next::Failed(e) if e.contains("1000 transitions")));
+        assert_eq!(run.transitions, MAX_TRANSITIONS);
+
+        let c = parse("c", &json!({"tasks": [
+            {"id": "ask", "handler": "raw_string", "prompt_template": "Q: {{.input}}",
+             "transition": {"branches": [{"operator": ">", "when": "5", "goto": "end"},
+                                         {"operator": "in_range", "when": "1-5", "goto": "low"}]}},
+            {"id": "low", "handler": "noop", "transition": to_end()}
+        ]}))
+        .unwrap();
+        let mut r = ChainRun::new(&c, typed_input("string", &json!("x")).unwrap());
+        let mut runner = Runner {
+            chain: &c,
+            run: &mut r,
+        };
+        assert_eq!(
+            runner.advance(),
+            Next::Call {
+                task: "ask".into(),
+                input: Data::new("string", &json!("Q: x"))
+            }
+        );
+        runner.effect_done(Ok((Data::new("string", &json!("3")), "3".into())), 1000);
+        assert_eq!(
+            runner.advance(),
+            Next::Done(Data::new("string", &json!("3")))
+        );
+        assert_eq!(
+            r.state
+                .iter()
+                .map(|u| u.task_id.as_str())
+                .collect::<Vec<_>>(),
+            ["ask", "low"]
+        );
+    }
+
+    #[test]
+    fn compose_strategies() {
+        let chain = json!({"tasks": [
+            {"id": "a", "handler": "parse_key_value", "transition": {"branches": [{"operator": "default", "goto": "b"}]}},
+            {"id": "b", "handler": "parse_key_value", "prompt_template": "y=2; z=3",
+             "compose": {"with_var": "a"}, "transition": to_end()}
+        ]});
+        let (next, run) = run(chain, json!("x=1; y=1"), "string");
+        assert_eq!(
+            next,
+            Next::Done(Data::new("json", &json!({"x": 1, "y": 2, "z": 3})))
+        );
+        assert!(run.vars.contains_key("b_composed"));
+    }
+
+    #[test]
+    fn bad_chains_name_their_tasks() {
+        let bad = json!({"tasks": [
+            {"id": "end", "handler": "noop"},
+            {"id": "x", "handler": "teleport", "timeout": "soon",
+             "transition": {"on_failure": "nowhere", "branches": [{"operator": "almost", "goto": "ghost"}]}},
+            {"handler": ""}
+        ]});
+        let problems = parse("c", &bad).unwrap_err();
+        let all = problems.join("\n");
+        for says in [
+            "task end: id `end` is reserved",
+            "task x: unsupported handler",
+            "task x: timeout",
+            "task x: on_failure",
+            "task x: unknown operator",
+            "task x: goto \"ghost\"",
+            "tasks[2]: id is required",
+            "tasks[2]: task-type is empty",
+        ] {
+            assert!(all.contains(says), "{says}: {all}");
+        }
+        assert!(parse("c", &json!({"tasks": []})).is_err());
+        assert_eq!(go_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(go_duration("500ms"), Some(Duration::from_millis(500)));
+        assert!(
+            typed_input("int", &json!("12")).is_ok() && typed_input("int", &json!("x")).is_err()
+        );
+        assert_eq!(
+            typed_input("string", &json!({"value": "v"}))
+                .unwrap()
+                .text(),
+            "v"
+        );
+        assert!(typed_input("yaml", &json!(1)).is_err());
+    }
+}
