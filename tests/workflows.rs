@@ -150,3 +150,146 @@ async fn task_chains_are_stored_as_sent_replaced_paged_and_private() {
     assert_eq!(s.delete("/taskchains/triage", &t).await.status, 404);
     assert_eq!(s.post("/taskchains", &t, triage()).await.status, 201);
 }
+
+/// `POST /tasks` runs a chain of pure tasks to its end as an execution:
+/// templates, branches, retries, fallbacks, and the errors of section 2.
+#[tokio::test]
+async fn chains_run_through_tasks_and_show_as_executions() {
+    let s = TestServer::start().await;
+    let (t, _) = s.user("runner", &["operator"], None).await;
+    let to_end = json!({"branches": [{"operator": "default", "goto": "end"}]});
+    let chain = json!({
+        "id": "route", "debug": true,
+        "tasks": [
+            {"id": "greet", "handler": "noop", "prompt_template": "{{.input}}",
+             "transition": {"branches": [{"operator": "default", "goto": "command"}]}},
+            {"id": "command", "handler": "parse_transition",
+             "transition": {"branches": [
+                 {"operator": "equals", "when": "set", "goto": "settings"},
+                 {"operator": "default", "goto": "end"}]}},
+            {"id": "settings", "handler": "parse_key_value", "prompt_template": "replicas=3; region=eu",
+             "transition": to_end}
+        ]
+    });
+    let r = s
+        .post(
+            "/tasks",
+            &t,
+            json!({"chain": chain, "input": "/set replicas", "inputType": "string"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["output"], json!({"replicas": 3, "region": "eu"}));
+    assert_eq!(r.body["outputType"], "json");
+    let state = r.body["state"].as_array().unwrap();
+    let seen: Vec<(&str, &str)> = state
+        .iter()
+        .map(|u| {
+            (
+                u["taskID"].as_str().unwrap(),
+                u["transition"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("greet", "noop"),
+            ("command", "set"),
+            ("settings", "parsed")
+        ]
+    );
+    assert_eq!(state[0]["input"], "/set replicas", "debug shows inputs");
+    assert_eq!(state[2]["output"], "{\"region\":\"eu\",\"replicas\":3}");
+    assert_eq!(state[1]["error"], json!({"error": ""}));
+
+    // Retries, then the failure target; without one the run fails (500).
+    let failing = |on_failure: Value| {
+        json!({"chain": {"id": "f", "tasks": [
+            {"id": "boom", "handler": "raise_error", "retry_on_failure": 1,
+             "transition": {"on_failure": on_failure, "branches": [{"operator": "default", "goto": "end"}]}},
+            {"id": "fallback", "handler": "noop", "prompt_template": "recovered",
+             "transition": {"branches": [{"operator": "default", "goto": "end"}]}}
+        ]}, "input": "disk full", "inputType": "string"})
+    };
+    let r = s.post("/tasks", &t, failing(json!("fallback"))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["output"], "recovered");
+    assert_eq!(r.body["state"].as_array().unwrap().len(), 3);
+    let r = s.post("/tasks", &t, failing(Value::Null)).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert_eq!(
+        r.body["error"]["message"],
+        "task boom failed after 1 retries: disk full"
+    );
+
+    // Bad chains and inputs: 400 naming the problem, nothing runs.
+    for (body, says) in [
+        (json!({"input": "x"}), "chain"),
+        (
+            json!({"chain": {"id": "e", "tasks": []}}),
+            "at least one task",
+        ),
+        (
+            json!({"chain": {"id": "e", "tasks": [{"id": "a", "handler": "teleport"}]}}),
+            "task a: unsupported handler",
+        ),
+        (
+            json!({"chain": {"id": "e", "tasks": [{"id": "a", "handler": "noop",
+            "transition": {"branches": [{"operator": "default", "goto": "ghost"}]}}]}}),
+            "goto \"ghost\"",
+        ),
+        (
+            json!({"chain": {"id": "e", "tasks": [{"id": "a", "handler": "noop",
+            "transition": {"branches": [{"operator": "almost", "goto": "end"}]}}]}}),
+            "unknown operator",
+        ),
+        (
+            json!({"chain": {"id": "e", "tasks": [{"id": "a", "handler": "noop", "timeout": "soon"}]}}),
+            "timeout",
+        ),
+        (
+            json!({"chain": {"id": "e", "tasks": [{"id": "a", "handler": "noop"}]}, "input": "x", "inputType": "yaml"}),
+            "inputType",
+        ),
+        (
+            json!({"chain": {"id": "e", "tasks": [{"id": "a", "handler": "noop"}]}, "input": "x", "inputType": "int"}),
+            "not a valid int",
+        ),
+        (
+            json!({"chain": {"id": "e", "tasks": [{"id": "a", "handler": "raw_string"}]}, "input": "x"}),
+            "needs an LLM",
+        ),
+    ] {
+        let r = s.post("/tasks", &t, body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(
+            r.body["error"]["message"].as_str().unwrap().contains(says),
+            "{body}: {}",
+            r.body
+        );
+    }
+    // A branch without a match and no default: the run fails.
+    let r = s
+        .post(
+            "/tasks",
+            &t,
+            json!({"chain": {"id": "n", "tasks": [{"id": "a", "handler": "noop",
+            "transition": {"branches": [{"operator": "equals", "when": "x", "goto": "end"}]}}]},
+            "input": "y", "inputType": "string"}),
+        )
+        .await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no matching transition")
+    );
+
+    // Each run is an execution (AIWM's view), completed or failed.
+    let listed = s.get("/api/executions?limit=50", &t).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let text = listed.body.to_string();
+    assert!(text.contains("task-chain"), "{text}");
+}

@@ -277,6 +277,58 @@ impl Executions {
             .await
     }
 
+    /// Runs a contenox chain (its definition as sent) on an input as a
+    /// new execution, and answers it as it stands once started: a chain
+    /// of pure tasks has ended by then. The chain is checked first (every
+    /// problem names its task), and so is its input's type; a chain with
+    /// a task that needs an LLM or a hook is refused, as runs cannot call
+    /// them yet.
+    pub async fn run_chain(
+        &self,
+        owner: Owner,
+        by: &str,
+        chain_id: &str,
+        definition: &serde_json::Value,
+        input_type: &str,
+        input: &serde_json::Value,
+    ) -> Result<Execution, DomainError> {
+        use warden_actors::execution::chain;
+        let parsed = chain::parse(chain_id, definition).map_err(DomainError::Invalid)?;
+        let effectful: Vec<String> = parsed
+            .tasks
+            .iter()
+            .filter(|t| !chain::PURE.contains(&t.handler.as_str()))
+            .map(|t| {
+                format!(
+                    "task {}: handler {} needs an LLM or a hook, which chain runs cannot call yet",
+                    t.id, t.handler
+                )
+            })
+            .collect();
+        if !effectful.is_empty() {
+            return Err(DomainError::Invalid(effectful));
+        }
+        let input =
+            chain::typed_input(input_type, input).map_err(|e| DomainError::Invalid(vec![e]))?;
+        let run = chain::ChainRun::new(&parsed, input.clone());
+        let new = NewExecution {
+            name: Some(format!("chain {chain_id}")),
+            category: Some("workflow".into()),
+            kind: Some("task-chain".into()),
+            resource_type: Some("taskchain".into()),
+            resource_id: Some(chain_id.to_owned()),
+            chain: Some(warden_actors::execution::ChainPart {
+                chain_id: chain_id.to_owned(),
+                definition: definition.to_string(),
+                input,
+                run,
+            }),
+            ..Default::default()
+        };
+        let x = self.create(new, owner, by).await?;
+        self.start(&x.id, false).await
+    }
+
     pub async fn start(&self, id: &str, force: bool) -> Result<Execution, DomainError> {
         self.apply(id, Event::Start { force }).await
     }

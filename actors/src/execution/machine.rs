@@ -20,6 +20,7 @@
 
 use warden_storage::Millis;
 
+use super::chain;
 use super::record::{ExecError, ExecStatus, Execution, Step, StepStatus};
 
 /// Whether a node's reply acknowledges or completes a command.
@@ -213,6 +214,9 @@ fn step_deadline(s: &Step) -> Option<Millis> {
 }
 
 fn begin(x: &mut Execution, now: Millis) {
+    if x.started_at.is_some() {
+        reset_chain(x);
+    }
     x.status = ExecStatus::Running;
     x.started_at = Some(now);
     x.completed_at = None;
@@ -383,6 +387,10 @@ fn advance(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
     if x.status != ExecStatus::Running {
         return;
     }
+    if x.chain.is_some() {
+        advance_chain(x, now);
+        return;
+    }
     loop {
         let ready: Vec<usize> = (0..x.steps.len())
             .filter(|&i| {
@@ -433,6 +441,71 @@ fn advance(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
             .collect();
         x.result = Some(serde_json::json!({ "steps": results }).to_string());
         finish(x, ExecStatus::Completed, None, now);
+    }
+}
+
+/// Runs a chain execution's pure tasks (`chain::Runner`). A run that
+/// reaches a task needing an outside effect fails with why: the routes
+/// that start chains refuse such chains before they are created, so this
+/// is only a chain changed under a stored execution.
+fn advance_chain(x: &mut Execution, now: Millis) {
+    let Some(part) = x.chain.as_mut() else {
+        return;
+    };
+    let definition: serde_json::Value =
+        serde_json::from_str(&part.definition).unwrap_or(serde_json::Value::Null);
+    let parsed = match chain::parse(&part.chain_id, &definition) {
+        Ok(c) => c,
+        Err(problems) => {
+            let e = ExecError::new("CHAIN_INVALID", problems.join("; "));
+            finish(x, ExecStatus::Failed, Some(e), now);
+            return;
+        }
+    };
+    let next = chain::Runner {
+        chain: &parsed,
+        run: &mut part.run,
+    }
+    .advance();
+    match next {
+        chain::Next::Done(output) => {
+            x.result = Some(
+                serde_json::json!({"output": output.json(), "outputType": output.kind}).to_string(),
+            );
+            finish(x, ExecStatus::Completed, None, now);
+        }
+        chain::Next::Failed(e) => finish(
+            x,
+            ExecStatus::Failed,
+            Some(ExecError::new("CHAIN_FAILED", e)),
+            now,
+        ),
+        chain::Next::Call { task, .. } => {
+            let handler = parsed
+                .tasks
+                .iter()
+                .find(|t| t.id == task)
+                .map(|t| t.handler.clone())
+                .unwrap_or_default();
+            let e = ExecError::new(
+                "HANDLER_UNAVAILABLE",
+                format!(
+                    "task {task}: handler {handler} needs an LLM or a hook, which chain runs cannot call yet"
+                ),
+            );
+            finish(x, ExecStatus::Failed, Some(e), now);
+        }
+    }
+}
+
+/// A chain execution starts its run again from its first task.
+fn reset_chain(x: &mut Execution) {
+    if let Some(part) = x.chain.as_mut() {
+        let definition: serde_json::Value =
+            serde_json::from_str(&part.definition).unwrap_or(serde_json::Value::Null);
+        if let Ok(c) = chain::parse(&part.chain_id, &definition) {
+            part.run = chain::ChainRun::new(&c, part.input.clone());
+        }
     }
 }
 
@@ -522,6 +595,7 @@ mod tests {
             extra: String::new(),
             owner: Default::default(),
             audit: Default::default(),
+            chain: None,
         }
     }
 

@@ -12,8 +12,8 @@ pub use actor::{
     BoxFuture, Dispatch, ExecArgs, ExecHandle, ExecMsg, ExecutionActor, ExecutionListener, error_of,
 };
 pub use record::{
-    CATEGORY_CREATED, ExecError, ExecStatus, Execution, STATUS_CREATED, Step, StepCommand,
-    StepStatus, value_scope,
+    CATEGORY_CREATED, ChainPart, ExecError, ExecStatus, Execution, STATUS_CREATED, Step,
+    StepCommand, StepStatus, value_scope,
 };
 
 use warden_domain::rules::{Checks, MAX_SHORT};
@@ -55,6 +55,8 @@ pub struct NewExecution {
     pub timeout_seconds: Option<u64>,
     pub max_retries: Option<u32>,
     pub extra: String,
+    /// A chain to run instead of steps (contenox `/tasks`).
+    pub chain: Option<ChainPart>,
 }
 
 /// Re-indexes the execution records once when their indexes changed.
@@ -164,6 +166,7 @@ pub fn create(new: NewExecution, owner: Owner, by: &str) -> Result<Execution, Do
         extra: new.extra,
         owner,
         audit: Audit::new(by),
+        chain: new.chain,
     })
 }
 

@@ -5,7 +5,7 @@
 use warden_domain::{Audit, Owned, Owner};
 use warden_storage::{Millis, Record};
 
-warden_storage::first_layout!(Execution);
+warden_storage::first_layout!(ExecutionV1);
 
 /// Where an execution stands (AIWM §6 `status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -137,6 +137,42 @@ pub struct Step {
     pub extra: String,
 }
 
+/// [`Execution`]'s first layout (before chains).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExecutionV1 {
+    pub id: String,
+    pub execution_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub category: String,
+    /// AIWM's `type` (`deploy-model`, ...).
+    pub kind: String,
+    pub status: ExecStatus,
+    pub progress: u32,
+    pub parent_execution_id: Option<String>,
+    pub child_execution_ids: Vec<String>,
+    pub steps: Vec<Step>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub node_id: Option<String>,
+    pub involved_node_ids: Vec<String>,
+    pub started_at: Option<Millis>,
+    pub completed_at: Option<Millis>,
+    pub timeout_seconds: u64,
+    pub timeout_at: Option<Millis>,
+    /// JSON text.
+    pub result: Option<String>,
+    pub error: Option<ExecError>,
+    pub sent_message_ids: Vec<String>,
+    pub received_message_ids: Vec<String>,
+    pub retry_count: u32,
+    pub max_retries: u32,
+    pub retry_attempts: Vec<Millis>,
+    pub extra: String,
+    pub owner: Owner,
+    pub audit: Audit,
+}
+
 /// A multi-step piece of work (AIWM §6). Written only by its
 /// `ExecutionActor` once it exists.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -172,6 +208,59 @@ pub struct Execution {
     pub extra: String,
     pub owner: Owner,
     pub audit: Audit,
+    /// Set when the execution runs a contenox chain (layout 2): its
+    /// program is the chain, not the steps.
+    pub chain: Option<ChainPart>,
+}
+
+/// A chain an execution runs, and where the run stands.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ChainPart {
+    pub chain_id: String,
+    /// The definition as the run started with it (JSON object text).
+    pub definition: String,
+    /// The chain's input, typed.
+    pub input: super::chain::Data,
+    pub run: super::chain::ChainRun,
+}
+
+impl warden_storage::Versioned for Execution {
+    const VERSION: u32 = 2;
+    type Previous = ExecutionV1;
+    fn upgrade(v: ExecutionV1) -> Self {
+        Execution {
+            id: v.id,
+            execution_id: v.execution_id,
+            name: v.name,
+            description: v.description,
+            category: v.category,
+            kind: v.kind,
+            status: v.status,
+            progress: v.progress,
+            parent_execution_id: v.parent_execution_id,
+            child_execution_ids: v.child_execution_ids,
+            steps: v.steps,
+            resource_type: v.resource_type,
+            resource_id: v.resource_id,
+            node_id: v.node_id,
+            involved_node_ids: v.involved_node_ids,
+            started_at: v.started_at,
+            completed_at: v.completed_at,
+            timeout_seconds: v.timeout_seconds,
+            timeout_at: v.timeout_at,
+            result: v.result,
+            error: v.error,
+            sent_message_ids: v.sent_message_ids,
+            received_message_ids: v.received_message_ids,
+            retry_count: v.retry_count,
+            max_retries: v.max_retries,
+            retry_attempts: v.retry_attempts,
+            extra: v.extra,
+            owner: v.owner,
+            audit: v.audit,
+            chain: None,
+        }
+    }
 }
 
 /// The ordered index of executions by status, then creation time.
@@ -220,5 +309,71 @@ impl Record for Execution {
 impl Owned for Execution {
     fn owner(&self) -> &Owner {
         &self.owner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first layout as an older build stored it (same collection).
+    impl Record for ExecutionV1 {
+        const COLLECTION: &'static str = "executions";
+        fn id(&self) -> &str {
+            &self.id
+        }
+    }
+
+    /// An execution stored before chains reads back without one.
+    #[tokio::test]
+    async fn layout_1_executions_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = warden_storage::StoreConfig {
+            data_dir: dir.path().to_owned(),
+            durability: warden_storage::Durability::Flush,
+        };
+        let v1 = ExecutionV1 {
+            id: "x1".into(),
+            execution_id: "e".into(),
+            name: "n".into(),
+            description: None,
+            category: "maintenance".into(),
+            kind: "check".into(),
+            status: ExecStatus::Completed,
+            progress: 100,
+            parent_execution_id: None,
+            child_execution_ids: vec![],
+            steps: vec![],
+            resource_type: None,
+            resource_id: None,
+            node_id: Some("n1".into()),
+            involved_node_ids: vec!["n1".into()],
+            started_at: Some(1),
+            completed_at: Some(2),
+            timeout_seconds: 60,
+            timeout_at: None,
+            result: Some("{}".into()),
+            error: None,
+            sent_message_ids: vec![],
+            received_message_ids: vec![],
+            retry_count: 0,
+            max_retries: 3,
+            retry_attempts: vec![],
+            extra: String::new(),
+            owner: Owner::default(),
+            audit: Audit::new("u"),
+        };
+        {
+            let store = warden_storage::Store::open(&config).unwrap();
+            store.insert(v1).await.unwrap();
+            store.close();
+        }
+        let store = warden_storage::Store::open(&config).unwrap();
+        let read: Execution = store.get("x1").unwrap().unwrap();
+        assert_eq!(read.chain, None);
+        assert_eq!(
+            (read.status, read.node_id.as_deref()),
+            (ExecStatus::Completed, Some("n1"))
+        );
     }
 }

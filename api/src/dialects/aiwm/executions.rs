@@ -272,6 +272,7 @@ async fn create(
         timeout_seconds,
         max_retries: max_retries.map(|m| u32::try_from(m).unwrap_or(u32::MAX)),
         extra,
+        chain: None,
     };
     let x = state
         .runtime

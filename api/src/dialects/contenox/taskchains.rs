@@ -112,6 +112,55 @@ async fn delete(
     Ok(Json(json!("deleted")))
 }
 
+/// `POST /tasks {chain, input, inputType}`: runs the chain (as sent) on
+/// the input as an execution (AIWM's `/api/executions` shows it) and
+/// answers `{output, outputType, state[]}`; a bad chain or input is a
+/// 400 naming the problem, a failed run a 500 with its error.
+async fn run(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    JsonBody(body, _): Body,
+) -> ContenoxResult<Json<Value>> {
+    writer(&p)?;
+    let Some(chain) = body.get("chain").filter(|c| c.is_object()) else {
+        return Err(ApiError::validation(vec![
+            "chain must be a task chain object".into(),
+        ]));
+    };
+    let chain_id = chain["id"].as_str().unwrap_or_default().to_owned();
+    let input_type = match body.get("inputType") {
+        None | Some(Value::Null) => "",
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => {
+            return Err(ApiError::validation(vec![
+                "inputType must be a string".into(),
+            ]));
+        }
+    };
+    let input = body.get("input").cloned().unwrap_or(Value::Null);
+    let x = state
+        .runtime
+        .executions
+        .run_chain(p.owner(), &p.user_id, &chain_id, chain, input_type, &input)
+        .await?;
+    let Some(part) = &x.chain else {
+        return Err(ApiError::internal("the run lost its chain"));
+    };
+    if x.status != warden_actors::execution::ExecStatus::Completed {
+        let why = x.error.as_ref().map_or_else(
+            || format!("the run ended {}", x.status.as_str()),
+            |e| e.message.clone(),
+        );
+        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, why));
+    }
+    let out = &part.run.output;
+    Ok(Json(json!({
+        "output": out.json(),
+        "outputType": out.kind,
+        "state": part.run.state.iter().map(|u| u.view()).collect::<Vec<_>>(),
+    })))
+}
+
 pub(super) fn routes() -> Api {
     let t = "contenox: task chains";
     Api::new()
@@ -130,4 +179,10 @@ pub(super) fn routes() -> Api {
         .get("/taskchains/{id}", t, "A task chain", get)
         .put("/taskchains/{id}", t, "Replace a task chain", replace)
         .delete("/taskchains/{id}", t, "Delete a task chain", delete)
+        .post(
+            "/tasks",
+            t,
+            "Run a chain {chain, input, inputType} to its end: {output, outputType, state[]}",
+            run,
+        )
 }
