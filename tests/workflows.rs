@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::TestServer;
+use std::time::Duration;
+
+use common::fake_llm::{Fake, Mode, serve};
+use common::{TestServer, eventually};
 use serde_json::{Value, json};
 
 fn triage() -> Value {
@@ -257,8 +260,8 @@ async fn chains_run_through_tasks_and_show_as_executions() {
             "not a valid int",
         ),
         (
-            json!({"chain": {"id": "e", "tasks": [{"id": "a", "handler": "raw_string"}]}, "input": "x"}),
-            "needs an LLM",
+            json!({"chain": {"id": "e", "tasks": [{"id": "a", "handler": "hook"}]}, "input": "x"}),
+            "needs a hook",
         ),
     ] {
         let r = s.post("/tasks", &t, body.clone()).await;
@@ -269,6 +272,25 @@ async fn chains_run_through_tasks_and_show_as_executions() {
             r.body
         );
     }
+    // A prompted task without any LLM backend: the run fails saying how
+    // to fix it.
+    let r = s
+        .post(
+            "/tasks",
+            &t,
+            json!({"chain": {"id": "p", "tasks": [{"id": "a", "handler": "raw_string",
+            "transition": {"branches": [{"operator": "default", "goto": "end"}]}}]}, "input": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no LLM backend is configured"),
+        "{}",
+        r.body
+    );
     // A branch without a match and no default: the run fails.
     let r = s
         .post(
@@ -292,4 +314,188 @@ async fn chains_run_through_tasks_and_show_as_executions() {
     assert_eq!(listed.status, 200, "{}", listed.body);
     let text = listed.body.to_string();
     assert!(text.contains("task-chain"), "{text}");
+}
+
+/// An LLM call in flight when the server stops is made again when it
+/// starts, and the run completes: the call was recorded before it was made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_waiting_on_the_llm_resumes_after_a_restart() {
+    let (s, t, fake) = with_llm("resumer").await;
+    fake.set(Mode::Hold);
+    let chain = json!({"id": "slow", "tasks": [
+        {"id": "ask", "handler": "raw_string", "execute_config": {"model": "mistral:instruct"},
+         "transition": {"branches": [{"operator": "default", "goto": "end"}]}}]});
+    let client = {
+        let (http, base, t) = (s.http.clone(), s.base.clone(), t.clone());
+        tokio::spawn(async move {
+            http.post(format!("{base}/tasks"))
+                .bearer_auth(t)
+                .json(&json!({"chain": chain, "input": "hi", "inputType": "string"}))
+                .send()
+                .await
+        })
+    };
+    eventually(10, "the LLM asked", || async {
+        (fake.chats.load(std::sync::atomic::Ordering::SeqCst) >= 1).then_some(())
+    })
+    .await;
+    // The client goes (a graceful stop would wait for its request), the
+    // server stops with the call in flight and starts again.
+    client.abort();
+    let s = s
+        .restart(|c| c.llm_probe_interval = Duration::from_millis(200))
+        .await;
+    fake.set(Mode::Ok);
+    let t = s.login("resumer", "user-password-1").await;
+    let x = eventually(20, "the run completes after the restart", || async {
+        let list = s.get("/api/executions?limit=10", &t).await.body;
+        let x = list["data"]
+            .as_array()
+            .or(list.as_array())
+            .and_then(|all| all.iter().find(|x| x["type"] == "task-chain").cloned())?;
+        (x["status"] == "completed" || x["status"] == "failed").then_some(x)
+    })
+    .await;
+    assert_eq!(x["status"], "completed", "{x}");
+    assert_eq!(x["result"]["output"], "hello from a", "{x}");
+    assert!(
+        fake.chats.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "asked again"
+    );
+}
+
+/// A server with an LLM backend (a local OpenAI-speaking server) serving
+/// `mistral:instruct`, and an admin's token.
+async fn with_llm(user: &str) -> (TestServer, String, Fake) {
+    let s = TestServer::start_with(|c| c.llm_probe_interval = Duration::from_millis(200)).await;
+    let (t, _) = s.user(user, &["admin"], None).await;
+    let fake = Fake::new("a", &["mistral:instruct"]);
+    let url = serve(fake.clone()).await;
+    let group = s
+        .post(
+            "/groups",
+            &t,
+            json!({"name": "chains", "purposeType": "Chat"}),
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let backend = s
+        .post(
+            "/backends",
+            &t,
+            json!({"name": "fake", "type": "openai", "baseUrl": url}),
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.post(
+        &format!("/backend-affinity/{group}/backends/{backend}"),
+        &t,
+        json!({}),
+    )
+    .await;
+    let r = s
+        .post(
+            "/models",
+            &t,
+            json!({"model": "mistral:instruct", "canChat": true}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    s.post(
+        &format!("/model-affinity/{group}/models/mistral:instruct"),
+        &t,
+        json!({}),
+    )
+    .await;
+    eventually(10, "the backend's first probe", || async {
+        (s.get(&format!("/backends/{backend}"), &t).await.body["healthy"] == true).then_some(())
+    })
+    .await;
+    (s, t, fake)
+}
+
+/// Prompted tasks ask the LLM gateway (a local OpenAI-speaking server)
+/// with their system instruction and model, read its answer as their
+/// handler says, and fail (then retry, then fail the run) when no model
+/// answers.
+#[tokio::test]
+async fn prompted_chain_tasks_ask_the_llm_gateway() {
+    let (s, t, fake) = with_llm("prompter").await;
+    let chain = json!({"id": "greeter", "tasks": [
+        {"id": "ask", "handler": "raw_string", "prompt_template": "Say hi to {{.input}}",
+         "system_instruction": "Be brief.", "retry_on_failure": 1,
+         "execute_config": {"model": "mistral:instruct", "temperature": 0.1},
+         "transition": {"branches": [
+             {"operator": "starts_with", "when": "hello", "goto": "judge"},
+             {"operator": "default", "goto": "end"}]}},
+        {"id": "judge", "handler": "condition_key", "prompt_template": "Was it polite? {{.ask}}",
+         "valid_conditions": {"hello from a": true, "no": false},
+         "execute_config": {"model": "mistral:instruct"},
+         "transition": {"branches": [{"operator": "equals", "when": "true", "goto": "end"}]}}
+    ]});
+    let r = s
+        .post(
+            "/tasks",
+            &t,
+            json!({"chain": chain, "input": "Bob", "inputType": "string"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.body["output"].clone(), r.body["outputType"].clone()),
+        (json!(true), json!("bool"))
+    );
+    let units: Vec<(&str, &str)> = r.body["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["taskID"].as_str().unwrap(),
+                u["transition"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(units, [("ask", "hello from a"), ("judge", "true")]);
+    assert!(r.body["state"][0]["duration"].as_u64().unwrap() > 0);
+    let bodies = fake.bodies.lock().unwrap().clone();
+    let first = &bodies[bodies.len() - 2];
+    assert_eq!(first["model"], "mistral:instruct");
+    assert_eq!(first["temperature"], 0.1);
+    assert_eq!(
+        first["messages"],
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi to Bob"}])
+    );
+    assert_eq!(
+        bodies[bodies.len() - 1]["messages"][0]["content"],
+        "Was it polite? hello from a"
+    );
+
+    // No model answers: each attempt fails, then the run does.
+    fake.set(Mode::Fail);
+    let before = fake.chats.load(std::sync::atomic::Ordering::SeqCst);
+    let r = s
+        .post(
+            "/tasks",
+            &t,
+            json!({"chain": chain, "input": "Bob", "inputType": "string"}),
+        )
+        .await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("task ask failed after 1 retries: no model answered"),
+        "{message}"
+    );
+    assert_eq!(
+        fake.chats.load(std::sync::atomic::Ordering::SeqCst) - before,
+        2,
+        "one call per attempt"
+    );
 }

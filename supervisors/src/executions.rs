@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use ractor::ActorRef;
 use warden_actors::DomainError;
+use warden_actors::conversation::Gateway;
 use warden_actors::execution::machine::{Event, ReplyPhase, StepReply};
 use warden_actors::execution::{
     self, CATEGORY_CREATED, Dispatch, ExecArgs, ExecError, ExecHandle, ExecMsg, ExecStatus,
@@ -22,6 +23,7 @@ pub struct ExecutionKind {
     store: Store,
     dispatch: Arc<dyn Dispatch>,
     on_end: Option<ExecutionListener>,
+    gateway: Arc<dyn Gateway>,
 }
 
 impl ExecutionKind {
@@ -29,11 +31,55 @@ impl ExecutionKind {
         store: Store,
         dispatch: Arc<dyn Dispatch>,
         on_end: Option<ExecutionListener>,
+        gateway: Arc<dyn Gateway>,
     ) -> Self {
         ExecutionKind {
             store,
             dispatch,
             on_end,
+            gateway,
+        }
+    }
+}
+
+/// Who waits for executions to end (a synchronous chain run): told by
+/// the executions' end listener, once the ending is durable.
+#[derive(Clone, Default)]
+pub(crate) struct Waiters(
+    Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<String, Vec<tokio::sync::oneshot::Sender<Execution>>>,
+        >,
+    >,
+);
+
+impl Waiters {
+    /// The listener that wakes the waiters of an ending execution, then
+    /// tells `next`.
+    pub(crate) fn listener(&self, next: Option<ExecutionListener>) -> ExecutionListener {
+        let waiters = self.clone();
+        Arc::new(move |x: &Execution| {
+            let woken = waiters.0.lock().map(|mut w| w.remove(&x.id)).ok().flatten();
+            for tx in woken.into_iter().flatten() {
+                let _ = tx.send(x.clone());
+            }
+            if let Some(next) = &next {
+                next(x);
+            }
+        })
+    }
+
+    fn register(&self, id: &str) -> tokio::sync::oneshot::Receiver<Execution> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Ok(mut w) = self.0.lock() {
+            w.entry(id.to_owned()).or_default().push(tx);
+        }
+        rx
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut w) = self.0.lock() {
+            w.remove(id);
         }
     }
 }
@@ -55,6 +101,7 @@ impl Kind for ExecutionKind {
             id: id.to_owned(),
             dispatch: self.dispatch.clone(),
             on_end: self.on_end.clone(),
+            gateway: Some(self.gateway.clone()),
         }
     }
 
@@ -211,11 +258,26 @@ pub struct Executions {
     kind: KindRef<ExecutionKind>,
     store: Store,
     nodes: Nodes,
+    waiters: Waiters,
 }
 
+/// How long a synchronous chain run may take before its caller gets the
+/// execution as it stands (the run goes on).
+pub const CHAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 impl Executions {
-    pub(crate) fn new(kind: KindRef<ExecutionKind>, store: Store, nodes: Nodes) -> Self {
-        Executions { kind, store, nodes }
+    pub(crate) fn new(
+        kind: KindRef<ExecutionKind>,
+        store: Store,
+        nodes: Nodes,
+        waiters: Waiters,
+    ) -> Self {
+        Executions {
+            kind,
+            store,
+            nodes,
+            waiters,
+        }
     }
 
     /// A live execution by `_id`, or by `executionId` within `org`.
@@ -278,11 +340,11 @@ impl Executions {
     }
 
     /// Runs a contenox chain (its definition as sent) on an input as a
-    /// new execution, and answers it as it stands once started: a chain
-    /// of pure tasks has ended by then. The chain is checked first (every
+    /// new execution and answers it once it ended (or after
+    /// [`CHAIN_WAIT`], as it stands). The chain is checked first (every
     /// problem names its task), and so is its input's type; a chain with
-    /// a task that needs an LLM or a hook is refused, as runs cannot call
-    /// them yet.
+    /// a task that needs a hook, an embedding or a model execution is
+    /// refused, as runs cannot call those yet.
     pub async fn run_chain(
         &self,
         owner: Owner,
@@ -297,10 +359,13 @@ impl Executions {
         let effectful: Vec<String> = parsed
             .tasks
             .iter()
-            .filter(|t| !chain::PURE.contains(&t.handler.as_str()))
+            .filter(|t| {
+                let h = t.handler.as_str();
+                !chain::PURE.contains(&h) && !chain::PROMPTED.contains(&h)
+            })
             .map(|t| {
                 format!(
-                    "task {}: handler {} needs an LLM or a hook, which chain runs cannot call yet",
+                    "task {}: handler {} needs a hook, an embedding or tool calls, which chain runs cannot call yet",
                     t.id, t.handler
                 )
             })
@@ -322,11 +387,27 @@ impl Executions {
                 definition: definition.to_string(),
                 input,
                 run,
+                call: None,
             }),
             ..Default::default()
         };
         let x = self.create(new, owner, by).await?;
-        self.start(&x.id, false).await
+        let ended = self.waiters.register(&x.id);
+        let started = self.start(&x.id, false).await;
+        let x = match started {
+            Ok(x) if !x.status.is_terminal() => x,
+            other => {
+                self.waiters.forget(&x.id);
+                return other;
+            }
+        };
+        match tokio::time::timeout(CHAIN_WAIT, ended).await {
+            Ok(Ok(done)) => Ok(done),
+            _ => {
+                self.waiters.forget(&x.id);
+                Ok(self.resolve(&x.owner.org_id, &x.id)?.unwrap_or(x))
+            }
+        }
     }
 
     pub async fn start(&self, id: &str, force: bool) -> Result<Execution, DomainError> {

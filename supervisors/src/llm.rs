@@ -4,7 +4,7 @@
 //! shared by every organisation, each of which sees only its own members
 //! in them.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
 use std::collections::HashMap;
@@ -248,6 +248,9 @@ fn page<T>(mut items: Vec<T>, at: impl Fn(&T) -> i64, before: Option<i64>, limit
         .take(limit)
         .collect()
 }
+
+/// How long a request waits for backends not yet probed since the start.
+pub const FIRST_PROBE_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct Llm {
@@ -702,6 +705,23 @@ impl Llm {
     /// chat group), answering, and listing it; the least busy first,
     /// then the fastest.
     fn route_model(&self, org: &str, model: &str) -> Result<(Model, Vec<Backend>), DomainError> {
+        let (resolved, backends) = self.candidates(org, model)?;
+        self.rank(model, resolved, backends)
+    }
+
+    /// Whether a backend that may serve `model` has not been probed since
+    /// the server started: a request may wait for its first probe.
+    fn awaiting_probe(&self, org: &str, model: &str) -> bool {
+        self.candidates(org, model).is_ok_and(|(_, backends)| {
+            backends
+                .iter()
+                .any(|b| self.live(&b.id).checked_at.is_none())
+        })
+    }
+
+    /// The backends that share a group with `model` (and its own), in no
+    /// particular order; an error says what is missing.
+    fn candidates(&self, org: &str, model: &str) -> Result<(Model, Vec<Backend>), DomainError> {
         let resolved = self.llm_model(org, model)?;
         let mut groups: Vec<String> = self
             .groups_of_model(org, &resolved)?
@@ -735,6 +755,16 @@ impl Llm {
                 "no LLM backend is configured: add one (POST /backends with type ollama, openai, vllm or gemini and its baseUrl) and put it in a group with the model".to_owned()
             }));
         }
+        Ok((resolved, backends))
+    }
+
+    /// The candidates that answer and list `model`, best first.
+    fn rank(
+        &self,
+        model: &str,
+        resolved: Model,
+        backends: Vec<Backend>,
+    ) -> Result<(Model, Vec<Backend>), DomainError> {
         let counts = self
             .in_flight
             .lock()
@@ -792,7 +822,19 @@ impl Llm {
         stream: bool,
     ) -> Result<(Answer, InFlight), DomainError> {
         let mut failures = Vec::new();
-        let (resolved, backends) = self.route_model(org, model)?;
+        // Just after a start, backends have not been probed yet: a request
+        // (a run resumed at boot, say) waits for their first probe.
+        let waiting_until = Instant::now() + FIRST_PROBE_WAIT;
+        let (resolved, backends) = loop {
+            match self.route_model(org, model) {
+                Ok(routed) => break routed,
+                Err(e) if Instant::now() < waiting_until && self.awaiting_probe(org, model) => {
+                    tracing::debug!(model, error = %e, "waiting for the first probe of a backend");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let price = resolved.llm_profile().cost_per_token;
         for b in backends {
             let target = warden_actors::llm::target_of(&self.store, &b)?;

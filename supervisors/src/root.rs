@@ -12,7 +12,7 @@ use crate::conversations::{
     ConversationKind, Conversations, DEFAULT_CONVERSATION_IDLE, LlmGateway,
 };
 use crate::deployments::{DeploymentKind, Deployments, EndRoute, route_end};
-use crate::executions::{ExecutionKind, Executions, ReplyRoute, route_reply};
+use crate::executions::{ExecutionKind, Executions, ReplyRoute, Waiters, route_reply};
 use crate::kind::KindControl;
 use crate::llm::{BackendKind, DEFAULT_PROBE_INTERVAL, Llm, LlmDefaults};
 use crate::telegram::{DEFAULT_TELEGRAM_API, Telegram, TelegramKind};
@@ -215,23 +215,6 @@ impl Runtime {
             config.nodes,
         );
         let node_service = Nodes::new(nodes.clone(), store.clone());
-        let ends = EndRoute::default();
-        let executions = KindRef::new(
-            ExecutionKind::new(
-                store.clone(),
-                Arc::new(node_service.clone()),
-                Some(route_end(ends.clone())),
-            ),
-            config.executions,
-        );
-        let _ = route.set(executions.downgrade());
-        let execution_service =
-            Executions::new(executions.clone(), store.clone(), node_service.clone());
-        let deployments = KindRef::new(
-            DeploymentKind::new(store.clone(), Arc::new(execution_service.clone())),
-            config.deployments,
-        );
-        let _ = ends.set(deployments.downgrade());
         let backends = KindRef::new(
             BackendKind::new(
                 store.clone(),
@@ -241,6 +224,29 @@ impl Runtime {
             config.backends,
         );
         let llm = Llm::new(backends.clone(), store.clone(), config.llm_defaults.clone());
+        let ends = EndRoute::default();
+        let waiters = Waiters::default();
+        let executions = KindRef::new(
+            ExecutionKind::new(
+                store.clone(),
+                Arc::new(node_service.clone()),
+                Some(waiters.listener(Some(route_end(ends.clone())))),
+                Arc::new(LlmGateway(llm.clone())),
+            ),
+            config.executions,
+        );
+        let _ = route.set(executions.downgrade());
+        let execution_service = Executions::new(
+            executions.clone(),
+            store.clone(),
+            node_service.clone(),
+            waiters,
+        );
+        let deployments = KindRef::new(
+            DeploymentKind::new(store.clone(), Arc::new(execution_service.clone())),
+            config.deployments,
+        );
+        let _ = ends.set(deployments.downgrade());
         let conversations = KindRef::new(
             ConversationKind::new(
                 store.clone(),

@@ -27,6 +27,8 @@ pub enum Mode {
     Garbage,
     /// Streams with 400 ms between events.
     Slow,
+    /// Whole answers after 3 s.
+    Hold,
 }
 
 #[derive(Clone)]
@@ -95,6 +97,9 @@ async fn completions(State(f): State<Fake>, axum::Json(body): axum::Json<Value>)
         return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "overloaded").into_response();
     }
     let text = format!("hello from {}", f.name);
+    if mode == Mode::Hold {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
     if body["stream"] != true {
         if mode == Mode::Garbage {
             return (axum::http::StatusCode::OK, "<html>not json").into_response();

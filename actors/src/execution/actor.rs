@@ -12,9 +12,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::{Value, json};
 use warden_storage::{Millis, Store, Write, now_millis};
 
+use super::chain;
 use super::machine::{self, Effect, Event, ReplyPhase, StepReply};
 use super::record::{ExecError, Execution};
 use crate::DomainError;
+use crate::conversation::{Ask, Gateway};
 use crate::node::{CommandOrigin, CommandStatus, NewCommand, NodeCommand};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -48,6 +50,9 @@ pub type ExecutionListener = Arc<dyn Fn(&Execution) + Send + Sync>;
 /// How long a caller waits for an execution actor's answer.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A chain task's call without its own `timeout` is given up after this.
+pub const CHAIN_CALL_LIMIT: Duration = Duration::from_secs(300);
+
 pub enum ExecMsg {
     /// A client's request (start, cancel, retry) or a child's link.
     Apply {
@@ -59,6 +64,8 @@ pub enum ExecMsg {
     Reply(Box<StepReply>),
     /// A deadline may have passed; sends that failed are tried again.
     Tick,
+    /// The answer to a chain task's call (an `Event::ChainResult`).
+    Chain(Box<Event>),
     /// Fault injection: panic inside the handler.
     Crash,
 }
@@ -68,6 +75,8 @@ pub struct ExecArgs {
     pub id: String,
     pub dispatch: Arc<dyn Dispatch>,
     pub on_end: Option<ExecutionListener>,
+    /// How chain tasks ask an LLM (none: such tasks fail, saying so).
+    pub gateway: Option<Arc<dyn Gateway>>,
 }
 
 pub struct ExecState {
@@ -81,6 +90,10 @@ pub struct ExecState {
     unsent: BTreeSet<u32>,
     /// The deadline a timer is armed for.
     armed: Option<Millis>,
+    gateway: Option<Arc<dyn Gateway>>,
+    /// A chain task's call in flight: dropped (cancelled) when the
+    /// execution ends.
+    call: Option<tokio::task::JoinHandle<()>>,
 }
 
 #[derive(Default)]
@@ -220,6 +233,7 @@ impl ExecState {
                         }
                     }
                 }
+                Effect::Call { task, attempt } => self.call(myself, task, attempt),
                 Effect::Revoke {
                     node,
                     command_id,
@@ -235,6 +249,106 @@ impl ExecState {
                 }
             }
         }
+    }
+
+    /// Asks the LLM for a chain task's answer, off the actor: each model
+    /// in the task's order (else the server's task model) until one
+    /// answers, within the task's `timeout`. The result comes back as a
+    /// message; a run cancelled meanwhile drops the call.
+    fn call(&mut self, myself: &ActorRef<ExecMsg>, task_id: String, attempt: u32) {
+        let result = |outcome: chain::Outcome, duration_ns: u64| {
+            ExecMsg::Chain(Box::new(Event::ChainResult {
+                task: task_id.clone(),
+                attempt,
+                outcome,
+                duration_ns,
+            }))
+        };
+        let Some(part) = &self.exec.chain else {
+            return;
+        };
+        let definition: Value = serde_json::from_str(&part.definition).unwrap_or(Value::Null);
+        let Ok(parsed) = chain::parse(&part.chain_id, &definition) else {
+            let _ = myself.cast(result(Err("the chain no longer reads".into()), 0));
+            return;
+        };
+        let Some(task) = parsed.tasks.iter().find(|t| t.id == task_id).cloned() else {
+            return;
+        };
+        let mut run = part.run.clone();
+        let input = match (chain::Runner {
+            chain: &parsed,
+            run: &mut run,
+        })
+        .input()
+        {
+            Ok((i, _)) => i,
+            Err(e) => {
+                let _ = myself.cast(result(Err(e), 0));
+                return;
+            }
+        };
+        let Some(gateway) = self.gateway.clone() else {
+            let _ = myself.cast(result(
+                Err("this server has no LLM gateway for chain tasks".into()),
+                0,
+            ));
+            return;
+        };
+        let prompt = task.prompt(&input);
+        let models = if prompt.models.is_empty() {
+            vec![gateway.default_model()]
+        } else {
+            prompt.models.clone()
+        };
+        let mut messages = Vec::new();
+        if let Some(system) = &prompt.system {
+            messages.push(json!({"role": "system", "content": system}));
+        }
+        messages.push(json!({"role": "user", "content": prompt.user}));
+        let (org, user) = (
+            self.exec.owner.org_id.clone(),
+            self.exec.audit.created_by.clone(),
+        );
+        let me = myself.clone();
+        let limit = task.timeout.unwrap_or(CHAIN_CALL_LIMIT);
+        if let Some(old) = self.call.take() {
+            old.abort();
+        }
+        self.call = Some(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let ask_all = async {
+                let mut failures = Vec::new();
+                for model in models {
+                    let ask = Ask {
+                        org: org.clone(),
+                        user: user.clone(),
+                        username: user.clone(),
+                        model: model.clone(),
+                        messages: messages.clone(),
+                        temperature: prompt.temperature,
+                        top_p: None,
+                        max_tokens: None,
+                    };
+                    match gateway.complete(ask).await {
+                        Ok(c) => return task.read_answer(&c.content),
+                        Err(e) => failures.push(format!("{model}: {e}")),
+                    }
+                }
+                Err(format!("no model answered: {}", failures.join("; ")))
+            };
+            let outcome = match tokio::time::timeout(limit, ask_all).await {
+                Ok(o) => o,
+                Err(_) => Err(format!("task {} timed out after {limit:?}", task.id)),
+            };
+            let ns = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+            let _ = me.cast(ExecMsg::Chain(Box::new(Event::ChainResult {
+                task: task.id.clone(),
+                attempt,
+                outcome,
+                duration_ns: ns,
+            })));
+        }));
     }
 
     /// Arms a timer for the next deadline (one at a time; a stale timer
@@ -325,6 +439,8 @@ impl Actor for ExecutionActor {
             on_end: args.on_end,
             unsent: BTreeSet::new(),
             armed: None,
+            gateway: args.gateway,
+            call: None,
         })
     }
 
@@ -336,10 +452,11 @@ impl Actor for ExecutionActor {
         myself: ActorRef<ExecMsg>,
         state: &mut ExecState,
     ) -> Result<(), ActorProcessingErr> {
-        let resend: Vec<Effect> = machine::in_flight(&state.exec)
+        let mut resend: Vec<Effect> = machine::in_flight(&state.exec)
             .into_iter()
             .map(|index| Effect::Send { index })
             .collect();
+        resend.extend(machine::pending_call(&state.exec));
         state.perform(&myself, resend).await;
         if machine::next_deadline(&state.exec).is_some() {
             let _ = myself.cast(ExecMsg::Tick);
@@ -374,6 +491,7 @@ async fn handle_message(
             }
         },
         ExecMsg::Reply(step_reply) => state.run(Event::Reply(*step_reply)).await?,
+        ExecMsg::Chain(event) => state.run(*event).await?,
         ExecMsg::Tick => {
             state.armed = None;
             let mut effects: Vec<Effect> = std::mem::take(&mut state.unsent)
@@ -389,6 +507,11 @@ async fn handle_message(
         ),
     };
     state.perform(&myself, effects).await;
+    if state.exec.status.is_terminal()
+        && let Some(call) = state.call.take()
+    {
+        call.abort();
+    }
     state.arm(&myself);
     // Finished: nothing left to wait for, so the actor passivates (a late
     // reply or a client's request activates it again).

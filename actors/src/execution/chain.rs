@@ -34,6 +34,14 @@ pub const HANDLERS: [&str; 14] = [
     "hook",
 ];
 pub const PURE: [&str; 4] = ["noop", "parse_transition", "parse_key_value", "raise_error"];
+/// The handlers that prompt an LLM and read its text answer.
+pub const PROMPTED: [&str; 5] = [
+    "raw_string",
+    "condition_key",
+    "parse_number",
+    "parse_score",
+    "parse_range",
+];
 
 pub const TYPES: [&str; 13] = [
     "any",
@@ -486,6 +494,126 @@ fn pure(handler: &str, input: &Data) -> Outcome {
     }
 }
 
+/// What a prompted task asks the LLM: the system instruction, the
+/// models to try in order (`execute_config.model`, then `models`; empty:
+/// the server's task model) and the temperature.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Prompt {
+    pub system: Option<String>,
+    pub models: Vec<String>,
+    pub temperature: Option<f64>,
+    pub user: String,
+}
+
+/// A string field, or a JSON array given as a string (the reference's
+/// examples write lists as JSON text).
+fn strings(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect(),
+        Some(Value::String(s)) if s.trim_start().starts_with('[') => {
+            serde_json::from_str::<Vec<String>>(s).unwrap_or_default()
+        }
+        Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+impl Task {
+    /// The prompt of a prompted task for its input: the input's text
+    /// (a chat history's last message).
+    pub fn prompt(&self, input: &Data) -> Prompt {
+        let config = self
+            .raw
+            .get("execute_config")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let mut models = strings(config.get("model"));
+        for m in strings(config.get("models")) {
+            if !models.contains(&m) {
+                models.push(m);
+            }
+        }
+        let v = input.json();
+        let user = match messages(&v).last() {
+            Some(m) if input.kind == "chat_history" || input.kind == "openai_chat" => {
+                m["content"].as_str().unwrap_or_default().to_owned()
+            }
+            _ => input.text(),
+        };
+        Prompt {
+            system: text_of(self.raw.get("system_instruction")),
+            models,
+            temperature: config.get("temperature").and_then(Value::as_f64),
+            user,
+        }
+    }
+
+    /// A prompted task's result from the LLM's answer (§2's handlers).
+    pub fn read_answer(&self, answer: &str) -> Outcome {
+        let text = answer.trim();
+        let bare = text.trim_matches(|c: char| c == '"' || c == '\'' || c.is_whitespace());
+        let first_number = || {
+            let start = text.find(|c: char| c.is_ascii_digit() || c == '-')?;
+            let end = text[start..]
+                .find(|c: char| !(c.is_ascii_digit() || c == '.' || (c == '-')))
+                .map_or(text.len(), |e| start + e);
+            Some(&text[start..end])
+        };
+        match self.handler.as_str() {
+            "raw_string" => Ok((Data::new("string", &json!(text)), text.to_owned())),
+            "condition_key" => {
+                let conditions = match self.raw.get("valid_conditions") {
+                    Some(Value::Object(o)) => o.clone(),
+                    Some(Value::String(s)) => serde_json::from_str(s).unwrap_or_default(),
+                    _ => Map::new(),
+                };
+                match conditions.get(bare) {
+                    Some(v) => {
+                        let b = v.as_bool().unwrap_or(false);
+                        Ok((Data::new("bool", &json!(b)), b.to_string()))
+                    }
+                    None => Err(format!(
+                        "condition_key: the answer {bare:?} is not one of the valid conditions ({})",
+                        conditions.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )),
+                }
+            }
+            "parse_number" => {
+                let n = bare
+                    .parse::<i64>()
+                    .ok()
+                    .or_else(|| first_number()?.parse::<i64>().ok())
+                    .ok_or_else(|| format!("parse_number: no integer in {text:?}"))?;
+                Ok((Data::new("int", &json!(n)), n.to_string()))
+            }
+            "parse_score" => {
+                let x = bare
+                    .parse::<f64>()
+                    .ok()
+                    .or_else(|| first_number()?.parse::<f64>().ok())
+                    .ok_or_else(|| format!("parse_score: no number in {text:?}"))?;
+                Ok((Data::new("float", &json!(x)), format!("{x:.2}")))
+            }
+            "parse_range" => {
+                let range = match bare.split_once('-') {
+                    Some((a, b)) if number(a).is_some() && number(b).is_some() => {
+                        format!("{}-{}", a.trim(), b.trim())
+                    }
+                    _ => match number(bare) {
+                        Some(_) => format!("{bare}-{bare}"),
+                        None => return Err(format!("parse_range: no range in {text:?}")),
+                    },
+                };
+                Ok((Data::new("string", &json!(range)), range))
+            }
+            other => Err(format!("{other} does not read a text answer")),
+        }
+    }
+}
+
 fn number(s: &str) -> Option<f64> {
     s.trim().parse::<f64>().ok()
 }
@@ -898,6 +1026,40 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["ask", "low"]
         );
+    }
+
+    #[test]
+    fn prompted_handlers_read_answers() {
+        let c = parse("c", &json!({"tasks": [
+            {"id": "k", "handler": "condition_key", "valid_conditions": "{\"yes\": true, \"no\": false}",
+             "system_instruction": "answer yes or no",
+             "execute_config": {"model": "m1", "models": "[\"m2\", \"m1\"]", "temperature": 0.2}},
+            {"id": "n", "handler": "parse_number"},
+            {"id": "s", "handler": "parse_score"},
+            {"id": "r", "handler": "parse_range"}
+        ]}))
+        .unwrap();
+        let t = |i: usize| &c.tasks[i];
+        let p = t(0).prompt(&Data::new("string", &json!("is it?")));
+        assert_eq!(p.models, ["m1", "m2"]);
+        assert_eq!(
+            (p.system.as_deref(), p.temperature, p.user.as_str()),
+            (Some("answer yes or no"), Some(0.2), "is it?")
+        );
+        assert_eq!(
+            t(0).read_answer(" \"yes\"\n").unwrap(),
+            (Data::new("bool", &json!(true)), "true".into())
+        );
+        assert!(
+            t(0).read_answer("maybe")
+                .unwrap_err()
+                .contains("valid conditions")
+        );
+        assert_eq!(t(1).read_answer("about 42 items").unwrap().1, "42");
+        assert!(t(1).read_answer("none").is_err());
+        assert_eq!(t(2).read_answer("0.8").unwrap().1, "0.80");
+        assert_eq!(t(3).read_answer("3-5").unwrap().1, "3-5");
+        assert_eq!(t(3).read_answer("4").unwrap().1, "4-4");
     }
 
     #[test]

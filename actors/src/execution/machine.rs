@@ -59,6 +59,13 @@ pub enum Event {
     Reply(StepReply),
     /// Time passed: deadlines are checked.
     Tick,
+    /// A chain task's outside call answered (or failed).
+    ChainResult {
+        task: String,
+        attempt: u32,
+        outcome: chain::Outcome,
+        duration_ns: u64,
+    },
     AddChild(String),
 }
 
@@ -67,6 +74,8 @@ pub enum Event {
 pub enum Effect {
     /// Queue the step's command (its id is the step's `sent_message_id`).
     Send { index: u32 },
+    /// Make the chain's pending call (recorded in `chain.call`).
+    Call { task: String, attempt: u32 },
     /// Tell the step's node to drop or stop a command it may hold.
     Revoke {
         node: String,
@@ -165,6 +174,34 @@ pub fn apply(x: &mut Execution, event: Event, now: Millis) -> Result<Vec<Effect>
         }
         Event::Reply(reply) => on_reply(x, reply, now, &mut effects),
         Event::Tick => on_tick(x, now, &mut effects),
+        Event::ChainResult {
+            task,
+            attempt,
+            outcome,
+            duration_ns,
+        } => {
+            let Some(part) = x.chain.as_mut() else {
+                return Ok(effects);
+            };
+            let expected = part
+                .call
+                .as_ref()
+                .is_some_and(|c| c.task == task && c.attempt == attempt);
+            if x.status != ExecStatus::Running || !expected {
+                // Late: a cancelled run, or an attempt made again.
+                return Ok(effects);
+            }
+            part.call = None;
+            let definition: serde_json::Value =
+                serde_json::from_str(&part.definition).unwrap_or(serde_json::Value::Null);
+            if let Ok(parsed) = chain::parse(&part.chain_id, &definition) {
+                chain::Runner {
+                    chain: &parsed,
+                    run: &mut part.run,
+                }
+                .effect_done(outcome, duration_ns);
+            }
+        }
         Event::AddChild(child) => {
             if !x.child_execution_ids.contains(&child) {
                 x.child_execution_ids.push(child);
@@ -388,7 +425,7 @@ fn advance(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
         return;
     }
     if x.chain.is_some() {
-        advance_chain(x, now);
+        advance_chain(x, now, effects);
         return;
     }
     loop {
@@ -444,14 +481,18 @@ fn advance(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
     }
 }
 
-/// Runs a chain execution's pure tasks (`chain::Runner`). A run that
-/// reaches a task needing an outside effect fails with why: the routes
-/// that start chains refuse such chains before they are created, so this
-/// is only a chain changed under a stored execution.
-fn advance_chain(x: &mut Execution, now: Millis) {
+/// Runs a chain execution (`chain::Runner`) until it ends or a task
+/// needs an LLM's answer: that call is recorded (`chain.call`) and asked
+/// for as an effect. A task needing another outside effect (a hook, an
+/// embedding) fails the run with why: the routes that start chains
+/// refuse those before anything is created.
+fn advance_chain(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
     let Some(part) = x.chain.as_mut() else {
         return;
     };
+    if part.call.is_some() {
+        return;
+    }
     let definition: serde_json::Value =
         serde_json::from_str(&part.definition).unwrap_or(serde_json::Value::Null);
     let parsed = match chain::parse(&part.chain_id, &definition) {
@@ -487,15 +528,38 @@ fn advance_chain(x: &mut Execution, now: Millis) {
                 .find(|t| t.id == task)
                 .map(|t| t.handler.clone())
                 .unwrap_or_default();
-            let e = ExecError::new(
-                "HANDLER_UNAVAILABLE",
-                format!(
-                    "task {task}: handler {handler} needs an LLM or a hook, which chain runs cannot call yet"
-                ),
-            );
-            finish(x, ExecStatus::Failed, Some(e), now);
+            if chain::PROMPTED.contains(&handler.as_str()) {
+                let attempt = part.run.transitions;
+                part.call = Some(super::record::PendingCall {
+                    task: task.clone(),
+                    attempt,
+                    started_at: now,
+                    resumed: false,
+                });
+                effects.push(Effect::Call { task, attempt });
+            } else {
+                let e = ExecError::new(
+                    "HANDLER_UNAVAILABLE",
+                    format!(
+                        "task {task}: handler {handler} needs a hook or an embedding, which chain runs cannot call yet"
+                    ),
+                );
+                finish(x, ExecStatus::Failed, Some(e), now);
+            }
         }
     }
+}
+
+/// The chain call a restarted actor makes again.
+pub fn pending_call(x: &Execution) -> Option<Effect> {
+    if x.status != ExecStatus::Running {
+        return None;
+    }
+    let c = x.chain.as_ref()?.call.as_ref()?;
+    Some(Effect::Call {
+        task: c.task.clone(),
+        attempt: c.attempt,
+    })
 }
 
 /// A chain execution starts its run again from its first task.
@@ -506,6 +570,7 @@ fn reset_chain(x: &mut Execution) {
         if let Ok(c) = chain::parse(&part.chain_id, &definition) {
             part.run = chain::ChainRun::new(&c, part.input.clone());
         }
+        part.call = None;
     }
 }
 

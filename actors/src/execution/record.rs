@@ -222,6 +222,20 @@ pub struct ChainPart {
     /// The chain's input, typed.
     pub input: super::chain::Data,
     pub run: super::chain::ChainRun,
+    /// The outside call (an LLM's answer) the current task waits for:
+    /// recorded before it is made, so a restart makes it again.
+    pub call: Option<PendingCall>,
+}
+
+/// A chain task's call in flight.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PendingCall {
+    pub task: String,
+    /// The run's transitions when it was asked: names the attempt.
+    pub attempt: u32,
+    pub started_at: Millis,
+    /// Made again after a restart.
+    pub resumed: bool,
 }
 
 impl warden_storage::Versioned for Execution {
