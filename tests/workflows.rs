@@ -499,3 +499,258 @@ async fn prompted_chain_tasks_ask_the_llm_gateway() {
         "one call per attempt"
     );
 }
+
+/// What the mock tool server saw: (path and query, headers, body).
+type Calls = std::sync::Arc<std::sync::Mutex<Vec<(String, axum::http::HeaderMap, Value)>>>;
+
+#[derive(Clone)]
+struct Tools {
+    calls: Calls,
+    /// Answers 500 while this is above 0 (counting down).
+    failures: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn tool_server(tools: Tools) -> String {
+    use axum::extract::{OriginalUri, State};
+    use axum::routing::{get, post};
+    async fn spec() -> axum::Json<Value> {
+        axum::Json(json!({"openapi": "3.0.0", "paths": {
+            "/tickets/{id}/comment": {"post": {"operationId": "comment",
+                "parameters": [{"name": "id", "in": "path"}, {"name": "notify", "in": "query"}],
+                "requestBody": {"content": {"application/json": {}}}}},
+            "/slow": {"get": {"operationId": "slow"}}
+        }}))
+    }
+    async fn comment(
+        State(t): State<Tools>,
+        uri: OriginalUri,
+        headers: axum::http::HeaderMap,
+        axum::Json(body): axum::Json<Value>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        t.calls
+            .lock()
+            .unwrap()
+            .push((uri.0.to_string(), headers, body.clone()));
+        let left = t.failures.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            t.failures
+                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "busy").into_response();
+        }
+        let id = uri
+            .0
+            .path()
+            .split('/')
+            .nth(2)
+            .unwrap_or_default()
+            .to_owned();
+        axum::Json(json!({"ok": true, "ticket": id, "echo": body})).into_response()
+    }
+    async fn slow() -> &'static str {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        "late"
+    }
+    let app = axum::Router::new()
+        .route("/openapi.json", get(spec))
+        .route("/tickets/{id}/comment", post(comment))
+        .route("/slow", get(slow))
+        .with_state(tools);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// Remote hooks: registered as §4 D says, and called by chain tasks as
+/// §4 C says (the tool found in the hook's OpenAPI document, path and
+/// query parameters taken out of the arguments, the hook's headers and
+/// an idempotency key sent, retries, a template, timeouts).
+#[tokio::test]
+async fn hooks_are_registered_and_called_by_chain_tasks() {
+    let s = TestServer::start().await;
+    let (t, _) = s.user("hooker", &["operator"], None).await;
+    let (other, _) = s.user("hook-outsider", &["operator"], None).await;
+    let tools = Tools {
+        calls: Default::default(),
+        failures: Default::default(),
+    };
+    let url = tool_server(tools.clone()).await;
+
+    let hook = json!({"name": "tickets", "endpointUrl": url, "timeoutMs": 2000,
+        "headers": {"Authorization": "Bearer tool-secret"}});
+    let r = s.post("/hooks/remote", &t, hook.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["headers"], hook["headers"]);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.post("/hooks/remote", &t, hook.clone()).await.status, 409);
+    for bad in [
+        json!({"name": "", "endpointUrl": url, "timeoutMs": 1}),
+        json!({"name": "x", "endpointUrl": "", "timeoutMs": 1}),
+        json!({"name": "x", "endpointUrl": url, "timeoutMs": 0}),
+    ] {
+        let r = s.post("/hooks/remote", &t, bad.clone()).await;
+        assert_eq!(r.status, 422, "{bad}: {}", r.body);
+    }
+    let dead = s
+        .post(
+            "/hooks/remote",
+            &t,
+            json!({"name": "dead", "endpointUrl": "http://127.0.0.1:1", "timeoutMs": 300}),
+        )
+        .await;
+    assert_eq!(dead.status, 201);
+    assert_eq!(
+        s.get(&format!("/hooks/remote/{id}"), &t).await.body["name"],
+        "tickets"
+    );
+    assert_eq!(
+        s.get("/hooks/remote/by-name/tickets", &t).await.body["id"],
+        id.as_str()
+    );
+    assert_eq!(s.get("/hooks/remote/by-name/nope", &t).await.status, 404);
+    assert_eq!(
+        s.get("/hooks/remote", &t)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let schemas = s.get("/hooks/schemas", &t).await.body;
+    assert!(
+        schemas["tickets"]["paths"]["/slow"].is_object(),
+        "{schemas}"
+    );
+    assert!(
+        schemas.get("dead").is_none(),
+        "a hook that does not answer is left out"
+    );
+    let mut names: Vec<String> =
+        serde_json::from_value(s.get("/supported", &t).await.body).unwrap();
+    names.sort();
+    assert_eq!(names, ["dead", "tickets"]);
+    assert_eq!(
+        s.get(&format!("/hooks/remote/{id}"), &other).await.status,
+        404
+    );
+    assert_eq!(s.get("/supported", &other).await.body, json!([]));
+
+    // A chain task calls the tool.
+    let run = |task: Value, input: &str| {
+        let (s, t) = (&s, &t);
+        let body =
+            json!({"chain": {"id": "h", "tasks": [task]}, "input": input, "inputType": "string"});
+        async move { s.post("/tasks", t, body).await }
+    };
+    let comment = |extra: Value| {
+        let mut task = json!({"id": "call", "handler": "hook",
+            "hook": {"name": "tickets", "tool_name": "comment", "args": {"id": "T-7", "notify": "yes", "text": "hi"}},
+            "transition": {"branches": [{"operator": "default", "goto": "end"}]}});
+        task.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        task
+    };
+    let r = run(comment(json!({})), "urgent").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["outputType"], "json");
+    assert_eq!(r.body["output"]["ticket"], "T-7");
+    assert_eq!(
+        r.body["output"]["echo"],
+        json!({"input": "urgent", "text": "hi"})
+    );
+    assert_eq!(r.body["state"][0]["transition"], "ok");
+    let (uri, headers, _) = tools.calls.lock().unwrap().last().unwrap().clone();
+    assert_eq!(uri, "/tickets/T-7/comment?notify=yes");
+    assert_eq!(headers["authorization"], "Bearer tool-secret");
+    assert!(headers.get("idempotency-key").is_some());
+
+    let r = run(
+        comment(json!({"output_template": "Ticket {{.ticket}} ok={{.ok}}"})),
+        "x",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["output"], "Ticket T-7 ok=true");
+
+    // Two failures, then an answer: three attempts, the last one good.
+    tools.failures.store(2, std::sync::atomic::Ordering::SeqCst);
+    let r = run(comment(json!({"retry_on_failure": 2})), "x").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let errors: Vec<String> = r.body["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["error"]["error"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(errors.len(), 3);
+    assert!(
+        errors[0].contains("answered 500")
+            && errors[1].contains("answered 500")
+            && errors[2].is_empty(),
+        "{errors:?}"
+    );
+    let keys: std::collections::HashSet<String> = tools
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .take(3)
+        .map(|(_, h, _)| h["idempotency-key"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys.len(), 3, "each attempt has its own key");
+
+    // A missing hook, and a hook slower than its timeout.
+    let r = run(
+        json!({"id": "x", "handler": "hook", "hook": {"name": "nope", "tool_name": "t"}}),
+        "x",
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("hook nope is not registered"),
+        "{}",
+        r.body
+    );
+    let r = s
+        .put(
+            &format!("/hooks/remote/{id}"),
+            &t,
+            json!({"timeoutMs": 300}),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.body["timeoutMs"].clone()),
+        (200, json!(300))
+    );
+    let started = std::time::Instant::now();
+    let r = run(
+        json!({"id": "x", "handler": "hook", "hook": {"name": "tickets", "tool_name": "slow"}}),
+        "x",
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{}",
+        r.body
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let r = s.delete(&format!("/hooks/remote/{id}"), &t).await;
+    assert_eq!((r.status.as_u16(), r.body.clone()), (200, json!("deleted")));
+    assert_eq!(s.get(&format!("/hooks/remote/{id}"), &t).await.status, 404);
+}

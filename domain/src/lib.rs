@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod dataset;
 mod error;
 pub mod evaluation;
+pub mod hook;
 mod memory;
 mod model;
 mod plain;
@@ -110,6 +111,7 @@ pub async fn ensure_indexes(
     store.ensure_indexes::<Memory>().await?;
     store.ensure_indexes::<dataset::Dataset>().await?;
     store.ensure_indexes::<workflow::Workflow>().await?;
+    store.ensure_indexes::<hook::Hook>().await?;
     Ok(())
 }
 

@@ -343,8 +343,8 @@ impl Executions {
     /// new execution and answers it once it ended (or after
     /// [`CHAIN_WAIT`], as it stands). The chain is checked first (every
     /// problem names its task), and so is its input's type; a chain with
-    /// a task that needs a hook, an embedding or a model execution is
-    /// refused, as runs cannot call those yet.
+    /// a task that needs an embedding or tool calls is refused, as runs
+    /// cannot call those yet.
     pub async fn run_chain(
         &self,
         owner: Owner,
@@ -361,11 +361,11 @@ impl Executions {
             .iter()
             .filter(|t| {
                 let h = t.handler.as_str();
-                !chain::PURE.contains(&h) && !chain::PROMPTED.contains(&h)
+                !chain::PURE.contains(&h) && !chain::is_called(h)
             })
             .map(|t| {
                 format!(
-                    "task {}: handler {} needs a hook, an embedding or tool calls, which chain runs cannot call yet",
+                    "task {}: handler {} needs an embedding or tool calls, which chain runs cannot call yet",
                     t.id, t.handler
                 )
             })

@@ -50,6 +50,18 @@ pub type ExecutionListener = Arc<dyn Fn(&Execution) + Send + Sync>;
 /// How long a caller waits for an execution actor's answer.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The client hooks are called with (its own pool; timeouts are the
+/// hooks' own).
+fn hook_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default()
+    })
+}
+
 /// A chain task's call without its own `timeout` is given up after this.
 pub const CHAIN_CALL_LIMIT: Duration = Duration::from_secs(300);
 
@@ -288,6 +300,38 @@ impl ExecState {
                 return;
             }
         };
+        if let Some(old) = self.call.take() {
+            old.abort();
+        }
+        let me = myself.clone();
+        if task.handler == "hook" {
+            let hook = super::hook_call::target(&task).and_then(|(name, _, _)| {
+                warden_domain::hook::by_name(&self.store, &self.exec.owner.org_id, &name)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("hook {name} is not registered (POST /hooks/remote)"))
+            });
+            let hook = match hook {
+                Ok(h) => h,
+                Err(e) => {
+                    let _ = myself.cast(result(Err(e), 0));
+                    return;
+                }
+            };
+            let key = format!("{}:{}:{}", self.exec.id, task.id, attempt);
+            self.call = Some(tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let outcome =
+                    super::hook_call::call(hook_client(), &hook, &task, &input, &key).await;
+                let ns = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+                let _ = me.cast(ExecMsg::Chain(Box::new(Event::ChainResult {
+                    task: task.id.clone(),
+                    attempt,
+                    outcome,
+                    duration_ns: ns,
+                })));
+            }));
+            return;
+        }
         let Some(gateway) = self.gateway.clone() else {
             let _ = myself.cast(result(
                 Err("this server has no LLM gateway for chain tasks".into()),
@@ -310,11 +354,7 @@ impl ExecState {
             self.exec.owner.org_id.clone(),
             self.exec.audit.created_by.clone(),
         );
-        let me = myself.clone();
         let limit = task.timeout.unwrap_or(CHAIN_CALL_LIMIT);
-        if let Some(old) = self.call.take() {
-            old.abort();
-        }
         self.call = Some(tokio::spawn(async move {
             let started = std::time::Instant::now();
             let ask_all = async {

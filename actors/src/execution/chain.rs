@@ -34,6 +34,11 @@ pub const HANDLERS: [&str; 14] = [
     "hook",
 ];
 pub const PURE: [&str; 4] = ["noop", "parse_transition", "parse_key_value", "raise_error"];
+/// The handlers a run can call out for: the prompted ones and `hook`.
+pub fn is_called(handler: &str) -> bool {
+    PROMPTED.contains(&handler) || handler == "hook"
+}
+
 /// The handlers that prompt an LLM and read its text answer.
 pub const PROMPTED: [&str; 5] = [
     "raw_string",

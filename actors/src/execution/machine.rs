@@ -482,10 +482,10 @@ fn advance(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
 }
 
 /// Runs a chain execution (`chain::Runner`) until it ends or a task
-/// needs an LLM's answer: that call is recorded (`chain.call`) and asked
-/// for as an effect. A task needing another outside effect (a hook, an
-/// embedding) fails the run with why: the routes that start chains
-/// refuse those before anything is created.
+/// needs an LLM's answer or a hook's: that call is recorded
+/// (`chain.call`) and asked for as an effect. A task needing another
+/// outside effect (an embedding, tool calls) fails the run with why: the
+/// routes that start chains refuse those before anything is created.
 fn advance_chain(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
     let Some(part) = x.chain.as_mut() else {
         return;
@@ -528,7 +528,7 @@ fn advance_chain(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
                 .find(|t| t.id == task)
                 .map(|t| t.handler.clone())
                 .unwrap_or_default();
-            if chain::PROMPTED.contains(&handler.as_str()) {
+            if chain::is_called(&handler) {
                 let attempt = part.run.transitions;
                 part.call = Some(super::record::PendingCall {
                     task: task.clone(),

@@ -5,6 +5,7 @@
 
 mod actor;
 pub mod chain;
+mod hook_call;
 pub mod machine;
 mod record;
 

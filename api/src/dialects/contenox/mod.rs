@@ -9,6 +9,7 @@ mod access;
 mod backends;
 mod chat;
 mod chats;
+mod hooks;
 mod models;
 mod queue;
 mod system;
@@ -42,6 +43,7 @@ impl Dialect for Contenox {
             404 => ("not_found", "invalid_request_error"),
             409 => ("conflict", "invalid_request_error"),
             413 => ("payload_too_large", "invalid_request_error"),
+            422 => ("unprocessable_entity", "invalid_request_error"),
             429 => ("rate_limited", "rate_limit_error"),
             502 => ("bad_gateway", "api_error"),
             503 => ("service_unavailable", "api_error"),
@@ -116,4 +118,5 @@ pub(crate) fn routes() -> Api {
         .merge(system::routes())
         .merge(queue::routes())
         .merge(taskchains::routes())
+        .merge(hooks::routes())
 }
