@@ -260,8 +260,12 @@ async fn chains_run_through_tasks_and_show_as_executions() {
             "not a valid int",
         ),
         (
+            json!({"chain": {"id": "e", "tasks": [{"id": "a", "handler": "embedding"}]}, "input": "x"}),
+            "needs an embedding",
+        ),
+        (
             json!({"chain": {"id": "e", "tasks": [{"id": "a", "handler": "hook"}]}, "input": "x"}),
-            "needs a hook",
+            "hook.name and hook.tool_name",
         ),
     ] {
         let r = s.post("/tasks", &t, body.clone()).await;
@@ -347,7 +351,7 @@ async fn a_chain_waiting_on_the_llm_resumes_after_a_restart() {
         .await;
     fake.set(Mode::Ok);
     let t = s.login("resumer", "user-password-1").await;
-    let x = eventually(20, "the run completes after the restart", || async {
+    let x = eventually(30, "the run completes after the restart", || async {
         let list = s.get("/api/executions?limit=10", &t).await.body;
         let x = list["data"]
             .as_array()
@@ -753,4 +757,99 @@ async fn hooks_are_registered_and_called_by_chain_tasks() {
     let r = s.delete(&format!("/hooks/remote/{id}"), &t).await;
     assert_eq!((r.status.as_u16(), r.body.clone()), (200, json!("deleted")));
     assert_eq!(s.get(&format!("/hooks/remote/{id}"), &t).await.status, 404);
+}
+
+/// A stored chain serves OpenAI's chat completions: a model execution on
+/// the request's messages, converted to a `chat.completion`, whole or
+/// streamed.
+#[tokio::test]
+async fn stored_chains_answer_openai_chat_completions() {
+    let (s, t, fake) = with_llm("chat-chains").await;
+    let chain = json!({"id": "assistant", "token_limit": 1000, "tasks": [
+        {"id": "answer", "handler": "model_execution", "system_instruction": "You are helpful.",
+         "execute_config": {"model": "mistral:instruct"},
+         "transition": {"branches": [{"operator": "default", "goto": "convert"}]}},
+        {"id": "convert", "handler": "convert_to_openai_chat_response",
+         "transition": {"branches": [{"operator": "default", "goto": "end"}]}}
+    ]});
+    assert_eq!(s.post("/taskchains", &t, chain.clone()).await.status, 201);
+    let ask =
+        json!({"model": "mistral:instruct", "messages": [{"role": "user", "content": "hi there"}]});
+    let r = s
+        .post("/openai/assistant/v1/chat/completions", &t, ask.clone())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["object"], "chat.completion");
+    assert!(r.body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(
+        r.body["choices"][0]["message"],
+        json!({"role": "assistant", "content": "hello from a"})
+    );
+    assert_eq!(r.body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(r.body["usage"]["total_tokens"], 8);
+    let sent = fake.bodies.lock().unwrap().last().unwrap().clone();
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "hi there"}])
+    );
+
+    // Streamed: the same answer as SSE chunks, then [DONE].
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    let resp = s
+        .http
+        .post(format!("{}/openai/assistant/v1/chat/completions", s.base))
+        .bearer_auth(&t)
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let text = resp.text().await.unwrap();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    let first: Value = serde_json::from_str(events[0]).unwrap();
+    assert_eq!(first["choices"][0]["delta"]["content"], "hello from a");
+
+    // Over the chain's token limit; an unknown chain; a chain that does
+    // not end in a chat completion.
+    let mut long = ask.clone();
+    long["messages"][0]["content"] = json!("word ".repeat(2000));
+    let r = s
+        .post("/openai/assistant/v1/chat/completions", &t, long)
+        .await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("token_limit"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        s.post("/openai/nope/v1/chat/completions", &t, ask.clone())
+            .await
+            .status,
+        404
+    );
+    let mut bare = chain.clone();
+    bare["id"] = json!("bare");
+    bare["tasks"].as_array_mut().unwrap().truncate(1);
+    bare["tasks"][0]["transition"] = json!({"branches": [{"operator": "default", "goto": "end"}]});
+    s.post("/taskchains", &t, bare).await;
+    let r = s.post("/openai/bare/v1/chat/completions", &t, ask).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("chat_history output"),
+        "{}",
+        r.body
+    );
 }

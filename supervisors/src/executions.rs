@@ -375,7 +375,9 @@ impl Executions {
         }
         let input =
             chain::typed_input(input_type, input).map_err(|e| DomainError::Invalid(vec![e]))?;
-        let run = chain::ChainRun::new(&parsed, input.clone());
+        let mut run = chain::ChainRun::new(&parsed, input.clone());
+        run.seed = warden_storage::new_uuid().replace('-', "");
+        run.started_secs = warden_storage::now_millis() / 1000;
         let new = NewExecution {
             name: Some(format!("chain {chain_id}")),
             category: Some("workflow".into()),

@@ -27,7 +27,7 @@ pub enum Mode {
     Garbage,
     /// Streams with 400 ms between events.
     Slow,
-    /// Whole answers after 3 s.
+    /// Whole answers after 6 s.
     Hold,
 }
 
@@ -98,7 +98,7 @@ async fn completions(State(f): State<Fake>, axum::Json(body): axum::Json<Value>)
     }
     let text = format!("hello from {}", f.name);
     if mode == Mode::Hold {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
     }
     if body["stream"] != true {
         if mode == Mode::Garbage {

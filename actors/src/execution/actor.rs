@@ -103,9 +103,18 @@ pub struct ExecState {
     /// The deadline a timer is armed for.
     armed: Option<Millis>,
     gateway: Option<Arc<dyn Gateway>>,
-    /// A chain task's call in flight: dropped (cancelled) when the
-    /// execution ends.
-    call: Option<tokio::task::JoinHandle<()>>,
+    /// A chain task's call in flight: cancelled when the execution ends,
+    /// and when the actor goes (stopped or failed) with its state.
+    call: Option<InFlightCall>,
+}
+
+/// A spawned call that is aborted when dropped.
+struct InFlightCall(tokio::task::JoinHandle<()>);
+
+impl Drop for InFlightCall {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[derive(Default)]
@@ -300,9 +309,7 @@ impl ExecState {
                 return;
             }
         };
-        if let Some(old) = self.call.take() {
-            old.abort();
-        }
+        self.call = None;
         let me = myself.clone();
         if task.handler == "hook" {
             let hook = super::hook_call::target(&task).and_then(|(name, _, _)| {
@@ -318,7 +325,7 @@ impl ExecState {
                 }
             };
             let key = format!("{}:{}:{}", self.exec.id, task.id, attempt);
-            self.call = Some(tokio::spawn(async move {
+            self.call = Some(InFlightCall(tokio::spawn(async move {
                 let started = std::time::Instant::now();
                 let outcome =
                     super::hook_call::call(hook_client(), &hook, &task, &input, &key).await;
@@ -329,7 +336,7 @@ impl ExecState {
                     outcome,
                     duration_ns: ns,
                 })));
-            }));
+            })));
             return;
         }
         let Some(gateway) = self.gateway.clone() else {
@@ -339,23 +346,51 @@ impl ExecState {
             ));
             return;
         };
-        let prompt = task.prompt(&input);
+        // What to send, and how the answer becomes the task's outcome.
+        type Read = Box<dyn Fn(&crate::conversation::Completion) -> chain::Outcome + Send + Sync>;
+        let (messages, prompt, read): (Vec<Value>, chain::Prompt, Read) =
+            if task.handler == "model_execution" {
+                match task.chat_request(&input, parsed.token_limit) {
+                    Ok((history, prompt)) => {
+                        let (t, h) = (task.clone(), history.clone());
+                        let read: Read = Box::new(move |c| {
+                            t.read_chat(
+                                h.clone(),
+                                &c.content,
+                                &c.tool_calls,
+                                &c.model,
+                                (c.tokens.prompt, c.tokens.completion),
+                            )
+                        });
+                        (history, prompt, read)
+                    }
+                    Err(e) => {
+                        let _ = myself.cast(result(Err(e), 0));
+                        return;
+                    }
+                }
+            } else {
+                let prompt = task.prompt(&input);
+                let mut messages = Vec::new();
+                if let Some(system) = &prompt.system {
+                    messages.push(json!({"role": "system", "content": system}));
+                }
+                messages.push(json!({"role": "user", "content": prompt.user}));
+                let t = task.clone();
+                let read: Read = Box::new(move |c| t.read_answer(&c.content));
+                (messages, prompt, read)
+            };
         let models = if prompt.models.is_empty() {
             vec![gateway.default_model()]
         } else {
             prompt.models.clone()
         };
-        let mut messages = Vec::new();
-        if let Some(system) = &prompt.system {
-            messages.push(json!({"role": "system", "content": system}));
-        }
-        messages.push(json!({"role": "user", "content": prompt.user}));
         let (org, user) = (
             self.exec.owner.org_id.clone(),
             self.exec.audit.created_by.clone(),
         );
         let limit = task.timeout.unwrap_or(CHAIN_CALL_LIMIT);
-        self.call = Some(tokio::spawn(async move {
+        self.call = Some(InFlightCall(tokio::spawn(async move {
             let started = std::time::Instant::now();
             let ask_all = async {
                 let mut failures = Vec::new();
@@ -371,7 +406,7 @@ impl ExecState {
                         max_tokens: None,
                     };
                     match gateway.complete(ask).await {
-                        Ok(c) => return task.read_answer(&c.content),
+                        Ok(c) => return read(&c),
                         Err(e) => failures.push(format!("{model}: {e}")),
                     }
                 }
@@ -388,7 +423,7 @@ impl ExecState {
                 outcome,
                 duration_ns: ns,
             })));
-        }));
+        })));
     }
 
     /// Arms a timer for the next deadline (one at a time; a stale timer
@@ -547,10 +582,8 @@ async fn handle_message(
         ),
     };
     state.perform(&myself, effects).await;
-    if state.exec.status.is_terminal()
-        && let Some(call) = state.call.take()
-    {
-        call.abort();
+    if state.exec.status.is_terminal() {
+        state.call = None;
     }
     state.arm(&myself);
     // Finished: nothing left to wait for, so the actor passivates (a late

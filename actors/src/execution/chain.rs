@@ -33,10 +33,16 @@ pub const HANDLERS: [&str; 14] = [
     "noop",
     "hook",
 ];
-pub const PURE: [&str; 4] = ["noop", "parse_transition", "parse_key_value", "raise_error"];
+pub const PURE: [&str; 5] = [
+    "noop",
+    "parse_transition",
+    "parse_key_value",
+    "raise_error",
+    "convert_to_openai_chat_response",
+];
 /// The handlers a run can call out for: the prompted ones and `hook`.
 pub fn is_called(handler: &str) -> bool {
-    PROMPTED.contains(&handler) || handler == "hook"
+    PROMPTED.contains(&handler) || handler == "hook" || handler == "model_execution"
 }
 
 /// The handlers that prompt an LLM and read its text answer.
@@ -170,6 +176,8 @@ pub struct Task {
 pub struct Chain {
     pub id: String,
     pub debug: bool,
+    /// The most tokens a model execution's history may hold (0: any).
+    pub token_limit: u64,
     pub tasks: Vec<Task>,
 }
 
@@ -244,6 +252,13 @@ pub fn parse(id: &str, chain: &Value) -> Result<Chain, Vec<String>> {
         } else if !HANDLERS.contains(&handler.as_str()) {
             problems.push(format!("{name}: unsupported handler {handler:?}"));
         }
+        if handler == "hook" {
+            let h = raw.get("hook").cloned().unwrap_or(Value::Null);
+            let named = |k: &str| h[k].as_str().is_some_and(|s| !s.is_empty());
+            if !named("name") || !named("tool_name") {
+                problems.push(format!("{name}: hook.name and hook.tool_name are required"));
+            }
+        }
         let known =
             |target: &str| target.is_empty() || target == "end" || ids.iter().any(|i| i == target);
         let tr = &raw.get("transition").cloned().unwrap_or(Value::Null);
@@ -312,6 +327,7 @@ pub fn parse(id: &str, chain: &Value) -> Result<Chain, Vec<String>> {
         Ok(Chain {
             id: id.into(),
             debug: chain["debug"].as_bool().unwrap_or(false),
+            token_limit: chain["token_limit"].as_u64().unwrap_or(0),
             tasks,
         })
     } else {
@@ -403,6 +419,11 @@ pub struct ChainRun {
     pub state: Vec<StateUnit>,
     /// Why the run failed, once it did.
     pub error: Option<String>,
+    /// Names what the run makes (a chat completion's id), the same when
+    /// it is run again.
+    pub seed: String,
+    /// When the run started (Unix seconds): a chat completion's `created`.
+    pub started_secs: i64,
 }
 
 /// What the caller does next.
@@ -432,6 +453,8 @@ impl ChainRun {
             output: input,
             state: Vec::new(),
             error: None,
+            seed: String::new(),
+            started_secs: 0,
         }
     }
 }
@@ -554,6 +577,79 @@ impl Task {
             temperature: config.get("temperature").and_then(Value::as_f64),
             user,
         }
+    }
+
+    /// A model execution's request: the history's messages (a chat
+    /// history's, or an OpenAI request's), the task's system instruction
+    /// first unless that message is there, the request's fields with
+    /// `execute_config` winning; refused over the chain's token limit
+    /// (four characters a token).
+    pub fn chat_request(
+        &self,
+        input: &Data,
+        token_limit: u64,
+    ) -> Result<(Vec<Value>, Prompt), String> {
+        let v = input.json();
+        if !v.is_object() {
+            return Err(format!(
+                "task {}: model_execution wants a chat history or an OpenAI request",
+                self.id
+            ));
+        }
+        let mut history = messages(&v);
+        if let Some(system) = text_of(self.raw.get("system_instruction"))
+            && !history
+                .iter()
+                .any(|m| m["role"] == "system" && m["content"] == system.as_str())
+        {
+            history.insert(0, json!({"role": "system", "content": system}));
+        }
+        let chars: usize = history
+            .iter()
+            .map(|m| m["content"].as_str().map_or(0, str::len))
+            .sum();
+        let tokens = chars.div_ceil(4) as u64;
+        if token_limit > 0 && tokens > token_limit {
+            return Err(format!(
+                "task {}: the history holds about {tokens} tokens, over the chain's token_limit {token_limit}",
+                self.id
+            ));
+        }
+        let mut prompt = self.prompt(input);
+        if prompt.models.is_empty()
+            && let Some(m) = v["model"].as_str().filter(|m| !m.is_empty())
+        {
+            prompt.models.push(m.to_owned());
+        }
+        if prompt.temperature.is_none() {
+            prompt.temperature = v["temperature"].as_f64();
+        }
+        prompt.system = None;
+        Ok((history, prompt))
+    }
+
+    /// A model execution's result: the history with the answer appended.
+    pub fn read_chat(
+        &self,
+        history: Vec<Value>,
+        answer: &str,
+        tool_calls: &str,
+        model: &str,
+        tokens: (u64, u64),
+    ) -> Outcome {
+        let mut message = json!({"role": "assistant", "content": answer});
+        let calls: Value = serde_json::from_str(tool_calls).unwrap_or(Value::Null);
+        let eval = if calls.is_array() {
+            message["tool_calls"] = calls;
+            "tool-call"
+        } else {
+            "executed"
+        };
+        let mut all = history;
+        all.push(message);
+        let out = json!({"messages": all, "model": model,
+            "inputTokens": tokens.0, "outputTokens": tokens.1});
+        Ok((Data::new("chat_history", &out), eval.into()))
     }
 
     /// A prompted task's result from the LLM's answer (§2's handlers).
@@ -736,7 +832,11 @@ impl Runner<'_> {
             if !PURE.contains(&task.handler.as_str()) {
                 return Next::Call { task: id, input };
             }
-            let outcome = pure(&task.handler, &input);
+            let outcome = if task.handler == "convert_to_openai_chat_response" {
+                self.convert(&input)
+            } else {
+                pure(&task.handler, &input)
+            };
             self.finish_attempt(&task, &input, outcome, 0);
         }
     }
@@ -832,6 +932,39 @@ impl Runner<'_> {
                 }
             }
         }
+    }
+
+    /// A chat history as OpenAI's `chat.completion` (its last message the
+    /// choice; its token counts the usage).
+    fn convert(&self, input: &Data) -> Outcome {
+        let v = input.json();
+        let messages = messages(&v);
+        let last = messages
+            .last()
+            .cloned()
+            .ok_or("convert_to_openai_chat_response: the chat history is empty")?;
+        let (prompt, completion) = (
+            v["inputTokens"].as_u64().unwrap_or(0),
+            v["outputTokens"].as_u64().unwrap_or(0),
+        );
+        let finish = if last["tool_calls"].is_array() {
+            "tool_calls"
+        } else {
+            "stop"
+        };
+        let response = json!({
+            "id": format!("chatcmpl-{}", self.run.seed),
+            "object": "chat.completion",
+            "created": self.run.started_secs,
+            "model": v["model"].as_str().unwrap_or_default(),
+            "choices": [{"index": 0, "message": last, "finish_reason": finish}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                      "total_tokens": prompt + completion},
+        });
+        Ok((
+            Data::new("openai_chat_response", &response),
+            "converted".into(),
+        ))
     }
 
     fn compose(

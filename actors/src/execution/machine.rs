@@ -568,7 +568,10 @@ fn reset_chain(x: &mut Execution) {
         let definition: serde_json::Value =
             serde_json::from_str(&part.definition).unwrap_or(serde_json::Value::Null);
         if let Ok(c) = chain::parse(&part.chain_id, &definition) {
-            part.run = chain::ChainRun::new(&c, part.input.clone());
+            let mut run = chain::ChainRun::new(&c, part.input.clone());
+            run.seed = std::mem::take(&mut part.run.seed);
+            run.started_secs = part.run.started_secs;
+            part.run = run;
         }
         part.call = None;
     }

@@ -112,6 +112,24 @@ async fn delete(
     Ok(Json(json!("deleted")))
 }
 
+/// A synchronous run's answer, unless the server starts stopping first:
+/// then 503 (the run is durable and goes on after the restart; AIWM's
+/// `/api/executions` shows it), so that no request holds a shutdown open.
+async fn until_stopping(
+    state: &AppState,
+    run: impl std::future::Future<
+        Output = Result<warden_actors::execution::Execution, warden_domain::DomainError>,
+    >,
+) -> ContenoxResult<warden_actors::execution::Execution> {
+    tokio::select! {
+        x = run => Ok(x?),
+        () = state.lifecycle.stopping() => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is stopping; the run goes on when it is back (see /api/executions)",
+        )),
+    }
+}
+
 /// `POST /tasks {chain, input, inputType}`: runs the chain (as sent) on
 /// the input as an execution (AIWM's `/api/executions` shows it) and
 /// answers `{output, outputType, state[]}`; a bad chain or input is a
@@ -138,11 +156,18 @@ async fn run(
         }
     };
     let input = body.get("input").cloned().unwrap_or(Value::Null);
-    let x = state
-        .runtime
-        .executions
-        .run_chain(p.owner(), &p.user_id, &chain_id, chain, input_type, &input)
-        .await?;
+    let x = until_stopping(
+        &state,
+        state.runtime.executions.run_chain(
+            p.owner(),
+            &p.user_id,
+            &chain_id,
+            chain,
+            input_type,
+            &input,
+        ),
+    )
+    .await?;
     let Some(part) = &x.chain else {
         return Err(ApiError::internal("the run lost its chain"));
     };
@@ -159,6 +184,81 @@ async fn run(
         "outputType": out.kind,
         "state": part.run.state.iter().map(|u| u.view()).collect::<Vec<_>>(),
     })))
+}
+
+/// `POST /openai/{chainID}/v1/chat/completions`: the stored chain run on
+/// the OpenAI request (`openai_chat` input); its output, an
+/// `openai_chat_response`, is the answer; `stream: true` gets it as SSE
+/// chunks (the whole message in one delta) and `data: [DONE]`.
+async fn chain_chat(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    Path(chain_id): Path<String>,
+    JsonBody(body, _): Body,
+) -> ContenoxResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    writer(&p)?;
+    let w = find(&state, &p.org_id, &chain_id)?;
+    if !body.get("messages").is_some_and(Value::is_array) {
+        return Err(ApiError::validation(vec![
+            "messages must be an array".into(),
+        ]));
+    }
+    let stream = body.get("stream") == Some(&Value::Bool(true));
+    let x = until_stopping(
+        &state,
+        state.runtime.executions.run_chain(
+            p.owner(),
+            &p.user_id,
+            &chain_id,
+            &w.chain_view(),
+            "openai_chat",
+            &Value::Object(body),
+        ),
+    )
+    .await?;
+    if x.status != warden_actors::execution::ExecStatus::Completed {
+        let why = x.error.as_ref().map_or_else(
+            || format!("the run ended {}", x.status.as_str()),
+            |e| e.message.clone(),
+        );
+        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, why));
+    }
+    let Some(out) = x.chain.as_ref().map(|c| &c.run.output) else {
+        return Err(ApiError::internal("the run lost its chain"));
+    };
+    if out.kind != "openai_chat_response" {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "chain {chain_id} ended with a {} output, not a chat completion (end it with convert_to_openai_chat_response)",
+                out.kind
+            ),
+        ));
+    }
+    let response = out.json();
+    if !stream {
+        return Ok(Json(response).into_response());
+    }
+    let choice = &response["choices"][0];
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": response["id"], "object": "chat.completion.chunk", "created": response["created"],
+            "model": response["model"], "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let events = [
+        chunk(
+            json!({"role": "assistant", "content": choice["message"]["content"]}),
+            Value::Null,
+        ),
+        chunk(json!({}), choice["finish_reason"].clone()),
+    ];
+    let mut text: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    text.push_str("data: [DONE]\n\n");
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+        text,
+    )
+        .into_response())
 }
 
 pub(super) fn routes() -> Api {
@@ -184,5 +284,11 @@ pub(super) fn routes() -> Api {
             t,
             "Run a chain {chain, input, inputType} to its end: {output, outputType, state[]}",
             run,
+        )
+        .post(
+            "/openai/{chainID}/v1/chat/completions",
+            t,
+            "OpenAI's chat completions through a stored chain (whole, or SSE with stream)",
+            chain_chat,
         )
 }
