@@ -260,8 +260,13 @@ async fn chains_run_through_tasks_and_show_as_executions() {
             "not a valid int",
         ),
         (
-            json!({"chain": {"id": "e", "tasks": [{"id": "a", "handler": "embedding"}]}, "input": "x"}),
-            "needs an embedding",
+            json!({"chain": {"id": "e", "tasks": [{"id": "a", "handler": "execute_tool_calls"}]}, "input": "x"}),
+            "needs tool calls",
+        ),
+        (
+            json!({"chain": {"id": "e", "tasks": [{"id": "a", "handler": "embedding",
+                "execute_config": {"models": ["m1", "m2"]}}]}, "input": "x"}),
+            "at most one model",
         ),
         (
             json!({"chain": {"id": "e", "tasks": [{"id": "a", "handler": "hook"}]}, "input": "x"}),
@@ -479,6 +484,38 @@ async fn prompted_chain_tasks_ask_the_llm_gateway() {
     assert_eq!(
         bodies[bodies.len() - 1]["messages"][0]["content"],
         "Was it polite? hello from a"
+    );
+
+    // An embedding task: the embedding model's vector for its input.
+    let e = Fake::new("e", &["nomic-embed-text:latest"]);
+    let url = serve(e.clone()).await;
+    let id = s
+        .post(
+            "/backends",
+            &t,
+            json!({"name": "embedder", "type": "openai", "baseUrl": url}),
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.post(
+        &format!("/backend-affinity/internal_embed_group/backends/{id}"),
+        &t,
+        json!({}),
+    )
+    .await;
+    let embed = json!({"chain": {"id": "vec", "tasks": [{"id": "v", "handler": "embedding",
+        "transition": {"branches": [{"operator": "default", "goto": "end"}]}}]}, "input": "hello", "inputType": "string"});
+    let r = eventually(10, "an embedding", || async {
+        let r = s.post("/tasks", &t, embed.clone()).await;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        (r.body["output"].clone(), r.body["outputType"].clone()),
+        (json!([0.25, -0.5, 1.0]), json!("vector"))
     );
 
     // No model answers: each attempt fails, then the run does.

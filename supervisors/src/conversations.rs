@@ -119,6 +119,17 @@ impl Gateway for LlmGateway {
         let llm = self.0.clone();
         Box::pin(async move { llm.complete(ask).await })
     }
+
+    fn embed(
+        &self,
+        org: String,
+        user: String,
+        model: Option<String>,
+        text: String,
+    ) -> BoxFuture<Result<Vec<f64>, DomainError>> {
+        let llm = self.0.clone();
+        Box::pin(async move { llm.embed_vector(&org, &user, model.as_deref(), &text).await })
+    }
 }
 
 impl Llm {

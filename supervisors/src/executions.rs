@@ -343,8 +343,8 @@ impl Executions {
     /// new execution and answers it once it ended (or after
     /// [`CHAIN_WAIT`], as it stands). The chain is checked first (every
     /// problem names its task), and so is its input's type; a chain with
-    /// a task that needs an embedding or tool calls is refused, as runs
-    /// cannot call those yet.
+    /// a task that executes tool calls is refused, as runs cannot make
+    /// those yet.
     pub async fn run_chain(
         &self,
         owner: Owner,
@@ -365,7 +365,7 @@ impl Executions {
             })
             .map(|t| {
                 format!(
-                    "task {}: handler {} needs an embedding or tool calls, which chain runs cannot call yet",
+                    "task {}: handler {} needs tool calls, which chain runs cannot make yet",
                     t.id, t.handler
                 )
             })

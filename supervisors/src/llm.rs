@@ -875,6 +875,48 @@ impl Llm {
         self.forward(org, model, "embeddings", &body, false).await
     }
 
+    /// The embedding of `text` by `model` (the server's embedding model
+    /// when `None`) on a user's behalf, usage counted: what chain tasks
+    /// ask. A refusal or an answer without a vector is an error.
+    pub async fn embed_vector(
+        &self,
+        org: &str,
+        user: &str,
+        model: Option<&str>,
+        text: &str,
+    ) -> Result<Vec<f64>, DomainError> {
+        let model = model.map_or_else(|| self.defaults().embed_model.clone(), str::to_owned);
+        let (answer, guard) = self.embed(org, &model, text).await?;
+        let Answer::Whole { status, body } = answer else {
+            return Err(DomainError::Unreachable(
+                "the backend streamed embeddings".into(),
+            ));
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|_| DomainError::Unreachable("the backend's answer is not JSON".into()))?;
+        if !(200..300).contains(&status) {
+            let why = v["error"]["message"].as_str().unwrap_or("no reason given");
+            return Err(DomainError::Unreachable(format!(
+                "the backend refused the embedding (HTTP {status}): {why}"
+            )));
+        }
+        self.record_usage(
+            org,
+            user,
+            &model,
+            warden_actors::llm::usage::of_whole(text.chars().count(), &body),
+            guard.price,
+        );
+        v["data"][0]["embedding"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .map(serde_json::Value::as_f64)
+                    .collect::<Option<Vec<f64>>>()
+            })
+            .ok_or_else(|| DomainError::Unreachable("the backend's answer has no embedding".into()))
+    }
+
     // Groups.
 
     /// A group `org` may see: its own or a system group.

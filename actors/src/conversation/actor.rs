@@ -62,6 +62,15 @@ pub trait Gateway: Send + Sync + 'static {
     fn context_length(&self, org: &str, model: &str) -> Result<u64, DomainError>;
     /// Routes, sends and counts one chat completion, whole.
     fn complete(&self, ask: Ask) -> BoxFuture<Result<Completion, DomainError>>;
+    /// The embedding of a text by a model (the server's embedding model
+    /// when `None`), on a user's behalf, usage counted.
+    fn embed(
+        &self,
+        org: String,
+        user: String,
+        model: Option<String>,
+        text: String,
+    ) -> BoxFuture<Result<Vec<f64>, DomainError>>;
 }
 
 /// One turn: a user's message and how to answer it.

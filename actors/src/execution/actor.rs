@@ -346,6 +346,36 @@ impl ExecState {
             ));
             return;
         };
+        let (org, user) = (
+            self.exec.owner.org_id.clone(),
+            self.exec.audit.created_by.clone(),
+        );
+        if task.handler == "embedding" {
+            let model = task.prompt(&input).models.into_iter().next();
+            let limit = task.timeout.unwrap_or(CHAIN_CALL_LIMIT);
+            let text = input.text();
+            self.call = Some(InFlightCall(tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let outcome = match tokio::time::timeout(
+                    limit,
+                    gateway.embed(org, user, model, text),
+                )
+                .await
+                {
+                    Ok(Ok(v)) => Ok((chain::Data::new("vector", &json!(v)), "ok".to_owned())),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("task {} timed out after {limit:?}", task.id)),
+                };
+                let ns = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+                let _ = me.cast(ExecMsg::Chain(Box::new(Event::ChainResult {
+                    task: task.id.clone(),
+                    attempt,
+                    outcome,
+                    duration_ns: ns,
+                })));
+            })));
+            return;
+        }
         // What to send, and how the answer becomes the task's outcome.
         type Read = Box<dyn Fn(&crate::conversation::Completion) -> chain::Outcome + Send + Sync>;
         let (messages, prompt, read): (Vec<Value>, chain::Prompt, Read) =
@@ -385,10 +415,6 @@ impl ExecState {
         } else {
             prompt.models.clone()
         };
-        let (org, user) = (
-            self.exec.owner.org_id.clone(),
-            self.exec.audit.created_by.clone(),
-        );
         let limit = task.timeout.unwrap_or(CHAIN_CALL_LIMIT);
         self.call = Some(InFlightCall(tokio::spawn(async move {
             let started = std::time::Instant::now();

@@ -42,7 +42,7 @@ pub const PURE: [&str; 5] = [
 ];
 /// The handlers a run can call out for: the prompted ones and `hook`.
 pub fn is_called(handler: &str) -> bool {
-    PROMPTED.contains(&handler) || handler == "hook" || handler == "model_execution"
+    PROMPTED.contains(&handler) || matches!(handler, "hook" | "model_execution" | "embedding")
 }
 
 /// The handlers that prompt an LLM and read its text answer.
@@ -251,6 +251,17 @@ pub fn parse(id: &str, chain: &Value) -> Result<Chain, Vec<String>> {
             problems.push(format!("{name}: task-type is empty (handler)"));
         } else if !HANDLERS.contains(&handler.as_str()) {
             problems.push(format!("{name}: unsupported handler {handler:?}"));
+        }
+        if handler == "embedding" {
+            let config = raw.get("execute_config").cloned().unwrap_or(Value::Null);
+            let models = strings(config.get("model")).len() + strings(config.get("models")).len();
+            let providers =
+                strings(config.get("provider")).len() + strings(config.get("providers")).len();
+            if models > 1 || providers > 1 {
+                problems.push(format!(
+                    "{name}: an embedding takes at most one model and one provider"
+                ));
+            }
         }
         if handler == "hook" {
             let h = raw.get("hook").cloned().unwrap_or(Value::Null);

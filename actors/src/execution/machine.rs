@@ -482,10 +482,10 @@ fn advance(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
 }
 
 /// Runs a chain execution (`chain::Runner`) until it ends or a task
-/// needs an LLM's answer or a hook's: that call is recorded
-/// (`chain.call`) and asked for as an effect. A task needing another
-/// outside effect (an embedding, tool calls) fails the run with why: the
-/// routes that start chains refuse those before anything is created.
+/// needs an outside answer (an LLM's, an embedding, a hook's): that call
+/// is recorded (`chain.call`) and asked for as an effect. A task that
+/// executes tool calls fails the run with why: the routes that start
+/// chains refuse those before anything is created.
 fn advance_chain(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
     let Some(part) = x.chain.as_mut() else {
         return;
@@ -541,7 +541,7 @@ fn advance_chain(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
                 let e = ExecError::new(
                     "HANDLER_UNAVAILABLE",
                     format!(
-                        "task {task}: handler {handler} needs a hook or an embedding, which chain runs cannot call yet"
+                        "task {task}: handler {handler} needs tool calls, which chain runs cannot make yet"
                     ),
                 );
                 finish(x, ExecStatus::Failed, Some(e), now);
