@@ -890,3 +890,121 @@ async fn stored_chains_answer_openai_chat_completions() {
         r.body
     );
 }
+
+/// Vareon's neosyntis workflows are the same workflows: contenox chains
+/// listed there, `steps` as a JSON string, triggers that start runs at
+/// once, and the latest run's status.
+#[tokio::test]
+async fn vareon_workflows_share_the_definitions_and_trigger_runs() {
+    let s = TestServer::start().await;
+    let (t, _) = s.user("neo-flows", &["operator"], None).await;
+    let chain = json!({"id": "triage", "tasks": [{"id": "a", "handler": "noop",
+        "transition": {"branches": [{"operator": "default", "goto": "end"}]}}]});
+    assert_eq!(s.post("/taskchains", &t, chain).await.status, 201);
+
+    let steps = json!([{"id": "greet", "handler": "noop", "prompt_template": "hello",
+        "transition": {"branches": [{"operator": "default", "goto": "end"}]}}])
+    .to_string();
+    let r = s
+        .post(
+            "/api/neosyntis/workflows/",
+            &t,
+            json!({"name": "greeter", "description": "says hello", "steps": steps}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["status"], "created");
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let echoed: Value = serde_json::from_str(r.body["steps"].as_str().unwrap()).unwrap();
+    assert_eq!(echoed[0]["id"], "greet");
+
+    // One list, both dialects.
+    let listed = s.get("/api/neosyntis/workflows/", &t).await.body;
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["greeter", "triage"]);
+    let chains = s.get("/taskchains", &t).await.body;
+    assert_eq!(chains.as_array().unwrap().len(), 2);
+    assert_eq!(
+        s.get("/api/neosyntis/workflows/triage", &t).await.body["name"],
+        "triage"
+    );
+
+    // A trigger starts a run at once; the status follows the run.
+    let path = format!("/api/neosyntis/workflows/{id}");
+    let r = s.post(&format!("{path}/trigger"), &t, json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "running");
+    let st = s.get(&format!("{path}/status"), &t).await.body;
+    assert_eq!(st["status"], "completed", "{st}");
+
+    // Step strings run as a chain; one that fails shows failed.
+    let r = s
+        .post("/api/neosyntis/workflows/", &t,
+              json!({"name": "pipeline", "status": "draft", "steps": json!(["fetch", "hook:nohook/send"]).to_string()}))
+        .await;
+    assert_eq!(
+        r.body["status"], "draft",
+        "a written status until the first run"
+    );
+    let pipeline = r.body["id"].as_str().unwrap().to_owned();
+    let r = s
+        .post(
+            &format!("/api/neosyntis/workflows/{pipeline}/trigger"),
+            &t,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "running");
+    let st = eventually(10, "the pipeline's run ends", || async {
+        let st = s
+            .get(&format!("/api/neosyntis/workflows/{pipeline}/status"), &t)
+            .await
+            .body;
+        (st["status"] != "running" && st["status"] != "pending").then_some(st)
+    })
+    .await;
+    assert_eq!(st["status"], "failed", "the hook is not registered: {st}");
+
+    // Steps that are no program: kept; a trigger is a failed run.
+    let r = s
+        .post(
+            "/api/neosyntis/workflows/",
+            &t,
+            json!({"name": "odd", "steps": "first fetch, then send"}),
+        )
+        .await;
+    assert_eq!(r.body["steps"], "first fetch, then send");
+    let odd = r.body["id"].as_str().unwrap().to_owned();
+    let r = s
+        .post(
+            &format!("/api/neosyntis/workflows/{odd}/trigger"),
+            &t,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "failed", "{}", r.body);
+    let runs = s.get("/api/executions?limit=20", &t).await.body.to_string();
+    assert!(runs.contains("not a JSON list"), "the failed run says why");
+
+    // Changes, bad input, and deletion.
+    let r = s
+        .put(&path, &t, json!({"name": "greeter v2", "status": "active"}))
+        .await;
+    assert_eq!(
+        (r.body["name"].clone(), r.body["status"].clone()),
+        (json!("greeter v2"), json!("completed"))
+    );
+    for bad in [json!({"steps": "[]"}), json!({"name": "x", "steps": ["a"]})] {
+        let r = s.post("/api/neosyntis/workflows/", &t, bad.clone()).await;
+        assert_eq!(r.status, 422, "{bad}: {}", r.body);
+    }
+    assert_eq!(s.get("/api/neosyntis/workflows/nope", &t).await.status, 404);
+    assert_eq!(s.get("/api/neosyntis/workflows/", "").await.status, 401);
+    assert_eq!(s.delete(&path, &t).await.status, 204);
+    assert_eq!(s.get(&path, &t).await.status, 404);
+}

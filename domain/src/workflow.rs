@@ -11,7 +11,7 @@
 //! What a run needs beyond that (handlers, targets, operators) is checked
 //! when a run starts.
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use warden_storage::{Record, new_uuid};
 
 use crate::rules::MAX_SHORT;
@@ -28,17 +28,84 @@ pub enum Program {
     /// A contenox task chain: its definition as JSON object text, without
     /// its `id` (the workflow's key).
     Chain(String),
+    /// Vareon's `steps` as sent, when they are not a chain's tasks: run
+    /// as a chain when they are a list of step strings (see
+    /// [`steps_chain`]), else a trigger fails saying why.
+    Steps(String),
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Workflow {
     pub id: String,
-    /// Unique in the organisation: a chain's id.
+    /// Unique in the organisation: a chain's id (a Warden-made UUID for
+    /// workflows made elsewhere).
     pub key: String,
+    /// Vareon's and neuronest's name (a chain's is its key).
+    pub name: String,
     pub description: String,
     pub program: Program,
+    /// The status a vareon client wrote, shown until the first run.
+    pub status: String,
+    /// The latest run's execution.
+    pub last_execution: Option<String>,
     pub owner: Owner,
     pub audit: Audit,
+}
+
+/// Vareon's `steps` (a JSON string): a JSON array of contenox tasks (each
+/// with a `handler`) is a chain; anything else is kept as sent.
+pub fn program_of_steps(steps: &str) -> Program {
+    match serde_json::from_str::<Value>(steps) {
+        Ok(Value::Array(tasks))
+            if !tasks.is_empty() && tasks.iter().all(|t| t.get("handler").is_some()) =>
+        {
+            Program::Chain(json!({ "tasks": tasks }).to_string())
+        }
+        _ => Program::Steps(steps.to_owned()),
+    }
+}
+
+/// A chain from a list of step strings (WORKFLOWS.md §1 rule 3), run in
+/// order: `hook:<name>/<tool>` calls a hook's tool, any other text is a
+/// labelled step that passes its input on; `chain:` and `function:` steps
+/// are not run yet. Anything but a list of strings is not a program.
+pub fn steps_chain(steps: &str) -> Result<Value, String> {
+    let Ok(Value::Array(items)) = serde_json::from_str::<Value>(steps) else {
+        return Err("steps is not a JSON list of steps or tasks".into());
+    };
+    if items.is_empty() {
+        return Err("steps is empty".into());
+    }
+    let mut tasks = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Some(text) = item.as_str() else {
+            return Err(format!(
+                "step {i} is not a string (DAG steps with depends_on are not run yet)"
+            ));
+        };
+        let next = if i + 1 < items.len() {
+            format!("step{}", i + 1)
+        } else {
+            "end".into()
+        };
+        let mut task = json!({"id": format!("step{i}"), "description": text,
+            "transition": {"branches": [{"operator": "default", "goto": next}]}});
+        if let Some(target) = text.strip_prefix("hook:") {
+            let (name, tool) = target
+                .split_once('/')
+                .ok_or_else(|| format!("step {i}: hook steps are hook:<name>/<tool>"))?;
+            task["handler"] = json!("hook");
+            task["hook"] = json!({"name": name, "tool_name": tool});
+        } else if text.starts_with("chain:") || text.starts_with("function:") {
+            return Err(format!(
+                "step {i} ({text}): child chains and functions are not run yet"
+            ));
+        } else {
+            task["handler"] = json!("noop");
+        }
+        tasks.push(task);
+    }
+    Ok(json!({ "tasks": tasks }))
 }
 
 fn invalid(m: String) -> DomainError {
@@ -129,18 +196,42 @@ impl Workflow {
     ) -> Workflow {
         Workflow {
             id: new_uuid(),
+            name: key.clone(),
             key,
             description,
             program,
+            status: String::new(),
+            last_execution: None,
             owner,
             audit: Audit::new(by),
         }
     }
 
+    /// The definition a run takes: a chain's, or one made of step strings.
+    pub fn runnable(&self) -> Result<Value, String> {
+        match &self.program {
+            Program::Chain(_) => Ok(self.chain_view()),
+            Program::Steps(steps) => steps_chain(steps),
+        }
+    }
+
+    /// Vareon's `steps`: a chain's tasks as JSON text, or what was sent.
+    pub fn steps_text(&self) -> String {
+        match &self.program {
+            Program::Chain(_) => self.chain_view()["tasks"].to_string(),
+            Program::Steps(s) => s.clone(),
+        }
+    }
+
     /// The chain as contenox shows it: its definition with its `id`.
     pub fn chain_view(&self) -> Value {
-        let Program::Chain(text) = &self.program;
-        let mut v: Value = serde_json::from_str(text).unwrap_or_else(|_| Value::Object(Map::new()));
+        let mut v: Value = match &self.program {
+            Program::Chain(text) => {
+                serde_json::from_str(text).unwrap_or_else(|_| Value::Object(Map::new()))
+            }
+            // Best effort: step strings as the chain they run as.
+            Program::Steps(steps) => steps_chain(steps).unwrap_or_else(|_| json!({})),
+        };
         if let Value::Object(m) = &mut v {
             m.insert("id".into(), Value::String(self.key.clone()));
             m.entry("description")

@@ -354,45 +354,7 @@ impl Executions {
         input_type: &str,
         input: &serde_json::Value,
     ) -> Result<Execution, DomainError> {
-        use warden_actors::execution::chain;
-        let parsed = chain::parse(chain_id, definition).map_err(DomainError::Invalid)?;
-        let effectful: Vec<String> = parsed
-            .tasks
-            .iter()
-            .filter(|t| {
-                let h = t.handler.as_str();
-                !chain::PURE.contains(&h) && !chain::is_called(h)
-            })
-            .map(|t| {
-                format!(
-                    "task {}: handler {} needs tool calls, which chain runs cannot make yet",
-                    t.id, t.handler
-                )
-            })
-            .collect();
-        if !effectful.is_empty() {
-            return Err(DomainError::Invalid(effectful));
-        }
-        let input =
-            chain::typed_input(input_type, input).map_err(|e| DomainError::Invalid(vec![e]))?;
-        let mut run = chain::ChainRun::new(&parsed, input.clone());
-        run.seed = warden_storage::new_uuid().replace('-', "");
-        run.started_secs = warden_storage::now_millis() / 1000;
-        let new = NewExecution {
-            name: Some(format!("chain {chain_id}")),
-            category: Some("workflow".into()),
-            kind: Some("task-chain".into()),
-            resource_type: Some("taskchain".into()),
-            resource_id: Some(chain_id.to_owned()),
-            chain: Some(warden_actors::execution::ChainPart {
-                chain_id: chain_id.to_owned(),
-                definition: definition.to_string(),
-                input,
-                run,
-                call: None,
-            }),
-            ..Default::default()
-        };
+        let new = new_chain_run(chain_id, definition, input_type, input)?;
         let x = self.create(new, owner, by).await?;
         let ended = self.waiters.register(&x.id);
         let started = self.start(&x.id, false).await;
@@ -412,6 +374,101 @@ impl Executions {
         }
     }
 
+    /// Starts a chain run and answers at once (vareon's and neuronest's
+    /// triggers): the execution as it stands, a run of pure tasks ended.
+    pub async fn start_chain(
+        &self,
+        owner: Owner,
+        by: &str,
+        chain_id: &str,
+        definition: &serde_json::Value,
+        input_type: &str,
+        input: &serde_json::Value,
+    ) -> Result<Execution, DomainError> {
+        let new = new_chain_run(chain_id, definition, input_type, input)?;
+        let x = self.create(new, owner, by).await?;
+        self.start(&x.id, false).await
+    }
+
+    /// A run that could not start (a workflow whose program does not
+    /// read): recorded as a failed execution saying why, so that the
+    /// workflow's status shows it.
+    pub async fn failed_run(
+        &self,
+        owner: Owner,
+        by: &str,
+        chain_id: &str,
+        reason: &str,
+    ) -> Result<Execution, DomainError> {
+        let new = NewExecution {
+            name: Some(format!("chain {chain_id}")),
+            category: Some("workflow".into()),
+            kind: Some("task-chain".into()),
+            resource_type: Some("taskchain".into()),
+            resource_id: Some(chain_id.to_owned()),
+            ..Default::default()
+        };
+        let mut x = execution::create(new, owner, by)?;
+        let now = warden_storage::now_millis();
+        x.status = ExecStatus::Failed;
+        x.started_at = Some(now);
+        x.completed_at = Some(now);
+        x.error = Some(ExecError::new("PROGRAM_INVALID", reason));
+        Ok(self.store.insert(x).await?)
+    }
+}
+
+/// A chain run's first version, once the chain and its input are checked
+/// (every problem names its task; tasks that make tool calls are refused,
+/// as runs cannot make those yet).
+fn new_chain_run(
+    chain_id: &str,
+    definition: &serde_json::Value,
+    input_type: &str,
+    input: &serde_json::Value,
+) -> Result<NewExecution, DomainError> {
+    use warden_actors::execution::chain;
+    let parsed = chain::parse(chain_id, definition).map_err(DomainError::Invalid)?;
+    let refused: Vec<String> = parsed
+        .tasks
+        .iter()
+        .filter(|t| {
+            let h = t.handler.as_str();
+            !chain::PURE.contains(&h) && !chain::is_called(h)
+        })
+        .map(|t| {
+            format!(
+                "task {}: handler {} needs tool calls, which chain runs cannot make yet",
+                t.id, t.handler
+            )
+        })
+        .collect();
+    if !refused.is_empty() {
+        return Err(DomainError::Invalid(refused));
+    }
+    let input = chain::typed_input(input_type, input).map_err(|e| DomainError::Invalid(vec![e]))?;
+    let mut run = chain::ChainRun::new(&parsed, input.clone());
+    run.seed = warden_storage::new_uuid().replace('-', "");
+    run.started_secs = warden_storage::now_millis() / 1000;
+    let new = NewExecution {
+        name: Some(format!("chain {chain_id}")),
+        category: Some("workflow".into()),
+        kind: Some("task-chain".into()),
+        resource_type: Some("taskchain".into()),
+        resource_id: Some(chain_id.to_owned()),
+        chain: Some(warden_actors::execution::ChainPart {
+            chain_id: chain_id.to_owned(),
+            definition: definition.to_string(),
+            input,
+            run,
+            call: None,
+        }),
+        ..Default::default()
+    };
+    Ok(new)
+}
+
+impl Executions {
     pub async fn start(&self, id: &str, force: bool) -> Result<Execution, DomainError> {
         self.apply(id, Event::Start { force }).await
     }

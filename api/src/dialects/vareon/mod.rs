@@ -9,6 +9,7 @@ mod models;
 mod telemetry;
 mod training;
 mod users;
+mod workflows;
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -103,4 +104,5 @@ pub(crate) fn routes() -> Api {
         .merge(datasets::routes())
         .merge(training::routes())
         .merge(models::routes())
+        .merge(workflows::routes())
 }
