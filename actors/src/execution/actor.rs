@@ -325,18 +325,11 @@ impl ExecState {
                 }
             };
             let key = format!("{}:{}:{}", self.exec.id, task.id, attempt);
-            self.call = Some(InFlightCall(tokio::spawn(async move {
-                let started = std::time::Instant::now();
-                let outcome =
-                    super::hook_call::call(hook_client(), &hook, &task, &input, &key).await;
-                let ns = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-                let _ = me.cast(ExecMsg::Chain(Box::new(Event::ChainResult {
-                    task: task.id.clone(),
-                    attempt,
-                    outcome,
-                    duration_ns: ns,
-                })));
-            })));
+            // The hook's own timeoutMs bounds the call too.
+            let timeout = task.timeout;
+            self.spawn_call(me, task_id, attempt, timeout, async move {
+                super::hook_call::call(hook_client(), &hook, &task, &input, &key).await
+            });
             return;
         }
         let Some(gateway) = self.gateway.clone() else {
@@ -352,28 +345,14 @@ impl ExecState {
         );
         if task.handler == "embedding" {
             let model = task.prompt(&input).models.into_iter().next();
-            let limit = task.timeout.unwrap_or(CHAIN_CALL_LIMIT);
             let text = input.text();
-            self.call = Some(InFlightCall(tokio::spawn(async move {
-                let started = std::time::Instant::now();
-                let outcome = match tokio::time::timeout(
-                    limit,
-                    gateway.embed(org, user, model, text),
-                )
-                .await
-                {
-                    Ok(Ok(v)) => Ok((chain::Data::new("vector", &json!(v)), "ok".to_owned())),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("task {} timed out after {limit:?}", task.id)),
-                };
-                let ns = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-                let _ = me.cast(ExecMsg::Chain(Box::new(Event::ChainResult {
-                    task: task.id.clone(),
-                    attempt,
-                    outcome,
-                    duration_ns: ns,
-                })));
-            })));
+            self.spawn_call(me, task_id, attempt, task.timeout, async move {
+                let v = gateway
+                    .embed(org, user, model, text)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((chain::Data::new("vector", &json!(v)), "ok".to_owned()))
+            });
             return;
         }
         // What to send, and how the answer becomes the task's outcome.
@@ -415,39 +394,54 @@ impl ExecState {
         } else {
             prompt.models.clone()
         };
-        let limit = task.timeout.unwrap_or(CHAIN_CALL_LIMIT);
+        let temperature = prompt.temperature;
+        let timeout = task.timeout;
+        self.spawn_call(me, task_id, attempt, timeout, async move {
+            let mut failures = Vec::new();
+            for model in models {
+                let ask = Ask {
+                    org: org.clone(),
+                    user: user.clone(),
+                    username: user.clone(),
+                    model: model.clone(),
+                    messages: messages.clone(),
+                    temperature,
+                    top_p: None,
+                    max_tokens: None,
+                };
+                match gateway.complete(ask).await {
+                    Ok(c) => return read(&c),
+                    Err(e) => failures.push(format!("{model}: {e}")),
+                }
+            }
+            Err(format!("no model answered: {}", failures.join("; ")))
+        });
+    }
+
+    /// Runs a chain task's call off the actor, within `timeout` (else
+    /// [`CHAIN_CALL_LIMIT`]); its outcome and duration come back as an
+    /// `Event::ChainResult`. The call is aborted if the run ends first.
+    fn spawn_call(
+        &mut self,
+        me: ActorRef<ExecMsg>,
+        task: String,
+        attempt: u32,
+        timeout: Option<Duration>,
+        work: impl Future<Output = chain::Outcome> + Send + 'static,
+    ) {
+        let limit = timeout.unwrap_or(CHAIN_CALL_LIMIT);
         self.call = Some(InFlightCall(tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let ask_all = async {
-                let mut failures = Vec::new();
-                for model in models {
-                    let ask = Ask {
-                        org: org.clone(),
-                        user: user.clone(),
-                        username: user.clone(),
-                        model: model.clone(),
-                        messages: messages.clone(),
-                        temperature: prompt.temperature,
-                        top_p: None,
-                        max_tokens: None,
-                    };
-                    match gateway.complete(ask).await {
-                        Ok(c) => return read(&c),
-                        Err(e) => failures.push(format!("{model}: {e}")),
-                    }
-                }
-                Err(format!("no model answered: {}", failures.join("; ")))
-            };
-            let outcome = match tokio::time::timeout(limit, ask_all).await {
+            let outcome = match tokio::time::timeout(limit, work).await {
                 Ok(o) => o,
-                Err(_) => Err(format!("task {} timed out after {limit:?}", task.id)),
+                Err(_) => Err(format!("task {task} timed out after {limit:?}")),
             };
-            let ns = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+            let duration_ns = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
             let _ = me.cast(ExecMsg::Chain(Box::new(Event::ChainResult {
-                task: task.id.clone(),
+                task,
                 attempt,
                 outcome,
-                duration_ns: ns,
+                duration_ns,
             })));
         })));
     }

@@ -130,6 +130,23 @@ async fn until_stopping(
     }
 }
 
+/// A synchronous run's chain part once it completed; a run that did not
+/// is a 500 with its error.
+fn completed(
+    x: &warden_actors::execution::Execution,
+) -> ContenoxResult<&warden_actors::execution::ChainPart> {
+    if x.status != warden_actors::execution::ExecStatus::Completed {
+        let why = x.error.as_ref().map_or_else(
+            || format!("the run ended {}", x.status.as_str()),
+            |e| e.message.clone(),
+        );
+        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, why));
+    }
+    x.chain
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("the run lost its chain"))
+}
+
 /// `POST /tasks {chain, input, inputType}`: runs the chain (as sent) on
 /// the input as an execution (AIWM's `/api/executions` shows it) and
 /// answers `{output, outputType, state[]}`; a bad chain or input is a
@@ -168,16 +185,7 @@ async fn run(
         ),
     )
     .await?;
-    let Some(part) = &x.chain else {
-        return Err(ApiError::internal("the run lost its chain"));
-    };
-    if x.status != warden_actors::execution::ExecStatus::Completed {
-        let why = x.error.as_ref().map_or_else(
-            || format!("the run ended {}", x.status.as_str()),
-            |e| e.message.clone(),
-        );
-        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, why));
-    }
+    let part = completed(&x)?;
     let out = &part.run.output;
     Ok(Json(json!({
         "output": out.json(),
@@ -217,16 +225,7 @@ async fn chain_chat(
         ),
     )
     .await?;
-    if x.status != warden_actors::execution::ExecStatus::Completed {
-        let why = x.error.as_ref().map_or_else(
-            || format!("the run ended {}", x.status.as_str()),
-            |e| e.message.clone(),
-        );
-        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, why));
-    }
-    let Some(out) = x.chain.as_ref().map(|c| &c.run.output) else {
-        return Err(ApiError::internal("the run lost its chain"));
-    };
+    let out = &completed(&x)?.run.output;
     if out.kind != "openai_chat_response" {
         return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
