@@ -1008,3 +1008,78 @@ async fn vareon_workflows_share_the_definitions_and_trigger_runs() {
     assert_eq!(s.delete(&path, &t).await.status, 204);
     assert_eq!(s.get(&path, &t).await.status, 404);
 }
+
+/// A synchronous run whose actor fails past its restart limit answers at
+/// once with why (the supervisor's verdict reaches its waiter), rather
+/// than holding the request.
+#[tokio::test]
+async fn a_run_given_up_on_answers_its_waiting_caller() {
+    let s = TestServer::start_with(|c| {
+        c.enable_fault_injection = true;
+        c.execution_policy.max_restarts = 0;
+    })
+    .await;
+    let t = s.admin_token.clone();
+    let tools = Tools {
+        calls: Default::default(),
+        failures: Default::default(),
+    };
+    let url = tool_server(tools).await;
+    let r = s
+        .post(
+            "/hooks/remote",
+            &t,
+            json!({"name": "slowpoke", "endpointUrl": url, "timeoutMs": 20000}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let client = {
+        let (http, base, t) = (s.http.clone(), s.base.clone(), t.clone());
+        tokio::spawn(async move {
+            let r = http
+                .post(format!("{base}/tasks"))
+                .bearer_auth(t)
+                .json(
+                    &json!({"chain": {"id": "stuck", "tasks": [{"id": "wait", "handler": "hook",
+                    "hook": {"name": "slowpoke", "tool_name": "slow"}}]}, "input": "x"}),
+                )
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    let id = eventually(10, "the run started", || async {
+        let list = s.get("/api/executions?limit=5", &t).await.body;
+        list["data"]
+            .as_array()
+            .or(list.as_array())?
+            .iter()
+            .find(|x| x["type"] == "task-chain" && x["status"] == "running")
+            .and_then(|x| x["_id"].as_str().map(str::to_owned))
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let r = s
+        .post(
+            &format!("/admin/actors/execution:{id}/crash"),
+            &t,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let (status, body) = client.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("failed too often"),
+        "{body}"
+    );
+}

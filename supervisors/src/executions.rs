@@ -144,8 +144,18 @@ impl Kind for ExecutionKind {
                 Ok(Some(()))
             })
             .await;
-        if let Err(e) = result {
-            tracing::error!(execution = id, error = %e, "could not record the execution's failure");
+        match result {
+            // Who waits for it to end (a synchronous run, a deployment)
+            // hears of it as of any other ending.
+            Ok(Some(x)) => {
+                if let Some(on_end) = &self.on_end {
+                    on_end(&x);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(execution = id, error = %e, "could not record the execution's failure")
+            }
         }
     }
 
