@@ -1083,3 +1083,80 @@ async fn a_run_given_up_on_answers_its_waiting_caller() {
         "{body}"
     );
 }
+
+/// Cancelling a chain run mid-call (AIWM's cancel): the run ends
+/// `cancelled` at once, its waiting caller hears so, and the late answer
+/// of the call changes nothing.
+#[tokio::test]
+async fn a_chain_run_is_cancelled_mid_call() {
+    let s = TestServer::start().await;
+    let t = s.admin_token.clone();
+    let tools = Tools {
+        calls: Default::default(),
+        failures: Default::default(),
+    };
+    let url = tool_server(tools).await;
+    s.post(
+        "/hooks/remote",
+        &t,
+        json!({"name": "slowpoke", "endpointUrl": url, "timeoutMs": 20000}),
+    )
+    .await;
+    let client = {
+        let (http, base, t) = (s.http.clone(), s.base.clone(), t.clone());
+        tokio::spawn(async move {
+            let r = http
+                .post(format!("{base}/tasks"))
+                .bearer_auth(t)
+                .json(&json!({"chain": {"id": "long", "tasks": [
+                    {"id": "wait", "handler": "hook", "hook": {"name": "slowpoke", "tool_name": "slow"},
+                     "transition": {"branches": [{"operator": "default", "goto": "after"}]}},
+                    {"id": "after", "handler": "raise_error", "prompt_template": "must not run"}]}, "input": "x"}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    let id = eventually(10, "the run started", || async {
+        let list = s.get("/api/executions?limit=5", &t).await.body;
+        list["data"]
+            .as_array()
+            .or(list.as_array())?
+            .iter()
+            .find(|x| x["type"] == "task-chain" && x["status"] == "running")
+            .and_then(|x| x["_id"].as_str().map(str::to_owned))
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let r = s
+        .post(
+            &format!("/api/executions/{id}/cancel"),
+            &t,
+            json!({"reason": "changed my mind"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (status, body) = client.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("changed my mind"),
+        "{body}"
+    );
+    let x = s.get(&format!("/api/executions/{id}"), &t).await.body;
+    assert_eq!(x["status"], "cancelled", "{x}");
+    // A moment later: still cancelled (the call was dropped with the run).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.get(&format!("/api/executions/{id}"), &t).await.body["status"],
+        "cancelled"
+    );
+}
