@@ -1160,3 +1160,115 @@ async fn a_chain_run_is_cancelled_mid_call() {
         "cancelled"
     );
 }
+
+/// NeuroNest orchestration tasks: one-step runs answered `created` at
+/// once, run in the background (the LLM for text generation), listed with
+/// filters, cancelled, deleted.
+#[tokio::test]
+async fn neuronest_tasks_run_in_the_background() {
+    let (s, t, fake) = with_llm("orchestrator").await;
+    let task = |body: Value| {
+        let (s, t) = (&s, &t);
+        async move { s.post("/api/orchestration/tasks", t, body).await }
+    };
+    let done = |id: String| {
+        let (s, t) = (&s, &t);
+        async move {
+            eventually(10, "the task ends", || async {
+                let v = s
+                    .get(&format!("/api/orchestration/tasks/{id}"), t)
+                    .await
+                    .body;
+                (v["status"] != "created" && v["status"] != "running").then_some(v)
+            })
+            .await
+        }
+    };
+
+    let agent = s
+        .post("/api/orchestration/agents", &t,
+              json!({"name": "poet", "configuration": {"model": "mistral:instruct", "temperature": 0.3}}))
+        .await;
+    assert_eq!(agent.status, 200, "{}", agent.body);
+    let agent_id = agent.body["id"].as_str().unwrap().to_owned();
+    let r = task(
+        json!({"task_type": "text_generation", "input_data": {"prompt": "Write a haiku"},
+        "context": {"style": "haiku"}, "tools": ["search"], "agent_id": agent_id}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["status"], "created");
+    assert_eq!(r.body["context"], json!({"style": "haiku"}));
+    let generated = done(r.body["id"].as_str().unwrap().to_owned()).await;
+    assert_eq!(generated["status"], "completed", "{generated}");
+    assert_eq!(generated["result"], json!({"text": "hello from a"}));
+    let asked = fake.bodies.lock().unwrap().last().unwrap().clone();
+    assert_eq!(asked["messages"][0]["content"], "Write a haiku");
+    assert_eq!(
+        (asked["model"].clone(), asked["temperature"].clone()),
+        (json!("mistral:instruct"), json!(0.3))
+    );
+
+    let r = task(json!({"task_type": "echo", "input_data": {"a": 1}})).await;
+    let echoed = done(r.body["id"].as_str().unwrap().to_owned()).await;
+    assert_eq!(echoed["result"], json!({"a": 1}));
+    let r = task(json!({"task_type": "teleport"})).await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.body["status"], "failed");
+    assert_eq!(r.body["error"], "unsupported task_type teleport");
+
+    let by = |q: String| {
+        let (s, t) = (&s, &t);
+        async move {
+            s.get(&format!("/api/orchestration/tasks?{q}"), t)
+                .await
+                .body
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["task_type"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        by(String::new()).await,
+        ["teleport", "echo", "text_generation"]
+    );
+    assert_eq!(by("task_type=echo".into()).await, ["echo"]);
+    assert_eq!(by("status=failed".into()).await, ["teleport"]);
+    assert_eq!(
+        by(format!("agent_id={agent_id}")).await,
+        ["text_generation"]
+    );
+
+    // Cancel a task waiting on the LLM; then delete it.
+    fake.set(Mode::Hold);
+    let r = task(json!({"task_type": "text_generation", "input_data": {"prompt": "slowly"}, "agent_id": agent_id})).await;
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/orchestration/tasks/{id}");
+    eventually(10, "the task runs", || async {
+        (s.get(&path, &t).await.body["status"] == "running").then_some(())
+    })
+    .await;
+    let r = s.post(&format!("{path}/cancel"), &t, json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, json!({"message": "Task cancelled successfully"}));
+    assert_eq!(s.get(&path, &t).await.body["status"], "cancelled");
+    let again = s.post(&format!("{path}/cancel"), &t, json!({})).await;
+    assert_eq!(again.status, 400, "{}", again.body);
+    assert!(again.body["detail"].is_string());
+    fake.set(Mode::Ok);
+    assert_eq!(s.delete(&path, &t).await.status, 200);
+    assert_eq!(s.get(&path, &t).await.status, 404);
+
+    for bad in [
+        json!({"input_data": {}}),
+        json!({"task_type": "echo", "input_data": "x"}),
+        json!({"task_type": "echo", "agent_id": "nobody"}),
+    ] {
+        let r = task(bad.clone()).await;
+        assert_eq!(r.status, 422, "{bad}: {}", r.body);
+    }
+    let runs = s.get("/api/executions?limit=20", &t).await.body.to_string();
+    assert!(runs.contains("neuronest-task"), "AIWM lists them");
+}

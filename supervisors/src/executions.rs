@@ -271,6 +271,26 @@ pub struct Executions {
     waiters: Waiters,
 }
 
+/// How a chain run is filed: its category and type (AIWM's), and the
+/// starting dialect's own fields (JSON object text).
+#[derive(Debug, Clone)]
+pub struct RunLabel {
+    pub category: &'static str,
+    pub kind: &'static str,
+    pub extra: String,
+}
+
+impl RunLabel {
+    /// A contenox or vareon chain run.
+    pub fn chain() -> RunLabel {
+        RunLabel {
+            category: "workflow",
+            kind: "task-chain",
+            extra: String::new(),
+        }
+    }
+}
+
 /// How long a synchronous chain run may take before its caller gets the
 /// execution as it stands (the run goes on).
 pub const CHAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
@@ -364,7 +384,7 @@ impl Executions {
         input_type: &str,
         input: &serde_json::Value,
     ) -> Result<Execution, DomainError> {
-        let new = new_chain_run(chain_id, definition, input_type, input)?;
+        let new = new_chain_run(chain_id, definition, input_type, input, RunLabel::chain())?;
         let x = self.create(new, owner, by).await?;
         let ended = self.waiters.register(&x.id);
         let started = self.start(&x.id, false).await;
@@ -386,6 +406,7 @@ impl Executions {
 
     /// Starts a chain run and answers at once (vareon's and neuronest's
     /// triggers): the execution as it stands, a run of pure tasks ended.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start_chain(
         &self,
         owner: Owner,
@@ -394,8 +415,9 @@ impl Executions {
         definition: &serde_json::Value,
         input_type: &str,
         input: &serde_json::Value,
+        label: RunLabel,
     ) -> Result<Execution, DomainError> {
-        let new = new_chain_run(chain_id, definition, input_type, input)?;
+        let new = new_chain_run(chain_id, definition, input_type, input, label)?;
         let x = self.create(new, owner, by).await?;
         self.start(&x.id, false).await
     }
@@ -409,13 +431,15 @@ impl Executions {
         by: &str,
         chain_id: &str,
         reason: &str,
+        label: RunLabel,
     ) -> Result<Execution, DomainError> {
         let new = NewExecution {
             name: Some(format!("chain {chain_id}")),
-            category: Some("workflow".into()),
-            kind: Some("task-chain".into()),
+            category: Some(label.category.into()),
+            kind: Some(label.kind.into()),
             resource_type: Some("taskchain".into()),
             resource_id: Some(chain_id.to_owned()),
+            extra: label.extra,
             ..Default::default()
         };
         let mut x = execution::create(new, owner, by)?;
@@ -436,6 +460,7 @@ fn new_chain_run(
     definition: &serde_json::Value,
     input_type: &str,
     input: &serde_json::Value,
+    label: RunLabel,
 ) -> Result<NewExecution, DomainError> {
     use warden_actors::execution::chain;
     let parsed = chain::parse(chain_id, definition).map_err(DomainError::Invalid)?;
@@ -462,10 +487,11 @@ fn new_chain_run(
     run.started_secs = warden_storage::now_millis() / 1000;
     let new = NewExecution {
         name: Some(format!("chain {chain_id}")),
-        category: Some("workflow".into()),
-        kind: Some("task-chain".into()),
+        category: Some(label.category.into()),
+        kind: Some(label.kind.into()),
         resource_type: Some("taskchain".into()),
         resource_id: Some(chain_id.to_owned()),
+        extra: label.extra,
         chain: Some(warden_actors::execution::ChainPart {
             chain_id: chain_id.to_owned(),
             definition: definition.to_string(),
@@ -481,6 +507,28 @@ fn new_chain_run(
 impl Executions {
     pub async fn start(&self, id: &str, force: bool) -> Result<Execution, DomainError> {
         self.apply(id, Event::Start { force }).await
+    }
+
+    /// Deletes an execution that ended (hidden from every list; its key
+    /// free again). An unfinished one is refused: cancel it first.
+    pub async fn delete(&self, id: &str, by: &str) -> Result<(), DomainError> {
+        self.store
+            .update::<Execution, DomainError>(id, |x| {
+                if x.is_deleted() {
+                    return Ok(None);
+                }
+                if !x.status.is_terminal() {
+                    return Err(DomainError::Busy(format!(
+                        "execution {} is {}: cancel it first",
+                        x.execution_id,
+                        x.status.as_str()
+                    )));
+                }
+                x.audit.delete(by);
+                Ok(Some(()))
+            })
+            .await?;
+        Ok(())
     }
 
     pub async fn cancel(&self, id: &str, reason: Option<String>) -> Result<Execution, DomainError> {

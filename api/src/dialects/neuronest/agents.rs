@@ -46,7 +46,7 @@ fn read(body: Map<String, Value>, create: bool) -> Result<AgentInput> {
 }
 
 /// A live agent of the caller's organisation, by id.
-fn find(state: &AppState, p: &Principal, id: &str) -> Result<Agent> {
+pub(super) fn find(state: &AppState, p: &Principal, id: &str) -> Result<Agent> {
     state
         .store
         .get::<Agent>(id)?

@@ -4,6 +4,7 @@
 //! (NeuroNest has no verification step) and log in through every dialect.
 
 mod agents;
+mod tasks;
 
 use axum::Json;
 use axum::extract::State;
@@ -212,6 +213,7 @@ async fn logout(State(state): State<AppState>, CurrentUser(p, _): Caller) -> Res
 pub(crate) fn routes() -> Api {
     let tag = "neuronest: auth";
     agents::routes()
+        .merge(tasks::routes())
         .public_post("/api/auth/register", tag, "Register and log in", register)
         .public_post(
             "/api/auth/login",

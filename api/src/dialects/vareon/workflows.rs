@@ -14,6 +14,7 @@ use warden_actors::execution::{ExecStatus, Execution};
 use warden_domain::catalog;
 use warden_domain::workflow::{self, Workflow};
 use warden_identity::Principal;
+use warden_supervisors::RunLabel;
 
 use super::{SkipLimit, Vareon, VareonBody, VareonResult, writer};
 use crate::AppState;
@@ -185,6 +186,7 @@ async fn trigger(
                     &definition,
                     "any",
                     &Value::Null,
+                    RunLabel::chain(),
                 )
                 .await
         }
@@ -194,7 +196,13 @@ async fn trigger(
         Ok(x) => (x, "running"),
         Err(warden_domain::DomainError::Invalid(problems)) => {
             let x = executions
-                .failed_run(p.owner(), &p.user_id, &w.key, &problems.join("; "))
+                .failed_run(
+                    p.owner(),
+                    &p.user_id,
+                    &w.key,
+                    &problems.join("; "),
+                    RunLabel::chain(),
+                )
                 .await?;
             (x, "failed")
         }

@@ -1,0 +1,321 @@
+//! NeuroNest orchestration tasks (`/api/orchestration/tasks*`,
+//! WORKFLOWS.md §1 rule 6): one-step runs, each an execution (AIWM's
+//! `/api/executions` lists them, category `orchestration`). A task answers
+//! `created` at once and runs in the background: `text_generation` asks
+//! the LLM (the agent's configured model, else the task model) with
+//! `input_data.prompt` (result `{text}`);
+//! `noop` and `echo` give back `input_data`; a contenox handler name runs
+//! that handler on the prompt (or `input_data`). Any other `task_type`
+//! is a failed task saying so.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde_json::{Map, Value, json};
+use warden_actors::execution::{CATEGORY_CREATED, ExecStatus, Execution, chain, value_scope};
+use warden_identity::Principal;
+use warden_supervisors::RunLabel;
+
+use super::Neuronest;
+use crate::AppState;
+use crate::auth::CurrentUser;
+use crate::dialects::{JsonBody, iso};
+use crate::error::ApiError;
+use crate::openapi::Api;
+
+type Caller = CurrentUser<Neuronest>;
+type Result<T> = std::result::Result<T, ApiError<Neuronest>>;
+
+const CATEGORY: &str = "orchestration";
+const KIND: &str = "neuronest-task";
+
+fn label(extra: &Value) -> RunLabel {
+    RunLabel {
+        category: CATEGORY,
+        kind: KIND,
+        extra: extra.to_string(),
+    }
+}
+
+fn status(x: &Execution) -> &'static str {
+    match x.status {
+        ExecStatus::Pending => "created",
+        ExecStatus::Running => "running",
+        ExecStatus::Completed => "completed",
+        ExecStatus::Failed | ExecStatus::Timeout => "failed",
+        ExecStatus::Cancelled => "cancelled",
+    }
+}
+
+fn view(x: &Execution) -> Value {
+    let fields: Value = serde_json::from_str(&x.extra).unwrap_or_else(|_| json!({}));
+    let output = x.chain.as_ref().map(|c| &c.run.output);
+    let result = match (x.status, output) {
+        (ExecStatus::Completed, Some(out)) if fields["task_type"] == "text_generation" => {
+            json!({"text": out.text()})
+        }
+        (ExecStatus::Completed, Some(out)) => out.json(),
+        _ => Value::Null,
+    };
+    json!({
+        "id": x.execution_id,
+        "user_id": x.owner.user_id,
+        "task_type": fields["task_type"],
+        "input_data": fields["input_data"],
+        "context": fields["context"],
+        "tools": fields["tools"],
+        "memory_id": fields["memory_id"],
+        "agent_id": fields["agent_id"],
+        "status": status(x),
+        "result": result,
+        "error": x.error.as_ref().map(|e| e.message.clone()),
+        "created_at": iso(x.audit.created_at),
+        "updated_at": iso(x.audit.updated_at),
+    })
+}
+
+/// The one-task chain a task type runs, and its input; an LLM task takes
+/// the agent's configured model and temperature (`execute_config`).
+fn program(
+    task_type: &str,
+    input_data: &Value,
+    execute_config: &Value,
+) -> std::result::Result<(Value, &'static str, Value), String> {
+    let prompt = match &input_data["prompt"] {
+        Value::String(s) => Value::String(s.clone()),
+        _ => Value::String(input_data.to_string()),
+    };
+    let handler = match task_type {
+        "text_generation" => "raw_string",
+        "noop" | "echo" => "noop",
+        h if chain::PURE.contains(&h) || chain::PROMPTED.contains(&h) => h,
+        other => return Err(format!("unsupported task_type {other}")),
+    };
+    let (kind, input) = if chain::PROMPTED.contains(&handler) {
+        ("string", prompt)
+    } else {
+        ("json", input_data.clone())
+    };
+    let definition = json!({"tasks": [{"id": "task", "handler": handler,
+        "execute_config": execute_config,
+        "transition": {"branches": [{"operator": "default", "goto": "end"}]}}]});
+    Ok((definition, kind, input))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    JsonBody(body, _): JsonBody<Neuronest>,
+) -> Result<(StatusCode, Json<Value>)> {
+    if !p.can_write() {
+        return Err(ApiError::forbidden("Not enough permissions"));
+    }
+    let mut problems = Vec::new();
+    let task_type = match body.get("task_type") {
+        Some(Value::String(t)) if !t.trim().is_empty() => t.clone(),
+        _ => {
+            problems.push("task_type must be a non-empty string".to_owned());
+            String::new()
+        }
+    };
+    let object = |k: &str, problems: &mut Vec<String>| match body.get(k) {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(_) => {
+            problems.push(format!("{k} must be an object"));
+            Value::Null
+        }
+    };
+    let input_data = object("input_data", &mut problems);
+    let context = object("context", &mut problems);
+    let tools = match body.get("tools") {
+        None | Some(Value::Null) => json!([]),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => json!(a),
+        Some(_) => {
+            problems.push("tools must be a list of strings".into());
+            Value::Null
+        }
+    };
+    let id_of = |k: &str, problems: &mut Vec<String>| match body.get(k) {
+        None | Some(Value::Null) => Value::Null,
+        Some(Value::String(s)) => json!(s),
+        Some(_) => {
+            problems.push(format!("{k} must be a string"));
+            Value::Null
+        }
+    };
+    let memory_id = id_of("memory_id", &mut problems);
+    let agent_id = id_of("agent_id", &mut problems);
+    // The agent's configuration picks the model (else the task model).
+    let mut execute_config = json!({});
+    if let Some(id) = agent_id.as_str() {
+        match super::agents::find(&state, &p, id) {
+            Ok(agent) => {
+                let c: Value = serde_json::from_str(&agent.configuration).unwrap_or_default();
+                for k in ["model", "temperature"] {
+                    if !c[k].is_null() {
+                        execute_config[k] = c[k].clone();
+                    }
+                }
+            }
+            Err(_) => problems.push(format!("agent_id: agent {id} not found")),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::validation(problems));
+    }
+    let fields = json!({"task_type": task_type, "input_data": input_data, "context": context,
+        "tools": tools, "memory_id": memory_id, "agent_id": agent_id});
+    let executions = &state.runtime.executions;
+    let x = match program(&task_type, &input_data, &execute_config) {
+        Ok((definition, kind, input)) => {
+            executions
+                .start_chain(
+                    p.owner(),
+                    &p.user_id,
+                    &task_type,
+                    &definition,
+                    kind,
+                    &input,
+                    label(&fields),
+                )
+                .await?
+        }
+        Err(reason) => {
+            executions
+                .failed_run(p.owner(), &p.user_id, &task_type, &reason, label(&fields))
+                .await?
+        }
+    };
+    let mut v = view(&x);
+    // Answered as created: the task runs in the background.
+    if x.status == ExecStatus::Running || x.status == ExecStatus::Pending {
+        v["status"] = json!("created");
+    }
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+/// A task of the caller's organisation by its id.
+fn find(state: &AppState, p: &Principal, id: &str) -> Result<Execution> {
+    state
+        .runtime
+        .executions
+        .resolve(&p.org_id, id)?
+        .filter(|x| x.category == CATEGORY)
+        .ok_or_else(|| ApiError::not_found("Task", id))
+}
+
+#[derive(serde::Deserialize)]
+struct Filters {
+    task_type: Option<String>,
+    status: Option<String>,
+    agent_id: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    Query(q): Query<Filters>,
+) -> Result<Json<Vec<Value>>> {
+    let scope = value_scope(Some(&p.org_id), CATEGORY);
+    let mut all = state
+        .store
+        .in_scope::<Execution>(CATEGORY_CREATED, &scope)?;
+    all.reverse();
+    Ok(Json(
+        all.iter()
+            .filter(|x| x.audit.deleted_at.is_none())
+            .map(view)
+            .filter(|v| {
+                q.task_type
+                    .as_ref()
+                    .is_none_or(|t| v["task_type"] == t.as_str())
+                    && q.status.as_ref().is_none_or(|s| v["status"] == s.as_str())
+                    && q.agent_id
+                        .as_ref()
+                        .is_none_or(|a| v["agent_id"] == a.as_str())
+            })
+            .collect(),
+    ))
+}
+
+async fn get(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    Ok(Json(view(&find(&state, &p, &id)?)))
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    if !p.can_write() {
+        return Err(ApiError::forbidden("Not enough permissions"));
+    }
+    let x = find(&state, &p, &id)?;
+    if x.status.is_terminal() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("Task is already {}", status(&x)),
+        ));
+    }
+    state
+        .runtime
+        .executions
+        .cancel(&x.id, Some("cancelled by the user".into()))
+        .await?;
+    Ok(Json(json!({"message": "Task cancelled successfully"})))
+}
+
+/// Cancels the task if it still runs, then deletes it.
+async fn delete(
+    State(state): State<AppState>,
+    CurrentUser(p, _): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    if !p.can_write() {
+        return Err(ApiError::forbidden("Not enough permissions"));
+    }
+    let x = find(&state, &p, &id)?;
+    let executions = &state.runtime.executions;
+    if !x.status.is_terminal() {
+        executions
+            .cancel(&x.id, Some("the task was deleted".into()))
+            .await?;
+    }
+    executions.delete(&x.id, &p.user_id).await?;
+    Ok(Json(json!({"message": "Task deleted successfully"})))
+}
+
+pub(super) fn routes() -> Api {
+    let t = "neuronest: orchestration tasks";
+    Api::new()
+        .post(
+            "/api/orchestration/tasks",
+            t,
+            "Create a task {task_type, input_data, context, tools, memory_id, agent_id}: created, then run",
+            create,
+        )
+        .get(
+            "/api/orchestration/tasks",
+            t,
+            "The organisation's tasks, newest first (task_type, status, agent_id)",
+            list,
+        )
+        .get("/api/orchestration/tasks/{task_id}", t, "A task", get)
+        .delete(
+            "/api/orchestration/tasks/{task_id}",
+            t,
+            "Cancel (if running) and delete a task",
+            delete,
+        )
+        .post(
+            "/api/orchestration/tasks/{task_id}/cancel",
+            t,
+            "Cancel a running task",
+            cancel,
+        )
+}
