@@ -715,6 +715,19 @@ async fn vareon_models_are_registry_models_that_train_into_themselves() {
             .status,
         403
     );
+    // Both runs are the caller's myntrix jobs, with their epoch logs.
+    let jobs = s.get("/api/myntrix/jobs/", &t).await.body;
+    let runs: Vec<&Value> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["type"] == "training")
+        .collect();
+    assert_eq!(runs.len(), 2, "{jobs}");
+    assert_eq!(runs[0]["status"], "completed");
+    assert_eq!(runs[0]["progress"], 100);
+    assert_eq!(runs[0]["logs"].as_str().unwrap().lines().count(), 3);
+    assert_eq!(runs[1]["status"], "stopped");
     let page = s
         .get("/api/neosyntis/models/?skip=1&limit=5", &t)
         .await

@@ -991,6 +991,32 @@ async fn vareon_workflows_share_the_definitions_and_trigger_runs() {
     let runs = s.get("/api/executions?limit=20", &t).await.body.to_string();
     assert!(runs.contains("not a JSON list"), "the failed run says why");
 
+    // Each run is one of the caller's myntrix jobs, newest first.
+    let jobs = s.get("/api/myntrix/jobs/", &t).await.body;
+    let jobs = jobs.as_array().unwrap();
+    assert_eq!(jobs.len(), 3, "{jobs:?}");
+    assert!(jobs.iter().all(|j| j["type"] == "task-chain"));
+    assert_eq!(jobs[0]["status"], "failed");
+    assert!(
+        jobs[0]["logs"]
+            .as_str()
+            .unwrap()
+            .contains("not a JSON list")
+    );
+    assert_eq!(jobs[2]["status"], "completed");
+    assert_eq!(
+        s.get("/api/myntrix/jobs/?skip=1&limit=1", &t)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let (stranger, _) = s.user("neo-stranger", &["operator"], None).await;
+    assert_eq!(s.get("/api/myntrix/jobs/", &stranger).await.body, json!([]));
+    assert_eq!(s.get("/api/myntrix/jobs/", "").await.status, 401);
+
     // Changes, bad input, and deletion.
     let r = s
         .put(&path, &t, json!({"name": "greeter v2", "status": "active"}))

@@ -5,6 +5,7 @@
 mod chat;
 mod cognisys;
 mod datasets;
+mod jobs;
 mod models;
 mod telemetry;
 mod training;
@@ -105,4 +106,5 @@ pub(crate) fn routes() -> Api {
         .merge(training::routes())
         .merge(models::routes())
         .merge(workflows::routes())
+        .merge(jobs::routes())
 }

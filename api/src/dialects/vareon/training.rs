@@ -18,8 +18,8 @@ use crate::paging::Window;
 
 type Caller = CurrentUser<Vareon>;
 
-pub(super) fn view(r: &TrainingRun) -> Value {
-    let last = r.history.last();
+/// A run's log: a line per finished epoch, then its error if any.
+pub(super) fn logs(r: &TrainingRun) -> Option<String> {
     let mut logs: Vec<String> = r
         .history
         .iter()
@@ -31,6 +31,11 @@ pub(super) fn view(r: &TrainingRun) -> Value {
         })
         .collect();
     logs.extend(r.error.as_ref().map(|e| format!("error: {e}")));
+    (!logs.is_empty()).then(|| logs.join("\n"))
+}
+
+pub(super) fn view(r: &TrainingRun) -> Value {
+    let last = r.history.last();
     json!({
         "model_id": r.model_id,
         "status": r.status.as_str(),
@@ -46,7 +51,7 @@ pub(super) fn view(r: &TrainingRun) -> Value {
             "best_val_loss": r.best_val_loss,
             "parameters": r.parameters,
         },
-        "logs": (!logs.is_empty()).then(|| logs.join("\n")),
+        "logs": logs(r),
         "created_at": iso(r.audit.created_at),
         "updated_at": iso(r.audit.updated_at),
         "id": r.id,
