@@ -33,11 +33,10 @@ fn execution(x: &Execution) -> Value {
 }
 
 fn training(r: &TrainingRun) -> Value {
-    let progress = if r.total_epochs == 0 {
-        0
-    } else {
-        (r.current_epoch * 100 / r.total_epochs).min(100)
-    };
+    let progress = (r.current_epoch * 100)
+        .checked_div(r.total_epochs)
+        .unwrap_or(0)
+        .min(100);
     json!({
         "name": format!("{} on dataset {}", r.architecture, r.dataset_id),
         "type": "training",
