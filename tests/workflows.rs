@@ -429,6 +429,56 @@ async fn with_llm(user: &str) -> (TestServer, String, Fake) {
     (s, t, fake)
 }
 
+/// A `POST /tasks` running in the background, answering (status, body).
+fn run_in_background(
+    s: &TestServer,
+    t: &str,
+    body: Value,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let (http, base, t) = (s.http.clone(), s.base.clone(), t.to_owned());
+    tokio::spawn(async move {
+        let r = http
+            .post(format!("{base}/tasks"))
+            .bearer_auth(t)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    })
+}
+
+/// A hook `slowpoke` whose tool `slow` answers after 5 s.
+async fn slow_hook(s: &TestServer, t: &str) {
+    let tools = Tools {
+        calls: Default::default(),
+        failures: Default::default(),
+    };
+    let url = tool_server(tools).await;
+    let r = s
+        .post(
+            "/hooks/remote",
+            t,
+            json!({"name": "slowpoke", "endpointUrl": url, "timeoutMs": 20000}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+/// The `_id` of the caller's chain run once it is running.
+async fn running_chain_run(s: &TestServer, t: &str) -> String {
+    eventually(10, "the run started", || async {
+        let list = s.get("/api/executions?limit=5", t).await.body;
+        list["data"]
+            .as_array()
+            .or(list.as_array())?
+            .iter()
+            .find(|x| x["type"] == "task-chain" && x["status"] == "running")
+            .and_then(|x| x["_id"].as_str().map(str::to_owned))
+    })
+    .await
+}
+
 /// Prompted tasks ask the LLM gateway (a local OpenAI-speaking server)
 /// with their system instruction and model, read its answer as their
 /// handler says, and fail (then retry, then fail the run) when no model
@@ -1046,45 +1096,14 @@ async fn a_run_given_up_on_answers_its_waiting_caller() {
     })
     .await;
     let t = s.admin_token.clone();
-    let tools = Tools {
-        calls: Default::default(),
-        failures: Default::default(),
-    };
-    let url = tool_server(tools).await;
-    let r = s
-        .post(
-            "/hooks/remote",
-            &t,
-            json!({"name": "slowpoke", "endpointUrl": url, "timeoutMs": 20000}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let client = {
-        let (http, base, t) = (s.http.clone(), s.base.clone(), t.clone());
-        tokio::spawn(async move {
-            let r = http
-                .post(format!("{base}/tasks"))
-                .bearer_auth(t)
-                .json(
-                    &json!({"chain": {"id": "stuck", "tasks": [{"id": "wait", "handler": "hook",
+    slow_hook(&s, &t).await;
+    let client = run_in_background(
+        &s,
+        &t,
+        json!({"chain": {"id": "stuck", "tasks": [{"id": "wait", "handler": "hook",
                     "hook": {"name": "slowpoke", "tool_name": "slow"}}]}, "input": "x"}),
-                )
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        })
-    };
-    let id = eventually(10, "the run started", || async {
-        let list = s.get("/api/executions?limit=5", &t).await.body;
-        list["data"]
-            .as_array()
-            .or(list.as_array())?
-            .iter()
-            .find(|x| x["type"] == "task-chain" && x["status"] == "running")
-            .and_then(|x| x["_id"].as_str().map(str::to_owned))
-    })
-    .await;
+    );
+    let id = running_chain_run(&s, &t).await;
     let started = std::time::Instant::now();
     let r = s
         .post(
@@ -1117,43 +1136,16 @@ async fn a_run_given_up_on_answers_its_waiting_caller() {
 async fn a_chain_run_is_cancelled_mid_call() {
     let s = TestServer::start().await;
     let t = s.admin_token.clone();
-    let tools = Tools {
-        calls: Default::default(),
-        failures: Default::default(),
-    };
-    let url = tool_server(tools).await;
-    s.post(
-        "/hooks/remote",
+    slow_hook(&s, &t).await;
+    let client = run_in_background(
+        &s,
         &t,
-        json!({"name": "slowpoke", "endpointUrl": url, "timeoutMs": 20000}),
-    )
-    .await;
-    let client = {
-        let (http, base, t) = (s.http.clone(), s.base.clone(), t.clone());
-        tokio::spawn(async move {
-            let r = http
-                .post(format!("{base}/tasks"))
-                .bearer_auth(t)
-                .json(&json!({"chain": {"id": "long", "tasks": [
+        json!({"chain": {"id": "long", "tasks": [
                     {"id": "wait", "handler": "hook", "hook": {"name": "slowpoke", "tool_name": "slow"},
                      "transition": {"branches": [{"operator": "default", "goto": "after"}]}},
-                    {"id": "after", "handler": "raise_error", "prompt_template": "must not run"}]}, "input": "x"}))
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        })
-    };
-    let id = eventually(10, "the run started", || async {
-        let list = s.get("/api/executions?limit=5", &t).await.body;
-        list["data"]
-            .as_array()
-            .or(list.as_array())?
-            .iter()
-            .find(|x| x["type"] == "task-chain" && x["status"] == "running")
-            .and_then(|x| x["_id"].as_str().map(str::to_owned))
-    })
-    .await;
+                    {"id": "after", "handler": "raise_error", "prompt_template": "must not run"}]}, "input": "x"}),
+    );
+    let id = running_chain_run(&s, &t).await;
     let started = std::time::Instant::now();
     let r = s
         .post(

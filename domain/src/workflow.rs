@@ -297,12 +297,7 @@ pub async fn put_chain(
     program: Program,
 ) -> Result<(Workflow, bool), DomainError> {
     if let Some(existing) = by_key(store, &owner.org_id, &key)? {
-        let w = crate::catalog::update::<Workflow>(store, &existing.id, by, |w| {
-            w.description.clone_from(&description);
-            w.program = program.clone();
-            Ok(())
-        })
-        .await?;
+        let w = replace_chain(store, &existing.id, by, &description, &program).await?;
         return Ok((w, false));
     }
     let w = Workflow::new(key, description, program, owner, by);
@@ -313,16 +308,27 @@ pub async fn put_chain(
             let existing = by_key(store, &w.owner.org_id, &w.key)?.ok_or_else(|| {
                 DomainError::Unavailable("the chain changed meanwhile; try again".into())
             })?;
-            let w = crate::catalog::update::<Workflow>(store, &existing.id, by, |e| {
-                e.description.clone_from(&w.description);
-                e.program = w.program.clone();
-                Ok(())
-            })
-            .await?;
+            let w = replace_chain(store, &existing.id, by, &w.description, &w.program).await?;
             Ok((w, false))
         }
         Err(e) => Err(e),
     }
+}
+
+/// Replaces a stored workflow's description and program.
+pub async fn replace_chain(
+    store: &warden_storage::Store,
+    id: &str,
+    by: &str,
+    description: &str,
+    program: &Program,
+) -> Result<Workflow, DomainError> {
+    crate::catalog::update::<Workflow>(store, id, by, |w| {
+        description.clone_into(&mut w.description);
+        w.program = program.clone();
+        Ok(())
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -433,16 +433,7 @@ impl Executions {
         reason: &str,
         label: RunLabel,
     ) -> Result<Execution, DomainError> {
-        let new = NewExecution {
-            name: Some(format!("chain {chain_id}")),
-            category: Some(label.category.into()),
-            kind: Some(label.kind.into()),
-            resource_type: Some("taskchain".into()),
-            resource_id: Some(chain_id.to_owned()),
-            extra: label.extra,
-            ..Default::default()
-        };
-        let mut x = execution::create(new, owner, by)?;
+        let mut x = execution::create(chain_execution(chain_id, label), owner, by)?;
         let now = warden_storage::now_millis();
         x.status = ExecStatus::Failed;
         x.started_at = Some(now);
@@ -450,61 +441,6 @@ impl Executions {
         x.error = Some(ExecError::new("PROGRAM_INVALID", reason));
         Ok(self.store.insert(x).await?)
     }
-}
-
-/// A chain run's first version, once the chain and its input are checked
-/// (every problem names its task; tasks that make tool calls are refused,
-/// as runs cannot make those yet).
-fn new_chain_run(
-    chain_id: &str,
-    definition: &serde_json::Value,
-    input_type: &str,
-    input: &serde_json::Value,
-    label: RunLabel,
-) -> Result<NewExecution, DomainError> {
-    use warden_actors::execution::chain;
-    let parsed = chain::parse(chain_id, definition).map_err(DomainError::Invalid)?;
-    let refused: Vec<String> = parsed
-        .tasks
-        .iter()
-        .filter(|t| {
-            let h = t.handler.as_str();
-            !chain::PURE.contains(&h) && !chain::is_called(h)
-        })
-        .map(|t| {
-            format!(
-                "task {}: handler {} needs tool calls, which chain runs cannot make yet",
-                t.id, t.handler
-            )
-        })
-        .collect();
-    if !refused.is_empty() {
-        return Err(DomainError::Invalid(refused));
-    }
-    let input = chain::typed_input(input_type, input).map_err(|e| DomainError::Invalid(vec![e]))?;
-    let mut run = chain::ChainRun::new(&parsed, input.clone());
-    run.seed = warden_storage::new_uuid().replace('-', "");
-    run.started_secs = warden_storage::now_millis() / 1000;
-    let new = NewExecution {
-        name: Some(format!("chain {chain_id}")),
-        category: Some(label.category.into()),
-        kind: Some(label.kind.into()),
-        resource_type: Some("taskchain".into()),
-        resource_id: Some(chain_id.to_owned()),
-        extra: label.extra,
-        chain: Some(warden_actors::execution::ChainPart {
-            chain_id: chain_id.to_owned(),
-            definition: definition.to_string(),
-            input,
-            run,
-            call: None,
-        }),
-        ..Default::default()
-    };
-    Ok(new)
-}
-
-impl Executions {
     pub async fn start(&self, id: &str, force: bool) -> Result<Execution, DomainError> {
         self.apply(id, Event::Start { force }).await
     }
@@ -565,4 +501,64 @@ impl Executions {
             by_category,
         })
     }
+}
+
+/// The part every chain execution shares: named after its chain, filed
+/// under the label.
+fn chain_execution(chain_id: &str, label: RunLabel) -> NewExecution {
+    NewExecution {
+        name: Some(format!("chain {chain_id}")),
+        category: Some(label.category.into()),
+        kind: Some(label.kind.into()),
+        resource_type: Some("taskchain".into()),
+        resource_id: Some(chain_id.to_owned()),
+        extra: label.extra,
+        ..Default::default()
+    }
+}
+
+/// A chain run's first version, once the chain and its input are checked
+/// (every problem names its task; tasks that make tool calls are refused,
+/// as runs cannot make those yet).
+fn new_chain_run(
+    chain_id: &str,
+    definition: &serde_json::Value,
+    input_type: &str,
+    input: &serde_json::Value,
+    label: RunLabel,
+) -> Result<NewExecution, DomainError> {
+    use warden_actors::execution::chain;
+    let parsed = chain::parse(chain_id, definition).map_err(DomainError::Invalid)?;
+    let refused: Vec<String> = parsed
+        .tasks
+        .iter()
+        .filter(|t| {
+            let h = t.handler.as_str();
+            !chain::PURE.contains(&h) && !chain::is_called(h)
+        })
+        .map(|t| {
+            format!(
+                "task {}: handler {} needs tool calls, which chain runs cannot make yet",
+                t.id, t.handler
+            )
+        })
+        .collect();
+    if !refused.is_empty() {
+        return Err(DomainError::Invalid(refused));
+    }
+    let input = chain::typed_input(input_type, input).map_err(|e| DomainError::Invalid(vec![e]))?;
+    let mut run = chain::ChainRun::new(&parsed, input.clone());
+    run.seed = warden_storage::new_uuid().replace('-', "");
+    run.started_secs = warden_storage::now_millis() / 1000;
+    let new = NewExecution {
+        chain: Some(warden_actors::execution::ChainPart {
+            chain_id: chain_id.to_owned(),
+            definition: definition.to_string(),
+            input,
+            run,
+            call: None,
+        }),
+        ..chain_execution(chain_id, label)
+    };
+    Ok(new)
 }

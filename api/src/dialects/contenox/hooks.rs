@@ -55,11 +55,13 @@ fn unprocessable(e: warden_domain::DomainError) -> ApiError<Contenox> {
 }
 
 fn find(state: &AppState, org: &str, id: &str) -> ContenoxResult<Hook> {
-    state
-        .store
-        .get::<Hook>(id)?
-        .filter(|h| h.owner.org_id == org && h.audit.deleted_at.is_none())
-        .ok_or_else(|| ApiError::not_found("Remote hook", id))
+    Ok(warden_domain::find_in_org(
+        &state.store,
+        org,
+        id,
+        "",
+        "Remote hook",
+    )?)
 }
 
 async fn create(

@@ -92,11 +92,13 @@ async fn replace(
     }
     body.insert("id".into(), json!(id));
     let (_, description, program) = workflow::chain_from(body)?;
-    let w = catalog::update::<Workflow>(&state.store, &existing.id, &p.user_id, |w| {
-        w.description.clone_from(&description);
-        w.program = program.clone();
-        Ok(())
-    })
+    let w = workflow::replace_chain(
+        &state.store,
+        &existing.id,
+        &p.user_id,
+        &description,
+        &program,
+    )
     .await?;
     Ok(Json(w.chain_view()))
 }

@@ -162,9 +162,7 @@ async fn connect(
         .await
         .map_err(import_error)?;
     let store = state.store.clone();
-    let blob = tokio::task::spawn_blocking(move || store.blobs().put(&table.to_csv()))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let blob = crate::artifacts::blocking(move || Ok(store.blobs().put(&table.to_csv())?)).await?;
     let d = upload::store::<Forge>(&state, &p, input, origin, Some(blob)).await?;
     Ok((StatusCode::CREATED, Json(detail(&d))))
 }

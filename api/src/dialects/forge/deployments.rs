@@ -101,13 +101,10 @@ fn view(state: &AppState, d: &Deployment) -> Value {
 /// An edge deployment of the caller's organisation: a deployment of a
 /// trained model, by forge's id (`dep_`) or the bare one.
 fn find(state: &AppState, p: &Principal, id: &str) -> ForgeResult<(Deployment, Model)> {
-    let bare = id.strip_prefix("dep_").unwrap_or(id);
-    state
-        .store
-        .get::<Deployment>(bare)?
-        .filter(|d| d.owner.org_id == p.org_id && !d.is_deleted())
-        .and_then(|d| trained_model(state, &d).map(|m| (d, m)))
-        .ok_or_else(|| ApiError::not_found("Deployment", id))
+    let d: Deployment =
+        warden_domain::find_in_org(&state.store, &p.org_id, id, "dep_", "Deployment")?;
+    let m = trained_model(state, &d).ok_or_else(|| ApiError::not_found("Deployment", id))?;
+    Ok((d, m))
 }
 
 async fn list(

@@ -19,6 +19,7 @@ use warden_supervisors::RunLabel;
 use super::Neuronest;
 use crate::AppState;
 use crate::auth::CurrentUser;
+use crate::dialects::vareon::writer;
 use crate::dialects::{JsonBody, iso};
 use crate::error::ApiError;
 use crate::openapi::Api;
@@ -107,9 +108,7 @@ async fn create(
     CurrentUser(p, _): Caller,
     JsonBody(body, _): JsonBody<Neuronest>,
 ) -> Result<(StatusCode, Json<Value>)> {
-    if !p.can_write() {
-        return Err(ApiError::forbidden("Not enough permissions"));
-    }
+    writer(&p)?;
     let mut problems = Vec::new();
     let task_type = match body.get("task_type") {
         Some(Value::String(t)) if !t.trim().is_empty() => t.clone(),
@@ -252,9 +251,7 @@ async fn cancel(
     CurrentUser(p, _): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
-    if !p.can_write() {
-        return Err(ApiError::forbidden("Not enough permissions"));
-    }
+    writer(&p)?;
     let x = find(&state, &p, &id)?;
     if x.status.is_terminal() {
         return Err(ApiError::new(
@@ -276,9 +273,7 @@ async fn delete(
     CurrentUser(p, _): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
-    if !p.can_write() {
-        return Err(ApiError::forbidden("Not enough permissions"));
-    }
+    writer(&p)?;
     let x = find(&state, &p, &id)?;
     let executions = &state.runtime.executions;
     if !x.status.is_terminal() {

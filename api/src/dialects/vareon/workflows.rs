@@ -53,14 +53,13 @@ fn view(state: &AppState, w: &Workflow, status_override: Option<&str>) -> Value 
 
 /// A workflow of the caller's organisation by its id (or a chain's key).
 fn find(state: &AppState, p: &Principal, id: &str) -> VareonResult<Workflow> {
-    let by_id = state
-        .store
-        .get::<Workflow>(id)?
-        .filter(|w| w.owner.org_id == p.org_id && w.audit.deleted_at.is_none());
-    match by_id {
-        Some(w) => Ok(w),
-        None => workflow::by_key(&state.store, &p.org_id, id)?
-            .ok_or_else(|| ApiError::not_found("Workflow", id)),
+    match warden_domain::find_in_org(&state.store, &p.org_id, id, "", "Workflow") {
+        Ok(w) => Ok(w),
+        Err(warden_domain::DomainError::NotFound { .. }) => {
+            workflow::by_key(&state.store, &p.org_id, id)?
+                .ok_or_else(|| ApiError::not_found("Workflow", id))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
