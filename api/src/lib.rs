@@ -18,6 +18,7 @@ mod metrics;
 mod openapi;
 mod paging;
 mod serving;
+mod sse;
 mod ws;
 
 use std::sync::Arc;

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod dataset;
 mod error;
 pub mod evaluation;
+pub mod event;
 pub mod hook;
 mod memory;
 mod model;

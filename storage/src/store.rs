@@ -471,6 +471,76 @@ impl Store {
         Ok(ids)
     }
 
+    /// The sort key and id of up to `limit` entries of a scope of an
+    /// ordered index whose sort key lies in `[low, high)` (byte order),
+    /// from either end: a range read (events of a type within a time
+    /// window) that touches only the entries it returns.
+    pub fn ids_between<T: Record>(
+        &self,
+        index: &str,
+        scope: &str,
+        low: &[u8],
+        high: &[u8],
+        descending: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, String)>, StorageError> {
+        let prefix_len = keys::ordered_scope(T::COLLECTION, index, scope).len();
+        // The empty id sorts before every id under the same sort key.
+        let from = keys::ordered(T::COLLECTION, index, scope, low, "");
+        let to = keys::ordered(T::COLLECTION, index, scope, high, "");
+        let scan = self
+            .engine()
+            .range(Space::Records, Bound::Included(from), Bound::Excluded(to));
+        let scan: Scan<'_> = if descending {
+            Box::new(scan.rev())
+        } else {
+            scan
+        };
+        ordered_ids(prefix_len, scan).take(limit).collect()
+    }
+
+    /// The largest record id of a collection (ids compared as bytes).
+    pub fn last_id<T: Record>(&self) -> Result<Option<String>, StorageError> {
+        let prefix = keys::records(T::COLLECTION);
+        match self.scan_prefix(Space::Records, prefix.clone()).next_back() {
+            None => Ok(None),
+            Some(entry) => {
+                let (key, _) = entry?;
+                Ok(keys::pop(&key[prefix.len()..])
+                    .map(|(id, _)| String::from_utf8_lossy(&id).into_owned()))
+            }
+        }
+    }
+
+    /// Record ids of a collection from `after` (exclusive) on, in byte
+    /// order, at most `limit`: a tail of a log whose ids rise.
+    pub fn ids_after<T: Record>(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        let prefix = keys::records(T::COLLECTION);
+        let end = prefix_end(&prefix);
+        let scan = self.engine().range(
+            Space::Records,
+            Bound::Excluded(keys::record(T::COLLECTION, after)),
+            end,
+        );
+        let mut ids = Vec::new();
+        for entry in scan.take(limit) {
+            let (key, _) = entry?;
+            if let Some((id, _)) = keys::pop(&key[prefix.len()..]) {
+                ids.push(String::from_utf8_lossy(&id).into_owned());
+            }
+        }
+        Ok(ids)
+    }
+
+    /// A metadata value written by [`Write::Meta`].
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.engine().get(Space::Records, &keys::meta(name))
+    }
+
     /// Re-indexes a collection once when its [`Record::INDEX_VERSION`] is
     /// newer than the store's: every record is written again (in its
     /// current layout, with its current indexes and counts), then the
@@ -1088,6 +1158,17 @@ mod tests {
         assert_eq!(ids(&next), ["4", "1"]);
         let (_, back) = page(true, 0, 2, Some(next[0].clone()));
         assert_eq!(ids(&back), ["2", "3"]);
+
+        // A range of sort keys, from either end; the log-tail reads.
+        let between = |descending| {
+            store
+                .ids_between::<Thing>("by_name", "o", b"b", b"c", descending, 10)
+                .unwrap()
+        };
+        assert_eq!(ids(&between(false)), ["2", "4"]);
+        assert_eq!(ids(&between(true)), ["4", "2"]);
+        assert_eq!(store.last_id::<Thing>().unwrap().as_deref(), Some("x"));
+        assert_eq!(store.ids_after::<Thing>("3", 2).unwrap(), ["4", "5"]);
 
         // Renames move entries; soft deletes and removals leave the count.
         store

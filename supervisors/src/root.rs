@@ -198,6 +198,8 @@ pub struct Runtime {
     pub conversations: Conversations,
     pub telegram: Telegram,
     pub training: Training,
+    /// The event log and its live tail (contenox `/events`, `/ingest`).
+    pub events: warden_domain::event::EventLog,
 }
 
 impl Runtime {
@@ -300,7 +302,10 @@ impl Runtime {
         if let Err(e) = llm.ensure_system_models().await {
             tracing::error!(error = %e, "could not declare the boot models");
         }
+        let events = warden_domain::event::EventLog::open(store.clone())
+            .map_err(|e| ractor::SpawnErr::StartupFailed(format!("the event log: {e}").into()))?;
         Ok(Runtime {
+            events,
             root,
             kinds,
             started_at: now_millis(),

@@ -15,7 +15,7 @@ use warden_domain::catalog;
 use warden_domain::hook::{self, Hook, HookInput};
 
 use super::backends::PageQuery;
-use super::{Contenox, ContenoxResult, writer};
+use super::{Contenox, ContenoxResult, unprocessable, writer};
 use crate::AppState;
 use crate::auth::CurrentUser;
 use crate::dialects::{JsonBody, iso};
@@ -42,16 +42,6 @@ fn view(h: &Hook) -> Value {
         v["properties"] = p;
     }
     v
-}
-
-/// Contenox answers a bad hook with 422 (§4 D).
-fn unprocessable(e: warden_domain::DomainError) -> ApiError<Contenox> {
-    match e {
-        warden_domain::DomainError::Invalid(problems) => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, problems.join("; "))
-        }
-        other => other.into(),
-    }
 }
 
 fn find(state: &AppState, org: &str, id: &str) -> ContenoxResult<Hook> {

@@ -9,6 +9,7 @@ mod access;
 mod backends;
 mod chat;
 mod chats;
+mod events;
 mod hooks;
 mod models;
 mod queue;
@@ -69,6 +70,17 @@ impl Dialect for Contenox {
 pub(crate) type ContenoxError = ApiError<Contenox>;
 pub(crate) type ContenoxResult<T> = Result<T, ContenoxError>;
 
+/// Contenox answers what fails validation of its workflow and event
+/// records with 422 (WORKFLOWS.md §4 D-H), not the 400 of its other routes.
+pub(crate) fn unprocessable(e: warden_domain::DomainError) -> ContenoxError {
+    match e {
+        warden_domain::DomainError::Invalid(problems) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, problems.join("; "))
+        }
+        other => other.into(),
+    }
+}
+
 /// Viewers may look, not change: 403 before any lookup.
 pub(crate) fn writer(p: &warden_identity::Principal) -> ContenoxResult<()> {
     if p.can_write() {
@@ -119,4 +131,5 @@ pub(crate) fn routes() -> Api {
         .merge(queue::routes())
         .merge(taskchains::routes())
         .merge(hooks::routes())
+        .merge(events::routes())
 }

@@ -4,13 +4,10 @@
 //! `/queue/{model}`. The pulls themselves are the backend actors' (see
 //! `actors/src/llm/pull.rs`).
 
-use std::time::Duration;
-
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
@@ -25,9 +22,6 @@ use crate::openapi::Api;
 
 type Caller = CurrentUser<Contenox>;
 type Admin = AdminUser<Contenox>;
-
-/// How often an idle progress stream says it is alive.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// `downloadservice.Job`, with where the pull stands.
 fn job_view(p: &Pull) -> Value {
@@ -57,36 +51,29 @@ async fn queue(State(state): State<AppState>, CurrentUser(p, _): Caller) -> Json
 }
 
 fn event(p: &Pull) -> Bytes {
-    Bytes::from(format!("data: {}\n\n", p.event()))
+    crate::sse::frame(p.event())
 }
 
 /// Progress as it happens: first where each pull stands, then every
-/// change, as `data:` events (a comment every 15 s keeps the line open).
+/// change, as `data:` events.
 async fn in_progress(State(state): State<AppState>, CurrentUser(p, _): Caller) -> Response {
     let llm = &state.runtime.llm;
     let rx = llm.pull_events();
-    let now: Vec<Result<Bytes, std::convert::Infallible>> =
-        llm.pulls(&p.org_id).iter().map(|x| Ok(event(x))).collect();
+    let now: Vec<Bytes> = llm.pulls(&p.org_id).iter().map(event).collect();
     let org = p.org_id.clone();
     let live = futures_util::stream::unfold((rx, org), |(mut rx, org)| async move {
         loop {
-            match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
-                Err(_) => return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (rx, org))),
-                Ok(Ok(x)) if x.org_id == org => return Some((Ok(event(&x)), (rx, org))),
-                Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => continue,
-                Ok(Err(RecvError::Closed)) => return None,
+            match rx.recv().await {
+                Ok(x) if x.org_id == org => return Some((event(&x), (rx, org))),
+                Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
             }
         }
     });
-    let stream = futures_util::StreamExt::chain(futures_util::stream::iter(now), live);
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        Body::from_stream(stream),
+    crate::sse::response(
+        &state.lifecycle,
+        futures_util::StreamExt::chain(futures_util::stream::iter(now), live),
     )
-        .into_response()
 }
 
 #[derive(serde::Deserialize)]
