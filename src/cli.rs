@@ -197,6 +197,15 @@ impl ServeArgs {
         if let Some(n) = file.training.max_concurrent {
             c.training_max_concurrent = n.clamp(1, 64);
         }
+        if let Some(n) = file.functions.workers {
+            c.js_workers = n.clamp(1, 64);
+        }
+        if let Some(ms) = file.functions.deadline_ms {
+            c.js_limits.deadline = std::time::Duration::from_millis(ms.clamp(10, 600_000));
+        }
+        if let Some(mib) = file.functions.heap_mib {
+            c.js_limits.heap_bytes = mib.clamp(4, 4096) << 20;
+        }
         if let Some(secs) = file.datasets.import_timeout_secs {
             c.import_timeout = std::time::Duration::from_secs(secs.max(1));
         }

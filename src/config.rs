@@ -40,6 +40,8 @@ pub struct FileConfig {
     pub training: TrainingFile,
     #[serde(default)]
     pub datasets: DatasetsFile,
+    #[serde(default)]
+    pub functions: FunctionsFile,
     /// Reverse proxies whose X-Forwarded-For names the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -107,6 +109,18 @@ pub struct DatasetsFile {
     /// Directories SQLite files may be imported from (default
     /// `<data_dir>/imports`); a path elsewhere is refused.
     pub import_dirs: Option<Vec<PathBuf>>,
+}
+
+/// `[functions]`: the JavaScript functions event triggers run.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionsFile {
+    /// Engine threads (default 2): functions that run at once.
+    pub workers: Option<usize>,
+    /// Wall-clock limit of one run, in ms (default 5000).
+    pub deadline_ms: Option<u64>,
+    /// Heap cap of one engine, in MiB (default 32).
+    pub heap_mib: Option<usize>,
 }
 
 /// `[rate_limits]`: per-minute limits; 0 switches one off.
@@ -195,6 +209,9 @@ pub struct ServerConfig {
     /// How often each LLM backend is probed.
     pub llm_probe_interval: Duration,
     pub llm_defaults: warden_supervisors::LlmDefaults,
+    /// Threads that run JavaScript functions, and the bounds of one run.
+    pub js_workers: usize,
+    pub js_limits: warden_supervisors::ScriptLimits,
     pub telemetry_retention: Duration,
     pub rate_limits: warden_api::RateLimits,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -243,6 +260,8 @@ impl ServerConfig {
             node_timing: NodeTiming::default(),
             llm_probe_interval: warden_supervisors::DEFAULT_PROBE_INTERVAL,
             llm_defaults: warden_supervisors::LlmDefaults::default(),
+            js_workers: 2,
+            js_limits: warden_supervisors::ScriptLimits::default(),
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             rate_limits: warden_api::RateLimits::default(),
             trusted_proxies: Vec::new(),

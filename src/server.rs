@@ -102,6 +102,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             node_timing: config.node_timing,
             llm_probe_interval: Some(config.llm_probe_interval),
             llm_defaults: config.llm_defaults.clone(),
+            js_workers: Some(config.js_workers),
+            js_limits: Some(config.js_limits),
         },
     )
     .await

@@ -1066,3 +1066,88 @@ async fn a_training_run_resumes_from_its_checkpoint_after_sigkill() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// WORKFLOWS.md §5.8: a crash right after an event's `201` still runs its
+/// function, once. Functions slow enough that the kill lands with most
+/// runs pending (some events not even dispatched): after the restart each
+/// event has exactly one function event, under its deterministic id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_runs_once_for_each_event_despite_sigkill_after_201() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut child, base) = spawn_server(&data);
+    warden::install_tls_provider();
+    let http = reqwest::Client::new();
+    let token = login(&http, &base).await;
+    let post = |path: &str, body: serde_json::Value| {
+        let req = http
+            .post(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    post(
+        "/functions",
+        json!({"name": "slow", "script": "function slow(event) { const end = Date.now() + 40; while (Date.now() < end) {} sendEvent('k9.done', {nid: event.nid}); return {}; }"}),
+    )
+    .await;
+    post(
+        "/event-triggers",
+        json!({"name": "k9", "type": "function", "listenFor": {"type": "k9.start"}, "function": "slow"}),
+    )
+    .await;
+    const N: u64 = 40;
+    let mut nids = Vec::new();
+    for i in 0..N {
+        let e = post(
+            "/events",
+            json!({"event_type": "k9.start", "aggregate_type": "t", "aggregate_id": format!("a{i}"), "version": 1}),
+        )
+        .await;
+        nids.push(e["nid"].as_u64().unwrap());
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (mut child, base) = spawn_server(&data);
+    let token = login(&http, &base).await;
+    let done = || {
+        let req = http
+            .get(format!("{base}/events/type?event_type=k9.done&limit=1000"))
+            .bearer_auth(&token);
+        async move {
+            req.send()
+                .await
+                .unwrap()
+                .json::<Vec<serde_json::Value>>()
+                .await
+                .unwrap()
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while (done().await.len() as u64) < N {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every function ran after the restart"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let events = done().await;
+    assert_eq!(events.len() as u64, N, "no event ran its function twice");
+    let mut ran: Vec<u64> = events
+        .iter()
+        .map(|e| e["data"]["nid"].as_u64().unwrap())
+        .collect();
+    ran.sort();
+    assert_eq!(ran, nids);
+    for e in &events {
+        assert_eq!(e["id"], format!("func-gen-k9-{}-0", e["data"]["nid"]));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -14,6 +14,7 @@ pub mod dataset;
 mod error;
 pub mod evaluation;
 pub mod event;
+pub mod function;
 pub mod hook;
 mod memory;
 mod model;

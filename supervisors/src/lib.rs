@@ -8,6 +8,7 @@
 //! live in one process (tests); names in the tree are logical
 //! (`nodes`, `node:{id}`).
 
+mod automation;
 mod conversations;
 mod deployments;
 mod executions;
@@ -21,6 +22,7 @@ mod telegram;
 mod training;
 mod tree;
 
+pub use automation::{Automation, MAX_DEPTH, script_event};
 pub use conversations::{
     ACTIVE_WINDOW, ChatStats, ConversationKind, Conversations, DEFAULT_CONVERSATION_IDLE,
 };
@@ -34,6 +36,7 @@ pub use root::{Runtime, RuntimeConfig};
 pub use telegram::{DEFAULT_TELEGRAM_API, Telegram, TelegramKind};
 pub use training::{DEFAULT_MAX_CONCURRENT, QueueStats, Training, TrainingKind};
 pub use tree::{ActorInfo, FailureInfo};
+pub use warden_jsrt::Limits as ScriptLimits;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -182,6 +182,10 @@ pub struct RuntimeConfig {
     pub llm_probe_interval: Option<std::time::Duration>,
     /// The models the server declares at boot.
     pub llm_defaults: LlmDefaults,
+    /// Threads that run JavaScript functions (default 2).
+    pub js_workers: Option<usize>,
+    /// The bounds of one function run (default 5 s, 32 MiB heap).
+    pub js_limits: Option<warden_jsrt::Limits>,
 }
 
 /// The running supervision tree and typed access to each kind.
@@ -200,6 +204,8 @@ pub struct Runtime {
     pub training: Training,
     /// The event log and its live tail (contenox `/events`, `/ingest`).
     pub events: warden_domain::event::EventLog,
+    /// Event triggers and the JavaScript functions they run.
+    pub automation: crate::Automation,
 }
 
 impl Runtime {
@@ -304,8 +310,17 @@ impl Runtime {
         }
         let events = warden_domain::event::EventLog::open(store.clone())
             .map_err(|e| ractor::SpawnErr::StartupFailed(format!("the event log: {e}").into()))?;
+        let automation = crate::Automation::start(
+            store.clone(),
+            events.clone(),
+            execution_service.clone(),
+            config.js_workers.unwrap_or(2),
+            config.js_limits.unwrap_or_default(),
+        )
+        .map_err(|e| ractor::SpawnErr::StartupFailed(e.to_string().into()))?;
         Ok(Runtime {
             events,
+            automation,
             root,
             kinds,
             started_at: now_millis(),

@@ -10,6 +10,7 @@ mod backends;
 mod chat;
 mod chats;
 mod events;
+mod functions;
 mod hooks;
 mod models;
 mod queue;
@@ -132,4 +133,5 @@ pub(crate) fn routes() -> Api {
         .merge(taskchains::routes())
         .merge(hooks::routes())
         .merge(events::routes())
+        .merge(functions::routes())
 }

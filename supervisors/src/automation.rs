@@ -1,0 +1,468 @@
+//! Event triggers run JavaScript functions (WORKFLOWS.md §3): the
+//! dispatcher tails the event log and the script engine runs what it finds.
+//!
+//! Invariants (beyond the original, which ran functions inline in
+//! `POST /events` and lost them in a crash):
+//! - Durable dispatch: the dispatcher reads the log from a persisted nid
+//!   cursor; an event's invocations are written in the same commit that
+//!   moves the cursor past it. So a crash right after an event's `201`
+//!   still runs each matching function, and exactly one invocation per
+//!   (trigger, event) exists.
+//! - An invocation unfinished at boot runs again under the same key; the
+//!   events it emits have deterministic ids (`func-gen-<trigger>-<nid>-
+//!   <seq>`) and a second append of an id is a no-op, so a re-run emits
+//!   nothing twice.
+//! - A cascade (a function's event triggering a function) stops at depth
+//!   [`MAX_DEPTH`], counted in the events' `causation_depth` metadata.
+//! - A failed invocation is a record, never a server fault; scripts run
+//!   on the engine's own threads under its deadline, heap and stack caps.
+//! - No caches: a committed function or trigger is seen by the next event.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tokio::sync::broadcast::error::RecvError;
+use warden_domain::event::{Append, Event, EventLog};
+use warden_domain::function::{Function, Invocation, InvocationStatus, Trigger, UNFINISHED};
+use warden_domain::{DomainError, Owner};
+use warden_jsrt::{Host, Limits, Pool};
+use warden_storage::{Store, Write, now_millis};
+
+use crate::Executions;
+
+/// How many events deep a cascade of functions may go.
+pub const MAX_DEPTH: u32 = 8;
+/// How long one built-in call (an LLM task, a chain run) may take.
+const BUILTIN_WAIT: Duration = Duration::from_secs(30);
+/// Where the dispatcher's cursor is kept.
+const CURSOR: &str = "automation/dispatch_cursor";
+/// Events read per step of the tail.
+const BATCH: usize = 256;
+
+/// The automation side of the runtime: the dispatcher and the engine.
+#[derive(Clone)]
+pub struct Automation {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    log: EventLog,
+    executions: Executions,
+    pool: Pool,
+    /// Invocations running at once (queued on the engine's threads).
+    running: Semaphore,
+}
+
+impl Automation {
+    /// Starts the engine's threads and the dispatcher.
+    pub fn start(
+        store: Store,
+        log: EventLog,
+        executions: Executions,
+        workers: usize,
+        limits: Limits,
+    ) -> Result<Automation, DomainError> {
+        let pool = Pool::new(workers, limits)
+            .map_err(|e| DomainError::Unavailable(format!("the script engine: {e}")))?;
+        let running = Semaphore::new(pool.workers() * 4);
+        let a = Automation {
+            inner: Arc::new(Inner {
+                store,
+                log,
+                executions,
+                pool,
+                running,
+            }),
+        };
+        let inner = a.inner.clone();
+        tokio::spawn(async move { inner.dispatch().await });
+        Ok(a)
+    }
+
+    /// An organisation's invocations, newest first.
+    pub fn invocations(&self, org: &str, limit: usize) -> Result<Vec<Invocation>, DomainError> {
+        let page = self
+            .inner
+            .store
+            .page::<Invocation>(&warden_storage::PageQuery {
+                index: warden_domain::function::BY_ORG,
+                scope: org,
+                descending: true,
+                skip: 0,
+                after: None,
+                limit,
+            })?;
+        Ok(page.items.into_iter().map(|(_, i)| i).collect())
+    }
+
+    /// Stops taking work once the running invocations are done.
+    pub fn close(&self) {
+        self.inner.pool.close();
+    }
+}
+
+impl Inner {
+    fn cursor(&self) -> Result<Option<u64>, DomainError> {
+        Ok(self
+            .store
+            .meta(CURSOR)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_be_bytes))
+    }
+
+    async fn dispatch(self: Arc<Self>) {
+        let mut tail = self.log.subscribe();
+        // A store that never dispatched starts at the log's end: events
+        // from before functions existed run nothing.
+        let mut cursor = match self.cursor() {
+            Ok(Some(c)) => c,
+            Ok(None) => self.log.published(),
+            Err(e) => {
+                tracing::error!(error = %e, "the dispatcher cannot read its cursor; functions will not run");
+                return;
+            }
+        };
+        match self.store.in_scope::<Invocation>(UNFINISHED, "") {
+            Ok(left) => {
+                if !left.is_empty() {
+                    tracing::info!(
+                        invocations = left.len(),
+                        "re-running invocations a restart interrupted"
+                    );
+                }
+                for inv in left {
+                    self.clone().spawn_run(inv);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not read unfinished invocations"),
+        }
+        loop {
+            match self.step(cursor).await {
+                Ok(Some(next)) => {
+                    cursor = next;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "dispatch step failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+            tokio::select! {
+                r = tail.recv() => if let Err(RecvError::Closed) = r {
+                    return;
+                },
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Reads the events after `cursor`, writes their invocations with the
+    /// new cursor, starts them. `None` when there was nothing to read.
+    async fn step(self: &Arc<Self>, cursor: u64) -> Result<Option<u64>, DomainError> {
+        let events = self.log.after(cursor, BATCH)?;
+        let Some(last) = events.last().map(|e| e.nid) else {
+            return Ok(None);
+        };
+        let mut invocations = Vec::new();
+        for e in &events {
+            for t in Trigger::listening(&self.store, &e.org_id, &e.event_type)? {
+                invocations.push(Invocation::new(&t, e));
+            }
+        }
+        let mut writes = Vec::with_capacity(invocations.len() + 1);
+        for inv in &invocations {
+            writes.push(Write::insert(inv)?);
+        }
+        writes.push(Write::Meta {
+            name: CURSOR.into(),
+            value: last.to_be_bytes().to_vec(),
+        });
+        if invocations.is_empty() {
+            // Nothing depends on this cursor being durable: a restart
+            // that reads these events again finds no trigger for them.
+            self.store.commit_nowait(writes)?;
+        } else {
+            self.store.commit(writes).await?;
+        }
+        for inv in invocations {
+            self.clone().spawn_run(inv);
+        }
+        Ok(Some(last))
+    }
+
+    fn spawn_run(self: Arc<Self>, inv: Invocation) {
+        tokio::spawn(async move {
+            let Ok(_permit) = self.running.acquire().await else {
+                return;
+            };
+            let key = inv.key.clone();
+            if let Err(e) = self.run(inv).await {
+                tracing::error!(invocation = %key, error = %e, "could not record an invocation");
+            }
+        });
+    }
+
+    async fn run(self: &Arc<Self>, mut inv: Invocation) -> Result<(), DomainError> {
+        inv.attempt += 1;
+        let started = std::time::Instant::now();
+        let outcome = self.invoke(&inv).await;
+        inv.duration_ms = started.elapsed().as_millis() as u64;
+        inv.finished_at = Some(now_millis());
+        match outcome {
+            Ok((result, logs, emitted)) => {
+                inv.logs = logs;
+                inv.emitted = emitted;
+                match result {
+                    Ok(v) => {
+                        inv.status = InvocationStatus::Completed;
+                        inv.result = v.to_string();
+                    }
+                    Err(e) => {
+                        inv.status = InvocationStatus::Failed;
+                        inv.error = e;
+                    }
+                }
+            }
+            Err(e) => {
+                inv.status = InvocationStatus::Failed;
+                inv.error = e;
+            }
+        }
+        if inv.status == InvocationStatus::Failed {
+            tracing::info!(trigger = %inv.trigger, function = %inv.function, nid = inv.event_nid, error = %inv.error, "function failed");
+        }
+        self.store.put(&inv).await?;
+        Ok(())
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn invoke(
+        self: &Arc<Self>,
+        inv: &Invocation,
+    ) -> Result<(Result<Value, String>, Vec<String>, Vec<String>), String> {
+        let f = Function::get(&self.store, &inv.org_id, &inv.function)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("function {} not found", inv.function))?;
+        let event = self
+            .store
+            .get::<Event>(&format!("{:020}", inv.event_nid))
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "event {} was deleted before its function ran",
+                    inv.event_nid
+                )
+            })?;
+        let host = Arc::new(InvocationHost {
+            inner: self.clone(),
+            handle: tokio::runtime::Handle::current(),
+            owner: f.owner.clone(),
+            trigger: inv.trigger.clone(),
+            nid: inv.event_nid,
+            depth: inv.depth,
+            seq: AtomicU32::new(0),
+            emitted: Mutex::new(Vec::new()),
+        });
+        let outcome = self
+            .pool
+            .run(
+                warden_jsrt::Invocation {
+                    name: f.name.clone(),
+                    script: f.script.clone(),
+                    event: script_event(&event),
+                },
+                host.clone(),
+            )
+            .await;
+        let emitted = std::mem::take(&mut *host.emitted.lock().expect("never poisoned"));
+        Ok((outcome.result, outcome.logs, emitted))
+    }
+}
+
+/// The event as a script sees it (camelCase; data and metadata parsed).
+pub fn script_event(e: &Event) -> Value {
+    json!({
+        "id": e.id,
+        "nid": e.nid,
+        "createdAt": warden_storage::iso_millis(e.created_at),
+        "eventType": e.event_type,
+        "eventSource": e.event_source,
+        "aggregateID": e.aggregate_id,
+        "aggregateType": e.aggregate_type,
+        "version": e.version,
+        "data": e.data_json(),
+        "metadata": e.metadata_json(),
+    })
+}
+
+/// What one invocation's built-ins reach.
+struct InvocationHost {
+    inner: Arc<Inner>,
+    handle: tokio::runtime::Handle,
+    /// The function's owner: its runs and events are that organisation's.
+    owner: Owner,
+    trigger: String,
+    nid: u64,
+    depth: u32,
+    /// The next emitted event's number within the invocation.
+    seq: AtomicU32,
+    emitted: Mutex<Vec<String>>,
+}
+
+fn failure(error: impl std::fmt::Display) -> Value {
+    json!({"success": false, "error": error.to_string()})
+}
+
+fn arg_text(args: &[Value], i: usize) -> String {
+    match args.get(i) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+impl InvocationHost {
+    /// Runs a future of the server's on its runtime, bounded.
+    fn wait<T>(&self, f: impl std::future::Future<Output = T>) -> Option<T> {
+        self.handle
+            .block_on(async { tokio::time::timeout(BUILTIN_WAIT, f).await.ok() })
+    }
+
+    fn send_event(&self, args: &[Value]) -> Value {
+        let event_type = arg_text(args, 0);
+        if event_type.is_empty() || event_type.chars().any(char::is_control) {
+            return failure("sendEvent(type, data): type must be a non-empty string");
+        }
+        if self.depth + 1 > MAX_DEPTH {
+            return failure(format!(
+                "cascade depth limit of {MAX_DEPTH} reached: the event was not sent"
+            ));
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let id = format!("func-gen-{}-{}-{}", self.trigger, self.nid, seq);
+        let event = Event {
+            key: String::new(),
+            nid: 0,
+            id: id.clone(),
+            org_id: self.owner.org_id.clone(),
+            event_type,
+            event_source: "function_execution".into(),
+            aggregate_id: "function".into(),
+            aggregate_type: "function".into(),
+            version: 1,
+            data: args.get(1).cloned().unwrap_or(Value::Null).to_string(),
+            metadata: json!({"source": "function_execution", "causation_depth": self.depth + 1})
+                .to_string(),
+            created_at: now_millis(),
+        };
+        let appended = self.wait(self.inner.log.append(Append {
+            events: vec![event],
+            ..Default::default()
+        }));
+        match appended {
+            // A conflict: an earlier run of this invocation sent it.
+            Some(Ok(_)) | Some(Err(DomainError::Conflict { .. })) => {
+                self.emitted
+                    .lock()
+                    .expect("never poisoned")
+                    .push(id.clone());
+                json!({"success": true, "event_id": id})
+            }
+            Some(Err(e)) => failure(e),
+            None => failure("sendEvent timed out"),
+        }
+    }
+
+    /// Runs a chain definition on an input as an execution of the
+    /// function's owner and waits for its end.
+    fn run_chain(
+        &self,
+        chain_id: &str,
+        definition: &Value,
+        input_type: &str,
+        input: &Value,
+    ) -> Result<(String, Value, Value), String> {
+        let x = self
+            .wait(self.inner.executions.run_chain(
+                self.owner.clone(),
+                &self.owner.user_id,
+                chain_id,
+                definition,
+                input_type,
+                input,
+            ))
+            .ok_or("the run did not end within 30 s")?
+            .map_err(|e| e.to_string())?;
+        let part = x.chain.as_ref().ok_or("the run lost its chain")?;
+        if x.status != warden_actors::execution::ExecStatus::Completed {
+            return Err(x.error.as_ref().map_or_else(
+                || format!("the run ended {}", x.status.as_str()),
+                |e| e.message.clone(),
+            ));
+        }
+        let history: Vec<Value> = part.run.state.iter().map(|u| u.view()).collect();
+        Ok((x.id.clone(), part.run.output.json(), Value::Array(history)))
+    }
+
+    fn execute_task(&self, args: &[Value]) -> Value {
+        let prompt = arg_text(args, 0);
+        if prompt.is_empty() {
+            return failure("executeTask(prompt, modelName, modelProvider): prompt is required");
+        }
+        let mut task = json!({"id": "execute", "handler": "raw_string"});
+        let model = arg_text(args, 1);
+        if !model.is_empty() {
+            task["execute_config"] = json!({"model": model});
+        }
+        let definition = json!({"id": "execute", "tasks": [task]});
+        match self.run_chain("execute", &definition, "string", &Value::String(prompt)) {
+            Ok((id, output, _)) => json!({"success": true, "task_id": id, "response": output}),
+            Err(e) => failure(e),
+        }
+    }
+
+    fn stored_chain(&self, chain_id: &str) -> Result<warden_domain::workflow::Workflow, String> {
+        warden_domain::workflow::by_key(&self.inner.store, &self.owner.org_id, chain_id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("task chain {chain_id} not found"))
+    }
+
+    fn execute_task_chain(&self, args: &[Value]) -> Value {
+        let chain_id = arg_text(args, 0);
+        let w = match self.stored_chain(&chain_id) {
+            Ok(w) => w,
+            Err(e) => return failure(e),
+        };
+        let input = args.get(1).cloned().unwrap_or(Value::Null);
+        match self.run_chain(&chain_id, &w.chain_view(), "json", &input) {
+            Ok((_, result, history)) => {
+                json!({"success": true, "chain_id": chain_id, "result": result, "history": history})
+            }
+            Err(e) => failure(e),
+        }
+    }
+}
+
+impl Host for InvocationHost {
+    fn call(&self, name: &str, args: Vec<Value>) -> Value {
+        match name {
+            "sendEvent" => self.send_event(&args),
+            "executeTask" => self.execute_task(&args),
+            "executeTaskChain" => self.execute_task_chain(&args),
+            "callTaskChain" => {
+                let chain_id = arg_text(&args, 0);
+                match self.stored_chain(&chain_id) {
+                    Ok(_) => json!({"success": true, "chain_id": chain_id}),
+                    Err(e) => failure(e),
+                }
+            }
+            other => failure(format!("{other} is not a built-in")),
+        }
+    }
+}
