@@ -1290,3 +1290,120 @@ async fn neuronest_tasks_run_in_the_background() {
     let runs = s.get("/api/executions?limit=20", &t).await.body.to_string();
     assert!(runs.contains("neuronest-task"), "AIWM lists them");
 }
+
+/// WORKFLOWS.md §5.11: a `job` task hands its input to a worker through
+/// the job queue and waits; leases are exclusive and lapse back into the
+/// queue; only the holder finishes a job; a failed job is a failed
+/// attempt (the task's retry makes a new job).
+#[tokio::test]
+async fn a_job_task_waits_for_a_worker_through_leases() {
+    let s = TestServer::start().await;
+    let (t, _) = s.user("jobs", &["operator"], None).await;
+    let (other, _) = s.user("jobs-outsider", &["operator"], None).await;
+    let chain = json!({"id": "review", "tasks": [
+        {"id": "ask", "handler": "job", "job": {"type": "review", "valid_for": "1m"},
+         "retry_on_failure": 1,
+         "transition": {"branches": [{"operator": "equals", "when": "done", "goto": "end"}]}}]});
+    let bad = json!({"id": "bad", "tasks": [{"id": "ask", "handler": "job", "job": {}}]});
+    let r = s
+        .post(
+            "/tasks",
+            &t,
+            json!({"chain": bad, "input": "x", "inputType": "string"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.to_string().contains("job.type"), "{}", r.body);
+    let run = run_in_background(
+        &s,
+        &t,
+        json!({"chain": chain, "input": {"doc": 1}, "inputType": "json"}),
+    );
+    let job = eventually(5, "the job", || async {
+        let p = s.get("/jobs/pending", &t).await.body;
+        p.as_array()?.first().cloned()
+    })
+    .await;
+    assert_eq!(job["taskType"], "review");
+    assert_eq!(job["payload"], json!({"doc": 1}));
+    assert_eq!(job["retryCount"], 0);
+    assert_eq!(s.get("/jobs/pending", &other).await.body, json!([]));
+
+    let lease = |leaser: &str, duration: &str| {
+        s.post(
+            "/leases",
+            &t,
+            json!({"leaserId": leaser, "leaseDuration": duration, "jobTypes": ["other", "review"]}),
+        )
+    };
+    let r = lease("w1", "1s").await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["id"], job["id"]);
+    assert_eq!(lease("w1", "1s").await.status, 404, "one holder at a time");
+    let busy = s.get("/jobs/in-progress", &t).await.body;
+    assert_eq!(busy[0]["leaserId"], "w1");
+    let done = |id: &Value, leaser: &str, how: &str| {
+        let path = format!("/jobs/{}/{how}", id.as_str().unwrap());
+        let body = json!({"leaserId": leaser});
+        let (s, t) = (&s, &t);
+        async move {
+            s.call(reqwest::Method::PATCH, &path, Some(t), Some(body))
+                .await
+        }
+    };
+    assert_eq!(done(&job["id"], "w2", "done").await.status, 409);
+    assert_eq!(done(&json!("no-such-job"), "w1", "done").await.status, 404);
+    for bad in [
+        json!({"leaseDuration": "1s", "jobTypes": ["review"]}),
+        json!({"leaserId": "w", "leaseDuration": "soon", "jobTypes": ["review"]}),
+        json!({"leaserId": "w", "leaseDuration": "1s", "jobTypes": []}),
+    ] {
+        assert_eq!(s.post("/leases", &t, bad).await.status, 422);
+    }
+
+    // The lease lapses: back in the queue, one retry more.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let pending = s.get("/jobs/pending", &t).await.body;
+    assert_eq!(pending[0]["id"], job["id"]);
+    assert_eq!(pending[0]["retryCount"], 1);
+    assert_eq!(s.get("/jobs/in-progress", &t).await.body, json!([]));
+
+    // Failed: the task's retry makes a new job.
+    assert_eq!(lease("w2", "30s").await.status, 201);
+    let r = done(&job["id"], "w2", "failed").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, json!("job marked as failed"));
+    let second = eventually(5, "the retry's job", || async {
+        let p = s.get("/jobs/pending", &t).await.body;
+        p.as_array()?
+            .first()
+            .filter(|j| j["id"] != job["id"])
+            .cloned()
+    })
+    .await;
+    assert_eq!(lease("w2", "30s").await.body["id"], second["id"]);
+    assert_eq!(
+        done(&second["id"], "w2", "done").await.body,
+        json!("job marked as done")
+    );
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("the run ends once the job is done")
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["output"]["jobId"], second["id"]);
+    assert_eq!(body["output"]["leaserId"], "w2");
+    let state = body["state"].as_array().unwrap();
+    assert_eq!(
+        state.len(),
+        2,
+        "a failed attempt, then the done one: {body}"
+    );
+    assert!(
+        state[0]["error"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("failed")
+    );
+    s.stop().await;
+}

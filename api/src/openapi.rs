@@ -65,6 +65,7 @@ impl Api {
         get => GET, "get", false;
         post => POST, "post", false;
         put => PUT, "put", false;
+        patch => PATCH, "patch", false;
         delete => DELETE, "delete", false;
         /// A route that needs no credential.
         public_get => GET, "get", true;

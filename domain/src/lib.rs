@@ -16,6 +16,7 @@ pub mod evaluation;
 pub mod event;
 pub mod function;
 pub mod hook;
+pub mod job;
 mod memory;
 mod model;
 mod plain;

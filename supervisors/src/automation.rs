@@ -39,6 +39,8 @@ pub const MAX_DEPTH: u32 = 8;
 const BUILTIN_WAIT: Duration = Duration::from_secs(30);
 /// Where the dispatcher's cursor is kept.
 const CURSOR: &str = "automation/dispatch_cursor";
+/// What a built-in answers once the server is stopping.
+const STOPPING: &str = "the server is stopping";
 /// Events read per step of the tail.
 const BATCH: usize = 256;
 
@@ -55,6 +57,10 @@ struct Inner {
     pool: Pool,
     /// Invocations running at once (queued on the engine's threads).
     running: Semaphore,
+    /// The dispatcher and the invocations in flight: stopped with the
+    /// runtime (what they leave pending runs again at the next boot).
+    tasks: Mutex<tokio::task::JoinSet<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Automation {
@@ -76,10 +82,12 @@ impl Automation {
                 executions,
                 pool,
                 running,
+                tasks: Mutex::new(tokio::task::JoinSet::new()),
+                stop: tokio::sync::watch::channel(false).0,
             }),
         };
         let inner = a.inner.clone();
-        tokio::spawn(async move { inner.dispatch().await });
+        a.inner.spawn(async move { inner.dispatch().await });
         Ok(a)
     }
 
@@ -99,13 +107,27 @@ impl Automation {
         Ok(page.items.into_iter().map(|(_, i)| i).collect())
     }
 
-    /// Stops taking work once the running invocations are done.
-    pub fn close(&self) {
+    /// Stops the dispatcher and the invocations in flight (they run
+    /// again at the next boot) and lets the engine's threads end, so that
+    /// nothing holds the store after the runtime stopped.
+    pub async fn stop(&self) {
+        let _ = self.inner.stop.send(true);
+        let mut tasks = std::mem::take(&mut *self.inner.tasks.lock().expect("never poisoned"));
+        tasks.shutdown().await;
         self.inner.pool.close();
     }
 }
 
 impl Inner {
+    fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        if *self.stop.borrow() {
+            return;
+        }
+        let mut tasks = self.tasks.lock().expect("never poisoned");
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(work);
+    }
+
     fn cursor(&self) -> Result<Option<u64>, DomainError> {
         Ok(self
             .store
@@ -116,6 +138,7 @@ impl Inner {
 
     async fn dispatch(self: Arc<Self>) {
         let mut tail = self.log.subscribe();
+        let mut stop = self.stop.subscribe();
         // A store that never dispatched starts at the log's end: events
         // from before functions existed run nothing.
         let mut cursor = match self.cursor() {
@@ -154,6 +177,7 @@ impl Inner {
                 }
             }
             tokio::select! {
+                _ = stop.changed() => return,
                 r = tail.recv() => if let Err(RecvError::Closed) = r {
                     return;
                 },
@@ -197,7 +221,8 @@ impl Inner {
     }
 
     fn spawn_run(self: Arc<Self>, inv: Invocation) {
-        tokio::spawn(async move {
+        let me = self.clone();
+        me.spawn(async move {
             let Ok(_permit) = self.running.acquire().await else {
                 return;
             };
@@ -260,7 +285,7 @@ impl Inner {
                 )
             })?;
         let host = Arc::new(InvocationHost {
-            inner: self.clone(),
+            inner: Arc::downgrade(self),
             handle: tokio::runtime::Handle::current(),
             owner: f.owner.clone(),
             trigger: inv.trigger.clone(),
@@ -303,7 +328,9 @@ pub fn script_event(e: &Event) -> Value {
 
 /// What one invocation's built-ins reach.
 struct InvocationHost {
-    inner: Arc<Inner>,
+    /// Weak: a script still running when the runtime stops must not keep
+    /// the store open.
+    inner: std::sync::Weak<Inner>,
     handle: tokio::runtime::Handle,
     /// The function's owner: its runs and events are that organisation's.
     owner: Owner,
@@ -361,7 +388,10 @@ impl InvocationHost {
                 .to_string(),
             created_at: now_millis(),
         };
-        let appended = self.wait(self.inner.log.append(Append {
+        let Some(inner) = self.inner.upgrade() else {
+            return failure(STOPPING);
+        };
+        let appended = self.wait(inner.log.append(Append {
             events: vec![event],
             ..Default::default()
         }));
@@ -388,8 +418,9 @@ impl InvocationHost {
         input_type: &str,
         input: &Value,
     ) -> Result<(String, Value, Value), String> {
+        let inner = self.inner.upgrade().ok_or(STOPPING)?;
         let x = self
-            .wait(self.inner.executions.run_chain(
+            .wait(inner.executions.run_chain(
                 self.owner.clone(),
                 &self.owner.user_id,
                 chain_id,
@@ -428,7 +459,8 @@ impl InvocationHost {
     }
 
     fn stored_chain(&self, chain_id: &str) -> Result<warden_domain::workflow::Workflow, String> {
-        warden_domain::workflow::by_key(&self.inner.store, &self.owner.org_id, chain_id)
+        let inner = self.inner.upgrade().ok_or(STOPPING)?;
+        warden_domain::workflow::by_key(&inner.store, &self.owner.org_id, chain_id)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("task chain {chain_id} not found"))
     }

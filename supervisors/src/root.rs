@@ -464,6 +464,7 @@ impl Runtime {
     /// kind supervisors, then the root.
     pub async fn shutdown(&self) {
         self.llm.flush_usage().await;
+        self.automation.stop().await;
         let timeout = Some(std::time::Duration::from_secs(10));
         for kind in &self.kinds {
             if let Some(cell) = kind.cell() {

@@ -332,6 +332,25 @@ impl ExecState {
             });
             return;
         }
+        if task.handler == "job" {
+            let spec = task.raw.get("job").cloned().unwrap_or(Value::Null);
+            let valid_for = spec["valid_for"]
+                .as_str()
+                .and_then(chain::go_duration)
+                .unwrap_or(JOB_VALID_FOR);
+            let job = warden_domain::job::Job::new(
+                &self.exec.owner.org_id,
+                &format!("{}:{}:{}", self.exec.id, task.id, attempt),
+                spec["type"].as_str().unwrap_or_default(),
+                &input.json(),
+                valid_for.as_millis() as i64,
+                &self.exec.id,
+            );
+            let store = self.store.clone();
+            let timeout = Some(task.timeout.unwrap_or(valid_for));
+            self.spawn_call(me, task_id, attempt, timeout, wait_for_job(store, job));
+            return;
+        }
         let Some(gateway) = self.gateway.clone() else {
             let _ = myself.cast(result(
                 Err("this server has no LLM gateway for chain tasks".into()),
@@ -464,6 +483,42 @@ impl ExecState {
         self.armed = Some(due);
         let wait = Duration::from_millis((due - now).max(0) as u64 + 1);
         myself.send_after(wait, || ExecMsg::Tick);
+    }
+}
+
+/// How long a `job` task's job stays valid unless the task says.
+const JOB_VALID_FOR: Duration = Duration::from_secs(3600);
+/// How often a waiting `job` task looks at its job.
+const JOB_POLL: Duration = Duration::from_millis(200);
+
+/// Makes the job (or finds the one an earlier run of this attempt made)
+/// and waits until a worker marks it done (the task's outcome: the job)
+/// or failed (the attempt fails; the task's retries make a new job).
+async fn wait_for_job(store: Store, job: warden_domain::job::Job) -> chain::Outcome {
+    use warden_domain::job::{self, JobStatus};
+    let job = job::ensure(&store, job).await.map_err(|e| e.to_string())?;
+    loop {
+        let now = job::get(&store, &job.org_id, &job.id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("job {} was removed", job.id))?;
+        match now.status {
+            JobStatus::Done => {
+                let out = json!({"jobId": now.id, "taskType": now.task_type,
+                    "payload": now.payload_json(), "leaserId": now.leaser_id,
+                    "retryCount": now.retry_count});
+                return Ok((chain::Data::new("json", &out), "done".to_owned()));
+            }
+            JobStatus::Failed => {
+                return Err(format!(
+                    "job {} was marked failed by {}",
+                    now.id, now.leaser_id
+                ));
+            }
+            _ if now.valid_until <= now_millis() => {
+                return Err(format!("job {} was not done before it expired", now.id));
+            }
+            _ => tokio::time::sleep(JOB_POLL).await,
+        }
     }
 }
 

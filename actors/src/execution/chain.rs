@@ -16,8 +16,10 @@ use serde_json::{Map, Value, json};
 pub const MAX_TRANSITIONS: u32 = 1000;
 
 /// The handlers the language has; those this module runs itself are
-/// [`PURE`], the rest need an outside effect.
-pub const HANDLERS: [&str; 14] = [
+/// [`PURE`], the rest need an outside effect. `job` is Warden's: it
+/// hands the task's input to an outside worker as a job (`/leases`) and
+/// waits for the job to be done.
+pub const HANDLERS: [&str; 15] = [
     "raw_string",
     "condition_key",
     "parse_number",
@@ -32,6 +34,7 @@ pub const HANDLERS: [&str; 14] = [
     "convert_to_openai_chat_response",
     "noop",
     "hook",
+    "job",
 ];
 pub const PURE: [&str; 5] = [
     "noop",
@@ -42,7 +45,8 @@ pub const PURE: [&str; 5] = [
 ];
 /// The handlers a run can call out for: the prompted ones and `hook`.
 pub fn is_called(handler: &str) -> bool {
-    PROMPTED.contains(&handler) || matches!(handler, "hook" | "model_execution" | "embedding")
+    PROMPTED.contains(&handler)
+        || matches!(handler, "hook" | "model_execution" | "embedding" | "job")
 }
 
 /// The handlers that prompt an LLM and read its text answer.
@@ -268,6 +272,17 @@ pub fn parse(id: &str, chain: &Value) -> Result<Chain, Vec<String>> {
             let named = |k: &str| h[k].as_str().is_some_and(|s| !s.is_empty());
             if !named("name") || !named("tool_name") {
                 problems.push(format!("{name}: hook.name and hook.tool_name are required"));
+            }
+        }
+        if handler == "job" {
+            let j = raw.get("job").cloned().unwrap_or(Value::Null);
+            if j["type"].as_str().is_none_or(str::is_empty) {
+                problems.push(format!("{name}: job.type is required"));
+            }
+            if let Some(v) = j["valid_for"].as_str()
+                && go_duration(v).is_none()
+            {
+                problems.push(format!("{name}: job.valid_for {v:?} is not a duration"));
             }
         }
         let known =

@@ -12,6 +12,7 @@ mod chats;
 mod events;
 mod functions;
 mod hooks;
+mod jobs;
 mod models;
 mod queue;
 mod system;
@@ -134,4 +135,5 @@ pub(crate) fn routes() -> Api {
         .merge(hooks::routes())
         .merge(events::routes())
         .merge(functions::routes())
+        .merge(jobs::routes())
 }
