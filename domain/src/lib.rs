@@ -21,6 +21,7 @@ mod memory;
 mod model;
 mod plain;
 pub mod rules;
+pub mod schedule;
 pub mod workflow;
 
 pub use agent::{AGENT_STATUSES, Agent, AgentInput};

@@ -278,6 +278,9 @@ pub struct RunLabel {
     pub category: &'static str,
     pub kind: &'static str,
     pub extra: String,
+    /// The run's `executionId`, when what starts it must start it once
+    /// (a schedule's fire); a second start finds the first run.
+    pub key: Option<String>,
 }
 
 impl RunLabel {
@@ -287,6 +290,7 @@ impl RunLabel {
             category: "workflow",
             kind: "task-chain",
             extra: String::new(),
+            key: None,
         }
     }
 }
@@ -422,6 +426,59 @@ impl Executions {
         self.start(&x.id, false).await
     }
 
+    /// Starts a run of a stored workflow (vareon's trigger, a schedule's
+    /// fire) and records it as the workflow's latest: a program that does
+    /// not read is a failed run saying why. With a `key` already used,
+    /// the run it names is answered and nothing starts.
+    pub async fn start_workflow(
+        &self,
+        owner: Owner,
+        by: &str,
+        workflow: &warden_domain::workflow::Workflow,
+        input: &serde_json::Value,
+        label: RunLabel,
+    ) -> Result<Execution, DomainError> {
+        if let Some(key) = &label.key
+            && let Some(x) = self.resolve(&owner.org_id, key)?
+        {
+            return Ok(x);
+        }
+        let started = match workflow.runnable() {
+            Ok(definition) => {
+                self.start_chain(
+                    owner.clone(),
+                    by,
+                    &workflow.key,
+                    &definition,
+                    "any",
+                    input,
+                    label.clone(),
+                )
+                .await
+            }
+            Err(reason) => Err(DomainError::Invalid(vec![reason])),
+        };
+        let x = match started {
+            Ok(x) => x,
+            Err(DomainError::Invalid(problems)) => {
+                self.failed_run(owner, by, &workflow.key, &problems.join("; "), label)
+                    .await?
+            }
+            Err(e) => return Err(e),
+        };
+        warden_domain::catalog::update::<warden_domain::workflow::Workflow>(
+            &self.store,
+            &workflow.id,
+            by,
+            |w| {
+                w.last_execution = Some(x.id.clone());
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(x)
+    }
+
     /// A run that could not start (a workflow whose program does not
     /// read): recorded as a failed execution saying why, so that the
     /// workflow's status shows it.
@@ -512,6 +569,7 @@ fn chain_execution(chain_id: &str, label: RunLabel) -> NewExecution {
         kind: Some(label.kind.into()),
         resource_type: Some("taskchain".into()),
         resource_id: Some(chain_id.to_owned()),
+        execution_id: label.key,
         extra: label.extra,
         ..Default::default()
     }

@@ -18,6 +18,7 @@ mod models;
 mod nodes;
 mod policy;
 mod root;
+mod scheduler;
 mod telegram;
 mod training;
 mod tree;
@@ -33,6 +34,7 @@ pub use llm::{BackendKind, DEFAULT_PROBE_INTERVAL, InFlight, Llm, LlmDefaults, L
 pub use nodes::{NodeKind, Nodes};
 pub use policy::RestartPolicy;
 pub use root::{Runtime, RuntimeConfig};
+pub use scheduler::Scheduler;
 pub use telegram::{DEFAULT_TELEGRAM_API, Telegram, TelegramKind};
 pub use training::{DEFAULT_MAX_CONCURRENT, QueueStats, Training, TrainingKind};
 pub use tree::{ActorInfo, FailureInfo};

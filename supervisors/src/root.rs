@@ -206,6 +206,8 @@ pub struct Runtime {
     pub events: warden_domain::event::EventLog,
     /// Event triggers and the JavaScript functions they run.
     pub automation: crate::Automation,
+    /// Fires the schedules (vareon's scheduled tasks).
+    pub scheduler: crate::Scheduler,
 }
 
 impl Runtime {
@@ -318,7 +320,9 @@ impl Runtime {
             config.js_limits.unwrap_or_default(),
         )
         .map_err(|e| ractor::SpawnErr::StartupFailed(e.to_string().into()))?;
+        let scheduler = crate::Scheduler::start(store.clone(), execution_service.clone());
         Ok(Runtime {
+            scheduler,
             events,
             automation,
             root,
@@ -465,6 +469,7 @@ impl Runtime {
     pub async fn shutdown(&self) {
         self.llm.flush_usage().await;
         self.automation.stop().await;
+        self.scheduler.stop().await;
         let timeout = Some(std::time::Duration::from_secs(10));
         for kind in &self.kinds {
             if let Some(cell) = kind.cell() {

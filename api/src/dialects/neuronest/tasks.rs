@@ -35,6 +35,7 @@ fn label(extra: &Value) -> RunLabel {
         category: CATEGORY,
         kind: KIND,
         extra: extra.to_string(),
+        key: None,
     }
 }
 

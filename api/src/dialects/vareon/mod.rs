@@ -7,6 +7,7 @@ mod cognisys;
 mod datasets;
 mod jobs;
 mod models;
+mod schedules;
 mod telemetry;
 mod training;
 mod users;
@@ -107,4 +108,5 @@ pub(crate) fn routes() -> Api {
         .merge(models::routes())
         .merge(workflows::routes())
         .merge(jobs::routes())
+        .merge(schedules::routes())
 }

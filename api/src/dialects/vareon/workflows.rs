@@ -174,44 +174,23 @@ async fn trigger(
 ) -> VareonResult<Json<Value>> {
     writer(&p)?;
     let w = find(&state, &p, &id)?;
-    let executions = &state.runtime.executions;
-    let started = match w.runnable() {
-        Ok(definition) => {
-            executions
-                .start_chain(
-                    p.owner(),
-                    &p.user_id,
-                    &w.key,
-                    &definition,
-                    "any",
-                    &Value::Null,
-                    RunLabel::chain(),
-                )
-                .await
-        }
-        Err(reason) => Err(warden_domain::DomainError::Invalid(vec![reason])),
+    let x = state
+        .runtime
+        .executions
+        .start_workflow(p.owner(), &p.user_id, &w, &Value::Null, RunLabel::chain())
+        .await?;
+    // A program that does not read is a failed run; any other answers
+    // `running`, as the original's trigger does.
+    let answer = if x
+        .error
+        .as_ref()
+        .is_some_and(|e| e.code == "PROGRAM_INVALID")
+    {
+        "failed"
+    } else {
+        "running"
     };
-    let (x, answer) = match started {
-        Ok(x) => (x, "running"),
-        Err(warden_domain::DomainError::Invalid(problems)) => {
-            let x = executions
-                .failed_run(
-                    p.owner(),
-                    &p.user_id,
-                    &w.key,
-                    &problems.join("; "),
-                    RunLabel::chain(),
-                )
-                .await?;
-            (x, "failed")
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let w = catalog::update::<Workflow>(&state.store, &w.id, &p.user_id, |w| {
-        w.last_execution = Some(x.id.clone());
-        Ok(())
-    })
-    .await?;
+    let w = find(&state, &p, &w.id)?;
     Ok(Json(view(&state, &w, Some(answer))))
 }
 
