@@ -429,6 +429,17 @@ async fn hostile_functions_fail_alone_and_cascades_stop_at_depth_eight() {
         assert!(error.to_lowercase().contains(says), "{f}: {error}");
     }
     assert_eq!(error_of("fine").0, "completed");
+    let alerts = s.get("/activity/alerts", &t).await.body;
+    let failed: Vec<&str> = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "function")
+        .map(|a| a["subject"].as_str().unwrap())
+        .collect();
+    for f in ["spin", "hog", "deep", "throws", "broken"] {
+        assert!(failed.contains(&f), "{f} not in {alerts}");
+    }
 
     // The self-triggering function: eight events deep, then refused.
     let loops = eventually(10, "the cascade to stop", || async {

@@ -1151,3 +1151,137 @@ async fn a_function_runs_once_for_each_event_despite_sigkill_after_201() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// WORKFLOWS.md "Done means": kill -9 mid-chain. A `/tasks` run waits on
+/// a job when the server is killed; after the restart it resumes (its
+/// job the same one, lease and all), finishes once the job is done, and
+/// its result is readable by the request's correlation id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_killed_mid_run_resumes_and_its_result_is_readable_by_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut child, base) = spawn_server(&data);
+    warden::install_tls_provider();
+    let http = reqwest::Client::new();
+    let token = login(&http, &base).await;
+    let branch = |to: &str| json!({"branches": [{"operator": "default", "goto": to}]});
+    let chain = json!({"id": "k9-chain", "debug": true, "tasks": [
+        {"id": "prep", "handler": "noop", "prompt_template": "doc: {{.input}}", "transition": branch("ask")},
+        {"id": "ask", "handler": "job", "job": {"type": "k9-review"}, "transition": branch("finish")},
+        {"id": "finish", "handler": "noop", "transition": branch("end")}]});
+    let request = http
+        .post(format!("{base}/tasks"))
+        .bearer_auth(&token)
+        .header("x-correlation-id", "k9-request-1")
+        .json(&json!({"chain": chain, "input": "hello", "inputType": "string"}))
+        .send();
+    let waiting = tokio::spawn(request);
+    let get = |base: String, token: String, path: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("{base}{path}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let job = loop {
+        let pending = get(base.clone(), token.clone(), "/jobs/pending".into()).await;
+        if let Some(j) = pending.as_array().and_then(|a| a.first()).cloned() {
+            break j;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job never appeared"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        waiting.await.unwrap().is_err(),
+        "the killed server answered"
+    );
+
+    let (mut child, base) = spawn_server(&data);
+    let token = login(&http, &base).await;
+    let running = get(
+        base.clone(),
+        token.clone(),
+        "/activity/requests/k9-request-1".into(),
+    )
+    .await;
+    assert_eq!(running["status"], "running", "{running}");
+    assert_eq!(running["currentTask"], "ask");
+    let stateful = get(
+        base.clone(),
+        token.clone(),
+        "/activity/stateful-requests".into(),
+    )
+    .await;
+    assert_eq!(stateful[0]["id"], "k9-request-1", "{stateful}");
+    // The resumed run waits on the job it made before the kill.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let leased = loop {
+        let r = http
+            .post(format!("{base}/leases"))
+            .bearer_auth(&token)
+            .json(&json!({"leaserId": "w", "leaseDuration": "30s", "jobTypes": ["k9-review"]}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 201 {
+            break r.json::<serde_json::Value>().await.unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no job to lease after the restart"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(leased["id"], job["id"]);
+    assert_eq!(leased["payload"], "doc: hello");
+    let r = http
+        .patch(format!("{base}/jobs/{}/done", job["id"].as_str().unwrap()))
+        .bearer_auth(&token)
+        .json(&json!({"leaserId": "w"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let done = loop {
+        let s = get(
+            base.clone(),
+            token.clone(),
+            "/activity/requests/k9-request-1/state".into(),
+        )
+        .await;
+        if s["status"] == "completed" {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the resumed run never finished: {s}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let tasks: Vec<&str> = done["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["taskID"].as_str().unwrap())
+        .collect();
+    assert_eq!(tasks, ["prep", "ask", "finish"], "{done}");
+    assert_eq!(done["output"]["jobId"], job["id"]);
+    assert_eq!(done["outputType"], "json");
+    let alerts = get(base.clone(), token.clone(), "/activity/alerts".into()).await;
+    assert_eq!(alerts, json!([]));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

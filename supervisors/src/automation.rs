@@ -31,7 +31,7 @@ use warden_domain::{DomainError, Owner};
 use warden_jsrt::{Host, Limits, Pool};
 use warden_storage::{Store, Write, now_millis};
 
-use crate::Executions;
+use crate::{Executions, RunLabel};
 
 /// How many events deep a cascade of functions may go.
 pub const MAX_DEPTH: u32 = 8;
@@ -427,6 +427,7 @@ impl InvocationHost {
                 definition,
                 input_type,
                 input,
+                RunLabel::chain(),
             ))
             .ok_or("the run did not end within 30 s")?
             .map_err(|e| e.to_string())?;

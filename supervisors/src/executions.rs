@@ -293,6 +293,15 @@ impl RunLabel {
             key: None,
         }
     }
+
+    /// A chain run a request waits on (contenox `/tasks`), filed under the
+    /// request's correlation id (`/activity/requests/{id}`).
+    pub fn request(correlation_id: &str) -> RunLabel {
+        RunLabel {
+            extra: serde_json::json!({ "request_id": correlation_id }).to_string(),
+            ..RunLabel::chain()
+        }
+    }
 }
 
 /// How long a synchronous chain run may take before its caller gets the
@@ -379,6 +388,7 @@ impl Executions {
     /// problem names its task), and so is its input's type; a chain with
     /// a task that executes tool calls is refused, as runs cannot make
     /// those yet.
+    #[allow(clippy::too_many_arguments)]
     pub async fn run_chain(
         &self,
         owner: Owner,
@@ -387,8 +397,9 @@ impl Executions {
         definition: &serde_json::Value,
         input_type: &str,
         input: &serde_json::Value,
+        label: RunLabel,
     ) -> Result<Execution, DomainError> {
-        let new = new_chain_run(chain_id, definition, input_type, input, RunLabel::chain())?;
+        let new = new_chain_run(chain_id, definition, input_type, input, label)?;
         let x = self.create(new, owner, by).await?;
         let ended = self.waiters.register(&x.id);
         let started = self.start(&x.id, false).await;

@@ -13,8 +13,8 @@ pub use actor::{
     BoxFuture, Dispatch, ExecArgs, ExecHandle, ExecMsg, ExecutionActor, ExecutionListener, error_of,
 };
 pub use record::{
-    CATEGORY_CREATED, ChainPart, ExecError, ExecStatus, Execution, PendingCall, STATUS_CREATED,
-    Step, StepCommand, StepStatus, value_scope,
+    BY_REQUEST, CATEGORY_CREATED, ChainPart, ExecError, ExecStatus, Execution, PendingCall,
+    REQUESTS, STATUS_CREATED, Step, StepCommand, StepStatus, value_scope,
 };
 
 use warden_domain::rules::{Checks, MAX_SHORT};

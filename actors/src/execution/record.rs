@@ -282,10 +282,31 @@ pub const STATUS_CREATED: &str = "status_created";
 /// The ordered index of executions by category, then creation time.
 pub const CATEGORY_CREATED: &str = "category_created";
 
+/// The ordered indexes of request-bound runs (contenox `/tasks`): by the
+/// request's correlation id, and all of an organisation's, by creation.
+pub const BY_REQUEST: &str = "request";
+pub const REQUESTS: &str = "requests";
+
 /// The scope of an organisation's (`None`: every organisation's)
 /// executions with one value (a status, a category) of an ordered index.
 pub fn value_scope(org_id: Option<&str>, value: &str) -> String {
     format!("{}/{value}", warden_domain::org_scope(org_id))
+}
+
+impl Execution {
+    /// The correlation id of the request that started the run, for runs
+    /// a request waits on (`extra.request_id`).
+    pub fn request_id(&self) -> Option<String> {
+        if !self.extra.contains("request_id") {
+            return None;
+        }
+        serde_json::from_str::<serde_json::Value>(&self.extra)
+            .ok()?
+            .get("request_id")?
+            .as_str()
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+    }
 }
 
 impl Record for Execution {
@@ -315,6 +336,10 @@ impl Record for Execution {
         ] {
             ordered.push((index, value_scope(Some(org), value), t.clone()));
             ordered.push((index, value_scope(None, value), t.clone()));
+        }
+        if let Some(request) = self.request_id() {
+            ordered.push((BY_REQUEST, value_scope(Some(org), &request), t.clone()));
+            ordered.push((REQUESTS, org.clone(), t));
         }
         ordered
     }

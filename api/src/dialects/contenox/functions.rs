@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
-use warden_domain::function::{Function, Invocation, Trigger};
+use warden_domain::function::{Function, Trigger};
 use warden_storage::{PageQuery, Record, Write, time_sort_key};
 
 use super::backends::PageQuery as PageParams;
@@ -237,77 +237,6 @@ async fn trigger_delete(
     Ok(Json(json!("event trigger removed")))
 }
 
-fn invocation_view(i: &Invocation) -> Value {
-    json!({
-        "id": i.key.replace('\u{1f}', "/"),
-        "operation": "function",
-        "trigger": i.trigger,
-        "function": i.function,
-        "eventNid": i.event_nid,
-        "eventType": i.event_type,
-        "causationDepth": i.depth,
-        "attempt": i.attempt,
-        "status": i.status.as_str(),
-        "error": i.error,
-        "result": serde_json::from_str::<Value>(&i.result).unwrap_or(Value::Null),
-        "logs": i.logs,
-        "emittedEvents": i.emitted,
-        "createdAt": iso(i.created_at),
-        "finishedAt": i.finished_at.map(iso),
-        "durationMs": i.duration_ms,
-    })
-}
-
-#[derive(serde::Deserialize)]
-pub(super) struct ActivityQuery {
-    limit: Option<String>,
-}
-
-fn invocations(state: &AppState, org: &str, q: &ActivityQuery) -> ContenoxResult<Vec<Invocation>> {
-    let (limit, _) = super::page_params(q.limit.as_deref(), "cursor", None)?;
-    Ok(state.runtime.automation.invocations(org, limit)?)
-}
-
-/// Function runs, newest first: each trigger firing on an event, with
-/// its status, error, result, log and the events it sent.
-async fn operations(
-    State(state): State<AppState>,
-    CurrentUser(p, _): Caller,
-    Query(q): Query<ActivityQuery>,
-) -> ContenoxResult<Json<Vec<Value>>> {
-    let items = invocations(&state, &p.org_id, &q)?;
-    Ok(Json(items.iter().map(invocation_view).collect()))
-}
-
-/// The runs of one function (`/activity/operations/function/{name}`) or
-/// of one trigger (`.../trigger/{name}`), newest first.
-async fn operations_of(
-    State(state): State<AppState>,
-    CurrentUser(p, _): Caller,
-    Path((op, subject)): Path<(String, String)>,
-    Query(q): Query<ActivityQuery>,
-) -> ContenoxResult<Json<Vec<Value>>> {
-    let keep = |i: &Invocation| match op.as_str() {
-        "function" => i.function == subject,
-        "trigger" => i.trigger == subject,
-        _ => false,
-    };
-    if !matches!(op.as_str(), "function" | "trigger") {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("operation {op} is not one Warden records (function, trigger)"),
-        ));
-    }
-    let items = invocations(&state, &p.org_id, &q)?;
-    Ok(Json(
-        items
-            .iter()
-            .filter(|i| keep(i))
-            .map(invocation_view)
-            .collect(),
-    ))
-}
-
 /// Warden keeps no trigger or script cache: what is committed is what the
 /// next event runs. The barrier answers as the original's does.
 async fn executor_sync(CurrentUser(_p, _): Caller) -> Json<Value> {
@@ -373,18 +302,6 @@ pub(super) fn routes() -> Api {
             f,
             "Delete an event trigger",
             trigger_delete,
-        )
-        .get(
-            "/activity/operations",
-            "contenox: activity",
-            "Function runs, newest first (limit)",
-            operations,
-        )
-        .get(
-            "/activity/operations/{op}/{subject}",
-            "contenox: activity",
-            "The runs of one function or trigger (op: function | trigger)",
-            operations_of,
         )
         .post(
             "/executor/sync",

@@ -6,6 +6,7 @@
 //! gateway's backends, groups and provider keys.
 
 mod access;
+mod activity;
 mod backends;
 mod chat;
 mod chats;
@@ -136,4 +137,5 @@ pub(crate) fn routes() -> Api {
         .merge(events::routes())
         .merge(functions::routes())
         .merge(jobs::routes())
+        .merge(activity::routes())
 }

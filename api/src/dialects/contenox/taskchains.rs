@@ -19,6 +19,7 @@ use crate::dialects::JsonBody;
 use crate::error::ApiError;
 use crate::openapi::Api;
 use crate::paging::Window;
+use warden_supervisors::RunLabel;
 
 type Caller = CurrentUser<Contenox>;
 type Body = JsonBody<Contenox>;
@@ -184,6 +185,7 @@ async fn run(
             chain,
             input_type,
             &input,
+            RunLabel::request(&crate::context::current().correlation_id),
         ),
     )
     .await?;
@@ -224,6 +226,7 @@ async fn chain_chat(
             &w.chain_view(),
             "openai_chat",
             &Value::Object(body),
+            RunLabel::request(&crate::context::current().correlation_id),
         ),
     )
     .await?;
