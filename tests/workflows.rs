@@ -1407,3 +1407,34 @@ async fn a_job_task_waits_for_a_worker_through_leases() {
     );
     s.stop().await;
 }
+
+/// WORKFLOWS.md §5.5: a `/tasks` client that goes away mid-run cancels
+/// the run (`client_disconnected`), as the original does.
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_its_run() {
+    let s = TestServer::start().await;
+    let (t, _) = s.user("leaver", &["operator"], None).await;
+    let chain = json!({"id": "wait", "tasks": [
+        {"id": "ask", "handler": "job", "job": {"type": "never"},
+         "transition": {"branches": [{"operator": "default", "goto": "end"}]}}]});
+    let gone = s
+        .http
+        .post(format!("{}/tasks", s.base))
+        .bearer_auth(&t)
+        .header("x-correlation-id", "leaver-1")
+        .timeout(Duration::from_millis(700))
+        .json(&json!({"chain": chain, "input": "x", "inputType": "string"}))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the run should still be waiting");
+    let run = eventually(5, "the run cancelled", || async {
+        let v = s.get("/activity/requests/leaver-1", &t).await.body;
+        (v["status"] == "cancelled").then_some(v)
+    })
+    .await;
+    assert!(
+        run["error"].to_string().contains("client_disconnected"),
+        "{run}"
+    );
+    s.stop().await;
+}

@@ -304,6 +304,13 @@ impl RunLabel {
     }
 }
 
+/// A chain run a caller waits on: the execution as it started, and its
+/// end to come (none when it ended at once).
+pub struct ChainRunning {
+    pub execution: Execution,
+    ended: Option<tokio::sync::oneshot::Receiver<Execution>>,
+}
+
 /// How long a synchronous chain run may take before its caller gets the
 /// execution as it stands (the run goes on).
 pub const CHAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
@@ -399,16 +406,50 @@ impl Executions {
         input: &serde_json::Value,
         label: RunLabel,
     ) -> Result<Execution, DomainError> {
+        let running = self
+            .begin_chain(owner, by, chain_id, definition, input_type, input, label)
+            .await?;
+        self.end_of(running).await
+    }
+
+    /// Starts a chain run whose end a caller will wait for
+    /// ([`end_of`](Self::end_of)): the run's id is known before it ends,
+    /// so a caller can cancel it (a client that went away).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn begin_chain(
+        &self,
+        owner: Owner,
+        by: &str,
+        chain_id: &str,
+        definition: &serde_json::Value,
+        input_type: &str,
+        input: &serde_json::Value,
+        label: RunLabel,
+    ) -> Result<ChainRunning, DomainError> {
         let new = new_chain_run(chain_id, definition, input_type, input, label)?;
         let x = self.create(new, owner, by).await?;
         let ended = self.waiters.register(&x.id);
         let started = self.start(&x.id, false).await;
-        let x = match started {
-            Ok(x) if !x.status.is_terminal() => x,
+        match started {
+            Ok(x) if !x.status.is_terminal() => Ok(ChainRunning {
+                execution: x,
+                ended: Some(ended),
+            }),
             other => {
                 self.waiters.forget(&x.id);
-                return other;
+                other.map(|x| ChainRunning {
+                    execution: x,
+                    ended: None,
+                })
             }
+        }
+    }
+
+    /// The run once it ended (or after [`CHAIN_WAIT`], as it stands).
+    pub async fn end_of(&self, running: ChainRunning) -> Result<Execution, DomainError> {
+        let x = running.execution;
+        let Some(ended) = running.ended else {
+            return Ok(x);
         };
         match tokio::time::timeout(CHAIN_WAIT, ended).await {
             Ok(Ok(done)) => Ok(done),

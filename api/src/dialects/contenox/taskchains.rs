@@ -115,21 +115,66 @@ async fn delete(
     Ok(Json(json!("deleted")))
 }
 
-/// A synchronous run's answer, unless the server starts stopping first:
-/// then 503 (the run is durable and goes on after the restart; AIWM's
-/// `/api/executions` shows it), so that no request holds a shutdown open.
-async fn until_stopping(
+/// Runs a chain a request waits on, filed under the request's
+/// correlation id, and answers it once it ended. When the server starts
+/// stopping first: 503 (the run is durable and goes on after the restart;
+/// `/activity/requests/{id}` shows it), so that no request holds a
+/// shutdown open. A client that goes away first cancels the run
+/// (`client_disconnected`), as the original does.
+async fn request_run(
     state: &AppState,
-    run: impl std::future::Future<
-        Output = Result<warden_actors::execution::Execution, warden_domain::DomainError>,
-    >,
+    p: &warden_identity::Principal,
+    chain_id: &str,
+    definition: &Value,
+    input_type: &str,
+    input: &Value,
 ) -> ContenoxResult<warden_actors::execution::Execution> {
-    tokio::select! {
-        x = run => Ok(x?),
+    let executions = &state.runtime.executions;
+    let label = RunLabel::request(&crate::context::current().correlation_id);
+    let running = executions
+        .begin_chain(
+            p.owner(),
+            &p.user_id,
+            chain_id,
+            definition,
+            input_type,
+            input,
+            label,
+        )
+        .await?;
+    let mut guard = CancelOnDrop {
+        executions: executions.clone(),
+        id: Some(running.execution.id.clone()),
+    };
+    let answer = tokio::select! {
+        x = executions.end_of(running) => x.map_err(ApiError::from),
         () = state.lifecycle.stopping() => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is stopping; the run goes on when it is back (see /api/executions)",
         )),
+    };
+    guard.id = None;
+    answer
+}
+
+/// Cancels a request's run if the request is dropped before its end
+/// (the client went away).
+struct CancelOnDrop {
+    executions: warden_supervisors::Executions,
+    id: Option<String>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let executions = self.executions.clone();
+            tokio::spawn(async move {
+                let reason = Some("client_disconnected".to_owned());
+                if let Err(e) = executions.cancel(&id, reason).await {
+                    tracing::warn!(execution = %id, error = %e, "could not cancel a run its client left");
+                }
+            });
+        }
     }
 }
 
@@ -176,19 +221,7 @@ async fn run(
         }
     };
     let input = body.get("input").cloned().unwrap_or(Value::Null);
-    let x = until_stopping(
-        &state,
-        state.runtime.executions.run_chain(
-            p.owner(),
-            &p.user_id,
-            &chain_id,
-            chain,
-            input_type,
-            &input,
-            RunLabel::request(&crate::context::current().correlation_id),
-        ),
-    )
-    .await?;
+    let x = request_run(&state, &p, &chain_id, chain, input_type, &input).await?;
     let part = completed(&x)?;
     let out = &part.run.output;
     Ok(Json(json!({
@@ -217,17 +250,13 @@ async fn chain_chat(
         ]));
     }
     let stream = body.get("stream") == Some(&Value::Bool(true));
-    let x = until_stopping(
+    let x = request_run(
         &state,
-        state.runtime.executions.run_chain(
-            p.owner(),
-            &p.user_id,
-            &chain_id,
-            &w.chain_view(),
-            "openai_chat",
-            &Value::Object(body),
-            RunLabel::request(&crate::context::current().correlation_id),
-        ),
+        &p,
+        &chain_id,
+        &w.chain_view(),
+        "openai_chat",
+        &Value::Object(body),
     )
     .await?;
     let out = &completed(&x)?.run.output;
