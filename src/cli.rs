@@ -197,6 +197,9 @@ impl ServeArgs {
         if let Some(n) = file.training.max_concurrent {
             c.training_max_concurrent = n.clamp(1, 64);
         }
+        if let Some(allow) = file.hooks.allow_internal_addresses {
+            c.hooks_allow_internal = allow;
+        }
         if let Some(n) = file.functions.workers {
             c.js_workers = n.clamp(1, 64);
         }

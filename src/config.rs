@@ -42,6 +42,8 @@ pub struct FileConfig {
     pub datasets: DatasetsFile,
     #[serde(default)]
     pub functions: FunctionsFile,
+    #[serde(default)]
+    pub hooks: HooksFile,
     /// Reverse proxies whose X-Forwarded-For names the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -121,6 +123,15 @@ pub struct FunctionsFile {
     pub deadline_ms: Option<u64>,
     /// Heap cap of one engine, in MiB (default 32).
     pub heap_mib: Option<usize>,
+}
+
+/// `[hooks]`: where contenox's remote hooks may reach.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksFile {
+    /// Let hooks call link-local and cloud metadata addresses
+    /// (169.254.0.0/16, fe80::/10, fd00:ec2::254); default false.
+    pub allow_internal_addresses: Option<bool>,
 }
 
 /// `[rate_limits]`: per-minute limits; 0 switches one off.
@@ -212,6 +223,8 @@ pub struct ServerConfig {
     /// Threads that run JavaScript functions, and the bounds of one run.
     pub js_workers: usize,
     pub js_limits: warden_supervisors::ScriptLimits,
+    /// Hooks may call link-local and cloud metadata addresses.
+    pub hooks_allow_internal: bool,
     pub telemetry_retention: Duration,
     pub rate_limits: warden_api::RateLimits,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -262,6 +275,7 @@ impl ServerConfig {
             llm_defaults: warden_supervisors::LlmDefaults::default(),
             js_workers: 2,
             js_limits: warden_supervisors::ScriptLimits::default(),
+            hooks_allow_internal: false,
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             rate_limits: warden_api::RateLimits::default(),
             trusted_proxies: Vec::new(),

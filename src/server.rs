@@ -104,6 +104,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             llm_defaults: config.llm_defaults.clone(),
             js_workers: Some(config.js_workers),
             js_limits: Some(config.js_limits),
+            hooks_allow_internal: config.hooks_allow_internal,
         },
     )
     .await
@@ -134,6 +135,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
 
     let listener = bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
+    runtime.egress.set_own_address(addr);
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });

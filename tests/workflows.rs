@@ -1438,3 +1438,47 @@ async fn a_client_that_goes_away_cancels_its_run() {
     );
     s.stop().await;
 }
+
+/// WORKFLOWS.md's SSRF rules: a hook may not reach a cloud metadata
+/// (link-local) address nor this server's own admin routes; both fail
+/// the task saying why, and `/hooks/schemas` leaves them out.
+#[tokio::test]
+async fn hooks_may_not_reach_metadata_addresses_or_the_servers_admin_routes() {
+    let s = TestServer::start().await;
+    let (t, _) = s.user("ssrf", &["operator"], None).await;
+    let own_admin = format!("{}/admin", s.base);
+    for (name, url) in [
+        ("meta", "http://169.254.169.254"),
+        ("itself", own_admin.as_str()),
+    ] {
+        let r = s
+            .post(
+                "/hooks/remote",
+                &t,
+                json!({"name": name, "endpointUrl": url, "timeoutMs": 3000}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    for (name, says) in [("meta", "link-local"), ("itself", "own admin route")] {
+        let chain = json!({"id": "ssrf", "tasks": [
+            {"id": "call", "handler": "hook", "hook": {"name": name, "tool_name": "users_get"},
+             "transition": {"branches": [{"operator": "default", "goto": "end"}]}}]});
+        let started = std::time::Instant::now();
+        let r = s
+            .post(
+                "/tasks",
+                &t,
+                json!({"chain": chain, "input": "x", "inputType": "string"}),
+            )
+            .await;
+        assert_eq!(r.status, 500, "{}", r.body);
+        assert!(r.body.to_string().contains(says), "{name}: {}", r.body);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "refused before any wait"
+        );
+    }
+    assert_eq!(s.get("/hooks/schemas", &t).await.body, json!({}));
+    s.stop().await;
+}

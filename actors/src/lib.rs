@@ -4,6 +4,7 @@
 
 pub mod conversation;
 pub mod deployment;
+pub mod egress;
 pub mod execution;
 pub mod llm;
 pub mod node;

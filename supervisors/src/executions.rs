@@ -24,6 +24,7 @@ pub struct ExecutionKind {
     dispatch: Arc<dyn Dispatch>,
     on_end: Option<ExecutionListener>,
     gateway: Arc<dyn Gateway>,
+    egress: Arc<warden_actors::egress::Egress>,
 }
 
 impl ExecutionKind {
@@ -32,12 +33,14 @@ impl ExecutionKind {
         dispatch: Arc<dyn Dispatch>,
         on_end: Option<ExecutionListener>,
         gateway: Arc<dyn Gateway>,
+        egress: Arc<warden_actors::egress::Egress>,
     ) -> Self {
         ExecutionKind {
             store,
             dispatch,
             on_end,
             gateway,
+            egress,
         }
     }
 }
@@ -102,6 +105,7 @@ impl Kind for ExecutionKind {
             dispatch: self.dispatch.clone(),
             on_end: self.on_end.clone(),
             gateway: Some(self.gateway.clone()),
+            egress: self.egress.clone(),
         }
     }
 

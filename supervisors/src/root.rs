@@ -186,6 +186,8 @@ pub struct RuntimeConfig {
     pub js_workers: Option<usize>,
     /// The bounds of one function run (default 5 s, 32 MiB heap).
     pub js_limits: Option<warden_jsrt::Limits>,
+    /// Hooks may call link-local and cloud metadata addresses (default no).
+    pub hooks_allow_internal: bool,
 }
 
 /// The running supervision tree and typed access to each kind.
@@ -206,6 +208,8 @@ pub struct Runtime {
     pub events: warden_domain::event::EventLog,
     /// Event triggers and the JavaScript functions they run.
     pub automation: crate::Automation,
+    /// Where hook calls may go (the server sets its own address once bound).
+    pub egress: Arc<warden_actors::egress::Egress>,
     /// Fires the schedules (vareon's scheduled tasks).
     pub scheduler: crate::Scheduler,
 }
@@ -234,6 +238,7 @@ impl Runtime {
             config.backends,
         );
         let llm = Llm::new(backends.clone(), store.clone(), config.llm_defaults.clone());
+        let egress = warden_actors::egress::Egress::new(config.hooks_allow_internal);
         let ends = EndRoute::default();
         let waiters = Waiters::default();
         let executions = KindRef::new(
@@ -242,6 +247,7 @@ impl Runtime {
                 Arc::new(node_service.clone()),
                 Some(waiters.listener(Some(route_end(ends.clone())))),
                 Arc::new(LlmGateway(llm.clone())),
+                egress.clone(),
             ),
             config.executions,
         );
@@ -322,6 +328,7 @@ impl Runtime {
         .map_err(|e| ractor::SpawnErr::StartupFailed(e.to_string().into()))?;
         let scheduler = crate::Scheduler::start(store.clone(), execution_service.clone());
         Ok(Runtime {
+            egress,
             scheduler,
             events,
             automation,

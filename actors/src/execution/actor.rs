@@ -50,18 +50,6 @@ pub type ExecutionListener = Arc<dyn Fn(&Execution) + Send + Sync>;
 /// How long a caller waits for an execution actor's answer.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The client hooks are called with (its own pool; timeouts are the
-/// hooks' own).
-fn hook_client() -> &'static reqwest::Client {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default()
-    })
-}
-
 /// A chain task's call without its own `timeout` is given up after this.
 pub const CHAIN_CALL_LIMIT: Duration = Duration::from_secs(300);
 
@@ -89,6 +77,8 @@ pub struct ExecArgs {
     pub on_end: Option<ExecutionListener>,
     /// How chain tasks ask an LLM (none: such tasks fail, saying so).
     pub gateway: Option<Arc<dyn Gateway>>,
+    /// Where hook calls may go, and the client that keeps to it.
+    pub egress: Arc<crate::egress::Egress>,
 }
 
 pub struct ExecState {
@@ -102,6 +92,7 @@ pub struct ExecState {
     unsent: BTreeSet<u32>,
     /// The deadline a timer is armed for.
     armed: Option<Millis>,
+    egress: Arc<crate::egress::Egress>,
     gateway: Option<Arc<dyn Gateway>>,
     /// A chain task's call in flight: cancelled when the execution ends,
     /// and when the actor goes (stopped or failed) with its state.
@@ -327,8 +318,9 @@ impl ExecState {
             let key = format!("{}:{}:{}", self.exec.id, task.id, attempt);
             // The hook's own timeoutMs bounds the call too.
             let timeout = task.timeout;
+            let egress = self.egress.clone();
             self.spawn_call(me, task_id, attempt, timeout, async move {
-                super::hook_call::call(hook_client(), &hook, &task, &input, &key).await
+                super::hook_call::call(&egress, &hook, &task, &input, &key).await
             });
             return;
         }
@@ -590,6 +582,7 @@ impl Actor for ExecutionActor {
             unsent: BTreeSet::new(),
             armed: None,
             gateway: args.gateway,
+            egress: args.egress,
             call: None,
         })
     }

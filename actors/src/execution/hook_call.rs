@@ -77,7 +77,7 @@ fn text_of(v: &Value) -> String {
 
 /// Calls the tool; the outcome as the task's (output, eval).
 pub async fn call(
-    http: &reqwest::Client,
+    egress: &crate::egress::Egress,
     hook: &Hook,
     task: &Task,
     input: &Data,
@@ -86,8 +86,14 @@ pub async fn call(
     let (_, tool, args) = target(task)?;
     let limit = Duration::from_millis(hook.timeout_ms.max(1));
     let work = async {
-        let spec_url = format!("{}/openapi.json", hook.endpoint_url);
-        let mut req = http.get(&spec_url);
+        let http = egress.client();
+        let spec_url = reqwest::Url::parse(&format!("{}/openapi.json", hook.endpoint_url))
+            .map_err(|e| format!("hook {}: {e}", hook.name))?;
+        egress
+            .check(&spec_url)
+            .await
+            .map_err(|e| format!("hook {}: {e}", hook.name))?;
+        let mut req = http.get(spec_url);
         for (k, v) in hook.header_pairs() {
             req = req.header(k, v);
         }
@@ -138,6 +144,10 @@ pub async fn call(
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(&query);
         }
+        egress
+            .check(&url)
+            .await
+            .map_err(|e| format!("hook {} tool {tool}: {e}", hook.name))?;
         let mut req = http
             .request(
                 method

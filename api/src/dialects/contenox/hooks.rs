@@ -146,14 +146,19 @@ async fn schemas(
     CurrentUser(p, _): Caller,
 ) -> ContenoxResult<Json<Value>> {
     let hooks = all(&state, &p.org_id)?;
-    let http = reqwest::Client::new();
+    let egress = state.runtime.egress.clone();
     let fetches = hooks.iter().map(|h| {
-        let http = http.clone();
+        let egress = egress.clone();
         async move {
             let limit = Duration::from_millis(h.timeout_ms.clamp(1, 5000));
-            let mut req = http
-                .get(format!("{}/openapi.json", h.endpoint_url))
-                .timeout(limit);
+            let Ok(url) = reqwest::Url::parse(&format!("{}/openapi.json", h.endpoint_url)) else {
+                return (h.name.clone(), None);
+            };
+            if let Err(e) = egress.check(&url).await {
+                tracing::info!(hook = %h.name, error = %e, "hook schema not fetched");
+                return (h.name.clone(), None);
+            }
+            let mut req = egress.client().get(url).timeout(limit);
             for (k, v) in h.header_pairs() {
                 req = req.header(k, v);
             }
