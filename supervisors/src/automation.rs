@@ -420,15 +420,15 @@ impl InvocationHost {
     ) -> Result<(String, Value, Value), String> {
         let inner = self.inner.upgrade().ok_or(STOPPING)?;
         let x = self
-            .wait(inner.executions.run_chain(
-                self.owner.clone(),
-                &self.owner.user_id,
+            .wait(inner.executions.run_chain(crate::ChainRequest {
+                owner: self.owner.clone(),
+                by: &self.owner.user_id,
                 chain_id,
                 definition,
                 input_type,
                 input,
-                RunLabel::chain(),
-            ))
+                label: RunLabel::chain(),
+            }))
             .ok_or("the run did not end within 30 s")?
             .map_err(|e| e.to_string())?;
         let part = x.chain.as_ref().ok_or("the run lost its chain")?;

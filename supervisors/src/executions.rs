@@ -308,6 +308,18 @@ impl RunLabel {
     }
 }
 
+/// What a chain run starts from: the chain as sent (or stored), its
+/// input and its type, who runs it, and how it is filed.
+pub struct ChainRequest<'a> {
+    pub owner: Owner,
+    pub by: &'a str,
+    pub chain_id: &'a str,
+    pub definition: &'a serde_json::Value,
+    pub input_type: &'a str,
+    pub input: &'a serde_json::Value,
+    pub label: RunLabel,
+}
+
 /// A chain run a caller waits on: the execution as it started, and its
 /// end to come (none when it ended at once).
 pub struct ChainRunning {
@@ -399,39 +411,17 @@ impl Executions {
     /// problem names its task), and so is its input's type; a chain with
     /// a task that executes tool calls is refused, as runs cannot make
     /// those yet.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn run_chain(
-        &self,
-        owner: Owner,
-        by: &str,
-        chain_id: &str,
-        definition: &serde_json::Value,
-        input_type: &str,
-        input: &serde_json::Value,
-        label: RunLabel,
-    ) -> Result<Execution, DomainError> {
-        let running = self
-            .begin_chain(owner, by, chain_id, definition, input_type, input, label)
-            .await?;
+    pub async fn run_chain(&self, run: ChainRequest<'_>) -> Result<Execution, DomainError> {
+        let running = self.begin_chain(run).await?;
         self.end_of(running).await
     }
 
     /// Starts a chain run whose end a caller will wait for
     /// ([`end_of`](Self::end_of)): the run's id is known before it ends,
     /// so a caller can cancel it (a client that went away).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn begin_chain(
-        &self,
-        owner: Owner,
-        by: &str,
-        chain_id: &str,
-        definition: &serde_json::Value,
-        input_type: &str,
-        input: &serde_json::Value,
-        label: RunLabel,
-    ) -> Result<ChainRunning, DomainError> {
-        let new = new_chain_run(chain_id, definition, input_type, input, label)?;
-        let x = self.create(new, owner, by).await?;
+    pub async fn begin_chain(&self, run: ChainRequest<'_>) -> Result<ChainRunning, DomainError> {
+        let new = new_chain_run(&run)?;
+        let x = self.create(new, run.owner, run.by).await?;
         let ended = self.waiters.register(&x.id);
         let started = self.start(&x.id, false).await;
         match started {
@@ -466,19 +456,9 @@ impl Executions {
 
     /// Starts a chain run and answers at once (vareon's and neuronest's
     /// triggers): the execution as it stands, a run of pure tasks ended.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn start_chain(
-        &self,
-        owner: Owner,
-        by: &str,
-        chain_id: &str,
-        definition: &serde_json::Value,
-        input_type: &str,
-        input: &serde_json::Value,
-        label: RunLabel,
-    ) -> Result<Execution, DomainError> {
-        let new = new_chain_run(chain_id, definition, input_type, input, label)?;
-        let x = self.create(new, owner, by).await?;
+    pub async fn start_chain(&self, run: ChainRequest<'_>) -> Result<Execution, DomainError> {
+        let new = new_chain_run(&run)?;
+        let x = self.create(new, run.owner, run.by).await?;
         self.start(&x.id, false).await
     }
 
@@ -501,15 +481,15 @@ impl Executions {
         }
         let started = match workflow.runnable() {
             Ok(definition) => {
-                self.start_chain(
-                    owner.clone(),
+                self.start_chain(ChainRequest {
+                    owner: owner.clone(),
                     by,
-                    &workflow.key,
-                    &definition,
-                    "any",
+                    chain_id: &workflow.key,
+                    definition: &definition,
+                    input_type: "any",
                     input,
-                    label.clone(),
-                )
+                    label: label.clone(),
+                })
                 .await
             }
             Err(reason) => Err(DomainError::Invalid(vec![reason])),
@@ -634,14 +614,9 @@ fn chain_execution(chain_id: &str, label: RunLabel) -> NewExecution {
 /// A chain run's first version, once the chain and its input are checked
 /// (every problem names its task; tasks that make tool calls are refused,
 /// as runs cannot make those yet).
-fn new_chain_run(
-    chain_id: &str,
-    definition: &serde_json::Value,
-    input_type: &str,
-    input: &serde_json::Value,
-    label: RunLabel,
-) -> Result<NewExecution, DomainError> {
+fn new_chain_run(request: &ChainRequest<'_>) -> Result<NewExecution, DomainError> {
     use warden_actors::execution::chain;
+    let (chain_id, definition) = (request.chain_id, request.definition);
     let parsed = chain::parse(chain_id, definition).map_err(DomainError::Invalid)?;
     let refused: Vec<String> = parsed
         .tasks
@@ -660,7 +635,8 @@ fn new_chain_run(
     if !refused.is_empty() {
         return Err(DomainError::Invalid(refused));
     }
-    let input = chain::typed_input(input_type, input).map_err(|e| DomainError::Invalid(vec![e]))?;
+    let input = chain::typed_input(request.input_type, request.input)
+        .map_err(|e| DomainError::Invalid(vec![e]))?;
     let mut run = chain::ChainRun::new(&parsed, input.clone());
     run.seed = warden_storage::new_uuid().replace('-', "");
     run.started_secs = warden_storage::now_millis() / 1000;
@@ -672,7 +648,7 @@ fn new_chain_run(
             run,
             call: None,
         }),
-        ..chain_execution(chain_id, label)
+        ..chain_execution(chain_id, request.label.clone())
     };
     Ok(new)
 }

@@ -28,7 +28,9 @@ pub use conversations::{
     ACTIVE_WINDOW, ChatStats, ConversationKind, Conversations, DEFAULT_CONVERSATION_IDLE,
 };
 pub use deployments::{DeploymentKind, Deployments, logs_series};
-pub use executions::{ChainRunning, ExecutionKind, ExecutionStats, Executions, RunLabel};
+pub use executions::{
+    ChainRequest, ChainRunning, ExecutionKind, ExecutionStats, Executions, RunLabel,
+};
 pub use kind::{Kind, KindRef};
 pub use llm::{BackendKind, DEFAULT_PROBE_INTERVAL, InFlight, Llm, LlmDefaults, LlmModelInput};
 pub use nodes::{NodeKind, Nodes};

@@ -19,7 +19,7 @@ use crate::dialects::JsonBody;
 use crate::error::ApiError;
 use crate::openapi::Api;
 use crate::paging::Window;
-use warden_supervisors::RunLabel;
+use warden_supervisors::{ChainRequest, RunLabel};
 
 type Caller = CurrentUser<Contenox>;
 type Body = JsonBody<Contenox>;
@@ -132,15 +132,15 @@ async fn request_run(
     let executions = &state.runtime.executions;
     let label = RunLabel::request(&crate::context::current().correlation_id);
     let running = executions
-        .begin_chain(
-            p.owner(),
-            &p.user_id,
+        .begin_chain(ChainRequest {
+            owner: p.owner(),
+            by: &p.user_id,
             chain_id,
             definition,
             input_type,
             input,
             label,
-        )
+        })
         .await?;
     let mut guard = CancelOnDrop {
         executions: executions.clone(),

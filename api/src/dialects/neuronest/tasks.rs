@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 use warden_actors::execution::{CATEGORY_CREATED, ExecStatus, Execution, chain, value_scope};
 use warden_identity::Principal;
-use warden_supervisors::RunLabel;
+use warden_supervisors::{ChainRequest, RunLabel};
 
 use super::Neuronest;
 use crate::AppState;
@@ -170,15 +170,15 @@ async fn create(
     let x = match program(&task_type, &input_data, &execute_config) {
         Ok((definition, kind, input)) => {
             executions
-                .start_chain(
-                    p.owner(),
-                    &p.user_id,
-                    &task_type,
-                    &definition,
-                    kind,
-                    &input,
-                    label(&fields),
-                )
+                .start_chain(ChainRequest {
+                    owner: p.owner(),
+                    by: &p.user_id,
+                    chain_id: &task_type,
+                    definition: &definition,
+                    input_type: kind,
+                    input: &input,
+                    label: label(&fields),
+                })
                 .await?
         }
         Err(reason) => {
