@@ -114,10 +114,16 @@ impl Inner {
         let due = self
             .store
             .ids_up_to::<Schedule>(DUE, "", &time_sort_key(now), 256)?;
+        let mut failed = None;
         for id in due {
             if let Err(e) = self.fire(&id, now).await {
-                tracing::warn!(schedule = %id, error = %e, "a scheduled fire failed");
+                tracing::warn!(schedule = %id, error = %e, "a scheduled fire failed; it is tried again");
+                failed = Some(e);
             }
+        }
+        // A fire that could not start stays due: try again in a second.
+        if let Some(e) = failed {
+            return Err(e);
         }
         let next = self
             .store
@@ -143,10 +149,9 @@ impl Inner {
         if !s.enabled || s.audit.deleted_at.is_some() {
             return Ok(());
         }
-        let started = self.start_action(&s, Some(s.run_key(occurrence))).await;
-        if let Err(e) = &started {
-            tracing::warn!(schedule = %s.id, error = %e, "a scheduled run could not start");
-        }
+        // Not started (the store or the actor could not take it): the
+        // occurrence stays due, so it is not lost.
+        let started = self.start_action(&s, Some(s.run_key(occurrence))).await?;
         self.store
             .update::<Schedule, DomainError>(id, |s| {
                 if s.next_fire != Some(occurrence) {
@@ -154,9 +159,7 @@ impl Inner {
                 }
                 s.last_fire = Some(occurrence);
                 s.rearm(now);
-                if let Ok(x) = &started {
-                    s.remember(&x.id);
-                }
+                s.remember(&started.id);
                 Ok(Some(()))
             })
             .await?;

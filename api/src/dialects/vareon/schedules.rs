@@ -125,11 +125,17 @@ fn apply(s: &mut Schedule, input: Input) -> Result<(), warden_domain::DomainErro
     if let Some(a) = input.action {
         s.action = a.to_string();
     }
+    let enabling = input.enabled == Some(true) && !s.enabled;
     if let Some(e) = input.enabled {
         s.enabled = e;
     }
     match input.cron {
         Some(c) => s.set_cron(&c, now_millis()),
+        // Occurrences passed while disabled are not owed: from now on.
+        None if enabling => {
+            s.rearm(now_millis());
+            Ok(())
+        }
         None => Ok(()),
     }
 }
