@@ -348,12 +348,13 @@ async fn a_chain_waiting_on_the_llm_resumes_after_a_restart() {
         (fake.chats.load(std::sync::atomic::Ordering::SeqCst) >= 1).then_some(())
     })
     .await;
-    // The client goes (a graceful stop would wait for its request), the
-    // server stops with the call in flight and starts again.
-    client.abort();
+    // The server stops with the call in flight (its waiting client is
+    // answered 503, and the run, not cancelled, goes on) and starts again.
     let s = s
         .restart(|c| c.llm_probe_interval = Duration::from_millis(200))
         .await;
+    let answered = client.await.unwrap().expect("the stopping server answers");
+    assert_eq!(answered.status(), 503);
     fake.set(Mode::Ok);
     let t = s.login("resumer", "user-password-1").await;
     let x = eventually(30, "the run completes after the restart", || async {
