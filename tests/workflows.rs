@@ -1483,3 +1483,108 @@ async fn hooks_may_not_reach_metadata_addresses_or_the_servers_admin_routes() {
     assert_eq!(s.get("/hooks/schemas", &t).await.body, json!({}));
     s.stop().await;
 }
+
+/// A `chain` task (and a vareon `chain:<id>` step) runs a stored chain on
+/// its input as a child execution, linked both ways, and takes its
+/// output; a chain that calls itself stops at eight deep.
+#[tokio::test]
+async fn a_chain_task_runs_a_stored_chain_as_a_child() {
+    let s = TestServer::start().await;
+    let (t, _) = s.user("parent-chains", &["operator"], None).await;
+    let end = json!({"branches": [{"operator": "default", "goto": "end"}]});
+    let inner = json!({"id": "inner", "tasks": [
+        {"id": "say", "handler": "noop", "prompt_template": "inner got {{.input}}", "transition": end}]});
+    assert_eq!(s.post("/taskchains", &t, inner).await.status, 201);
+    let outer = json!({"id": "outer", "tasks": [
+        {"id": "call", "handler": "chain", "chain": {"id": "inner"}, "transition": end}]});
+    let r = s
+        .post(
+            "/tasks",
+            &t,
+            json!({"chain": outer, "input": "x", "inputType": "string"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["output"], "inner got x");
+    let list = s.get("/api/executions?limit=20", &t).await.body;
+    let all = list["data"]
+        .as_array()
+        .or(list.as_array())
+        .cloned()
+        .unwrap();
+    let child = all
+        .iter()
+        .find(|x| x["parentExecutionId"].is_string())
+        .unwrap_or_else(|| panic!("no child run in {list}"));
+    let parent = all
+        .iter()
+        .find(|x| x["_id"] == child["parentExecutionId"])
+        .unwrap();
+    assert_eq!(parent["childExecutionIds"], json!([child["executionId"]]));
+
+    let r = s
+        .post(
+            "/tasks",
+            &t,
+            json!({"chain": {"id": "bad", "tasks": [{"id": "c", "handler": "chain", "transition": end}]},
+                "input": "x", "inputType": "string"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.to_string().contains("chain.id"));
+    let r = s
+        .post(
+            "/tasks",
+            &t,
+            json!({"chain": {"id": "lost", "tasks": [{"id": "c", "handler": "chain", "chain": {"id": "nope"}, "transition": end}]},
+                "input": "x", "inputType": "string"}),
+        )
+        .await;
+    assert_eq!(r.status, 500);
+    assert!(
+        r.body.to_string().contains("task chain nope not found"),
+        "{}",
+        r.body
+    );
+    let looping = json!({"id": "loop", "tasks": [
+        {"id": "again", "handler": "chain", "chain": {"id": "loop"}, "transition": end}]});
+    assert_eq!(s.post("/taskchains", &t, looping.clone()).await.status, 201);
+    let r = s
+        .post(
+            "/tasks",
+            &t,
+            json!({"chain": looping, "input": "x", "inputType": "string"}),
+        )
+        .await;
+    assert_eq!(r.status, 500);
+    assert!(r.body.to_string().contains("nest at most 8"), "{}", r.body);
+
+    // Vareon: a chain:<id> step.
+    let steps = json!(["prepare", "chain:inner"]).to_string();
+    let w = s
+        .post(
+            "/api/neosyntis/workflows/",
+            &t,
+            json!({"name": "nested", "steps": steps}),
+        )
+        .await;
+    assert_eq!(w.status, 201, "{}", w.body);
+    let id = w.body["id"].as_str().unwrap().to_owned();
+    let r = s
+        .post(
+            &format!("/api/neosyntis/workflows/{id}/trigger"),
+            &t,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "running", "{}", r.body);
+    eventually(5, "the nested workflow completed", || async {
+        let v = s
+            .get(&format!("/api/neosyntis/workflows/{id}/status"), &t)
+            .await
+            .body;
+        (v["status"] == "completed").then_some(())
+    })
+    .await;
+    s.stop().await;
+}

@@ -66,9 +66,10 @@ pub fn program_of_steps(steps: &str) -> Program {
 }
 
 /// A chain from a list of step strings (WORKFLOWS.md §1 rule 3), run in
-/// order: `hook:<name>/<tool>` calls a hook's tool, any other text is a
-/// labelled step that passes its input on; `chain:` and `function:` steps
-/// are not run yet. Anything but a list of strings is not a program.
+/// order: `hook:<name>/<tool>` calls a hook's tool, `chain:<id>` runs a
+/// stored chain as a child run, any other text is a labelled step that
+/// passes its input on; `function:` steps are not run yet. Anything but
+/// a list of strings is not a program.
 pub fn steps_chain(steps: &str) -> Result<Value, String> {
     let Ok(Value::Array(items)) = serde_json::from_str::<Value>(steps) else {
         return Err("steps is not a JSON list of steps or tasks".into());
@@ -96,10 +97,11 @@ pub fn steps_chain(steps: &str) -> Result<Value, String> {
                 .ok_or_else(|| format!("step {i}: hook steps are hook:<name>/<tool>"))?;
             task["handler"] = json!("hook");
             task["hook"] = json!({"name": name, "tool_name": tool});
-        } else if text.starts_with("chain:") || text.starts_with("function:") {
-            return Err(format!(
-                "step {i} ({text}): child chains and functions are not run yet"
-            ));
+        } else if let Some(id) = text.strip_prefix("chain:") {
+            task["handler"] = json!("chain");
+            task["chain"] = json!({ "id": id });
+        } else if text.starts_with("function:") {
+            return Err(format!("step {i} ({text}): function steps are not run yet"));
         } else {
             task["handler"] = json!("noop");
         }

@@ -25,6 +25,7 @@ pub struct ExecutionKind {
     on_end: Option<ExecutionListener>,
     gateway: Arc<dyn Gateway>,
     egress: Arc<warden_actors::egress::Egress>,
+    children: Arc<dyn execution::Children>,
 }
 
 impl ExecutionKind {
@@ -34,6 +35,7 @@ impl ExecutionKind {
         on_end: Option<ExecutionListener>,
         gateway: Arc<dyn Gateway>,
         egress: Arc<warden_actors::egress::Egress>,
+        children: Arc<dyn execution::Children>,
     ) -> Self {
         ExecutionKind {
             store,
@@ -41,7 +43,41 @@ impl ExecutionKind {
             on_end,
             gateway,
             egress,
+            children,
         }
+    }
+}
+
+/// Child chains nest at most this deep (a chain that calls itself stops).
+pub const MAX_CHILD_DEPTH: usize = 8;
+
+/// Runs `chain` tasks' child chains through the executions service, which
+/// exists only after this kind does: reached through the same late,
+/// weak route as nodes' answers.
+pub(crate) struct ChildRunner {
+    pub route: ReplyRoute,
+    pub store: Store,
+    pub nodes: Nodes,
+    pub waiters: Waiters,
+}
+
+impl execution::Children for ChildRunner {
+    fn run_child(
+        &self,
+        child: execution::ChildRun,
+    ) -> warden_actors::execution::BoxFuture<warden_actors::execution::chain::Outcome> {
+        let service = self.route.get().and_then(WeakKindRef::upgrade).map(|kind| {
+            Executions::new(
+                kind,
+                self.store.clone(),
+                self.nodes.clone(),
+                self.waiters.clone(),
+            )
+        });
+        Box::pin(async move {
+            let service = service.ok_or("the executions service has stopped")?;
+            service.run_child(child).await
+        })
     }
 }
 
@@ -106,6 +142,7 @@ impl Kind for ExecutionKind {
             on_end: self.on_end.clone(),
             gateway: Some(self.gateway.clone()),
             egress: self.egress.clone(),
+            children: Some(self.children.clone()),
         }
     }
 
@@ -285,6 +322,8 @@ pub struct RunLabel {
     /// The run's `executionId`, when what starts it must start it once
     /// (a schedule's fire); a second start finds the first run.
     pub key: Option<String>,
+    /// The execution this run is a child of (a `chain` task's).
+    pub parent: Option<String>,
 }
 
 impl RunLabel {
@@ -295,6 +334,7 @@ impl RunLabel {
             kind: "task-chain",
             extra: String::new(),
             key: None,
+            parent: None,
         }
     }
 
@@ -420,6 +460,17 @@ impl Executions {
     /// ([`end_of`](Self::end_of)): the run's id is known before it ends,
     /// so a caller can cancel it (a client that went away).
     pub async fn begin_chain(&self, run: ChainRequest<'_>) -> Result<ChainRunning, DomainError> {
+        if let Some(key) = &run.label.key
+            && let Some(x) = self.resolve(&run.owner.org_id, key)?
+        {
+            // Made but never started (a crash between the two): start it.
+            let x = if x.status == ExecStatus::Pending {
+                self.start(&x.id, false).await?
+            } else {
+                x
+            };
+            return Ok(self.running(x));
+        }
         let new = new_chain_run(&run)?;
         let x = self.create(new, run.owner, run.by).await?;
         let ended = self.waiters.register(&x.id);
@@ -437,6 +488,88 @@ impl Executions {
                 })
             }
         }
+    }
+
+    /// A run that exists already (its key was used), to wait on.
+    fn running(&self, x: Execution) -> ChainRunning {
+        if x.status.is_terminal() {
+            return ChainRunning {
+                execution: x,
+                ended: None,
+            };
+        }
+        let ended = self.waiters.register(&x.id);
+        // It may have ended between the read and the registration.
+        match self.resolve(&x.owner.org_id, &x.id) {
+            Ok(Some(now)) if now.status.is_terminal() => {
+                self.waiters.forget(&x.id);
+                ChainRunning {
+                    execution: now,
+                    ended: None,
+                }
+            }
+            _ => ChainRunning {
+                execution: x,
+                ended: Some(ended),
+            },
+        }
+    }
+
+    /// A `chain` task's child: the stored chain run on the task's input
+    /// under the task attempt's key (found again after a crash), linked to
+    /// its parent, awaited; its output is the task's.
+    async fn run_child(
+        &self,
+        child: execution::ChildRun,
+    ) -> warden_actors::execution::chain::Outcome {
+        let mut depth = 0;
+        let mut at = Some(child.parent.clone());
+        while let Some(id) = at {
+            depth += 1;
+            if depth > MAX_CHILD_DEPTH {
+                return Err(format!(
+                    "child chains nest at most {MAX_CHILD_DEPTH} deep: {} not started",
+                    child.chain
+                ));
+            }
+            at = self
+                .store
+                .get::<Execution>(&id)
+                .ok()
+                .flatten()
+                .and_then(|x| x.parent_execution_id);
+        }
+        let w = warden_domain::workflow::by_key(&self.store, &child.owner.org_id, &child.chain)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("task chain {} not found", child.chain))?;
+        let definition = w.runnable()?;
+        let label = RunLabel {
+            key: Some(child.key.clone()),
+            parent: Some(child.parent.clone()),
+            ..RunLabel::chain()
+        };
+        let input = child.input.json();
+        let running = self
+            .begin_chain(ChainRequest {
+                owner: child.owner.clone(),
+                by: &child.by,
+                chain_id: &w.key,
+                definition: &definition,
+                input_type: &child.input.kind,
+                input: &input,
+                label,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let x = self.end_of(running).await.map_err(|e| e.to_string())?;
+        let part = x.chain.as_ref().ok_or("the child run lost its chain")?;
+        if x.status != ExecStatus::Completed {
+            return Err(x.error.as_ref().map_or_else(
+                || format!("child chain {} ended {}", child.chain, x.status.as_str()),
+                |e| format!("child chain {}: {}", child.chain, e.message),
+            ));
+        }
+        Ok((part.run.output.clone(), "ok".to_owned()))
     }
 
     /// The run once it ended (or after [`CHAIN_WAIT`], as it stands).
@@ -606,6 +739,7 @@ fn chain_execution(chain_id: &str, label: RunLabel) -> NewExecution {
         resource_type: Some("taskchain".into()),
         resource_id: Some(chain_id.to_owned()),
         execution_id: label.key,
+        parent_execution_id: label.parent,
         extra: label.extra,
         ..Default::default()
     }

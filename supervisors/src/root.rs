@@ -248,6 +248,12 @@ impl Runtime {
                 Some(waiters.listener(Some(route_end(ends.clone())))),
                 Arc::new(LlmGateway(llm.clone())),
                 egress.clone(),
+                Arc::new(crate::executions::ChildRunner {
+                    route: route.clone(),
+                    store: store.clone(),
+                    nodes: node_service.clone(),
+                    waiters: waiters.clone(),
+                }),
             ),
             config.executions,
         );

@@ -21,6 +21,27 @@ use crate::node::{CommandOrigin, CommandStatus, NewCommand, NodeCommand};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
+/// A stored chain run as a child of an execution (a `chain` task).
+#[derive(Debug, Clone)]
+pub struct ChildRun {
+    /// The parent execution's `_id`.
+    pub parent: String,
+    pub owner: warden_domain::Owner,
+    pub by: String,
+    /// The stored chain's key.
+    pub chain: String,
+    pub input: chain::Data,
+    /// The child's `executionId`: the parent's task attempt, so a parent
+    /// resumed after a crash waits for the child it started.
+    pub key: String,
+}
+
+/// How a `chain` task starts its child run and waits for its end: the
+/// executions service behind a trait, as [`Dispatch`] is the nodes'.
+pub trait Children: Send + Sync + 'static {
+    fn run_child(&self, child: ChildRun) -> BoxFuture<chain::Outcome>;
+}
+
 /// How an execution reaches nodes: the nodes service behind a trait, so
 /// that this crate does not know the supervisors.
 pub trait Dispatch: Send + Sync + 'static {
@@ -79,6 +100,8 @@ pub struct ExecArgs {
     pub gateway: Option<Arc<dyn Gateway>>,
     /// Where hook calls may go, and the client that keeps to it.
     pub egress: Arc<crate::egress::Egress>,
+    /// How `chain` tasks run their child chains (none: they fail, saying so).
+    pub children: Option<Arc<dyn Children>>,
 }
 
 pub struct ExecState {
@@ -92,6 +115,7 @@ pub struct ExecState {
     unsent: BTreeSet<u32>,
     /// The deadline a timer is armed for.
     armed: Option<Millis>,
+    children: Option<Arc<dyn Children>>,
     egress: Arc<crate::egress::Egress>,
     gateway: Option<Arc<dyn Gateway>>,
     /// A chain task's call in flight: cancelled when the execution ends,
@@ -322,6 +346,29 @@ impl ExecState {
             self.spawn_call(me, task_id, attempt, timeout, async move {
                 super::hook_call::call(&egress, &hook, &task, &input, &key).await
             });
+            return;
+        }
+        if task.handler == "chain" {
+            let Some(children) = self.children.clone() else {
+                let _ = myself.cast(result(Err("this server cannot run child chains".into()), 0));
+                return;
+            };
+            let child = ChildRun {
+                parent: self.exec.id.clone(),
+                owner: self.exec.owner.clone(),
+                by: self.exec.audit.created_by.clone(),
+                chain: task
+                    .raw
+                    .get("chain")
+                    .and_then(|c| c.get("id"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                input: input.clone(),
+                key: format!("{}:{}:{}", self.exec.id, task.id, attempt),
+            };
+            let timeout = task.timeout;
+            self.spawn_call(me, task_id, attempt, timeout, children.run_child(child));
             return;
         }
         if task.handler == "job" {
@@ -583,6 +630,7 @@ impl Actor for ExecutionActor {
             armed: None,
             gateway: args.gateway,
             egress: args.egress,
+            children: args.children,
             call: None,
         })
     }

@@ -18,8 +18,9 @@ pub const MAX_TRANSITIONS: u32 = 1000;
 /// The handlers the language has; those this module runs itself are
 /// [`PURE`], the rest need an outside effect. `job` is Warden's: it
 /// hands the task's input to an outside worker as a job (`/leases`) and
-/// waits for the job to be done.
-pub const HANDLERS: [&str; 15] = [
+/// waits for the job to be done; so is `chain`, which runs a stored chain
+/// (`chain.id`) on the task's input as a child run and waits for its end.
+pub const HANDLERS: [&str; 16] = [
     "raw_string",
     "condition_key",
     "parse_number",
@@ -35,6 +36,7 @@ pub const HANDLERS: [&str; 15] = [
     "noop",
     "hook",
     "job",
+    "chain",
 ];
 pub const PURE: [&str; 5] = [
     "noop",
@@ -46,7 +48,10 @@ pub const PURE: [&str; 5] = [
 /// The handlers a run can call out for: the prompted ones and `hook`.
 pub fn is_called(handler: &str) -> bool {
     PROMPTED.contains(&handler)
-        || matches!(handler, "hook" | "model_execution" | "embedding" | "job")
+        || matches!(
+            handler,
+            "hook" | "model_execution" | "embedding" | "job" | "chain"
+        )
 }
 
 /// The handlers that prompt an LLM and read its text answer.
@@ -273,6 +278,13 @@ pub fn parse(id: &str, chain: &Value) -> Result<Chain, Vec<String>> {
             if !named("name") || !named("tool_name") {
                 problems.push(format!("{name}: hook.name and hook.tool_name are required"));
             }
+        }
+        let chain_id = raw
+            .get("chain")
+            .and_then(|c| c.get("id"))
+            .and_then(Value::as_str);
+        if handler == "chain" && chain_id.is_none_or(str::is_empty) {
+            problems.push(format!("{name}: chain.id (a stored chain) is required"));
         }
         if handler == "job" {
             let j = raw.get("job").cloned().unwrap_or(Value::Null);

@@ -10,7 +10,8 @@ pub mod machine;
 mod record;
 
 pub use actor::{
-    BoxFuture, Dispatch, ExecArgs, ExecHandle, ExecMsg, ExecutionActor, ExecutionListener, error_of,
+    BoxFuture, ChildRun, Children, Dispatch, ExecArgs, ExecHandle, ExecMsg, ExecutionActor,
+    ExecutionListener, error_of,
 };
 pub use record::{
     BY_REQUEST, CATEGORY_CREATED, ChainPart, ExecError, ExecStatus, Execution, PendingCall,

@@ -36,6 +36,7 @@ fn label(extra: &Value) -> RunLabel {
         kind: KIND,
         extra: extra.to_string(),
         key: None,
+        parent: None,
     }
 }
 
