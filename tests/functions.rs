@@ -456,3 +456,76 @@ async fn hostile_functions_fail_alone_and_cascades_stop_at_depth_eight() {
     );
     s.stop().await;
 }
+
+/// A chain task `{"handler": "function"}` (and a vareon `function:<name>`
+/// step) runs a stored function on its input and takes what it returns.
+#[tokio::test]
+async fn a_function_task_runs_a_stored_function_on_its_input() {
+    let s = TestServer::start().await;
+    let (t, _) = s.user("fn-task", &["operator"], None).await;
+    let script = "function double(x) { sendEvent('doubled', {n: x.n * 2}); return {n: x.n * 2}; }";
+    s.post(
+        "/functions",
+        &t,
+        json!({"name": "double", "script": script}),
+    )
+    .await;
+    s.post(
+        "/functions",
+        &t,
+        json!({"name": "grumpy", "script": "function grumpy() { throw new Error('not today'); }"}),
+    )
+    .await;
+    let end = json!({"branches": [{"operator": "default", "goto": "end"}]});
+    let chain = |name: &str| json!({"id": "f", "tasks": [{"id": "run", "handler": "function", "function": {"name": name}, "transition": end}]});
+    let r = s
+        .post(
+            "/tasks",
+            &t,
+            json!({"chain": chain("double"), "input": {"n": 21}, "inputType": "json"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["output"], json!({"n": 42}));
+    assert_eq!(r.body["outputType"], "json");
+    let sent = events_of(&s, &t, "doubled").await;
+    assert_eq!(sent.len(), 1);
+    assert!(
+        sent[0]["id"].as_str().unwrap().starts_with("func-gen-"),
+        "{sent:?}"
+    );
+
+    let r = s
+        .post(
+            "/tasks",
+            &t,
+            json!({"chain": chain("grumpy"), "input": {}, "inputType": "json"}),
+        )
+        .await;
+    assert_eq!(r.status, 500);
+    assert!(r.body.to_string().contains("not today"), "{}", r.body);
+    let r = s
+        .post(
+            "/tasks",
+            &t,
+            json!({"chain": chain("nope"), "input": {}, "inputType": "json"}),
+        )
+        .await;
+    assert_eq!(r.status, 500);
+    assert!(
+        r.body.to_string().contains("function nope not found"),
+        "{}",
+        r.body
+    );
+    let r = s
+        .post(
+            "/tasks",
+            &t,
+            json!({"chain": {"id": "bad", "tasks": [{"id": "x", "handler": "function", "transition": end}]},
+                "input": {}, "inputType": "json"}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.to_string().contains("function.name"), "{}", r.body);
+    s.stop().await;
+}

@@ -67,9 +67,9 @@ pub fn program_of_steps(steps: &str) -> Program {
 
 /// A chain from a list of step strings (WORKFLOWS.md §1 rule 3), run in
 /// order: `hook:<name>/<tool>` calls a hook's tool, `chain:<id>` runs a
-/// stored chain as a child run, any other text is a labelled step that
-/// passes its input on; `function:` steps are not run yet. Anything but
-/// a list of strings is not a program.
+/// stored chain as a child run, `function:<name>` a stored JavaScript
+/// function, any other text is a labelled step that passes its input on.
+/// Anything but a list of strings is not a program.
 pub fn steps_chain(steps: &str) -> Result<Value, String> {
     let Ok(Value::Array(items)) = serde_json::from_str::<Value>(steps) else {
         return Err("steps is not a JSON list of steps or tasks".into());
@@ -100,8 +100,9 @@ pub fn steps_chain(steps: &str) -> Result<Value, String> {
         } else if let Some(id) = text.strip_prefix("chain:") {
             task["handler"] = json!("chain");
             task["chain"] = json!({ "id": id });
-        } else if text.starts_with("function:") {
-            return Err(format!("step {i} ({text}): function steps are not run yet"));
+        } else if let Some(name) = text.strip_prefix("function:") {
+            task["handler"] = json!("function");
+            task["function"] = json!({ "name": name });
         } else {
             task["handler"] = json!("noop");
         }

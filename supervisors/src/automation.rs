@@ -284,13 +284,27 @@ impl Inner {
                     inv.event_nid
                 )
             })?;
+        let ids = format!("func-gen-{}-{}", inv.trigger, inv.event_nid);
+        Ok(self
+            .run_script(&f, ids, inv.depth, script_event(&event))
+            .await)
+    }
+
+    /// Runs a function on one argument: its result, log and the ids of the
+    /// events it sent (`<ids>-<n>`).
+    async fn run_script(
+        self: &Arc<Self>,
+        f: &Function,
+        ids: String,
+        depth: u32,
+        argument: Value,
+    ) -> (Result<Value, String>, Vec<String>, Vec<String>) {
         let host = Arc::new(InvocationHost {
             inner: Arc::downgrade(self),
             handle: tokio::runtime::Handle::current(),
             owner: f.owner.clone(),
-            trigger: inv.trigger.clone(),
-            nid: inv.event_nid,
-            depth: inv.depth,
+            ids,
+            depth,
             seq: AtomicU32::new(0),
             emitted: Mutex::new(Vec::new()),
         });
@@ -300,13 +314,47 @@ impl Inner {
                 warden_jsrt::Invocation {
                     name: f.name.clone(),
                     script: f.script.clone(),
-                    event: script_event(&event),
+                    event: argument,
                 },
                 host.clone(),
             )
             .await;
         let emitted = std::mem::take(&mut *host.emitted.lock().expect("never poisoned"));
-        Ok((outcome.result, outcome.logs, emitted))
+        (outcome.result, outcome.logs, emitted)
+    }
+}
+
+/// Runs `function` chain tasks on the engine, which exists only after the
+/// executions do: reached through a late, weak route (the automation holds
+/// the executions).
+#[derive(Default)]
+pub(crate) struct FunctionRoute(std::sync::OnceLock<std::sync::Weak<Inner>>);
+
+impl FunctionRoute {
+    pub fn set(&self, a: &Automation) {
+        let _ = self.0.set(Arc::downgrade(&a.inner));
+    }
+}
+
+impl warden_actors::execution::Functions for FunctionRoute {
+    fn run_function(
+        &self,
+        call: warden_actors::execution::FunctionCall,
+    ) -> warden_actors::execution::BoxFuture<warden_actors::execution::chain::Outcome> {
+        let inner = self.0.get().and_then(std::sync::Weak::upgrade);
+        Box::pin(async move {
+            let inner = inner.ok_or("the script engine has stopped")?;
+            let f = Function::get(&inner.store, &call.owner.org_id, &call.function)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("function {} not found", call.function))?;
+            let ids = format!("func-gen-{}", call.key);
+            let (result, _logs, _) = inner.run_script(&f, ids, 0, call.input.json()).await;
+            let v = result.map_err(|e| format!("function {}: {e}", call.function))?;
+            Ok((
+                warden_actors::execution::chain::Data::new("json", &v),
+                "ok".to_owned(),
+            ))
+        })
     }
 }
 
@@ -334,8 +382,8 @@ struct InvocationHost {
     handle: tokio::runtime::Handle,
     /// The function's owner: its runs and events are that organisation's.
     owner: Owner,
-    trigger: String,
-    nid: u64,
+    /// What the ids of the events it sends start with.
+    ids: String,
     depth: u32,
     /// The next emitted event's number within the invocation.
     seq: AtomicU32,
@@ -372,7 +420,7 @@ impl InvocationHost {
             ));
         }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let id = format!("func-gen-{}-{}-{}", self.trigger, self.nid, seq);
+        let id = format!("{}-{seq}", self.ids);
         let event = Event {
             key: String::new(),
             nid: 0,

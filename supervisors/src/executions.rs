@@ -26,6 +26,7 @@ pub struct ExecutionKind {
     gateway: Arc<dyn Gateway>,
     egress: Arc<warden_actors::egress::Egress>,
     children: Arc<dyn execution::Children>,
+    functions: Arc<dyn execution::Functions>,
 }
 
 impl ExecutionKind {
@@ -36,6 +37,7 @@ impl ExecutionKind {
         gateway: Arc<dyn Gateway>,
         egress: Arc<warden_actors::egress::Egress>,
         children: Arc<dyn execution::Children>,
+        functions: Arc<dyn execution::Functions>,
     ) -> Self {
         ExecutionKind {
             store,
@@ -44,6 +46,7 @@ impl ExecutionKind {
             gateway,
             egress,
             children,
+            functions,
         }
     }
 }
@@ -143,6 +146,7 @@ impl Kind for ExecutionKind {
             gateway: Some(self.gateway.clone()),
             egress: self.egress.clone(),
             children: Some(self.children.clone()),
+            functions: Some(self.functions.clone()),
         }
     }
 

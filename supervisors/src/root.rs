@@ -239,6 +239,7 @@ impl Runtime {
         );
         let llm = Llm::new(backends.clone(), store.clone(), config.llm_defaults.clone());
         let egress = warden_actors::egress::Egress::new(config.hooks_allow_internal);
+        let functions = Arc::new(crate::automation::FunctionRoute::default());
         let ends = EndRoute::default();
         let waiters = Waiters::default();
         let executions = KindRef::new(
@@ -254,6 +255,7 @@ impl Runtime {
                     nodes: node_service.clone(),
                     waiters: waiters.clone(),
                 }),
+                functions.clone(),
             ),
             config.executions,
         );
@@ -332,6 +334,7 @@ impl Runtime {
             config.js_limits.unwrap_or_default(),
         )
         .map_err(|e| ractor::SpawnErr::StartupFailed(e.to_string().into()))?;
+        functions.set(&automation);
         let scheduler = crate::Scheduler::start(store.clone(), execution_service.clone());
         Ok(Runtime {
             egress,

@@ -42,6 +42,23 @@ pub trait Children: Send + Sync + 'static {
     fn run_child(&self, child: ChildRun) -> BoxFuture<chain::Outcome>;
 }
 
+/// A JavaScript function run as a chain task (`function`).
+#[derive(Debug, Clone)]
+pub struct FunctionCall {
+    pub owner: warden_domain::Owner,
+    pub function: String,
+    pub input: chain::Data,
+    /// Names the events the run sends: the task attempt, so a run made
+    /// again after a crash sends none twice.
+    pub key: String,
+}
+
+/// How a `function` task runs its function: the script engine behind a
+/// trait (it lives with the event dispatcher).
+pub trait Functions: Send + Sync + 'static {
+    fn run_function(&self, call: FunctionCall) -> BoxFuture<chain::Outcome>;
+}
+
 /// How an execution reaches nodes: the nodes service behind a trait, so
 /// that this crate does not know the supervisors.
 pub trait Dispatch: Send + Sync + 'static {
@@ -102,6 +119,8 @@ pub struct ExecArgs {
     pub egress: Arc<crate::egress::Egress>,
     /// How `chain` tasks run their child chains (none: they fail, saying so).
     pub children: Option<Arc<dyn Children>>,
+    /// How `function` tasks run JavaScript (none: they fail, saying so).
+    pub functions: Option<Arc<dyn Functions>>,
 }
 
 pub struct ExecState {
@@ -115,6 +134,7 @@ pub struct ExecState {
     unsent: BTreeSet<u32>,
     /// The deadline a timer is armed for.
     armed: Option<Millis>,
+    functions: Option<Arc<dyn Functions>>,
     children: Option<Arc<dyn Children>>,
     egress: Arc<crate::egress::Egress>,
     gateway: Option<Arc<dyn Gateway>>,
@@ -369,6 +389,27 @@ impl ExecState {
             };
             let timeout = task.timeout;
             self.spawn_call(me, task_id, attempt, timeout, children.run_child(child));
+            return;
+        }
+        if task.handler == "function" {
+            let Some(functions) = self.functions.clone() else {
+                let _ = myself.cast(result(Err("this server cannot run functions".into()), 0));
+                return;
+            };
+            let call = FunctionCall {
+                owner: self.exec.owner.clone(),
+                function: task
+                    .raw
+                    .get("function")
+                    .and_then(|f| f.get("name"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                input: input.clone(),
+                key: format!("{}:{}:{}", self.exec.id, task.id, attempt),
+            };
+            let timeout = task.timeout;
+            self.spawn_call(me, task_id, attempt, timeout, functions.run_function(call));
             return;
         }
         if task.handler == "job" {
@@ -631,6 +672,7 @@ impl Actor for ExecutionActor {
             gateway: args.gateway,
             egress: args.egress,
             children: args.children,
+            functions: args.functions,
             call: None,
         })
     }

@@ -19,8 +19,10 @@ pub const MAX_TRANSITIONS: u32 = 1000;
 /// [`PURE`], the rest need an outside effect. `job` is Warden's: it
 /// hands the task's input to an outside worker as a job (`/leases`) and
 /// waits for the job to be done; so is `chain`, which runs a stored chain
-/// (`chain.id`) on the task's input as a child run and waits for its end.
-pub const HANDLERS: [&str; 16] = [
+/// (`chain.id`) on the task's input as a child run and waits for its end,
+/// and `function`, which runs a stored JavaScript function
+/// (`function.name`) on it.
+pub const HANDLERS: [&str; 17] = [
     "raw_string",
     "condition_key",
     "parse_number",
@@ -37,6 +39,7 @@ pub const HANDLERS: [&str; 16] = [
     "hook",
     "job",
     "chain",
+    "function",
 ];
 pub const PURE: [&str; 5] = [
     "noop",
@@ -50,7 +53,7 @@ pub fn is_called(handler: &str) -> bool {
     PROMPTED.contains(&handler)
         || matches!(
             handler,
-            "hook" | "model_execution" | "embedding" | "job" | "chain"
+            "hook" | "model_execution" | "embedding" | "job" | "chain" | "function"
         )
 }
 
@@ -285,6 +288,15 @@ pub fn parse(id: &str, chain: &Value) -> Result<Chain, Vec<String>> {
             .and_then(Value::as_str);
         if handler == "chain" && chain_id.is_none_or(str::is_empty) {
             problems.push(format!("{name}: chain.id (a stored chain) is required"));
+        }
+        let function = raw
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str);
+        if handler == "function" && function.is_none_or(str::is_empty) {
+            problems.push(format!(
+                "{name}: function.name (a stored function) is required"
+            ));
         }
         if handler == "job" {
             let j = raw.get("job").cloned().unwrap_or(Value::Null);

@@ -11,7 +11,7 @@ mod record;
 
 pub use actor::{
     BoxFuture, ChildRun, Children, Dispatch, ExecArgs, ExecHandle, ExecMsg, ExecutionActor,
-    ExecutionListener, error_of,
+    ExecutionListener, FunctionCall, Functions, error_of,
 };
 pub use record::{
     BY_REQUEST, CATEGORY_CREATED, ChainPart, ExecError, ExecStatus, Execution, PendingCall,
