@@ -7,7 +7,7 @@
 //! the others' plain arrays).
 
 use warden_storage::series::Range;
-use warden_storage::{Millis, PageQuery, Paged, Record, StorageError, Store, time_sort_key};
+use warden_storage::{Millis, PageQuery, Paged, Record, StorageError, Store, past, time_sort_key};
 
 /// Which part of a list a request wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,8 +15,9 @@ pub(crate) struct Window {
     /// Entries to pass over first.
     pub skip: usize,
     pub limit: usize,
-    /// Only entries created strictly before this time (a cursor).
-    pub before: Option<Millis>,
+    /// A cursor: only entries created strictly past this time in the
+    /// reading direction (before it newest first, after it oldest first).
+    pub cursor: Option<Millis>,
 }
 
 impl Window {
@@ -25,7 +26,7 @@ impl Window {
         Window {
             skip: page.saturating_sub(1).saturating_mul(limit),
             limit,
-            before: None,
+            cursor: None,
         }
     }
 
@@ -34,16 +35,17 @@ impl Window {
         Window {
             skip,
             limit,
-            before: None,
+            cursor: None,
         }
     }
 
-    /// Contenox: `limit` entries created before the cursor.
-    pub fn before(before: Option<Millis>, limit: usize) -> Window {
+    /// Contenox: `limit` entries past the cursor (read newest first:
+    /// created before it; oldest first: after it).
+    pub fn cursor(cursor: Option<Millis>, limit: usize) -> Window {
         Window {
             skip: 0,
             limit,
-            before,
+            cursor,
         }
     }
 
@@ -55,15 +57,13 @@ impl Window {
         scope: &str,
         descending: bool,
     ) -> Result<Paged<T>, StorageError> {
-        let cursor = self.before.map(time_sort_key);
+        let cursor = self.cursor.map(time_sort_key);
         store.page::<T>(&PageQuery {
             index,
             scope,
             descending,
             skip: self.skip,
-            // The empty id sorts before every id at the cursor's time, so
-            // newest-first "after" it means strictly older.
-            after: cursor.as_deref().map(|k| (k, "")),
+            after: cursor.as_deref().map(|k| past(k, descending)),
             limit: self.limit,
         })
     }
@@ -93,8 +93,8 @@ mod tests {
         assert_eq!(Window::page(3, 20), Window::skip(40, 20));
         assert_eq!(Window::page(0, 20).skip, 0);
         assert_eq!(Window::skip(2, 3).slice(0..10), vec![2, 3, 4]);
-        let w = Window::before(Some(5), 2);
-        assert_eq!((w.skip, w.limit, w.before), (0, 2, Some(5)));
+        let w = Window::cursor(Some(5), 2);
+        assert_eq!((w.skip, w.limit, w.cursor), (0, 2, Some(5)));
         let r = Window::skip(4, 7).range(true);
         assert_eq!((r.skip, r.limit, r.newest_first), (4, 7, true));
     }

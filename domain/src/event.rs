@@ -679,35 +679,11 @@ impl EventLog {
         &self,
         index: &str,
         scope: &str,
-        (from, to): (Millis, Millis),
+        window: (Millis, Millis),
         limit: usize,
         keep: impl Fn(&Event) -> bool,
     ) -> Result<Vec<Event>, DomainError> {
-        let low = time_key(from, 0);
-        let mut high = time_key(to.saturating_add(1), 0);
-        let mut out = Vec::with_capacity(limit.min(256));
-        while out.len() < limit {
-            let ids = self
-                .store
-                .ids_between::<Event>(index, scope, &low, &high, true, 256)?;
-            let Some((last, _)) = ids.last() else {
-                break;
-            };
-            // Sort keys end with the nid, so none is shared: the next
-            // batch starts below the last one read.
-            high = last.clone();
-            for (_, key) in &ids {
-                if let Some(e) = self.store.get::<Event>(key)?
-                    && keep(&e)
-                {
-                    out.push(e);
-                    if out.len() == limit {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(out)
+        newest_in(&self.store, index, scope, window, limit, keep)
     }
 
     /// The event types of `org` with an event in `[from, to]`, sorted.
@@ -798,19 +774,7 @@ impl EventLog {
         to: Millis,
         limit: usize,
     ) -> Result<Vec<RawEvent>, DomainError> {
-        let ids = self.store.ids_between::<RawEvent>(
-            BY_RECEIVED,
-            org,
-            &time_key(from, 0),
-            &time_key(to.saturating_add(1), 0),
-            true,
-            limit,
-        )?;
-        let mut out = Vec::with_capacity(ids.len());
-        for (_, key) in ids {
-            out.extend(self.store.get::<RawEvent>(&key)?);
-        }
-        Ok(out)
+        newest_in(&self.store, BY_RECEIVED, org, (from, to), limit, |_| true)
     }
 
     /// Up to `limit` events after nid `after`, every organisation, in nid
@@ -822,6 +786,42 @@ impl EventLog {
         }
         Ok(out)
     }
+}
+
+/// Records of one scope of a time+nid index with a time in `[from, to]`
+/// that pass `keep`, newest first, at most `limit`: read in batches from
+/// the top of the window, so a filter that skips many still ends.
+fn newest_in<T: Record>(
+    store: &Store,
+    index: &str,
+    scope: &str,
+    (from, to): (Millis, Millis),
+    limit: usize,
+    keep: impl Fn(&T) -> bool,
+) -> Result<Vec<T>, DomainError> {
+    let low = time_key(from, 0);
+    let mut high = time_key(to.saturating_add(1), 0);
+    let mut out = Vec::with_capacity(limit.min(256));
+    while out.len() < limit {
+        let ids = store.ids_between::<T>(index, scope, &low, &high, true, 256)?;
+        let Some((last, _)) = ids.last() else {
+            break;
+        };
+        // Sort keys end with the nid, so none is shared: the next batch
+        // starts below the last one read.
+        high = last.clone();
+        for (_, key) in &ids {
+            if let Some(r) = store.get::<T>(key)?
+                && keep(&r)
+            {
+                out.push(r);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

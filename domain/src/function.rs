@@ -65,6 +65,19 @@ fn text(body: &Map<String, Value>, k: &str, problems: &mut Vec<String>) -> Strin
     }
 }
 
+/// The record's name: the path's (a replace) over the body's, checked.
+fn name_of(
+    body: &Map<String, Value>,
+    path: Option<&str>,
+    what: &str,
+    problems: &mut Vec<String>,
+) -> String {
+    let body_name = text(body, "name", problems);
+    let name = path.map(str::to_owned).unwrap_or(body_name);
+    check_name(&name, what, problems);
+    name
+}
+
 fn check_name(name: &str, what: &str, problems: &mut Vec<String>) {
     if name.trim().is_empty() {
         problems.push(format!("{what} name is required"));
@@ -115,9 +128,7 @@ impl Function {
         owner: Owner,
     ) -> Result<Function, DomainError> {
         let mut problems = Vec::new();
-        let body_name = text(body, "name", &mut problems);
-        let name = name.map(str::to_owned).unwrap_or(body_name);
-        check_name(&name, "function", &mut problems);
+        let name = name_of(body, name, "function", &mut problems);
         let script = text(body, "script", &mut problems);
         if script.len() > MAX_SCRIPT {
             problems.push(format!("script must be at most {MAX_SCRIPT} bytes"));
@@ -208,9 +219,7 @@ impl Trigger {
         owner: Owner,
     ) -> Result<Trigger, DomainError> {
         let mut problems = Vec::new();
-        let body_name = text(body, "name", &mut problems);
-        let name = name.map(str::to_owned).unwrap_or(body_name);
-        check_name(&name, "trigger", &mut problems);
+        let name = name_of(body, name, "trigger", &mut problems);
         let kind = text(body, "type", &mut problems);
         if kind != "function" {
             problems.push("type must be \"function\"".into());

@@ -190,7 +190,7 @@ pub async fn list(
         scope: &scope(org, status.as_str()),
         descending: false,
         skip: 0,
-        after: cursor.as_deref().map(|k| (k, "\u{10ffff}")),
+        after: cursor.as_deref().map(|k| warden_storage::past(k, false)),
         limit,
     })?;
     Ok(page.items.into_iter().map(|(_, j)| j).collect())

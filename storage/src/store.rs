@@ -86,6 +86,14 @@ pub struct PageQuery<'a> {
     pub limit: usize,
 }
 
+/// A [`PageQuery::after`] cursor that passes every entry whose sort key
+/// is `sort` (a time), whatever its id: reading newest first, the empty id
+/// sorts before every id, so "after" it is strictly older; oldest first,
+/// an id above every id makes it strictly newer.
+pub fn past(sort: &[u8], descending: bool) -> (&[u8], &'static str) {
+    (sort, if descending { "" } else { "\u{10ffff}" })
+}
+
 /// What a page read found: the records, the scope's total, and each
 /// record's sort key (for the next cursor).
 #[derive(Debug)]

@@ -11,7 +11,6 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use warden_actors::execution::{BY_REQUEST, ExecStatus, Execution, REQUESTS, value_scope};
 use warden_domain::function::{Invocation, InvocationStatus};
-use warden_storage::PageQuery;
 
 use super::{Contenox, ContenoxResult};
 use crate::AppState;
@@ -19,6 +18,7 @@ use crate::auth::CurrentUser;
 use crate::dialects::iso;
 use crate::error::ApiError;
 use crate::openapi::Api;
+use crate::paging::Window;
 
 type Caller = CurrentUser<Contenox>;
 
@@ -46,14 +46,7 @@ fn newest(
     scope: &str,
     limit: usize,
 ) -> ContenoxResult<Vec<Execution>> {
-    let page = state.store.page::<Execution>(&PageQuery {
-        index,
-        scope,
-        descending: true,
-        skip: 0,
-        after: None,
-        limit,
-    })?;
+    let page = Window::cursor(None, limit).read::<Execution>(&state.store, index, scope, true)?;
     Ok(page
         .items
         .into_iter()

@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 use warden_domain::function::{Function, Trigger};
-use warden_storage::{PageQuery, Record, Write, time_sort_key};
+use warden_storage::{Record, Write};
 
 use super::backends::PageQuery as PageParams;
 use super::{Contenox, ContenoxResult, unprocessable, writer};
@@ -18,6 +18,7 @@ use crate::auth::CurrentUser;
 use crate::dialects::{JsonBody, iso};
 use crate::error::ApiError;
 use crate::openapi::Api;
+use crate::paging::Window;
 
 type Caller = CurrentUser<Contenox>;
 type JsonIn = JsonBody<Contenox>;
@@ -64,16 +65,8 @@ fn trigger_view(t: &Trigger) -> Value {
 /// the cursor.
 fn page<T: Record>(state: &AppState, org: &str, q: &PageParams) -> ContenoxResult<Vec<T>> {
     let (limit, after) = q.read()?;
-    let cursor = after.map(time_sort_key);
-    let page = state.store.page::<T>(&PageQuery {
-        index: warden_domain::CREATED,
-        scope: org,
-        descending: false,
-        skip: 0,
-        // After every id at the cursor's time: strictly later.
-        after: cursor.as_deref().map(|k| (k, "\u{10ffff}")),
-        limit,
-    })?;
+    let page =
+        Window::cursor(after, limit).read::<T>(&state.store, warden_domain::CREATED, org, false)?;
     Ok(page.items.into_iter().map(|(_, r)| r).collect())
 }
 

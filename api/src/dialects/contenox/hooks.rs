@@ -73,7 +73,7 @@ async fn list(
 ) -> ContenoxResult<Json<Vec<Value>>> {
     let (limit, before) = q.read()?;
     let scope = warden_domain::org_scope(Some(&p.org_id));
-    let page = Window::before(before, limit).read::<Hook>(
+    let page = Window::cursor(before, limit).read::<Hook>(
         &state.store,
         warden_domain::CREATED,
         &scope,

@@ -234,7 +234,7 @@ async fn list_users(
     // creation millisecond (identity stamps them so), so a page that ends
     // on one never hides another created in the same millisecond.
     let scope = warden_domain::org_scope((!p.is_admin()).then_some(p.org_id.as_str()));
-    let page = crate::paging::Window::before(cursor, limit).read::<User>(
+    let page = crate::paging::Window::cursor(cursor, limit).read::<User>(
         state.identity.store(),
         warden_domain::CREATED,
         &scope,
