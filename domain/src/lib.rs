@@ -10,6 +10,7 @@
 pub mod access;
 mod agent;
 pub mod catalog;
+pub mod dag;
 pub mod dataset;
 mod error;
 pub mod evaluation;

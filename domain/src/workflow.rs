@@ -32,6 +32,9 @@ pub enum Program {
     /// as a chain when they are a list of step strings (see
     /// [`steps_chain`]), else a trigger fails saying why.
     Steps(String),
+    /// A DAG workflow (neuronest's, or vareon's steps with `task_type` or
+    /// `depends_on`): its steps as a JSON array's text (`crate::dag`).
+    Dag(String),
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -53,7 +56,8 @@ pub struct Workflow {
 }
 
 /// Vareon's `steps` (a JSON string): a JSON array of contenox tasks (each
-/// with a `handler`) is a chain; anything else is kept as sent.
+/// with a `handler`) is a chain; of objects with `task_type` or
+/// `depends_on` a DAG; anything else is kept as sent.
 pub fn program_of_steps(steps: &str) -> Program {
     match serde_json::from_str::<Value>(steps) {
         Ok(Value::Array(tasks))
@@ -61,6 +65,7 @@ pub fn program_of_steps(steps: &str) -> Program {
         {
             Program::Chain(json!({ "tasks": tasks }).to_string())
         }
+        Ok(v) if crate::dag::looks_like_dag(&v) => Program::Dag(steps.to_owned()),
         _ => Program::Steps(steps.to_owned()),
     }
 }
@@ -80,9 +85,7 @@ pub fn steps_chain(steps: &str) -> Result<Value, String> {
     let mut tasks = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let Some(text) = item.as_str() else {
-            return Err(format!(
-                "step {i} is not a string (DAG steps with depends_on are not run yet)"
-            ));
+            return Err(format!("step {i} is not a string"));
         };
         let next = if i + 1 < items.len() {
             format!("step{}", i + 1)
@@ -210,11 +213,21 @@ impl Workflow {
         }
     }
 
-    /// The definition a run takes: a chain's, or one made of step strings.
+    /// The chain a run of a chain-shaped program takes: a chain's, or one
+    /// made of step strings (a DAG runs as itself: see [`Self::dag`]).
     pub fn runnable(&self) -> Result<Value, String> {
         match &self.program {
             Program::Chain(_) => Ok(self.chain_view()),
             Program::Steps(steps) => steps_chain(steps),
+            Program::Dag(_) => Err("a DAG workflow does not run as a chain".into()),
+        }
+    }
+
+    /// A DAG program's steps as stored (`None` for a chain's program).
+    pub fn dag(&self) -> Option<Value> {
+        match &self.program {
+            Program::Dag(steps) => Some(serde_json::from_str(steps).unwrap_or(Value::Null)),
+            _ => None,
         }
     }
 
@@ -222,7 +235,16 @@ impl Workflow {
     pub fn steps_text(&self) -> String {
         match &self.program {
             Program::Chain(_) => self.chain_view()["tasks"].to_string(),
-            Program::Steps(s) => s.clone(),
+            Program::Steps(s) | Program::Dag(s) => s.clone(),
+        }
+    }
+
+    /// Neuronest's `steps`: a DAG's as stored; a chain's tasks each
+    /// depending on the one before (best effort).
+    pub fn dag_steps(&self) -> Value {
+        match &self.program {
+            Program::Dag(steps) => serde_json::from_str(steps).unwrap_or_else(|_| json!([])),
+            _ => Value::Array(crate::dag::steps_of_chain(&self.chain_view())),
         }
     }
 
@@ -234,6 +256,11 @@ impl Workflow {
             }
             // Best effort: step strings as the chain they run as.
             Program::Steps(steps) => steps_chain(steps).unwrap_or_else(|_| json!({})),
+            // Best effort: a DAG's steps in order, chained by `default`.
+            Program::Dag(steps) => serde_json::from_str(steps)
+                .ok()
+                .and_then(|v| crate::dag::parse(&v).ok())
+                .map_or_else(|| json!({}), |s| crate::dag::chain_of_steps(&s)),
         };
         if let Value::Object(m) = &mut v {
             m.insert("id".into(), Value::String(self.key.clone()));

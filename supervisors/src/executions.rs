@@ -364,6 +364,18 @@ pub struct ChainRequest<'a> {
     pub label: RunLabel,
 }
 
+/// What a DAG workflow's run starts from: the workflow, its steps (as
+/// stored), the run's variables (a JSON object), who runs it, and how it
+/// is filed.
+pub struct DagRequest<'a> {
+    pub owner: Owner,
+    pub by: &'a str,
+    pub workflow: &'a warden_domain::workflow::Workflow,
+    pub steps: &'a serde_json::Value,
+    pub vars: &'a serde_json::Value,
+    pub label: RunLabel,
+}
+
 /// A chain run a caller waits on: the execution as it started, and its
 /// end to come (none when it ended at once).
 pub struct ChainRunning {
@@ -546,13 +558,42 @@ impl Executions {
         let w = warden_domain::workflow::by_key(&self.store, &child.owner.org_id, &child.chain)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("task chain {} not found", child.chain))?;
-        let definition = w.runnable()?;
         let label = RunLabel {
             key: Some(child.key.clone()),
             parent: Some(child.parent.clone()),
             ..RunLabel::chain()
         };
         let input = child.input.json();
+        if let Some(steps) = w.dag() {
+            let running = self
+                .begin_dag(DagRequest {
+                    owner: child.owner.clone(),
+                    by: &child.by,
+                    workflow: &w,
+                    steps: &steps,
+                    vars: &input,
+                    label,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let x = self.end_of(running).await.map_err(|e| e.to_string())?;
+            if x.status != ExecStatus::Completed {
+                return Err(x.error.as_ref().map_or_else(
+                    || format!("child workflow {} ended {}", child.chain, x.status.as_str()),
+                    |e| format!("child workflow {}: {}", child.chain, e.message),
+                ));
+            }
+            let result: serde_json::Value = x
+                .result
+                .as_deref()
+                .and_then(|r| serde_json::from_str(r).ok())
+                .unwrap_or_default();
+            return Ok((
+                warden_actors::execution::chain::Data::new("json", &result),
+                "ok".to_owned(),
+            ));
+        }
+        let definition = w.runnable()?;
         let running = self
             .begin_chain(ChainRequest {
                 owner: child.owner.clone(),
@@ -599,6 +640,45 @@ impl Executions {
         self.start(&x.id, false).await
     }
 
+    /// Starts a DAG workflow's run and answers at once (neuronest's
+    /// execute, vareon's trigger): the execution as it stands.
+    pub async fn start_dag(&self, run: DagRequest<'_>) -> Result<Execution, DomainError> {
+        let new = new_dag_run(&run)?;
+        let x = self.create(new, run.owner, run.by).await?;
+        self.start(&x.id, false).await
+    }
+
+    /// Starts a DAG workflow's run whose end a caller waits for (a `chain`
+    /// task's child); a run its key names already is the one answered.
+    pub async fn begin_dag(&self, run: DagRequest<'_>) -> Result<ChainRunning, DomainError> {
+        if let Some(key) = &run.label.key
+            && let Some(x) = self.resolve(&run.owner.org_id, key)?
+        {
+            let x = if x.status == ExecStatus::Pending {
+                self.start(&x.id, false).await?
+            } else {
+                x
+            };
+            return Ok(self.running(x));
+        }
+        let new = new_dag_run(&run)?;
+        let x = self.create(new, run.owner, run.by).await?;
+        let ended = self.waiters.register(&x.id);
+        match self.start(&x.id, false).await {
+            Ok(x) if !x.status.is_terminal() => Ok(ChainRunning {
+                execution: x,
+                ended: Some(ended),
+            }),
+            other => {
+                self.waiters.forget(&x.id);
+                other.map(|x| ChainRunning {
+                    execution: x,
+                    ended: None,
+                })
+            }
+        }
+    }
+
     /// Starts a run of a stored workflow (vareon's trigger, a schedule's
     /// fire) and records it as the workflow's latest: a program that does
     /// not read is a failed run saying why. With a `key` already used,
@@ -616,8 +696,19 @@ impl Executions {
         {
             return Ok(x);
         }
-        let started = match workflow.runnable() {
-            Ok(definition) => {
+        let started = match (workflow.dag(), workflow.runnable()) {
+            (Some(steps), _) => {
+                self.start_dag(DagRequest {
+                    owner: owner.clone(),
+                    by,
+                    workflow,
+                    steps: &steps,
+                    vars: input,
+                    label: label.clone(),
+                })
+                .await
+            }
+            (None, Ok(definition)) => {
                 self.start_chain(ChainRequest {
                     owner: owner.clone(),
                     by,
@@ -629,7 +720,7 @@ impl Executions {
                 })
                 .await
             }
-            Err(reason) => Err(DomainError::Invalid(vec![reason])),
+            (None, Err(reason)) => Err(DomainError::Invalid(vec![reason])),
         };
         let x = match started {
             Ok(x) => x,
@@ -747,6 +838,42 @@ fn chain_execution(chain_id: &str, label: RunLabel) -> NewExecution {
         extra: label.extra,
         ..Default::default()
     }
+}
+
+/// A DAG run's first version, once its steps read (every problem names
+/// its step) and its variables are an object.
+fn new_dag_run(request: &DagRequest<'_>) -> Result<NewExecution, DomainError> {
+    use warden_actors::execution::dag;
+    let steps = dag::parse(request.steps).map_err(DomainError::Invalid)?;
+    let vars = match request.vars {
+        serde_json::Value::Null => serde_json::json!({}),
+        v @ serde_json::Value::Object(_) => v.clone(),
+        _ => {
+            return Err(DomainError::Invalid(vec![
+                "the run's variables must be a JSON object".into(),
+            ]));
+        }
+    };
+    let w = request.workflow;
+    let label = request.label.clone();
+    Ok(NewExecution {
+        name: Some(format!("workflow {}", w.name)),
+        category: Some(label.category.into()),
+        kind: Some(label.kind.into()),
+        resource_type: Some("workflow".into()),
+        resource_id: Some(w.id.clone()),
+        execution_id: label.key,
+        parent_execution_id: label.parent,
+        extra: label.extra,
+        steps: dag::new_steps(&steps),
+        dag: Some(warden_actors::execution::DagPart {
+            workflow_id: w.id.clone(),
+            definition: request.steps.to_string(),
+            vars: vars.to_string(),
+            calls: Vec::new(),
+        }),
+        ..Default::default()
+    })
 }
 
 /// A chain run's first version, once the chain and its input are checked

@@ -29,7 +29,7 @@ pub use conversations::{
 };
 pub use deployments::{DeploymentKind, Deployments, logs_series};
 pub use executions::{
-    ChainRequest, ChainRunning, ExecutionKind, ExecutionStats, Executions, RunLabel,
+    ChainRequest, ChainRunning, DagRequest, ExecutionKind, ExecutionStats, Executions, RunLabel,
 };
 pub use kind::{Kind, KindRef};
 pub use llm::{BackendKind, DEFAULT_PROBE_INTERVAL, InFlight, Llm, LlmDefaults, LlmModelInput};

@@ -2,7 +2,7 @@
 //! goes through [`machine::apply`]; the new state is durable before the
 //! caller hears of it and before any effect (a command to a node) leaves.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -138,9 +138,10 @@ pub struct ExecState {
     children: Option<Arc<dyn Children>>,
     egress: Arc<crate::egress::Egress>,
     gateway: Option<Arc<dyn Gateway>>,
-    /// A chain task's call in flight: cancelled when the execution ends,
-    /// and when the actor goes (stopped or failed) with its state.
-    call: Option<InFlightCall>,
+    /// The calls in flight by task (a chain's one, a DAG's steps'): each
+    /// is aborted when the run no longer waits for it, and when the actor
+    /// goes (stopped or failed) with its state.
+    calls: HashMap<String, InFlightCall>,
 }
 
 /// A spawned call that is aborted when dropped.
@@ -320,31 +321,14 @@ impl ExecState {
                 duration_ns,
             }))
         };
-        let Some(part) = &self.exec.chain else {
-            return;
-        };
-        let definition: Value = serde_json::from_str(&part.definition).unwrap_or(Value::Null);
-        let Ok(parsed) = chain::parse(&part.chain_id, &definition) else {
-            let _ = myself.cast(result(Err("the chain no longer reads".into()), 0));
-            return;
-        };
-        let Some(task) = parsed.tasks.iter().find(|t| t.id == task_id).cloned() else {
-            return;
-        };
-        let mut run = part.run.clone();
-        let input = match (chain::Runner {
-            chain: &parsed,
-            run: &mut run,
-        })
-        .input()
-        {
-            Ok((i, _)) => i,
+        let (task, input, token_limit) = match self.task_for(&task_id) {
+            Ok(Some(t)) => t,
+            Ok(None) => return,
             Err(e) => {
                 let _ = myself.cast(result(Err(e), 0));
                 return;
             }
         };
-        self.call = None;
         let me = myself.clone();
         if task.handler == "hook" {
             let hook = super::hook_call::target(&task).and_then(|(name, _, _)| {
@@ -458,7 +442,7 @@ impl ExecState {
         type Read = Box<dyn Fn(&crate::conversation::Completion) -> chain::Outcome + Send + Sync>;
         let (messages, prompt, read): (Vec<Value>, chain::Prompt, Read) =
             if task.handler == "model_execution" {
-                match task.chat_request(&input, parsed.token_limit) {
+                match task.chat_request(&input, token_limit) {
                     Ok((history, prompt)) => {
                         let (t, h) = (task.clone(), history.clone());
                         let read: Read = Box::new(move |c| {
@@ -517,6 +501,37 @@ impl ExecState {
         });
     }
 
+    /// The task a call runs, its input and the chain's token limit: the
+    /// chain's current task, or a DAG step as its kind's task with its
+    /// input's templates filled. `None`: no such task (nothing to call).
+    fn task_for(&self, task_id: &str) -> Result<Option<(chain::Task, chain::Data, u64)>, String> {
+        if self.exec.dag.is_some() {
+            let steps = super::dag::steps_of(&self.exec);
+            let Some(step) = steps.iter().find(|s| s.id == task_id) else {
+                return Ok(None);
+            };
+            let input = super::dag::resolve(&step.input_data, &super::dag::scope(&self.exec))?;
+            let (task, input) = super::dag::task_of(step, &input)?;
+            return Ok(Some((task, input, 0)));
+        }
+        let Some(part) = &self.exec.chain else {
+            return Ok(None);
+        };
+        let definition: Value = serde_json::from_str(&part.definition).unwrap_or(Value::Null);
+        let parsed = chain::parse(&part.chain_id, &definition)
+            .map_err(|_| "the chain no longer reads".to_owned())?;
+        let Some(task) = parsed.tasks.iter().find(|t| t.id == task_id).cloned() else {
+            return Ok(None);
+        };
+        let mut run = part.run.clone();
+        let (input, _) = chain::Runner {
+            chain: &parsed,
+            run: &mut run,
+        }
+        .input()?;
+        Ok(Some((task, input, parsed.token_limit)))
+    }
+
     /// Runs a chain task's call off the actor, within `timeout` (else
     /// [`CHAIN_CALL_LIMIT`]); its outcome and duration come back as an
     /// `Event::ChainResult`. The call is aborted if the run ends first.
@@ -529,7 +544,8 @@ impl ExecState {
         work: impl Future<Output = chain::Outcome> + Send + 'static,
     ) {
         let limit = timeout.unwrap_or(CHAIN_CALL_LIMIT);
-        self.call = Some(InFlightCall(tokio::spawn(async move {
+        let key = task.clone();
+        let handle = InFlightCall(tokio::spawn(async move {
             let started = std::time::Instant::now();
             let outcome = match tokio::time::timeout(limit, work).await {
                 Ok(o) => o,
@@ -542,7 +558,8 @@ impl ExecState {
                 outcome,
                 duration_ns,
             })));
-        })));
+        }));
+        self.calls.insert(key, handle);
     }
 
     /// Arms a timer for the next deadline (one at a time; a stale timer
@@ -673,7 +690,7 @@ impl Actor for ExecutionActor {
             egress: args.egress,
             children: args.children,
             functions: args.functions,
-            call: None,
+            calls: HashMap::new(),
         })
     }
 
@@ -689,7 +706,7 @@ impl Actor for ExecutionActor {
             .into_iter()
             .map(|index| Effect::Send { index })
             .collect();
-        resend.extend(machine::pending_call(&state.exec));
+        resend.extend(machine::pending_calls(&state.exec));
         state.perform(&myself, resend).await;
         if machine::next_deadline(&state.exec).is_some() {
             let _ = myself.cast(ExecMsg::Tick);
@@ -740,9 +757,16 @@ async fn handle_message(
         ),
     };
     state.perform(&myself, effects).await;
-    if state.exec.status.is_terminal() {
-        state.call = None;
-    }
+    // Calls the run no longer waits for (it ended, the step failed or
+    // timed out) are aborted.
+    let waiting: Vec<String> = machine::pending_calls(&state.exec)
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Call { task, .. } => Some(task),
+            _ => None,
+        })
+        .collect();
+    state.calls.retain(|task, _| waiting.contains(task));
     state.arm(&myself);
     // Finished: nothing left to wait for, so the actor passivates (a late
     // reply or a client's request activates it again).

@@ -528,7 +528,7 @@ fn kv_value(v: &str) -> Value {
 }
 
 /// The pure handlers.
-fn pure(handler: &str, input: &Data) -> Outcome {
+pub fn pure(handler: &str, input: &Data) -> Outcome {
     match handler {
         "noop" => Ok((input.clone(), "noop".into())),
         "raise_error" => Err(input.text()),

@@ -20,8 +20,8 @@
 
 use warden_storage::Millis;
 
-use super::chain;
 use super::record::{ExecError, ExecStatus, Execution, Step, StepStatus};
+use super::{chain, dag};
 
 /// Whether a node's reply acknowledges or completes a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +178,12 @@ pub fn apply(x: &mut Execution, event: Event, now: Millis) -> Result<Vec<Effect>
             task,
             attempt,
             outcome,
+            ..
+        } if x.dag.is_some() => on_step_result(x, &task, attempt, outcome, now, &mut effects),
+        Event::ChainResult {
+            task,
+            attempt,
+            outcome,
             duration_ns,
         } => {
             let Some(part) = x.chain.as_mut() else {
@@ -210,6 +216,7 @@ pub fn apply(x: &mut Execution, event: Event, now: Millis) -> Result<Vec<Effect>
     }
     advance(x, now, &mut effects);
     x.progress = progress(x);
+    forget_calls(x);
     Ok(effects)
 }
 
@@ -253,6 +260,9 @@ fn step_deadline(s: &Step) -> Option<Millis> {
 fn begin(x: &mut Execution, now: Millis) {
     if x.started_at.is_some() {
         reset_chain(x);
+    }
+    if let Some(part) = x.dag.as_mut() {
+        part.calls.clear();
     }
     x.status = ExecStatus::Running;
     x.started_at = Some(now);
@@ -418,6 +428,39 @@ fn on_tick(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
     }
 }
 
+/// The pending steps whose dependencies are all satisfied.
+fn ready(x: &Execution) -> Vec<usize> {
+    (0..x.steps.len())
+        .filter(|&i| {
+            let s = &x.steps[i];
+            s.status == StepStatus::Pending
+                && s.depends_on.iter().all(|d| {
+                    x.steps
+                        .iter()
+                        .find(|o| o.index == *d)
+                        .is_some_and(|o| o.status.satisfies())
+                })
+        })
+        .collect()
+}
+
+/// Marks a step's new attempt started.
+fn start_step(step: &mut Step, now: Millis) {
+    step.status = StepStatus::Running;
+    step.started_at = Some(now);
+    step.completed_at = None;
+    step.attempts += 1;
+    step.error = None;
+    step.result = None;
+}
+
+fn complete_step(step: &mut Step, result: Option<String>, now: Millis) {
+    step.status = StepStatus::Completed;
+    step.progress = 100;
+    step.result = result;
+    step.completed_at = Some(now);
+}
+
 /// Starts every step that may start; completes the execution when every
 /// step is done.
 fn advance(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
@@ -428,39 +471,26 @@ fn advance(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
         advance_chain(x, now, effects);
         return;
     }
+    if x.dag.is_some() {
+        advance_dag(x, now, effects);
+        return;
+    }
     loop {
-        let ready: Vec<usize> = (0..x.steps.len())
-            .filter(|&i| {
-                let s = &x.steps[i];
-                s.status == StepStatus::Pending
-                    && s.depends_on.iter().all(|d| {
-                        x.steps
-                            .iter()
-                            .find(|o| o.index == *d)
-                            .is_some_and(|o| o.status.satisfies())
-                    })
-            })
-            .collect();
+        let ready = ready(x);
         if ready.is_empty() {
             break;
         }
         for i in ready {
             let exec_id = x.id.clone();
             let step = &mut x.steps[i];
-            step.status = StepStatus::Running;
-            step.started_at = Some(now);
-            step.attempts += 1;
-            step.error = None;
-            step.result = None;
+            start_step(step, now);
             if step.command.is_some() {
                 let id = command_id(&exec_id, step.index, step.attempts);
                 step.sent_message_id = Some(id.clone());
                 effects.push(Effect::Send { index: step.index });
                 x.sent_message_ids.push(id);
             } else {
-                step.status = StepStatus::Completed;
-                step.progress = 100;
-                step.completed_at = Some(now);
+                complete_step(step, None, now);
             }
         }
     }
@@ -479,6 +509,129 @@ fn advance(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
         x.result = Some(serde_json::json!({ "steps": results }).to_string());
         finish(x, ExecStatus::Completed, None, now);
     }
+}
+
+/// Runs a DAG workflow's ready steps (`dag`): each resolves its input's
+/// templates (an unresolved one fails the step), then a pure kind runs
+/// here and any other is recorded as a call (`dag.calls`) and asked for
+/// as an effect; independent steps are called at once.
+fn advance_dag(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
+    let defs = dag::steps_of(x);
+    if defs.len() != x.steps.len() {
+        let e = ExecError::new("PROGRAM_INVALID", "the workflow's steps no longer read");
+        finish(x, ExecStatus::Failed, Some(e), now);
+        return;
+    }
+    loop {
+        let ready = ready(x);
+        if ready.is_empty() {
+            break;
+        }
+        for i in ready {
+            if x.status != ExecStatus::Running {
+                return;
+            }
+            let def = &defs[i];
+            start_step(&mut x.steps[i], now);
+            let prepared = dag::resolve(&def.input_data, &dag::scope(x))
+                .and_then(|input| dag::task_of(def, &input));
+            let (task, input) = match prepared {
+                Ok(t) => t,
+                Err(e) => {
+                    let e = ExecError::new("STEP_FAILED", format!("step {}: {e}", def.id));
+                    step_failed(x, i, e, ExecStatus::Failed, now, effects);
+                    continue;
+                }
+            };
+            if chain::PURE.contains(&task.handler.as_str()) {
+                match chain::pure(&task.handler, &input) {
+                    Ok((out, _)) => {
+                        let result = dag::result_of(&def.task_type, &out).to_string();
+                        complete_step(&mut x.steps[i], Some(result), now);
+                    }
+                    Err(e) => {
+                        let e = ExecError::new("STEP_FAILED", format!("step {}: {e}", def.id));
+                        step_failed(x, i, e, ExecStatus::Failed, now, effects);
+                    }
+                }
+                continue;
+            }
+            let attempt = x.steps[i].attempts;
+            if let Some(part) = x.dag.as_mut() {
+                part.calls.push(super::record::PendingCall {
+                    task: def.id.clone(),
+                    attempt,
+                    started_at: now,
+                    resumed: false,
+                });
+            }
+            effects.push(Effect::Call {
+                task: def.id.clone(),
+                attempt,
+            });
+        }
+    }
+    if x.status == ExecStatus::Running && x.steps.iter().all(|s| s.status.satisfies()) {
+        x.result = Some(dag::run_result(x).to_string());
+        finish(x, ExecStatus::Completed, None, now);
+    }
+}
+
+/// A DAG step's call answered: its result completes it; a failure runs
+/// it again while it has retries left (a new attempt), else fails it.
+fn on_step_result(
+    x: &mut Execution,
+    task: &str,
+    attempt: u32,
+    outcome: chain::Outcome,
+    now: Millis,
+    effects: &mut Vec<Effect>,
+) {
+    let expected = x.dag.as_ref().is_some_and(|p| {
+        p.calls
+            .iter()
+            .any(|c| c.task == task && c.attempt == attempt)
+    });
+    if x.status != ExecStatus::Running || !expected {
+        return; // late: a cancelled run, or an attempt made again
+    }
+    let defs = dag::steps_of(x);
+    let Some(i) = defs.iter().position(|d| d.id == task) else {
+        return;
+    };
+    if x.steps[i].status != StepStatus::Running || x.steps[i].attempts != attempt {
+        return;
+    }
+    match outcome {
+        Ok((out, _)) => {
+            let result = dag::result_of(&defs[i].task_type, &out).to_string();
+            complete_step(&mut x.steps[i], Some(result), now);
+        }
+        Err(e) if x.steps[i].attempts <= defs[i].retries => {
+            let step = &mut x.steps[i];
+            step.status = StepStatus::Pending;
+            step.error = Some(ExecError::new("STEP_FAILED", format!("step {task}: {e}")));
+        }
+        Err(e) => {
+            let e = ExecError::new("STEP_FAILED", format!("step {task}: {e}"));
+            step_failed(x, i, e, ExecStatus::Failed, now, effects);
+        }
+    }
+}
+
+/// Drops the recorded calls of DAG steps no longer waiting for them (the
+/// step ended, failed, or the run did): their answers change nothing.
+fn forget_calls(x: &mut Execution) {
+    let Some(part) = x.dag.as_mut() else {
+        return;
+    };
+    let defs: Vec<serde_json::Value> = serde_json::from_str(&part.definition).unwrap_or_default();
+    part.calls.retain(|c| {
+        defs.iter()
+            .position(|d| d["id"] == c.task.as_str())
+            .and_then(|i| x.steps.get(i))
+            .is_some_and(|s| s.status == StepStatus::Running && s.attempts == c.attempt)
+    });
 }
 
 /// Runs a chain execution (`chain::Runner`) until it ends or a task
@@ -550,16 +703,22 @@ fn advance_chain(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
     }
 }
 
-/// The chain call a restarted actor makes again.
-pub fn pending_call(x: &Execution) -> Option<Effect> {
+/// The calls a restarted actor makes again: the chain's pending call, or
+/// every DAG step's in flight.
+pub fn pending_calls(x: &Execution) -> Vec<Effect> {
     if x.status != ExecStatus::Running {
-        return None;
+        return Vec::new();
     }
-    let c = x.chain.as_ref()?.call.as_ref()?;
-    Some(Effect::Call {
-        task: c.task.clone(),
-        attempt: c.attempt,
-    })
+    let chain = x.chain.as_ref().and_then(|c| c.call.as_ref());
+    let dag = x.dag.iter().flat_map(|d| d.calls.iter());
+    chain
+        .into_iter()
+        .chain(dag)
+        .map(|c| Effect::Call {
+            task: c.task.clone(),
+            attempt: c.attempt,
+        })
+        .collect()
 }
 
 /// A chain execution starts its run again from its first task.
@@ -664,7 +823,140 @@ mod tests {
             owner: Default::default(),
             audit: Default::default(),
             chain: None,
+            dag: None,
         }
+    }
+
+    /// A DAG workflow's run as the executions service makes it.
+    fn dag_run(steps: serde_json::Value, vars: serde_json::Value) -> Execution {
+        let defs = dag::parse(&steps).unwrap();
+        let new = crate::execution::NewExecution {
+            name: Some("w".into()),
+            category: Some("orchestration".into()),
+            kind: Some("workflow".into()),
+            steps: dag::new_steps(&defs),
+            dag: Some(crate::execution::DagPart {
+                workflow_id: "w".into(),
+                definition: steps.to_string(),
+                vars: vars.to_string(),
+                calls: vec![],
+            }),
+            ..Default::default()
+        };
+        crate::execution::create(new, Default::default(), "u").unwrap()
+    }
+
+    fn calls(effects: &[Effect]) -> Vec<(String, u32)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Call { task, attempt } => Some((task.clone(), *attempt)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn answer(task: &str, attempt: u32, outcome: chain::Outcome) -> Event {
+        Event::ChainResult {
+            task: task.into(),
+            attempt,
+            outcome,
+            duration_ns: 1,
+        }
+    }
+
+    fn text(s: &str) -> chain::Outcome {
+        Ok((
+            chain::Data::new("string", &serde_json::json!(s)),
+            "ok".into(),
+        ))
+    }
+
+    #[test]
+    fn a_dag_workflow_fans_out_and_in_with_templates() {
+        use serde_json::json;
+        let hook = json!({"name": "h", "tool_name": "t"});
+        let mut x = dag_run(
+            json!([
+                {"id": "A", "task_type": "hook", "hook": hook, "input_data": {"q": "${topic}"}},
+                {"id": "B", "task_type": "hook", "hook": hook, "retry_on_failure": 1},
+                {"id": "E", "task_type": "echo", "input_data": {"t": "${topic}"}},
+                {"id": "C", "task_type": "echo", "depends_on": ["A", "B", "E"],
+                 "input_data": {"both": "${A.result} and ${B.result}", "e": "${E.result.t}"}}
+            ]),
+            json!({"topic": "owls"}),
+        );
+        let e = apply(&mut x, Event::Start { force: false }, 1).unwrap();
+        // A and B are called at once; E (pure) is done already.
+        assert_eq!(calls(&e), [("A".to_owned(), 1), ("B".to_owned(), 1)]);
+        assert_eq!(x.steps[2].status, StepStatus::Completed);
+        assert_eq!(x.dag.as_ref().unwrap().calls.len(), 2);
+        assert_eq!(pending_calls(&x).len(), 2);
+        // B fails once: it is called again (attempt 2).
+        let e = apply(&mut x, answer("B", 1, Err("500".into())), 2).unwrap();
+        assert_eq!(calls(&e), [("B".to_owned(), 2)]);
+        // A stale answer of attempt 1 changes nothing.
+        apply(&mut x, answer("B", 1, text("stale")), 3).unwrap();
+        assert_eq!(x.steps[1].status, StepStatus::Running);
+        apply(&mut x, answer("A", 1, text("alpha")), 4).unwrap();
+        apply(&mut x, answer("B", 2, text("beta")), 5).unwrap();
+        assert_eq!(x.status, ExecStatus::Completed);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(x.result.as_deref().unwrap()).unwrap(),
+            json!({"both": "alpha and beta", "e": "owls"})
+        );
+        assert!(x.dag.as_ref().unwrap().calls.is_empty());
+        assert_eq!(x.progress, 100);
+    }
+
+    #[test]
+    fn a_dag_step_fails_on_an_unresolved_template_and_cancels_its_siblings() {
+        use serde_json::json;
+        let hook = json!({"name": "h", "tool_name": "t"});
+        let mut x = dag_run(
+            json!([
+                {"id": "A", "task_type": "hook", "hook": hook},
+                {"id": "C", "task_type": "echo", "input_data": {"x": "${nope}"}}
+            ]),
+            json!({}),
+        );
+        apply(&mut x, Event::Start { force: false }, 1).unwrap();
+        assert_eq!(x.status, ExecStatus::Failed);
+        let error = x.error.clone().unwrap();
+        assert_eq!(error.message, "step C: unresolved ${nope}");
+        assert_eq!(error.step_index, Some(1));
+        // A's call is no longer waited for.
+        assert!(x.dag.as_ref().unwrap().calls.is_empty());
+        assert!(pending_calls(&x).is_empty());
+
+        let mut x = dag_run(
+            json!([{"id": "A", "task_type": "research"}, {"id": "B", "task_type": "hook", "hook": hook, "optional": true}]),
+            json!({}),
+        );
+        apply(&mut x, Event::Start { force: false }, 1).unwrap();
+        assert_eq!(
+            x.error.unwrap().message,
+            "step A: unsupported task_type research"
+        );
+        // An optional step's failure skips it.
+        let mut x = dag_run(
+            json!([{"id": "B", "task_type": "hook", "hook": hook, "optional": true},
+                   {"id": "C", "task_type": "noop", "depends_on": ["B"]}]),
+            json!({}),
+        );
+        apply(&mut x, Event::Start { force: false }, 1).unwrap();
+        apply(&mut x, answer("B", 1, Err("down".into())), 2).unwrap();
+        assert_eq!(x.steps[0].status, StepStatus::Skipped);
+        assert_eq!(x.status, ExecStatus::Completed);
+        // Cancel forgets the calls in flight.
+        let mut x = dag_run(
+            json!([{"id": "A", "task_type": "hook", "hook": hook}]),
+            json!({}),
+        );
+        apply(&mut x, Event::Start { force: false }, 1).unwrap();
+        apply(&mut x, Event::Cancel { reason: None }, 2).unwrap();
+        assert_eq!(x.status, ExecStatus::Cancelled);
+        assert!(x.dag.as_ref().unwrap().calls.is_empty());
     }
 
     fn sent(x: &Execution, i: usize) -> String {

@@ -5,6 +5,7 @@
 
 mod actor;
 pub mod chain;
+pub mod dag;
 mod hook_call;
 pub mod machine;
 mod record;
@@ -14,8 +15,8 @@ pub use actor::{
     ExecutionListener, FunctionCall, Functions, error_of,
 };
 pub use record::{
-    BY_REQUEST, CATEGORY_CREATED, ChainPart, ExecError, ExecStatus, Execution, PendingCall,
-    REQUESTS, STATUS_CREATED, Step, StepCommand, StepStatus, value_scope,
+    BY_REQUEST, CATEGORY_CREATED, ChainPart, DagPart, ExecError, ExecStatus, Execution,
+    PendingCall, REQUESTS, STATUS_CREATED, Step, StepCommand, StepStatus, value_scope,
 };
 
 use warden_domain::rules::{Checks, MAX_SHORT};
@@ -59,6 +60,8 @@ pub struct NewExecution {
     pub extra: String,
     /// A chain to run instead of steps (contenox `/tasks`).
     pub chain: Option<ChainPart>,
+    /// A DAG workflow whose steps these are (neuronest, vareon).
+    pub dag: Option<DagPart>,
 }
 
 /// Re-indexes the execution records once when their indexes changed.
@@ -169,6 +172,7 @@ pub fn create(new: NewExecution, owner: Owner, by: &str) -> Result<Execution, Do
         owner,
         audit: Audit::new(by),
         chain: new.chain,
+        dag: new.dag,
     })
 }
 

@@ -173,6 +173,45 @@ pub struct ExecutionV1 {
     pub audit: Audit,
 }
 
+/// [`Execution`]'s second layout (chains, before DAG workflows).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExecutionV2 {
+    pub id: String,
+    pub execution_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub category: String,
+    /// AIWM's `type` (`deploy-model`, ...).
+    pub kind: String,
+    pub status: ExecStatus,
+    pub progress: u32,
+    pub parent_execution_id: Option<String>,
+    pub child_execution_ids: Vec<String>,
+    pub steps: Vec<Step>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub node_id: Option<String>,
+    pub involved_node_ids: Vec<String>,
+    pub started_at: Option<Millis>,
+    pub completed_at: Option<Millis>,
+    pub timeout_seconds: u64,
+    pub timeout_at: Option<Millis>,
+    /// JSON text.
+    pub result: Option<String>,
+    pub error: Option<ExecError>,
+    pub sent_message_ids: Vec<String>,
+    pub received_message_ids: Vec<String>,
+    pub retry_count: u32,
+    pub max_retries: u32,
+    pub retry_attempts: Vec<Millis>,
+    pub extra: String,
+    pub owner: Owner,
+    pub audit: Audit,
+    /// Set when the execution runs a contenox chain (layout 2): its
+    /// program is the chain, not the steps.
+    pub chain: Option<ChainPart>,
+}
+
 /// A multi-step piece of work (AIWM §6). Written only by its
 /// `ExecutionActor` once it exists.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -211,6 +250,9 @@ pub struct Execution {
     /// Set when the execution runs a contenox chain (layout 2): its
     /// program is the chain, not the steps.
     pub chain: Option<ChainPart>,
+    /// Set when the execution runs a DAG workflow (layout 3): its steps
+    /// are the workflow's, each a call of a step kind.
+    pub dag: Option<DagPart>,
 }
 
 /// A chain an execution runs, and where the run stands.
@@ -238,11 +280,27 @@ pub struct PendingCall {
     pub resumed: bool,
 }
 
-impl warden_storage::Versioned for Execution {
+/// A DAG workflow an execution runs (WORKFLOWS.md §1): the step
+/// definitions as the run started with them, the run's variables, and
+/// the calls in flight. Step `i` of the execution is definition `i`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DagPart {
+    /// The workflow's id (empty for a one-off run).
+    pub workflow_id: String,
+    /// The steps (a JSON array's text).
+    pub definition: String,
+    /// The run's variables: its input (a JSON object's text).
+    pub vars: String,
+    /// The steps' calls in flight, each recorded before it is made, so a
+    /// restart makes it again under the same attempt.
+    pub calls: Vec<PendingCall>,
+}
+
+impl warden_storage::Versioned for ExecutionV2 {
     const VERSION: u32 = 2;
     type Previous = ExecutionV1;
     fn upgrade(v: ExecutionV1) -> Self {
-        Execution {
+        ExecutionV2 {
             id: v.id,
             execution_id: v.execution_id,
             name: v.name,
@@ -273,6 +331,46 @@ impl warden_storage::Versioned for Execution {
             owner: v.owner,
             audit: v.audit,
             chain: None,
+        }
+    }
+}
+
+impl warden_storage::Versioned for Execution {
+    const VERSION: u32 = 3;
+    type Previous = ExecutionV2;
+    fn upgrade(v: ExecutionV2) -> Self {
+        Execution {
+            id: v.id,
+            execution_id: v.execution_id,
+            name: v.name,
+            description: v.description,
+            category: v.category,
+            kind: v.kind,
+            status: v.status,
+            progress: v.progress,
+            parent_execution_id: v.parent_execution_id,
+            child_execution_ids: v.child_execution_ids,
+            steps: v.steps,
+            resource_type: v.resource_type,
+            resource_id: v.resource_id,
+            node_id: v.node_id,
+            involved_node_ids: v.involved_node_ids,
+            started_at: v.started_at,
+            completed_at: v.completed_at,
+            timeout_seconds: v.timeout_seconds,
+            timeout_at: v.timeout_at,
+            result: v.result,
+            error: v.error,
+            sent_message_ids: v.sent_message_ids,
+            received_message_ids: v.received_message_ids,
+            retry_count: v.retry_count,
+            max_retries: v.max_retries,
+            retry_attempts: v.retry_attempts,
+            extra: v.extra,
+            owner: v.owner,
+            audit: v.audit,
+            chain: v.chain,
+            dag: None,
         }
     }
 }

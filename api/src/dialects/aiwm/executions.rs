@@ -273,6 +273,7 @@ async fn create(
         max_retries: max_retries.map(|m| u32::try_from(m).unwrap_or(u32::MAX)),
         extra,
         chain: None,
+        dag: None,
     };
     let x = state
         .runtime

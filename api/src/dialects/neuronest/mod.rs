@@ -5,6 +5,7 @@
 
 mod agents;
 mod tasks;
+mod workflows;
 
 use axum::Json;
 use axum::extract::State;
@@ -214,6 +215,7 @@ pub(crate) fn routes() -> Api {
     let tag = "neuronest: auth";
     agents::routes()
         .merge(tasks::routes())
+        .merge(workflows::routes())
         .public_post("/api/auth/register", tag, "Register and log in", register)
         .public_post(
             "/api/auth/login",

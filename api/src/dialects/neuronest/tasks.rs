@@ -4,15 +4,16 @@
 //! `created` at once and runs in the background: `text_generation` asks
 //! the LLM (the agent's configured model, else the task model) with
 //! `input_data.prompt` (result `{text}`);
-//! `noop` and `echo` give back `input_data`; a contenox handler name runs
-//! that handler on the prompt (or `input_data`). Any other `task_type`
-//! is a failed task saying so.
+//! `noop` and `echo` give back `input_data`; `hook`, `function` and
+//! `chain` call the target named in the body's field of that name; a
+//! contenox handler name runs that handler on the prompt (or
+//! `input_data`). Any other `task_type` is a failed task saying so.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
-use warden_actors::execution::{CATEGORY_CREATED, ExecStatus, Execution, chain, value_scope};
+use warden_actors::execution::{CATEGORY_CREATED, ExecStatus, Execution, dag, value_scope};
 use warden_identity::Principal;
 use warden_supervisors::{ChainRequest, RunLabel};
 
@@ -30,11 +31,13 @@ type Result<T> = std::result::Result<T, ApiError<Neuronest>>;
 const CATEGORY: &str = "orchestration";
 const KIND: &str = "neuronest-task";
 
-fn label(extra: &Value) -> RunLabel {
+/// How neuronest's runs are filed (its tasks are executions of this
+/// category, whatever `kind` started them).
+pub(super) fn label(kind: &'static str) -> RunLabel {
     RunLabel {
         category: CATEGORY,
-        kind: KIND,
-        extra: extra.to_string(),
+        kind,
+        extra: String::new(),
         key: None,
         parent: None,
     }
@@ -50,14 +53,21 @@ fn status(x: &Execution) -> &'static str {
     }
 }
 
-fn view(x: &Execution) -> Value {
+/// A run as a neuronest task: a one-step task's output (`{text}` for
+/// `text_generation`), a workflow run's result (a chain's output, a
+/// DAG's last step's result).
+pub(super) fn view(x: &Execution) -> Value {
     let fields: Value = serde_json::from_str(&x.extra).unwrap_or_else(|_| json!({}));
     let output = x.chain.as_ref().map(|c| &c.run.output);
     let result = match (x.status, output) {
-        (ExecStatus::Completed, Some(out)) if fields["task_type"] == "text_generation" => {
-            json!({"text": out.text()})
+        (ExecStatus::Completed, Some(out)) => {
+            dag::result_of(fields["task_type"].as_str().unwrap_or_default(), out)
         }
-        (ExecStatus::Completed, Some(out)) => out.json(),
+        (ExecStatus::Completed, None) => x
+            .result
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok())
+            .unwrap_or(Value::Null),
         _ => Value::Null,
     };
     json!({
@@ -77,32 +87,17 @@ fn view(x: &Execution) -> Value {
     })
 }
 
-/// The one-task chain a task type runs, and its input; an LLM task takes
-/// the agent's configured model and temperature (`execute_config`).
+/// The one-task chain a task type runs, and its input (the kinds of
+/// workflow steps, with their own fields: `hook`, `function`, `chain`);
+/// an LLM task takes the agent's configured model and temperature
+/// (`execute_config`).
 fn program(
     task_type: &str,
     input_data: &Value,
-    execute_config: &Value,
+    extra: &Map<String, Value>,
 ) -> std::result::Result<(Value, &'static str, Value), String> {
-    let prompt = match &input_data["prompt"] {
-        Value::String(s) => Value::String(s.clone()),
-        _ => Value::String(input_data.to_string()),
-    };
-    let handler = match task_type {
-        "text_generation" => "raw_string",
-        "noop" | "echo" => "noop",
-        h if chain::PURE.contains(&h) || chain::PROMPTED.contains(&h) => h,
-        other => return Err(format!("unsupported task_type {other}")),
-    };
-    let (kind, input) = if chain::PROMPTED.contains(&handler) {
-        ("string", prompt)
-    } else {
-        ("json", input_data.clone())
-    };
-    let definition = json!({"tasks": [{"id": "task", "handler": handler,
-        "execute_config": execute_config,
-        "transition": {"branches": [{"operator": "default", "goto": "end"}]}}]});
-    Ok((definition, kind, input))
+    let (task, kind, input) = dag::step_task(task_type, input_data, extra)?;
+    Ok((json!({ "tasks": [task] }), kind, input))
 }
 
 async fn create(
@@ -168,7 +163,12 @@ async fn create(
     let fields = json!({"task_type": task_type, "input_data": input_data, "context": context,
         "tools": tools, "memory_id": memory_id, "agent_id": agent_id});
     let executions = &state.runtime.executions;
-    let x = match program(&task_type, &input_data, &execute_config) {
+    let mut extra: Map<String, Value> = ["hook", "function", "chain"]
+        .into_iter()
+        .filter_map(|k| Some((k.to_owned(), body.get(k)?.clone())))
+        .collect();
+    extra.insert("execute_config".into(), execute_config);
+    let x = match program(&task_type, &input_data, &extra) {
         Ok((definition, kind, input)) => {
             executions
                 .start_chain(ChainRequest {
@@ -178,13 +178,25 @@ async fn create(
                     definition: &definition,
                     input_type: kind,
                     input: &input,
-                    label: label(&fields),
+                    label: RunLabel {
+                        extra: fields.to_string(),
+                        ..label(KIND)
+                    },
                 })
                 .await?
         }
         Err(reason) => {
             executions
-                .failed_run(p.owner(), &p.user_id, &task_type, &reason, label(&fields))
+                .failed_run(
+                    p.owner(),
+                    &p.user_id,
+                    &task_type,
+                    &reason,
+                    RunLabel {
+                        extra: fields.to_string(),
+                        ..label(KIND)
+                    },
+                )
                 .await?
         }
     };

@@ -11,7 +11,7 @@ mod schedules;
 mod telemetry;
 mod training;
 mod users;
-mod workflows;
+pub(crate) mod workflows;
 
 use axum::Json;
 use axum::http::StatusCode;

@@ -52,7 +52,7 @@ fn view(state: &AppState, w: &Workflow, status_override: Option<&str>) -> Value 
 }
 
 /// A workflow of the caller's organisation by its id (or a chain's key).
-fn find(state: &AppState, p: &Principal, id: &str) -> VareonResult<Workflow> {
+pub(crate) fn find(state: &AppState, p: &Principal, id: &str) -> VareonResult<Workflow> {
     match warden_domain::find_in_org(&state.store, &p.org_id, id, "", "Workflow") {
         Ok(w) => Ok(w),
         Err(warden_domain::DomainError::NotFound { .. }) => {
@@ -92,12 +92,14 @@ async fn create(
     let input = read(body, true)?;
     let steps = input.steps.unwrap_or_else(|| "[]".into());
     let mut w = Workflow::new(
-        warden_storage::new_uuid(),
+        String::new(),
         input.description.unwrap_or_default(),
         workflow::program_of_steps(&steps),
         p.owner(),
         &p.user_id,
     );
+    // Its id is its key: contenox finds it as the chain of that id.
+    w.key.clone_from(&w.id);
     w.name = input.name.unwrap_or_default();
     w.status = input.status.unwrap_or_default();
     let w = catalog::create(&state.store, w).await?;
