@@ -260,10 +260,6 @@ async fn chains_run_through_tasks_and_show_as_executions() {
             "not a valid int",
         ),
         (
-            json!({"chain": {"id": "e", "tasks": [{"id": "a", "handler": "execute_tool_calls"}]}, "input": "x"}),
-            "needs tool calls",
-        ),
-        (
             json!({"chain": {"id": "e", "tasks": [{"id": "a", "handler": "embedding",
                 "execute_config": {"models": ["m1", "m2"]}}]}, "input": "x"}),
             "at most one model",
@@ -1587,4 +1583,144 @@ async fn a_chain_task_runs_a_stored_chain_as_a_child() {
     })
     .await;
     s.stop().await;
+}
+
+/// WORKFLOWS.md §2: a model execution offers the tools of the hooks it
+/// names (and the client's, when passed), the model calls one, and an
+/// `execute_tool_calls` task makes the call against the hook and hands
+/// the answer back to the model, which then answers.
+#[tokio::test]
+async fn a_model_calls_a_hook_tool_through_execute_tool_calls() {
+    let (s, t, fake) = with_llm("tool-user").await;
+    let tools = Tools {
+        calls: Default::default(),
+        failures: Default::default(),
+    };
+    let url = tool_server(tools.clone()).await;
+    let r = s
+        .post(
+            "/hooks/remote",
+            &t,
+            json!({"name": "tickets", "endpointUrl": url, "timeoutMs": 3000}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let chain = json!({"id": "agent", "tasks": [
+        {"id": "ask", "handler": "model_execution",
+         "execute_config": {"model": "mistral:instruct", "hooks": ["tickets"],
+                            "pass_clients_tools": true, "hide_tools": ["secret"]},
+         "transition": {"branches": [
+             {"operator": "equals", "when": "tool-call", "goto": "run"},
+             {"operator": "default", "goto": "end"}]}},
+        {"id": "run", "handler": "execute_tool_calls",
+         "transition": {"branches": [{"operator": "equals", "when": "tools_executed", "goto": "ask"},
+                                     {"operator": "default", "goto": "end"}]}}]});
+    let client_tool = |name: &str| json!({"type": "function", "function": {"name": name, "parameters": {"type": "object"}}});
+    let input = json!({"model": "mistral:instruct",
+        "messages": [{"role": "user", "content": "file it"}],
+        "tools": [client_tool("lookup"), client_tool("secret")]});
+    let r = s
+        .post(
+            "/tasks",
+            &t,
+            json!({"chain": chain, "input": input, "inputType": "openai_chat"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let transitions: Vec<&str> = r.body["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["transition"].as_str().unwrap())
+        .collect();
+    // The model called the client's own tool: not a hook's, so it is left
+    // to the client, which gets the history ending in the call.
+    assert_eq!(transitions, ["tool-call", "no_calls_found"]);
+    let messages = r.body["output"]["messages"].as_array().unwrap().clone();
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant"]);
+    assert_eq!(messages[1]["tool_calls"][0]["function"]["name"], "lookup");
+
+    // What the model was offered: the client's tools less the hidden one,
+    // then the hook's operations with their parameters.
+    let bodies = fake.bodies.lock().unwrap().clone();
+    let offered = &bodies.last().expect("the model was asked")["tools"];
+    let names: Vec<&str> = offered
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names[0], "lookup", "{names:?}");
+    assert!(
+        names.contains(&"tickets.comment")
+            && names.contains(&"tickets.slow")
+            && !names.contains(&"secret"),
+        "{names:?}"
+    );
+    let comment = offered
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["function"]["name"] == "tickets.comment")
+        .unwrap();
+    let params = &comment["function"]["parameters"];
+    assert!(
+        params["properties"]["id"].is_object() && params["properties"]["notify"].is_object(),
+        "{params}"
+    );
+    assert_eq!(params["required"], json!(["id"]));
+    assert!(tools.calls.lock().unwrap().is_empty(), "no hook called yet");
+
+    // Without the client's tools the model calls the hook's tool.
+    let mut chain = chain;
+    chain["tasks"][0]["execute_config"]["pass_clients_tools"] = json!(false);
+    chain["tasks"][0]["execute_config"]["hooks"] = json!("tickets");
+    let r = s
+        .post(
+            "/tasks",
+            &t,
+            json!({"chain": chain, "input": input, "inputType": "openai_chat"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let messages = r.body["output"]["messages"].as_array().unwrap().clone();
+    let calls = tools.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "the model's call was made once");
+    let (path, headers, body) = &calls[0];
+    assert_eq!(path, "/tickets/7/comment");
+    assert_eq!(body, &json!({"note": "hi"}));
+    let answer: Value = serde_json::from_str(messages[2]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(answer["ticket"], "7");
+    assert!(
+        headers["idempotency-key"]
+            .to_str()
+            .unwrap()
+            .ends_with(":call_1"),
+        "{headers:?}"
+    );
+    assert_eq!(messages[2]["role"], "tool");
+    assert_eq!(messages[3]["content"], "hello from a");
+
+    // A hook that is not registered: the run fails saying so.
+    chain["tasks"][0]["execute_config"]["hooks"] = json!(["nobody"]);
+    let r = s
+        .post(
+            "/tasks",
+            &t,
+            json!({"chain": chain, "input": input, "inputType": "openai_chat"}),
+        )
+        .await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("hook nobody is not registered"),
+        "{}",
+        r.body
+    );
 }

@@ -149,6 +149,9 @@ impl Llm {
         if let Some(t) = ask.max_tokens {
             body["max_tokens"] = json!(t);
         }
+        if !ask.tools.is_empty() {
+            body["tools"] = Value::Array(ask.tools);
+        }
         let mut req = chat::check_chat(body.as_object().cloned().unwrap_or_default(), &ask.model)
             .map_err(DomainError::Invalid)?;
         if let Some((model, _)) = llm.choose(

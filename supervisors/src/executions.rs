@@ -464,9 +464,7 @@ impl Executions {
     /// Runs a contenox chain (its definition as sent) on an input as a
     /// new execution and answers it once it ended (or after
     /// [`CHAIN_WAIT`], as it stands). The chain is checked first (every
-    /// problem names its task), and so is its input's type; a chain with
-    /// a task that executes tool calls is refused, as runs cannot make
-    /// those yet.
+    /// problem names its task), and so is its input's type.
     pub async fn run_chain(&self, run: ChainRequest<'_>) -> Result<Execution, DomainError> {
         let running = self.begin_chain(run).await?;
         self.end_of(running).await
@@ -877,29 +875,11 @@ fn new_dag_run(request: &DagRequest<'_>) -> Result<NewExecution, DomainError> {
 }
 
 /// A chain run's first version, once the chain and its input are checked
-/// (every problem names its task; tasks that make tool calls are refused,
-/// as runs cannot make those yet).
+/// (every problem names its task).
 fn new_chain_run(request: &ChainRequest<'_>) -> Result<NewExecution, DomainError> {
     use warden_actors::execution::chain;
     let (chain_id, definition) = (request.chain_id, request.definition);
     let parsed = chain::parse(chain_id, definition).map_err(DomainError::Invalid)?;
-    let refused: Vec<String> = parsed
-        .tasks
-        .iter()
-        .filter(|t| {
-            let h = t.handler.as_str();
-            !chain::PURE.contains(&h) && !chain::is_called(h)
-        })
-        .map(|t| {
-            format!(
-                "task {}: handler {} needs tool calls, which chain runs cannot make yet",
-                t.id, t.handler
-            )
-        })
-        .collect();
-    if !refused.is_empty() {
-        return Err(DomainError::Invalid(refused));
-    }
     let input = chain::typed_input(request.input_type, request.input)
         .map_err(|e| DomainError::Invalid(vec![e]))?;
     let mut run = chain::ChainRun::new(&parsed, input.clone());

@@ -100,6 +100,34 @@ async fn completions(State(f): State<Fake>, axum::Json(body): axum::Json<Value>)
     if mode == Mode::Hold {
         tokio::time::sleep(Duration::from_secs(6)).await;
     }
+    // Offered tools and asked by the user: call the first tool, or the
+    // first `*.comment` tool when a hook's are offered (with arguments
+    // `{"id": "7", "note": "hi"}`); after a tool's answer, talk.
+    let last_role = body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .map(|m| m["role"].clone());
+    let names: Vec<&str> = body["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
+    let pick = names
+        .iter()
+        .find(|n| n.ends_with(".comment") && names[0].contains('.'))
+        .or(names.first());
+    if let Some(tool) = pick
+        && body["stream"] != true
+        && last_role == Some(json!("user"))
+    {
+        return axum::Json(json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000,
+            "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+            "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": tool, "arguments": "{\"id\": \"7\", \"note\": \"hi\"}"}}]},
+            "finish_reason": "tool_calls"}], "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}))
+            .into_response();
+    }
     if body["stream"] != true {
         if mode == Mode::Garbage {
             return (axum::http::StatusCode::OK, "<html>not json").into_response();

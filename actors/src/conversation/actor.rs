@@ -39,6 +39,8 @@ pub struct Ask {
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub max_tokens: Option<u64>,
+    /// Tools offered to the model (OpenAI's `tools`; empty: none).
+    pub tools: Vec<Value>,
 }
 
 /// The gateway's whole answer.
@@ -311,6 +313,7 @@ impl ConvState {
             temperature,
             top_p,
             max_tokens,
+            tools: Vec::new(),
         };
         let answered = self.gateway.complete(ask).await;
         let elapsed = started.elapsed().as_millis() as u64;

@@ -415,6 +415,10 @@ impl ExecState {
             self.spawn_call(me, task_id, attempt, timeout, wait_for_job(store, job));
             return;
         }
+        if task.handler == "execute_tool_calls" {
+            self.call_tools(me, task, attempt, &input);
+            return;
+        }
         let Some(gateway) = self.gateway.clone() else {
             let _ = myself.cast(result(
                 Err("this server has no LLM gateway for chain tasks".into()),
@@ -479,7 +483,26 @@ impl ExecState {
         };
         let temperature = prompt.temperature;
         let timeout = task.timeout;
+        let offer = if task.handler == "model_execution" {
+            match self.tools_offered(&task, &input) {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    let _ = myself.cast(result(Err(e), 0));
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let egress = self.egress.clone();
         self.spawn_call(me, task_id, attempt, timeout, async move {
+            let mut tools = Vec::new();
+            if let Some((client, hooks)) = offer {
+                tools = client;
+                for hook in &hooks {
+                    tools.extend(super::hook_call::offered_tools(&egress, hook).await?);
+                }
+            }
             let mut failures = Vec::new();
             for model in models {
                 let ask = Ask {
@@ -491,6 +514,7 @@ impl ExecState {
                     temperature,
                     top_p: None,
                     max_tokens: None,
+                    tools: tools.clone(),
                 };
                 match gateway.complete(ask).await {
                     Ok(c) => return read(&c),
@@ -499,6 +523,113 @@ impl ExecState {
             }
             Err(format!("no model answered: {}", failures.join("; ")))
         });
+    }
+
+    /// The tools a model execution offers (§2): the client's (an OpenAI
+    /// request's `tools`) when `execute_config.pass_clients_tools`, less
+    /// those `execute_config.hide_tools` names, and the hooks
+    /// `execute_config.hooks` names (their tools are read when called).
+    fn tools_offered(
+        &self,
+        task: &chain::Task,
+        input: &chain::Data,
+    ) -> Result<(Vec<Value>, Vec<warden_domain::hook::Hook>), String> {
+        let config = task.raw.get("execute_config").cloned().unwrap_or_default();
+        let names = |v: &Value| -> Vec<String> {
+            match v {
+                Value::String(s) if !s.is_empty() => vec![s.clone()],
+                Value::Array(a) => a
+                    .iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        let hidden = names(&config["hide_tools"]);
+        let client: Vec<Value> = if config["pass_clients_tools"] == true {
+            input.json()["tools"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| {
+                    let name = t["function"]["name"].as_str().unwrap_or_default();
+                    !hidden.iter().any(|h| h == name)
+                })
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut hooks = Vec::new();
+        for name in names(&config["hooks"]) {
+            let hook = warden_domain::hook::by_name(&self.store, &self.exec.owner.org_id, &name)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| {
+                    format!(
+                        "task {}: hook {name} is not registered (POST /hooks/remote)",
+                        task.id
+                    )
+                })?;
+            hooks.push(hook);
+        }
+        Ok((client, hooks))
+    }
+
+    /// An `execute_tool_calls` task: the tool calls of the history's last
+    /// message that name a registered hook's tool are made in order (each
+    /// with its own idempotency key), and their answers appended as `tool`
+    /// messages; calls of other tools are left alone.
+    fn call_tools(
+        &mut self,
+        me: ActorRef<ExecMsg>,
+        task: chain::Task,
+        attempt: u32,
+        input: &chain::Data,
+    ) {
+        let task_id = task.id.clone();
+        let done = |outcome: chain::Outcome| {
+            let _ = me.cast(ExecMsg::Chain(Box::new(Event::ChainResult {
+                task: task_id.clone(),
+                attempt,
+                outcome,
+                duration_ns: 0,
+            })));
+        };
+        let (history, calls) = match task.tool_work(input) {
+            Ok(chain::ToolWork::Done(outcome)) => return done(Ok(outcome)),
+            Ok(chain::ToolWork::Calls { history, calls }) => (history, calls),
+            Err(e) => return done(Err(e)),
+        };
+        let mut known = Vec::new();
+        for c in calls {
+            match warden_domain::hook::by_name(&self.store, &self.exec.owner.org_id, &c.hook) {
+                Ok(Some(hook)) => known.push((c, hook)),
+                Ok(None) => {}
+                Err(e) => return done(Err(e.to_string())),
+            }
+        }
+        if known.is_empty() {
+            return done(Ok((input.clone(), "no_calls_found".into())));
+        }
+        let key = format!("{}:{}:{}", self.exec.id, task.id, attempt);
+        let egress = self.egress.clone();
+        self.spawn_call(
+            me.clone(),
+            task.id.clone(),
+            attempt,
+            task.timeout,
+            async move {
+                let mut answers = Vec::new();
+                for (c, hook) in known {
+                    let key = format!("{key}:{}", c.id);
+                    let answer =
+                        super::hook_call::call_tool(&egress, &hook, &c.tool, c.arguments, &key)
+                            .await?;
+                    answers.push((c.id, answer));
+                }
+                chain::tools_done(&history, answers)
+            },
+        );
     }
 
     /// The task a call runs, its input and the chain's token limit: the

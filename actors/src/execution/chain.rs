@@ -53,7 +53,13 @@ pub fn is_called(handler: &str) -> bool {
     PROMPTED.contains(&handler)
         || matches!(
             handler,
-            "hook" | "model_execution" | "embedding" | "job" | "chain" | "function"
+            "hook"
+                | "model_execution"
+                | "execute_tool_calls"
+                | "embedding"
+                | "job"
+                | "chain"
+                | "function"
         )
 }
 
@@ -572,6 +578,39 @@ pub fn pure(handler: &str, input: &Data) -> Outcome {
     }
 }
 
+/// What an `execute_tool_calls` task does ([`Task::tool_work`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolWork {
+    /// Nothing to call: the outcome as it is.
+    Done((Data, String)),
+    /// The calls to make, and the history their answers are appended to.
+    Calls { history: Data, calls: Vec<ToolCall> },
+}
+
+/// One tool call a model asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub hook: String,
+    pub tool: String,
+    pub arguments: Map<String, Value>,
+}
+
+/// The history with a `tool` message per answered call appended:
+/// `chat_history` / `tools_executed`.
+pub fn tools_done(history: &Data, answers: Vec<(String, Data)>) -> Outcome {
+    let mut v = history.json();
+    if !v.is_object() {
+        v = json!({});
+    }
+    let mut all = messages(&v);
+    for (id, answer) in answers {
+        all.push(json!({"role": "tool", "tool_call_id": id, "content": answer.text()}));
+    }
+    v["messages"] = Value::Array(all);
+    Ok((Data::new("chat_history", &v), "tools_executed".into()))
+}
+
 /// What a prompted task asks the LLM: the system instruction, the
 /// models to try in order (`execute_config.model`, then `models`; empty:
 /// the server's task model) and the temperature.
@@ -676,6 +715,57 @@ impl Task {
         }
         prompt.system = None;
         Ok((history, prompt))
+    }
+
+    /// What an `execute_tool_calls` task has to do with its input (a chat
+    /// history): nothing for an empty history (`no_op`) or one whose last
+    /// message calls no tools (`no_calls_found`), else the calls of its
+    /// last message. A call names `<hook>.<tool>`; its arguments are a
+    /// JSON object (or its text).
+    pub fn tool_work(&self, input: &Data) -> Result<ToolWork, String> {
+        let history = input.json();
+        let all = messages(&history);
+        let Some(last) = all.last() else {
+            return Ok(ToolWork::Done((input.clone(), "no_op".into())));
+        };
+        let mut calls = Vec::new();
+        for (i, c) in last["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let name = c["function"]["name"].as_str().unwrap_or_default();
+            let Some((hook, tool)) = name.split_once('.') else {
+                continue;
+            };
+            let arguments = match &c["function"]["arguments"] {
+                Value::Object(m) => m.clone(),
+                Value::String(s) if s.trim().is_empty() => Map::new(),
+                Value::String(s) => serde_json::from_str(s).map_err(|e| {
+                    format!(
+                        "task {}: the arguments of tool call {name} are not a JSON object: {e}",
+                        self.id
+                    )
+                })?,
+                _ => Map::new(),
+            };
+            calls.push(ToolCall {
+                id: c["id"]
+                    .as_str()
+                    .map_or_else(|| format!("call_{i}"), str::to_owned),
+                hook: hook.to_owned(),
+                tool: tool.to_owned(),
+                arguments,
+            });
+        }
+        if calls.is_empty() {
+            return Ok(ToolWork::Done((input.clone(), "no_calls_found".into())));
+        }
+        Ok(ToolWork::Calls {
+            history: Data::new("chat_history", &history),
+            calls,
+        })
     }
 
     /// A model execution's result: the history with the answer appended.

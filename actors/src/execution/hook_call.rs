@@ -75,6 +75,132 @@ fn text_of(v: &Value) -> String {
     }
 }
 
+/// Reads a hook's OpenAPI document (`<endpointUrl>/openapi.json`).
+async fn schema(egress: &crate::egress::Egress, hook: &Hook) -> Result<Value, String> {
+    let spec_url = reqwest::Url::parse(&format!("{}/openapi.json", hook.endpoint_url))
+        .map_err(|e| format!("hook {}: {e}", hook.name))?;
+    egress
+        .check(&spec_url)
+        .await
+        .map_err(|e| format!("hook {}: {e}", hook.name))?;
+    let mut req = egress.client().get(spec_url);
+    for (k, v) in hook.header_pairs() {
+        req = req.header(k, v);
+    }
+    req.send()
+        .await
+        .map_err(|e| format!("hook {}: its schema could not be read: {e}", hook.name))?
+        .json()
+        .await
+        .map_err(|e| format!("hook {}: its schema is not JSON: {e}", hook.name))
+}
+
+/// Calls a tool of the hook (found in its document) with arguments: the
+/// parameters the operation declares in its path, query or headers are
+/// taken out of them, the hook's `properties` add one value, and the rest
+/// is the JSON body (for a POST, PUT or PATCH with a request body).
+async fn invoke(
+    egress: &crate::egress::Egress,
+    hook: &Hook,
+    spec: &Value,
+    tool: &str,
+    mut arguments: Map<String, Value>,
+    idempotency_key: &str,
+) -> Result<Data, String> {
+    let (path, method, op) =
+        operation(spec, tool).ok_or_else(|| format!("hook {} has no tool {tool}", hook.name))?;
+    let mut path = path;
+    let mut query: Vec<(String, String)> = Vec::new();
+    let mut headers = hook.header_pairs();
+    let params = op["parameters"].as_array().cloned().unwrap_or_default();
+    for p in params {
+        let (Some(name), Some(place)) = (p["name"].as_str(), p["in"].as_str()) else {
+            continue;
+        };
+        let Some(v) = arguments.remove(name) else {
+            continue;
+        };
+        match place {
+            "path" => path = path.replace(&format!("{{{name}}}"), &text_of(&v)),
+            "query" => query.push((name.to_owned(), text_of(&v))),
+            "header" => headers.push((name.to_owned(), text_of(&v))),
+            _ => {}
+        }
+    }
+    if let Some(p) = Hook::json(&hook.properties) {
+        let (name, value) = (p["name"].as_str().unwrap_or_default(), &p["value"]);
+        match p["in"].as_str() {
+            Some("body") => {
+                arguments.insert(name.to_owned(), value.clone());
+            }
+            Some("query") => query.push((name.to_owned(), text_of(value))),
+            Some("path") => path = path.replace(&format!("{{{name}}}"), &text_of(value)),
+            Some("header") => headers.push((name.to_owned(), text_of(value))),
+            _ => {}
+        }
+    }
+    let mut url = reqwest::Url::parse(&format!("{}{path}", hook.endpoint_url))
+        .map_err(|e| format!("hook {} tool {tool}: {e}", hook.name))?;
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(&query);
+    }
+    egress
+        .check(&url)
+        .await
+        .map_err(|e| format!("hook {} tool {tool}: {e}", hook.name))?;
+    let mut req = egress
+        .client()
+        .request(
+            method
+                .to_ascii_uppercase()
+                .parse()
+                .unwrap_or(reqwest::Method::POST),
+            url,
+        )
+        .header("Idempotency-Key", idempotency_key);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    if op.get("requestBody").is_some() && matches!(method, "post" | "put" | "patch") {
+        req = req.json(&Value::Object(arguments));
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("hook {} tool {tool}: {e}", hook.name))?;
+    let status = resp.status();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("hook {} tool {tool}: {e}", hook.name))?;
+    if !status.is_success() {
+        let text: String = String::from_utf8_lossy(&body).chars().take(500).collect();
+        return Err(format!(
+            "hook {} tool {tool} answered {status}: {text}",
+            hook.name
+        ));
+    }
+    Ok(if body.is_empty() {
+        Data::new("nil", &Value::Null)
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => Data::new("json", &v),
+            Err(_) => Data::new("string", &json!(String::from_utf8_lossy(&body))),
+        }
+    })
+}
+
+/// Bounds a hook's work by its `timeoutMs`.
+async fn within<T>(
+    hook: &Hook,
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let limit = Duration::from_millis(hook.timeout_ms.max(1));
+    tokio::time::timeout(limit, work)
+        .await
+        .map_err(|_| format!("hook {} timed out after {} ms", hook.name, hook.timeout_ms))?
+}
+
 /// Calls the tool; the outcome as the task's (output, eval).
 pub async fn call(
     egress: &crate::egress::Egress,
@@ -84,113 +210,14 @@ pub async fn call(
     idempotency_key: &str,
 ) -> Outcome {
     let (_, tool, args) = target(task)?;
-    let limit = Duration::from_millis(hook.timeout_ms.max(1));
-    let work = async {
-        let http = egress.client();
-        let spec_url = reqwest::Url::parse(&format!("{}/openapi.json", hook.endpoint_url))
-            .map_err(|e| format!("hook {}: {e}", hook.name))?;
-        egress
-            .check(&spec_url)
-            .await
-            .map_err(|e| format!("hook {}: {e}", hook.name))?;
-        let mut req = http.get(spec_url);
-        for (k, v) in hook.header_pairs() {
-            req = req.header(k, v);
-        }
-        let spec: Value = req
-            .send()
-            .await
-            .map_err(|e| format!("hook {}: its schema could not be read: {e}", hook.name))?
-            .json()
-            .await
-            .map_err(|e| format!("hook {}: its schema is not JSON: {e}", hook.name))?;
-        let (path, method, op) = operation(&spec, &tool)
-            .ok_or_else(|| format!("hook {} has no tool {tool}", hook.name))?;
-        let mut arguments = Map::new();
-        arguments.insert("input".into(), input.json());
-        arguments.extend(args);
-        let mut path = path;
-        let mut query: Vec<(String, String)> = Vec::new();
-        let mut headers = hook.header_pairs();
-        let params = op["parameters"].as_array().cloned().unwrap_or_default();
-        for p in params {
-            let (Some(name), Some(place)) = (p["name"].as_str(), p["in"].as_str()) else {
-                continue;
-            };
-            let Some(v) = arguments.remove(name) else {
-                continue;
-            };
-            match place {
-                "path" => path = path.replace(&format!("{{{name}}}"), &text_of(&v)),
-                "query" => query.push((name.to_owned(), text_of(&v))),
-                "header" => headers.push((name.to_owned(), text_of(&v))),
-                _ => {}
-            }
-        }
-        if let Some(p) = Hook::json(&hook.properties) {
-            let (name, value) = (p["name"].as_str().unwrap_or_default(), &p["value"]);
-            match p["in"].as_str() {
-                Some("body") => {
-                    arguments.insert(name.to_owned(), value.clone());
-                }
-                Some("query") => query.push((name.to_owned(), text_of(value))),
-                Some("path") => path = path.replace(&format!("{{{name}}}"), &text_of(value)),
-                Some("header") => headers.push((name.to_owned(), text_of(value))),
-                _ => {}
-            }
-        }
-        let mut url = reqwest::Url::parse(&format!("{}{path}", hook.endpoint_url))
-            .map_err(|e| format!("hook {} tool {tool}: {e}", hook.name))?;
-        if !query.is_empty() {
-            url.query_pairs_mut().extend_pairs(&query);
-        }
-        egress
-            .check(&url)
-            .await
-            .map_err(|e| format!("hook {} tool {tool}: {e}", hook.name))?;
-        let mut req = http
-            .request(
-                method
-                    .to_ascii_uppercase()
-                    .parse()
-                    .unwrap_or(reqwest::Method::POST),
-                url,
-            )
-            .header("Idempotency-Key", idempotency_key);
-        for (k, v) in headers {
-            req = req.header(k, v);
-        }
-        if op.get("requestBody").is_some() && matches!(method, "post" | "put" | "patch") {
-            req = req.json(&Value::Object(arguments));
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| format!("hook {} tool {tool}: {e}", hook.name))?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| format!("hook {} tool {tool}: {e}", hook.name))?;
-        if !status.is_success() {
-            let text: String = String::from_utf8_lossy(&body).chars().take(500).collect();
-            return Err(format!(
-                "hook {} tool {tool} answered {status}: {text}",
-                hook.name
-            ));
-        }
-        Ok(if body.is_empty() {
-            Data::new("nil", &Value::Null)
-        } else {
-            match serde_json::from_slice::<Value>(&body) {
-                Ok(v) => Data::new("json", &v),
-                Err(_) => Data::new("string", &json!(String::from_utf8_lossy(&body))),
-            }
-        })
-    };
-    let output = tokio::time::timeout(limit, work)
-        .await
-        .map_err(|_| format!("hook {} timed out after {} ms", hook.name, hook.timeout_ms))??;
+    let mut arguments = Map::new();
+    arguments.insert("input".into(), input.json());
+    arguments.extend(args);
+    let output = within(hook, async {
+        let spec = schema(egress, hook).await?;
+        invoke(egress, hook, &spec, &tool, arguments, idempotency_key).await
+    })
+    .await?;
     match task.raw.get("output_template").and_then(Value::as_str) {
         Some(t) if !t.is_empty() => {
             let vars = match output.json() {
@@ -207,6 +234,107 @@ pub async fn call(
         }
         _ => Ok((output, "ok".into())),
     }
+}
+
+/// A model's tool call of `<hook>.<tool>`: the tool called with the
+/// call's arguments as they are.
+pub async fn call_tool(
+    egress: &crate::egress::Egress,
+    hook: &Hook,
+    tool: &str,
+    arguments: Map<String, Value>,
+    idempotency_key: &str,
+) -> Result<Data, String> {
+    within(hook, async {
+        let spec = schema(egress, hook).await?;
+        invoke(egress, hook, &spec, tool, arguments, idempotency_key).await
+    })
+    .await
+}
+
+/// The name a tool goes by: the operation's `operationId`, else its
+/// `x-tool-name`, else `<last path segment>_<method>`.
+fn tool_name(path: &str, method: &str, op: &Value) -> String {
+    op["operationId"]
+        .as_str()
+        .or(op["x-tool-name"].as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let last = path
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default();
+            format!("{last}_{method}")
+        })
+}
+
+/// A schema with a local `$ref` (`#/components/schemas/X`) looked up.
+fn resolved<'a>(spec: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str().and_then(|r| r.strip_prefix("#/")) {
+        Some(pointer) => spec.pointer(&format!("/{pointer}")).unwrap_or(&Value::Null),
+        None => schema,
+    }
+}
+
+/// The hook's tools as a model is offered them (OpenAI's `tools`): one
+/// function per operation, named `<hook>.<tool>`, whose parameters are
+/// the operation's path, query and header parameters and the fields of
+/// its JSON request body.
+pub async fn offered_tools(
+    egress: &crate::egress::Egress,
+    hook: &Hook,
+) -> Result<Vec<Value>, String> {
+    let spec = within(hook, schema(egress, hook)).await?;
+    let mut tools = Vec::new();
+    for (path, item) in spec["paths"].as_object().into_iter().flatten() {
+        for method in METHODS {
+            let Some(op) = item.get(method) else {
+                continue;
+            };
+            let mut properties = Map::new();
+            let mut required = Vec::new();
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let p = resolved(&spec, p);
+                let Some(name) = p["name"].as_str() else {
+                    continue;
+                };
+                let schema = resolved(&spec, &p["schema"]);
+                properties.insert(
+                    name.to_owned(),
+                    if schema.is_object() {
+                        schema.clone()
+                    } else {
+                        json!({"type": "string"})
+                    },
+                );
+                if p["required"] == true || p["in"] == "path" {
+                    required.push(json!(name));
+                }
+            }
+            let body = resolved(
+                &spec,
+                &op["requestBody"]["content"]["application/json"]["schema"],
+            );
+            for (k, v) in body["properties"].as_object().into_iter().flatten() {
+                properties.insert(k.clone(), resolved(&spec, v).clone());
+            }
+            required.extend(body["required"].as_array().into_iter().flatten().cloned());
+            let description = op["summary"]
+                .as_str()
+                .or(op["description"].as_str())
+                .map_or_else(
+                    || format!("{} {path}", method.to_uppercase()),
+                    str::to_owned,
+                );
+            tools.push(json!({"type": "function", "function": {
+                "name": format!("{}.{}", hook.name, tool_name(path, method, op)),
+                "description": description,
+                "parameters": {"type": "object", "properties": properties, "required": required},
+            }}));
+        }
+    }
+    Ok(tools)
 }
 
 #[cfg(test)]

@@ -693,9 +693,7 @@ fn advance_chain(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
             } else {
                 let e = ExecError::new(
                     "HANDLER_UNAVAILABLE",
-                    format!(
-                        "task {task}: handler {handler} needs tool calls, which chain runs cannot make yet"
-                    ),
+                    format!("task {task}: handler {handler} is not one a run can call"),
                 );
                 finish(x, ExecStatus::Failed, Some(e), now);
             }

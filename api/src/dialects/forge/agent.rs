@@ -212,6 +212,7 @@ async fn ask_model(state: &AppState, p: &Principal, d: &Dataset, question: &str)
         temperature: None,
         top_p: None,
         max_tokens: None,
+        tools: Vec::new(),
     };
     llm.complete(ask).await.ok().map(|c| c.content)
 }
