@@ -299,6 +299,102 @@ async fn deliver_replies(
     }
 }
 
+/// Each workflow's latest run, written to the workflow's record by one
+/// writer per workflow at a time: runs started while it writes are folded
+/// into its next write (one commit for many instead of one optimistic
+/// retry storm on one record), and each caller returns once a write that
+/// holds its run, or a later one, is durable, with that write's result
+/// (a workflow deleted meanwhile has no latest run to record: its run
+/// stands; a store that failed answers 503).
+#[derive(Clone, Default)]
+struct LatestRuns(Arc<std::sync::Mutex<std::collections::HashMap<String, LatestSlot>>>);
+
+struct LatestSlot {
+    /// How many runs were recorded; the next write carries the newest.
+    recorded: u64,
+    next: Option<(String, String)>,
+    /// The last durable write: the count it carried and the store's error,
+    /// if any.
+    written: tokio::sync::watch::Sender<(u64, Option<String>)>,
+}
+
+impl LatestRuns {
+    async fn record(
+        &self,
+        store: &Store,
+        workflow: &str,
+        execution: &str,
+        by: &str,
+    ) -> Result<(), DomainError> {
+        let (mine, mut written, lead) = {
+            let mut slots = self
+                .0
+                .lock()
+                .map_err(|_| DomainError::Unavailable("latest runs lock poisoned".into()))?;
+            let lead = !slots.contains_key(workflow);
+            let slot = slots
+                .entry(workflow.to_owned())
+                .or_insert_with(|| LatestSlot {
+                    recorded: 0,
+                    next: None,
+                    written: tokio::sync::watch::Sender::new((0, None)),
+                });
+            slot.recorded += 1;
+            slot.next = Some((execution.to_owned(), by.to_owned()));
+            (slot.recorded, slot.written.subscribe(), lead)
+        };
+        if lead {
+            // Its own task: a caller that goes away must not stop the
+            // writes the others wait for.
+            tokio::spawn(self.clone().write(store.clone(), workflow.to_owned()));
+        }
+        let outcome = written
+            .wait_for(|(n, _)| *n >= mine)
+            .await
+            .map(|v| v.1.clone())
+            .map_err(|_| DomainError::Unavailable("the latest run's writer ended".into()))?;
+        outcome.map_or(Ok(()), |e| Err(DomainError::Unavailable(e)))
+    }
+
+    /// Writes the slot's newest run until no newer one is waiting, then
+    /// frees the slot.
+    async fn write(self, store: Store, workflow: String) {
+        loop {
+            let next = {
+                let Ok(mut slots) = self.0.lock() else { return };
+                let Some(slot) = slots.get_mut(&workflow) else {
+                    return;
+                };
+                match slot.next.take() {
+                    Some(next) => Some((slot.recorded, next, slot.written.clone())),
+                    None => {
+                        slots.remove(&workflow);
+                        None
+                    }
+                }
+            };
+            let Some((count, (execution, by), written)) = next else {
+                return;
+            };
+            let result = warden_domain::catalog::update::<warden_domain::workflow::Workflow>(
+                &store,
+                &workflow,
+                &by,
+                |w| {
+                    w.last_execution = Some(execution.clone());
+                    Ok(())
+                },
+            )
+            .await;
+            let error = match result {
+                Ok(_) | Err(DomainError::NotFound { .. }) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            written.send_replace((count, error));
+        }
+    }
+}
+
 /// Statistics of the executions one caller may see.
 #[derive(Debug, Clone, Default)]
 pub struct ExecutionStats {
@@ -314,6 +410,7 @@ pub struct Executions {
     store: Store,
     nodes: Nodes,
     waiters: Waiters,
+    latest: LatestRuns,
 }
 
 /// How a chain run is filed: its category and type (AIWM's), and the
@@ -399,6 +496,7 @@ impl Executions {
             store,
             nodes,
             waiters,
+            latest: LatestRuns::default(),
         }
     }
 
@@ -728,16 +826,9 @@ impl Executions {
             }
             Err(e) => return Err(e),
         };
-        warden_domain::catalog::update::<warden_domain::workflow::Workflow>(
-            &self.store,
-            &workflow.id,
-            by,
-            |w| {
-                w.last_execution = Some(x.id.clone());
-                Ok(())
-            },
-        )
-        .await?;
+        self.latest
+            .record(&self.store, &workflow.id, &x.id, by)
+            .await?;
         Ok(x)
     }
 
