@@ -1619,13 +1619,12 @@ async fn a_model_calls_a_hook_tool_through_execute_tool_calls() {
     let input = json!({"model": "mistral:instruct",
         "messages": [{"role": "user", "content": "file it"}],
         "tools": [client_tool("lookup"), client_tool("secret")]});
-    let r = s
-        .post(
-            "/tasks",
-            &t,
-            json!({"chain": chain, "input": input, "inputType": "openai_chat"}),
-        )
-        .await;
+    let run = |chain: &Value| {
+        let body = json!({"chain": chain, "input": input, "inputType": "openai_chat"});
+        let (s, t) = (&s, &t);
+        async move { s.post("/tasks", t, body).await }
+    };
+    let r = run(&chain).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let transitions: Vec<&str> = r.body["state"]
         .as_array()
@@ -1679,13 +1678,7 @@ async fn a_model_calls_a_hook_tool_through_execute_tool_calls() {
     let mut chain = chain;
     chain["tasks"][0]["execute_config"]["pass_clients_tools"] = json!(false);
     chain["tasks"][0]["execute_config"]["hooks"] = json!("tickets");
-    let r = s
-        .post(
-            "/tasks",
-            &t,
-            json!({"chain": chain, "input": input, "inputType": "openai_chat"}),
-        )
-        .await;
+    let r = run(&chain).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let messages = r.body["output"]["messages"].as_array().unwrap().clone();
     let calls = tools.calls.lock().unwrap().clone();
@@ -1707,13 +1700,7 @@ async fn a_model_calls_a_hook_tool_through_execute_tool_calls() {
 
     // A hook that is not registered: the run fails saying so.
     chain["tasks"][0]["execute_config"]["hooks"] = json!(["nobody"]);
-    let r = s
-        .post(
-            "/tasks",
-            &t,
-            json!({"chain": chain, "input": input, "inputType": "openai_chat"}),
-        )
-        .await;
+    let r = run(&chain).await;
     assert_eq!(r.status, 500, "{}", r.body);
     assert!(
         r.body["error"]["message"]
