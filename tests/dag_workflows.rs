@@ -349,6 +349,15 @@ async fn a_dag_run_resumes_its_steps_after_a_restart() {
         assert_eq!(keys.len(), 2, "{calls:?}");
         assert_eq!(keys[0], keys[1], "the same idempotency key");
     }
+    // The step records show which attempts were resumed.
+    let x = s.get(&format!("/api/executions/{task_id}"), &t).await.body;
+    let resumed: Vec<&Value> = x["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["resumed"])
+        .collect();
+    assert_eq!(resumed, [&json!(true), &json!(true), &Value::Null], "{x}");
 }
 
 /// §5.12, §5.13: steps that do not read are refused (422, naming the

@@ -1278,6 +1278,14 @@ async fn a_chain_killed_mid_run_resumes_and_its_result_is_readable_by_request() 
         .map(|u| u["taskID"].as_str().unwrap())
         .collect();
     assert_eq!(tasks, ["prep", "ask", "finish"], "{done}");
+    // Only the attempt in flight at the kill was resumed.
+    let resumed: Vec<bool> = done["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["resumed"] == true)
+        .collect();
+    assert_eq!(resumed, [false, true, false], "{done}");
     assert_eq!(done["output"]["jobId"], job["id"]);
     assert_eq!(done["outputType"], "json");
     let alerts = get(base.clone(), token.clone(), "/activity/alerts".into()).await;

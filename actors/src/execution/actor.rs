@@ -825,20 +825,20 @@ impl Actor for ExecutionActor {
         })
     }
 
-    /// After a restart: every unanswered command is queued again under its
-    /// recorded id (a node holds it once; one already answered comes back
-    /// as its reply), and deadlines that passed meanwhile are applied.
+    /// After a restart: the attempts in flight are marked `resumed` (one
+    /// write), every unanswered command is queued again under its recorded
+    /// id (a node holds it once; one already answered comes back as its
+    /// reply), every pending call is made again under its attempt, and
+    /// deadlines that passed meanwhile are applied.
     async fn post_start(
         &self,
         myself: ActorRef<ExecMsg>,
         state: &mut ExecState,
     ) -> Result<(), ActorProcessingErr> {
-        let mut resend: Vec<Effect> = machine::in_flight(&state.exec)
-            .into_iter()
-            .map(|index| Effect::Send { index })
-            .collect();
-        resend.extend(machine::pending_calls(&state.exec));
-        state.perform(&myself, resend).await;
+        if machine::needs_resume(&state.exec) {
+            let resend = state.run(Event::Resume).await?;
+            state.perform(&myself, resend).await;
+        }
         if machine::next_deadline(&state.exec).is_some() {
             let _ = myself.cast(ExecMsg::Tick);
         }

@@ -438,6 +438,10 @@ pub struct StateUnit {
     /// Only when the chain has `debug` set.
     pub input: Option<String>,
     pub output: Option<String>,
+    /// The attempt was in flight when the run's actor stopped (a crash, a
+    /// restart) and was made again under the same attempt (layout 4 of
+    /// the execution record).
+    pub resumed: bool,
 }
 
 impl StateUnit {
@@ -457,6 +461,9 @@ impl StateUnit {
         }
         if let Some(o) = &self.output {
             v["output"] = json!(o);
+        }
+        if self.resumed {
+            v["resumed"] = json!(true);
         }
         v
     }
@@ -1016,6 +1023,7 @@ impl Runner<'_> {
             error: String::new(),
             input: debug.then(|| input.text()),
             output: None,
+            resumed: false,
         };
         match outcome {
             Err(e) => {

@@ -67,6 +67,10 @@ pub enum Event {
         duration_ns: u64,
     },
     AddChild(String),
+    /// The run's actor started again (after a crash or a restart) with
+    /// attempts in flight: they are marked `resumed` and made again under
+    /// the same attempt (commands under their recorded ids).
+    Resume,
 }
 
 /// What the actor does once the new state is durable.
@@ -197,16 +201,25 @@ pub fn apply(x: &mut Execution, event: Event, now: Millis) -> Result<Vec<Effect>
                 // Late: a cancelled run, or an attempt made again.
                 return Ok(effects);
             }
-            part.call = None;
+            let resumed = part.call.take().is_some_and(|c| c.resumed);
             let definition: serde_json::Value =
                 serde_json::from_str(&part.definition).unwrap_or(serde_json::Value::Null);
             if let Ok(parsed) = chain::parse(&part.chain_id, &definition) {
+                let before = part.run.state.len();
                 chain::Runner {
                     chain: &parsed,
                     run: &mut part.run,
                 }
                 .effect_done(outcome, duration_ns);
+                for unit in part.run.state.iter_mut().skip(before) {
+                    unit.resumed = resumed;
+                }
             }
+        }
+        Event::Resume => {
+            mark_resumed(x);
+            effects.extend(in_flight(x).into_iter().map(|index| Effect::Send { index }));
+            effects.extend(pending_calls(x));
         }
         Event::AddChild(child) => {
             if !x.child_execution_ids.contains(&child) {
@@ -282,6 +295,7 @@ fn reset_step(step: &mut Step) {
     step.error = None;
     step.sent_message_id = None;
     step.received_message_id = None;
+    step.resumed = false;
 }
 
 fn finish(x: &mut Execution, status: ExecStatus, error: Option<ExecError>, now: Millis) {
@@ -701,6 +715,45 @@ fn advance_chain(x: &mut Execution, now: Millis, effects: &mut Vec<Effect>) {
     }
 }
 
+/// Whether a restarted actor has attempts to make again.
+pub fn needs_resume(x: &Execution) -> bool {
+    !in_flight(x).is_empty() || !pending_calls(x).is_empty()
+}
+
+/// Marks every attempt in flight as resumed: the chain's pending call,
+/// the DAG steps' calls and their steps, and steps whose command was
+/// sent but not answered.
+fn mark_resumed(x: &mut Execution) {
+    if x.status != ExecStatus::Running {
+        return;
+    }
+    if let Some(call) = x.chain.as_mut().and_then(|c| c.call.as_mut()) {
+        call.resumed = true;
+    }
+    let defs = if x.dag.is_some() {
+        dag::steps_of(x)
+    } else {
+        Vec::new()
+    };
+    if let Some(part) = x.dag.as_mut() {
+        for call in &mut part.calls {
+            call.resumed = true;
+            if let Some(step) = defs
+                .iter()
+                .position(|d| d.id == call.task)
+                .and_then(|i| x.steps.get_mut(i))
+            {
+                step.resumed = true;
+            }
+        }
+    }
+    for step in &mut x.steps {
+        if step.status == StepStatus::Running && step.sent_message_id.is_some() {
+            step.resumed = true;
+        }
+    }
+}
+
 /// The calls a restarted actor makes again: the chain's pending call, or
 /// every DAG step's in flight.
 pub fn pending_calls(x: &Execution) -> Vec<Effect> {
@@ -786,6 +839,7 @@ mod tests {
             optional,
             attempts: 0,
             extra: String::new(),
+            resumed: false,
         }
     }
 
@@ -868,6 +922,89 @@ mod tests {
             chain::Data::new("string", &serde_json::json!(s)),
             "ok".into(),
         ))
+    }
+
+    /// A restarted actor resumes what was in flight, under the same
+    /// attempts, and the step records say so; nothing else is marked.
+    #[test]
+    fn a_resume_makes_the_calls_in_flight_again_and_marks_them() {
+        use serde_json::json;
+        let hook = json!({"name": "h", "tool_name": "t"});
+        let mut x = dag_run(
+            json!([
+                {"id": "A", "task_type": "hook", "hook": hook},
+                {"id": "B", "task_type": "echo"},
+                {"id": "C", "task_type": "hook", "hook": hook, "depends_on": ["A"]}
+            ]),
+            json!({}),
+        );
+        apply(&mut x, Event::Start { force: false }, 1).unwrap();
+        assert!(needs_resume(&x));
+        let e = apply(&mut x, Event::Resume, 2).unwrap();
+        assert_eq!(calls(&e), [("A".to_owned(), 1)], "the same attempt");
+        let marked: Vec<bool> = x.steps.iter().map(|s| s.resumed).collect();
+        assert_eq!(marked, [true, false, false]);
+        assert!(x.dag.as_ref().unwrap().calls[0].resumed);
+        // The next step's call is a fresh one.
+        let e = apply(&mut x, answer("A", 1, text("a")), 3).unwrap();
+        assert_eq!(calls(&e), [("C".to_owned(), 1)]);
+        assert!(!x.dag.as_ref().unwrap().calls[0].resumed);
+        apply(&mut x, answer("C", 1, text("c")), 4).unwrap();
+        assert_eq!(x.status, ExecStatus::Completed);
+        assert!(x.steps[0].resumed && !x.steps[2].resumed);
+        assert!(!needs_resume(&x));
+        // A node command sent but unanswered is sent again, marked.
+        let mut x = exec(vec![step(0, &[], false)]);
+        apply(&mut x, Event::Start { force: false }, 1).unwrap();
+        let e = apply(&mut x, Event::Resume, 2).unwrap();
+        assert_eq!(sends(&e), [0]);
+        assert!(x.steps[0].resumed);
+        // A retry of the execution starts its steps afresh.
+        apply(&mut x, Event::Cancel { reason: None }, 3).unwrap();
+        apply(&mut x, Event::Start { force: true }, 4).unwrap();
+        assert!(!x.steps[0].resumed);
+    }
+
+    /// A chain's state unit of the attempt resumed says so.
+    #[test]
+    fn a_resumed_chain_call_marks_its_state_unit() {
+        use serde_json::json;
+        let definition = json!({"id": "c", "tasks": [
+            {"id": "greet", "handler": "noop",
+             "transition": {"branches": [{"operator": "default", "goto": "ask"}]}},
+            {"id": "ask", "handler": "raw_string", "execute_config": {"model": "m"},
+             "transition": {"branches": [{"operator": "default", "goto": "end"}]}}]});
+        let parsed = chain::parse("c", &definition).unwrap();
+        let input = chain::Data::new("string", &json!("hi"));
+        let new = crate::execution::NewExecution {
+            name: Some("c".into()),
+            category: Some("chain".into()),
+            kind: Some("task-chain".into()),
+            chain: Some(crate::execution::ChainPart {
+                chain_id: "c".into(),
+                definition: definition.to_string(),
+                input: input.clone(),
+                run: chain::ChainRun::new(&parsed, input),
+                call: None,
+            }),
+            ..Default::default()
+        };
+        let mut x = crate::execution::create(new, Default::default(), "u").unwrap();
+        let e = apply(&mut x, Event::Start { force: false }, 1).unwrap();
+        let (task, attempt) = calls(&e).remove(0);
+        assert_eq!(task, "ask");
+        let e = apply(&mut x, Event::Resume, 2).unwrap();
+        assert_eq!(calls(&e), [(task.clone(), attempt)]);
+        apply(&mut x, answer(&task, attempt, text("hello")), 3).unwrap();
+        assert_eq!(x.status, ExecStatus::Completed);
+        let state = &x.chain.as_ref().unwrap().run.state;
+        let marked: Vec<(&str, bool)> = state
+            .iter()
+            .map(|u| (u.task_id.as_str(), u.resumed))
+            .collect();
+        assert_eq!(marked, [("greet", false), ("ask", true)]);
+        assert_eq!(state[1].view()["resumed"], true);
+        assert!(state[0].view().get("resumed").is_none());
     }
 
     #[test]

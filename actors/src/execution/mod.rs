@@ -7,6 +7,7 @@ mod actor;
 pub mod chain;
 pub mod dag;
 mod hook_call;
+mod layouts;
 pub mod machine;
 mod record;
 
@@ -126,6 +127,7 @@ pub fn create(new: NewExecution, owner: Owner, by: &str) -> Result<Execution, Do
             optional: s.optional,
             attempts: 0,
             extra: s.extra,
+            resumed: false,
         });
     }
     check_graph(&steps, &mut c);

@@ -5,8 +5,6 @@
 use warden_domain::{Audit, Owned, Owner};
 use warden_storage::{Millis, Record};
 
-warden_storage::first_layout!(ExecutionV1);
-
 /// Where an execution stands (AIWM §6 `status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ExecStatus {
@@ -135,81 +133,10 @@ pub struct Step {
     pub attempts: u32,
     /// Whatever else the client sent for the step (JSON object text).
     pub extra: String,
-}
-
-/// [`Execution`]'s first layout (before chains).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ExecutionV1 {
-    pub id: String,
-    pub execution_id: String,
-    pub name: String,
-    pub description: Option<String>,
-    pub category: String,
-    /// AIWM's `type` (`deploy-model`, ...).
-    pub kind: String,
-    pub status: ExecStatus,
-    pub progress: u32,
-    pub parent_execution_id: Option<String>,
-    pub child_execution_ids: Vec<String>,
-    pub steps: Vec<Step>,
-    pub resource_type: Option<String>,
-    pub resource_id: Option<String>,
-    pub node_id: Option<String>,
-    pub involved_node_ids: Vec<String>,
-    pub started_at: Option<Millis>,
-    pub completed_at: Option<Millis>,
-    pub timeout_seconds: u64,
-    pub timeout_at: Option<Millis>,
-    /// JSON text.
-    pub result: Option<String>,
-    pub error: Option<ExecError>,
-    pub sent_message_ids: Vec<String>,
-    pub received_message_ids: Vec<String>,
-    pub retry_count: u32,
-    pub max_retries: u32,
-    pub retry_attempts: Vec<Millis>,
-    pub extra: String,
-    pub owner: Owner,
-    pub audit: Audit,
-}
-
-/// [`Execution`]'s second layout (chains, before DAG workflows).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ExecutionV2 {
-    pub id: String,
-    pub execution_id: String,
-    pub name: String,
-    pub description: Option<String>,
-    pub category: String,
-    /// AIWM's `type` (`deploy-model`, ...).
-    pub kind: String,
-    pub status: ExecStatus,
-    pub progress: u32,
-    pub parent_execution_id: Option<String>,
-    pub child_execution_ids: Vec<String>,
-    pub steps: Vec<Step>,
-    pub resource_type: Option<String>,
-    pub resource_id: Option<String>,
-    pub node_id: Option<String>,
-    pub involved_node_ids: Vec<String>,
-    pub started_at: Option<Millis>,
-    pub completed_at: Option<Millis>,
-    pub timeout_seconds: u64,
-    pub timeout_at: Option<Millis>,
-    /// JSON text.
-    pub result: Option<String>,
-    pub error: Option<ExecError>,
-    pub sent_message_ids: Vec<String>,
-    pub received_message_ids: Vec<String>,
-    pub retry_count: u32,
-    pub max_retries: u32,
-    pub retry_attempts: Vec<Millis>,
-    pub extra: String,
-    pub owner: Owner,
-    pub audit: Audit,
-    /// Set when the execution runs a contenox chain (layout 2): its
-    /// program is the chain, not the steps.
-    pub chain: Option<ChainPart>,
+    /// Its attempt was in flight when the run's actor last stopped (a
+    /// crash, a restart) and was resumed under the same attempt
+    /// (layout 4).
+    pub resumed: bool,
 }
 
 /// A multi-step piece of work (AIWM §6). Written only by its
@@ -296,85 +223,6 @@ pub struct DagPart {
     pub calls: Vec<PendingCall>,
 }
 
-impl warden_storage::Versioned for ExecutionV2 {
-    const VERSION: u32 = 2;
-    type Previous = ExecutionV1;
-    fn upgrade(v: ExecutionV1) -> Self {
-        ExecutionV2 {
-            id: v.id,
-            execution_id: v.execution_id,
-            name: v.name,
-            description: v.description,
-            category: v.category,
-            kind: v.kind,
-            status: v.status,
-            progress: v.progress,
-            parent_execution_id: v.parent_execution_id,
-            child_execution_ids: v.child_execution_ids,
-            steps: v.steps,
-            resource_type: v.resource_type,
-            resource_id: v.resource_id,
-            node_id: v.node_id,
-            involved_node_ids: v.involved_node_ids,
-            started_at: v.started_at,
-            completed_at: v.completed_at,
-            timeout_seconds: v.timeout_seconds,
-            timeout_at: v.timeout_at,
-            result: v.result,
-            error: v.error,
-            sent_message_ids: v.sent_message_ids,
-            received_message_ids: v.received_message_ids,
-            retry_count: v.retry_count,
-            max_retries: v.max_retries,
-            retry_attempts: v.retry_attempts,
-            extra: v.extra,
-            owner: v.owner,
-            audit: v.audit,
-            chain: None,
-        }
-    }
-}
-
-impl warden_storage::Versioned for Execution {
-    const VERSION: u32 = 3;
-    type Previous = ExecutionV2;
-    fn upgrade(v: ExecutionV2) -> Self {
-        Execution {
-            id: v.id,
-            execution_id: v.execution_id,
-            name: v.name,
-            description: v.description,
-            category: v.category,
-            kind: v.kind,
-            status: v.status,
-            progress: v.progress,
-            parent_execution_id: v.parent_execution_id,
-            child_execution_ids: v.child_execution_ids,
-            steps: v.steps,
-            resource_type: v.resource_type,
-            resource_id: v.resource_id,
-            node_id: v.node_id,
-            involved_node_ids: v.involved_node_ids,
-            started_at: v.started_at,
-            completed_at: v.completed_at,
-            timeout_seconds: v.timeout_seconds,
-            timeout_at: v.timeout_at,
-            result: v.result,
-            error: v.error,
-            sent_message_ids: v.sent_message_ids,
-            received_message_ids: v.received_message_ids,
-            retry_count: v.retry_count,
-            max_retries: v.max_retries,
-            retry_attempts: v.retry_attempts,
-            extra: v.extra,
-            owner: v.owner,
-            audit: v.audit,
-            chain: v.chain,
-            dag: None,
-        }
-    }
-}
-
 /// The ordered index of executions by status, then creation time.
 pub const STATUS_CREATED: &str = "status_created";
 /// The ordered index of executions by category, then creation time.
@@ -451,7 +299,12 @@ impl Owned for Execution {
 
 #[cfg(test)]
 mod tests {
+    use super::super::chain::Data;
+    use super::super::layouts::{
+        ChainPartV1, ChainRunV1, ExecutionV1, ExecutionV2, ExecutionV3, StateUnitV1, StepV1,
+    };
     use super::*;
+    use warden_storage::Versioned;
 
     /// The first layout as an older build stored it (same collection).
     impl Record for ExecutionV1 {
@@ -461,15 +314,131 @@ mod tests {
         }
     }
 
+    impl Record for ExecutionV3 {
+        const COLLECTION: &'static str = "executions";
+        fn id(&self) -> &str {
+            &self.id
+        }
+    }
+
+    fn config(dir: &tempfile::TempDir) -> warden_storage::StoreConfig {
+        warden_storage::StoreConfig {
+            data_dir: dir.path().to_owned(),
+            durability: warden_storage::Durability::Flush,
+        }
+    }
+
     /// An execution stored before chains reads back without one.
     #[tokio::test]
     async fn layout_1_executions_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let config = warden_storage::StoreConfig {
-            data_dir: dir.path().to_owned(),
-            durability: warden_storage::Durability::Flush,
-        };
-        let v1 = ExecutionV1 {
+        let config = config(&dir);
+        let v1 = v1();
+        {
+            let store = warden_storage::Store::open(&config).unwrap();
+            store.insert(v1).await.unwrap();
+            store.close();
+        }
+        let store = warden_storage::Store::open(&config).unwrap();
+        let read: Execution = store.get("x1").unwrap().unwrap();
+        assert_eq!(read.chain, None);
+        assert_eq!(
+            (read.status, read.node_id.as_deref()),
+            (ExecStatus::Completed, Some("n1"))
+        );
+    }
+
+    /// A layout-3 execution with a step and a chain's run (written before
+    /// `resumed`) reads back with every field, nothing resumed.
+    #[tokio::test]
+    async fn layout_3_executions_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(&dir);
+        let mut v3 = ExecutionV3::upgrade(ExecutionV2::upgrade(v1()));
+        v3.steps.push(StepV1 {
+            index: 0,
+            name: "probe".into(),
+            description: None,
+            status: StepStatus::Running,
+            progress: 10,
+            command: None,
+            node_id: Some("n1".into()),
+            started_at: Some(5),
+            completed_at: None,
+            timeout_seconds: Some(9),
+            result: None,
+            error: None,
+            sent_message_id: Some("m1".into()),
+            received_message_id: None,
+            depends_on: vec![],
+            optional: true,
+            attempts: 2,
+            extra: "{}".into(),
+        });
+        let input = Data::new("string", &serde_json::json!("hi"));
+        v3.chain = Some(ChainPartV1 {
+            chain_id: "c".into(),
+            definition: "{}".into(),
+            input: input.clone(),
+            run: ChainRunV1 {
+                vars: [("input".to_owned(), input.clone())].into(),
+                current: Some("ask".into()),
+                failures: 1,
+                transitions: 3,
+                output: input,
+                state: vec![StateUnitV1 {
+                    task_id: "greet".into(),
+                    handler: "noop".into(),
+                    input_type: "string".into(),
+                    output_type: "string".into(),
+                    input_var: "input".into(),
+                    transition: "noop".into(),
+                    duration_ns: 7,
+                    error: String::new(),
+                    input: Some("hi".into()),
+                    output: None,
+                }],
+                error: None,
+                seed: "s".into(),
+                started_secs: 11,
+            },
+            call: Some(PendingCall {
+                task: "ask".into(),
+                attempt: 3,
+                started_at: 6,
+                resumed: false,
+            }),
+        });
+        {
+            let store = warden_storage::Store::open(&config).unwrap();
+            store.insert(v3).await.unwrap();
+            store.close();
+        }
+        let store = warden_storage::Store::open(&config).unwrap();
+        let read: Execution = store.get("x1").unwrap().unwrap();
+        let step = &read.steps[0];
+        assert_eq!(
+            (
+                step.name.as_str(),
+                step.attempts,
+                step.optional,
+                step.resumed
+            ),
+            ("probe", 2, true, false)
+        );
+        assert_eq!(step.sent_message_id.as_deref(), Some("m1"));
+        let chain = read.chain.expect("the chain part");
+        assert_eq!(chain.run.transitions, 3);
+        assert_eq!(chain.run.seed, "s");
+        assert_eq!(chain.run.state[0].task_id, "greet");
+        assert_eq!(chain.run.state[0].input.as_deref(), Some("hi"));
+        assert!(!chain.run.state[0].resumed);
+        assert_eq!(chain.call.map(|c| c.attempt), Some(3));
+        assert_eq!(read.dag, None);
+    }
+
+    fn v1() -> ExecutionV1 {
+        ExecutionV1 {
             id: "x1".into(),
             execution_id: "e".into(),
             name: "n".into(),
@@ -499,18 +468,6 @@ mod tests {
             extra: String::new(),
             owner: Owner::default(),
             audit: Audit::new("u"),
-        };
-        {
-            let store = warden_storage::Store::open(&config).unwrap();
-            store.insert(v1).await.unwrap();
-            store.close();
         }
-        let store = warden_storage::Store::open(&config).unwrap();
-        let read: Execution = store.get("x1").unwrap().unwrap();
-        assert_eq!(read.chain, None);
-        assert_eq!(
-            (read.status, read.node_id.as_deref()),
-            (ExecStatus::Completed, Some("n1"))
-        );
     }
 }

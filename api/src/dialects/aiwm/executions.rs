@@ -82,6 +82,9 @@ fn step_view(s: &Step) -> Value {
                 "receivedMessageId",
                 s.received_message_id.as_ref().map(|v| json!(v)),
             ),
+            // Only on a step whose attempt outlived its actor (a crash, a
+            // restart) and was made again under the same attempt.
+            ("resumed", s.resumed.then_some(json!(true))),
         ],
     );
     if s.extra.len() > 2 {
@@ -178,6 +181,7 @@ fn step_of(f: &mut Fields) -> Option<NewStep> {
         "error",
         "sentMessageId",
         "receivedMessageId",
+        "resumed",
     ]);
     let command = match command {
         Some(mut c) => {
