@@ -1405,6 +1405,86 @@ async fn a_job_task_waits_for_a_worker_through_leases() {
     s.stop().await;
 }
 
+/// WORKFLOWS.md §6 "parked runs": a run that waits only for its job keeps
+/// no actor; the worker's `done` wakes it at once, and the job's expiry
+/// wakes it to fail the attempt.
+#[tokio::test]
+async fn a_run_waiting_for_a_job_keeps_no_actor_until_the_job_ends() {
+    let s = TestServer::start().await;
+    let (t, _) = s.user("parker", &["operator"], None).await;
+    let chain = |valid_for: &str| {
+        json!({"chain": {"id": "park", "tasks": [
+            {"id": "ask", "handler": "job", "job": {"type": "park", "valid_for": valid_for},
+             "transition": {"branches": [{"operator": "default", "goto": "end"}]}}]},
+         "input": "x", "inputType": "string"})
+    };
+    let running = || async {
+        let list = s.get("/api/executions?status=running", &t).await.body;
+        list["data"].as_array()?.first()?["_id"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let live = |id: String| {
+        let s = &s;
+        async move {
+            let tree = s.get("/admin/actors", &s.admin_token).await.body;
+            common::find_actor(&tree, &format!("execution:{id}")).is_some()
+        }
+    };
+
+    let run = run_in_background(&s, &t, chain("1m"));
+    let job = eventually(5, "the job", || async {
+        let p = s.get("/jobs/pending", &t).await.body;
+        p.as_array()?.first().cloned()
+    })
+    .await;
+    let id = eventually(5, "the running run", running).await;
+    eventually(5, "the run's actor passivated", || async {
+        (!live(id.clone()).await).then_some(())
+    })
+    .await;
+    let r = s
+        .post(
+            "/leases",
+            &t,
+            json!({"leaserId": "w", "leaseDuration": "30s", "jobTypes": ["park"]}),
+        )
+        .await;
+    assert_eq!(r.body["id"], job["id"], "{}", r.body);
+    let path = format!("/jobs/{}/done", job["id"].as_str().unwrap());
+    let r = s
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            Some(&t),
+            Some(json!({"leaserId": "w"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (status, body) = tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .expect("done wakes the run at once")
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["output"]["jobId"], job["id"]);
+    assert!(body["state"][0].get("resumed").is_none(), "{body}");
+
+    // Nobody takes the job: its expiry wakes the run, which fails.
+    let run = run_in_background(&s, &t, chain("2s"));
+    let id = eventually(5, "the running run", running).await;
+    eventually(5, "the run's actor passivated", || async {
+        (!live(id.clone()).await).then_some(())
+    })
+    .await;
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("the expiry wakes the run")
+        .unwrap();
+    assert_ne!(status, 200, "{body}");
+    assert!(body.to_string().contains("expired"), "{body}");
+    s.stop().await;
+}
+
 /// WORKFLOWS.md §5.5: a `/tasks` client that goes away mid-run cancels
 /// the run (`client_disconnected`), as the original does.
 #[tokio::test]

@@ -20,35 +20,15 @@ use crate::kind::WeakKindRef;
 use crate::{Kind, KindRef, Nodes};
 
 pub struct ExecutionKind {
-    store: Store,
-    dispatch: Arc<dyn Dispatch>,
-    on_end: Option<ExecutionListener>,
-    gateway: Arc<dyn Gateway>,
-    egress: Arc<warden_actors::egress::Egress>,
-    children: Arc<dyn execution::Children>,
-    functions: Arc<dyn execution::Functions>,
-}
-
-impl ExecutionKind {
-    pub(crate) fn new(
-        store: Store,
-        dispatch: Arc<dyn Dispatch>,
-        on_end: Option<ExecutionListener>,
-        gateway: Arc<dyn Gateway>,
-        egress: Arc<warden_actors::egress::Egress>,
-        children: Arc<dyn execution::Children>,
-        functions: Arc<dyn execution::Functions>,
-    ) -> Self {
-        ExecutionKind {
-            store,
-            dispatch,
-            on_end,
-            gateway,
-            egress,
-            children,
-            functions,
-        }
-    }
+    pub(crate) store: Store,
+    pub(crate) dispatch: Arc<dyn Dispatch>,
+    pub(crate) on_end: Option<ExecutionListener>,
+    pub(crate) gateway: Arc<dyn Gateway>,
+    pub(crate) egress: Arc<warden_actors::egress::Egress>,
+    pub(crate) children: Arc<dyn execution::Children>,
+    pub(crate) functions: Arc<dyn execution::Functions>,
+    /// Runs parked on their jobs, and their wake-ups.
+    pub(crate) parked: crate::parked::ParkedRuns,
 }
 
 /// Child chains nest at most this deep (a chain that calls itself stops).
@@ -147,6 +127,8 @@ impl Kind for ExecutionKind {
             egress: self.egress.clone(),
             children: Some(self.children.clone()),
             functions: Some(self.functions.clone()),
+            parking: Some(Arc::new(self.parked.clone())),
+            woken: self.parked.take(id),
         }
     }
 
@@ -498,6 +480,24 @@ impl Executions {
             waiters,
             latest: LatestRuns::default(),
         }
+    }
+
+    /// A worker finished one of the run's jobs: a run parked on it looks
+    /// at its jobs again now (an ended run is left alone).
+    pub async fn wake(&self, id: &str) -> Result<(), DomainError> {
+        let running = self
+            .store
+            .get::<Execution>(id)?
+            .is_some_and(|x| x.status == ExecStatus::Running);
+        if !running {
+            return Ok(());
+        }
+        self.kind.kind().parked.wake(id).await
+    }
+
+    /// Runs parked on their jobs, waiting for a wake-up.
+    pub fn parked(&self) -> usize {
+        self.kind.kind().parked.len()
     }
 
     /// A live execution by `_id`, or by `executionId` within `org`.

@@ -16,6 +16,7 @@ mod kind;
 mod llm;
 mod models;
 mod nodes;
+mod parked;
 mod policy;
 mod root;
 mod scheduler;

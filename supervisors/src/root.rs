@@ -243,20 +243,21 @@ impl Runtime {
         let ends = EndRoute::default();
         let waiters = Waiters::default();
         let executions = KindRef::new(
-            ExecutionKind::new(
-                store.clone(),
-                Arc::new(node_service.clone()),
-                Some(waiters.listener(Some(route_end(ends.clone())))),
-                Arc::new(LlmGateway(llm.clone())),
-                egress.clone(),
-                Arc::new(crate::executions::ChildRunner {
+            ExecutionKind {
+                store: store.clone(),
+                dispatch: Arc::new(node_service.clone()),
+                on_end: Some(waiters.listener(Some(route_end(ends.clone())))),
+                gateway: Arc::new(LlmGateway(llm.clone())),
+                egress: egress.clone(),
+                children: Arc::new(crate::executions::ChildRunner {
                     route: route.clone(),
                     store: store.clone(),
                     nodes: node_service.clone(),
                     waiters: waiters.clone(),
                 }),
-                functions.clone(),
-            ),
+                functions: functions.clone(),
+                parked: crate::parked::ParkedRuns::start(route.clone()),
+            },
             config.executions,
         );
         let _ = route.set(executions.downgrade());

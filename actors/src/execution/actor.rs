@@ -104,8 +104,28 @@ pub enum ExecMsg {
     Tick,
     /// The answer to a chain task's call (an `Event::ChainResult`).
     Chain(Box<Event>),
+    /// A `job` task's job is not finished yet: the call ends and the run
+    /// waits for its job without a task (parked) until
+    /// [`Parking::park`]'s wake-up; with nothing else in flight the actor
+    /// passivates.
+    Parked {
+        task: String,
+        attempt: u32,
+        /// When the job stops being valid.
+        valid_until: Millis,
+    },
+    /// Look at the parked calls' jobs again (one was finished, or a
+    /// wake-up time came).
+    Wake,
     /// Fault injection: panic inside the handler.
     Crash,
+}
+
+/// Where runs that wait only for jobs are parked: the executions service
+/// wakes a parked run (activating its actor again) when one of its jobs
+/// is finished and at `wake_at` (its earliest deadline or job expiry).
+pub trait Parking: Send + Sync {
+    fn park(&self, execution: &str, wake_at: Millis);
 }
 
 pub struct ExecArgs {
@@ -121,6 +141,13 @@ pub struct ExecArgs {
     pub children: Option<Arc<dyn Children>>,
     /// How `function` tasks run JavaScript (none: they fail, saying so).
     pub functions: Option<Arc<dyn Functions>>,
+    /// Where runs waiting only for jobs park (none: the actor stays and
+    /// looks at its jobs every [`JOB_POLL`]).
+    pub parking: Option<Arc<dyn Parking>>,
+    /// The actor is activated to look at its parked jobs (not after a
+    /// crash or a restart): its calls are made again without being
+    /// marked `resumed`.
+    pub woken: bool,
 }
 
 pub struct ExecState {
@@ -142,6 +169,12 @@ pub struct ExecState {
     /// is aborted when the run no longer waits for it, and when the actor
     /// goes (stopped or failed) with its state.
     calls: HashMap<String, InFlightCall>,
+    parking: Option<Arc<dyn Parking>>,
+    /// Parked calls (task → its job's expiry): waiting for a job, with no
+    /// task of their own.
+    parked: HashMap<String, Millis>,
+    /// Activated to look at parked jobs (see [`ExecArgs::woken`]).
+    woken: bool,
 }
 
 /// A spawned call that is aborted when dropped.
@@ -398,10 +431,13 @@ impl ExecState {
         }
         if task.handler == "job" {
             let spec = task.raw.get("job").cloned().unwrap_or(Value::Null);
+            // The task waits no longer than its `timeout`: nor is its job
+            // valid longer (a parked run wakes at its job's expiry).
             let valid_for = spec["valid_for"]
                 .as_str()
                 .and_then(chain::go_duration)
                 .unwrap_or(JOB_VALID_FOR);
+            let valid_for = task.timeout.map_or(valid_for, |t| t.min(valid_for));
             let job = warden_domain::job::Job::new(
                 &self.exec.owner.org_id,
                 &format!("{}:{}:{}", self.exec.id, task.id, attempt),
@@ -412,7 +448,26 @@ impl ExecState {
             );
             let store = self.store.clone();
             let timeout = Some(task.timeout.unwrap_or(valid_for));
-            self.spawn_call(me, task_id, attempt, timeout, wait_for_job(store, job));
+            self.parked.remove(&task_id);
+            if self.parking.is_some() {
+                // Looks once: a job not finished parks the call.
+                let (task, me) = (task_id.clone(), me.clone());
+                self.spawn_call(me.clone(), task_id, attempt, timeout, async move {
+                    match look_at_job(&store, job).await {
+                        JobLook::Ended(outcome) => outcome,
+                        JobLook::Waiting(valid_until) => {
+                            let _ = me.cast(ExecMsg::Parked {
+                                task,
+                                attempt,
+                                valid_until,
+                            });
+                            std::future::pending().await
+                        }
+                    }
+                });
+            } else {
+                self.spawn_call(me, task_id, attempt, timeout, wait_for_job(store, job));
+            }
             return;
         }
         if task.handler == "execute_tool_calls" {
@@ -693,6 +748,32 @@ impl ExecState {
         self.calls.insert(key, handle);
     }
 
+    /// Tells the parking when to wake this run (its parked jobs' expiry
+    /// or its next deadline, whichever is first); with nothing but parked
+    /// jobs to wait for, the actor passivates until then.
+    fn park(&mut self, myself: &ActorRef<ExecMsg>) {
+        let Some(parking) = &self.parking else {
+            return;
+        };
+        let Some(wake_at) = self
+            .parked
+            .values()
+            .copied()
+            .chain(machine::next_deadline(&self.exec))
+            .min()
+        else {
+            return;
+        };
+        parking.park(&self.exec.id, wake_at);
+        let idle = self.exec.status == super::record::ExecStatus::Running
+            && self.calls.is_empty()
+            && self.unsent.is_empty()
+            && machine::in_flight(&self.exec).is_empty();
+        if idle {
+            myself.stop(Some("parked: waiting for jobs".into()));
+        }
+    }
+
     /// Arms a timer for the next deadline (one at a time; a stale timer
     /// only re-checks). Sends to retry want a tick soon too.
     fn arm(&mut self, myself: &ActorRef<ExecMsg>) {
@@ -723,31 +804,46 @@ const JOB_POLL: Duration = Duration::from_millis(200);
 /// and waits until a worker marks it done (the task's outcome: the job)
 /// or failed (the attempt fails; the task's retries make a new job).
 async fn wait_for_job(store: Store, job: warden_domain::job::Job) -> chain::Outcome {
-    use warden_domain::job::{self, JobStatus};
-    let job = job::ensure(&store, job).await.map_err(|e| e.to_string())?;
     loop {
-        let now = job::get(&store, &job.org_id, &job.id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("job {} was removed", job.id))?;
-        match now.status {
-            JobStatus::Done => {
-                let out = json!({"jobId": now.id, "taskType": now.task_type,
-                    "payload": now.payload_json(), "leaserId": now.leaser_id,
-                    "retryCount": now.retry_count});
-                return Ok((chain::Data::new("json", &out), "done".to_owned()));
-            }
-            JobStatus::Failed => {
-                return Err(format!(
-                    "job {} was marked failed by {}",
-                    now.id, now.leaser_id
-                ));
-            }
-            _ if now.valid_until <= now_millis() => {
-                return Err(format!("job {} was not done before it expired", now.id));
-            }
-            _ => tokio::time::sleep(JOB_POLL).await,
+        match look_at_job(&store, job.clone()).await {
+            JobLook::Ended(outcome) => return outcome,
+            JobLook::Waiting(_) => tokio::time::sleep(JOB_POLL).await,
         }
     }
+}
+
+/// Where a `job` task's job stands.
+enum JobLook {
+    /// Done (the task's outcome), failed, expired or gone.
+    Ended(chain::Outcome),
+    /// Not finished; valid until then.
+    Waiting(Millis),
+}
+
+/// Makes the job (or finds the one an earlier run of this attempt made)
+/// and says where it stands.
+async fn look_at_job(store: &Store, job: warden_domain::job::Job) -> JobLook {
+    use warden_domain::job::{self, JobStatus};
+    let now = match job::ensure(store, job).await {
+        Ok(j) => j,
+        Err(e) => return JobLook::Ended(Err(e.to_string())),
+    };
+    JobLook::Ended(match now.status {
+        JobStatus::Done => {
+            let out = json!({"jobId": now.id, "taskType": now.task_type,
+                "payload": now.payload_json(), "leaserId": now.leaser_id,
+                "retryCount": now.retry_count});
+            Ok((chain::Data::new("json", &out), "done".to_owned()))
+        }
+        JobStatus::Failed => Err(format!(
+            "job {} was marked failed by {}",
+            now.id, now.leaser_id
+        )),
+        _ if now.valid_until <= now_millis() => {
+            Err(format!("job {} was not done before it expired", now.id))
+        }
+        _ => return JobLook::Waiting(now.valid_until),
+    })
 }
 
 /// What a stored command says about its step, once the node answered.
@@ -822,6 +918,9 @@ impl Actor for ExecutionActor {
             children: args.children,
             functions: args.functions,
             calls: HashMap::new(),
+            parking: args.parking,
+            parked: HashMap::new(),
+            woken: args.woken,
         })
     }
 
@@ -835,7 +934,12 @@ impl Actor for ExecutionActor {
         myself: ActorRef<ExecMsg>,
         state: &mut ExecState,
     ) -> Result<(), ActorProcessingErr> {
-        if machine::needs_resume(&state.exec) {
+        if state.woken {
+            // Activated to look at its parked jobs: the same calls, made
+            // again, nothing resumed.
+            let again = machine::pending_calls(&state.exec);
+            state.perform(&myself, again).await;
+        } else if machine::needs_resume(&state.exec) {
             let resend = state.run(Event::Resume).await?;
             state.perform(&myself, resend).await;
         }
@@ -882,6 +986,27 @@ async fn handle_message(
             effects.extend(state.run(Event::Tick).await?);
             effects
         }
+        ExecMsg::Parked {
+            task,
+            attempt,
+            valid_until,
+        } => {
+            if machine::pending_calls(&state.exec).contains(&Effect::Call {
+                task: task.clone(),
+                attempt,
+            }) {
+                // Its call ended (waiting, it never would): the job's
+                // finish or expiry wakes the run.
+                state.calls.remove(&task);
+                state.parked.insert(task, valid_until);
+                state.park(&myself);
+            }
+            Vec::new()
+        }
+        ExecMsg::Wake => machine::pending_calls(&state.exec)
+            .into_iter()
+            .filter(|e| matches!(e, Effect::Call { task, .. } if state.parked.contains_key(task)))
+            .collect(),
         ExecMsg::Crash => panic!(
             "fault injection: execution {} was told to crash",
             state.exec.id
@@ -898,6 +1023,7 @@ async fn handle_message(
         })
         .collect();
     state.calls.retain(|task, _| waiting.contains(task));
+    state.parked.retain(|task, _| waiting.contains(task));
     state.arm(&myself);
     // Finished: nothing left to wait for, so the actor passivates (a late
     // reply or a client's request activates it again).

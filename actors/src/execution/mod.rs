@@ -13,7 +13,7 @@ mod record;
 
 pub use actor::{
     BoxFuture, ChildRun, Children, Dispatch, ExecArgs, ExecHandle, ExecMsg, ExecutionActor,
-    ExecutionListener, FunctionCall, Functions, error_of,
+    ExecutionListener, FunctionCall, Functions, Parking, error_of,
 };
 pub use record::{
     BY_REQUEST, CATEGORY_CREATED, ChainPart, DagPart, ExecError, ExecStatus, Execution,

@@ -84,13 +84,20 @@ async fn finish(
     done: bool,
 ) -> ContenoxResult<Job> {
     let leaser = leaser(body)?;
-    job::finish(&state.store, org, id, &leaser, done)
+    let j = job::finish(&state.store, org, id, &leaser, done)
         .await
         .map_err(|e| match e {
             FinishError::NotFound => ApiError::not_found("Job", id),
             FinishError::NotHolder(why) => ApiError::new(StatusCode::CONFLICT, why),
             FinishError::Domain(e) => e.into(),
-        })
+        })?;
+    // The run that made the job (parked on it) goes on now. The finish is
+    // durable already: a run not woken here looks at its job when its
+    // wake-up time comes or at the next boot.
+    if let Err(e) = state.runtime.executions.wake(&j.origin).await {
+        tracing::warn!(job = %j.id, execution = %j.origin, error = %e, "could not wake the job's run");
+    }
+    Ok(j)
 }
 
 async fn done(
