@@ -64,6 +64,7 @@ async fn main() {
     let store = Store::open(&StoreConfig {
         data_dir: dir.path().to_owned(),
         durability: Durability::Flush,
+        cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
     })
     .unwrap();
     warden_actors::conversation::ensure_indexes(&store)

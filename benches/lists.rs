@@ -78,6 +78,7 @@ async fn populate(dir: &std::path::Path, org: &str, from: usize, count: usize) {
     let store = warden_storage::Store::open(&warden_storage::StoreConfig {
         data_dir: dir.to_path_buf(),
         durability: warden_storage::Durability::Flush,
+        cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
     })
     .unwrap();
     let owner = warden_domain::Owner {

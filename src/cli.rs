@@ -130,6 +130,9 @@ pub struct ServeArgs {
     /// `flush` survives a killed process; `fsync` also survives power loss [default: flush].
     #[arg(long, env = "WARDEN_DURABILITY", value_parser = parse_durability)]
     pub durability: Option<Durability>,
+    /// The most memory the store's page cache may hold, MiB [default: 256].
+    #[arg(long, env = "WARDEN_STORE_CACHE_MIB", value_parser = clap::value_parser!(u64).range(8..=1_048_576))]
+    pub store_cache_mib: Option<u64>,
     /// Reverse proxies whose X-Forwarded-For names the client: addresses
     /// or CIDR ranges, comma-separated [default: none; the header is ignored].
     #[arg(long, env = "WARDEN_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
@@ -180,6 +183,13 @@ impl ServeArgs {
         c.enable_fault_injection =
             self.enable_fault_injection || file.enable_fault_injection.unwrap_or(false);
         c.durability = self.durability.or(file.durability).unwrap_or_default();
+        if let Some(mib) = self.store_cache_mib.or(file.store_cache_mib) {
+            anyhow::ensure!(
+                (8..=1_048_576).contains(&mib),
+                "store_cache_mib must be between 8 and 1048576 (MiB)"
+            );
+            c.store_cache_bytes = mib << 20;
+        }
         c.token_ttl_secs = file
             .token_ttl_secs
             .unwrap_or(config::DEFAULT_TOKEN_TTL_SECS);

@@ -20,6 +20,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub enable_fault_injection: Option<bool>,
     pub durability: Option<Durability>,
+    /// sled's page cache, MiB.
+    pub store_cache_mib: Option<u64>,
     pub token_ttl_secs: Option<i64>,
     pub max_body_bytes: Option<usize>,
     pub log: Option<String>,
@@ -196,6 +198,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub enable_fault_injection: bool,
     pub durability: Durability,
+    /// The most memory the store's page cache may hold.
+    pub store_cache_bytes: u64,
     pub token_ttl_secs: i64,
     pub max_body_bytes: usize,
     pub root_policy: RestartPolicy,
@@ -255,6 +259,7 @@ impl ServerConfig {
             data_dir,
             enable_fault_injection: false,
             durability: Durability::Flush,
+            store_cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
             token_ttl_secs: DEFAULT_TOKEN_TTL_SECS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             root_policy: RestartPolicy::default(),

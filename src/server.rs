@@ -59,6 +59,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let store = Store::open(&StoreConfig {
         data_dir: config.data_dir.clone(),
         durability: config.durability,
+        cache_bytes: config.store_cache_bytes,
     })
     .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     // Collections whose indexes changed since the store was written are

@@ -811,6 +811,7 @@ async fn gradient_evaluations_complete_and_resume_after_a_restart() {
             let store = warden_storage::Store::open(&warden_storage::StoreConfig {
                 data_dir,
                 durability: warden_storage::Durability::Flush,
+                cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
             })
             .unwrap();
             let mut e: warden_domain::evaluation::Evaluation = store.get(&bare).unwrap().unwrap();

@@ -390,6 +390,39 @@ async fn llm_keys_never_reach_the_logs() {
     assert!(!text.contains(own_key), "a log line holds a backend's key");
 }
 
+/// The store's page-cache bound is checked wherever it is set: a flag out
+/// of range and a file's value out of range each stop the server with a
+/// message naming the setting, before anything is opened.
+#[test]
+fn an_out_of_range_store_cache_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("warden.toml");
+    std::fs::write(&config, "store_cache_mib = 2\n").unwrap();
+    for (args, says) in [
+        (vec!["--store-cache-mib", "1"], "store-cache-mib"),
+        (
+            vec!["--config", config.to_str().unwrap()],
+            "store_cache_mib must be",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(&args)
+            .env_remove("WARDEN_STORE_CACHE_MIB")
+            .env("WARDEN_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(
+            !dir.path().join("data").join("db").exists(),
+            "nothing opened"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configuration_precedence_flag_env_file() {
     let dir = tempfile::tempdir().unwrap();

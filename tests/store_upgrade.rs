@@ -200,6 +200,7 @@ async fn a_schema_1_store_opens_and_everything_reads_back() {
             let store = warden_storage::Store::open(&warden_storage::StoreConfig {
                 data_dir,
                 durability: warden_storage::Durability::Flush,
+                cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
             })
             .unwrap();
             let pruned = store

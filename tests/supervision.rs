@@ -466,6 +466,7 @@ async fn ten_thousand_online_nodes_reactivate_in_parallel_while_the_supervisor_a
             let store = warden_storage::Store::open(&warden_storage::StoreConfig {
                 data_dir,
                 durability: warden_storage::Durability::Flush,
+                cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
             })
             .unwrap();
             let owner = warden_domain::Owner {

@@ -321,6 +321,7 @@ mod tests {
         let config = warden_storage::StoreConfig {
             data_dir: dir.path().to_owned(),
             durability: warden_storage::Durability::Flush,
+            cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
         };
         let v1 = EvaluationV1 {
             id: "e1".into(),

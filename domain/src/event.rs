@@ -919,6 +919,7 @@ mod tests {
         let config = warden_storage::StoreConfig {
             data_dir: dir.path().to_owned(),
             durability: Default::default(),
+            cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
         };
         let store = Store::open(&config).unwrap();
         let log = EventLog::open(store.clone()).unwrap();

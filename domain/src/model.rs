@@ -679,6 +679,7 @@ mod tests {
         let config = warden_storage::StoreConfig {
             data_dir: dir.path().to_owned(),
             durability: warden_storage::Durability::Flush,
+            cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
         };
         let mut m = Model::new(Owner::default(), "u");
         m.name = "nomic-embed-text".into();

@@ -703,6 +703,7 @@ mod tests {
         let store = Store::open(&StoreConfig {
             data_dir: dir.to_path_buf(),
             durability: Durability::Flush,
+            cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
         })
         .unwrap();
         Identity::open(

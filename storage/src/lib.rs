@@ -33,7 +33,10 @@ pub use engine::{Changes, CommitStats, Engine};
 pub use error::StorageError;
 pub use keys::time_sort_key;
 pub use record::{Record, Write};
-pub use store::{Durability, ListQuery, Listed, PageQuery, Paged, Scope, Store, StoreConfig, past};
+pub use store::{
+    DEFAULT_CACHE_BYTES, Durability, ListQuery, Listed, PageQuery, Paged, Scope, Store,
+    StoreConfig, past,
+};
 pub use versioned::{Initial, Versioned};
 
 /// Milliseconds since the Unix epoch: the one time representation stored.

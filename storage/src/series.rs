@@ -211,6 +211,7 @@ mod tests {
         let store = Store::open(&StoreConfig {
             data_dir: dir.path().to_path_buf(),
             durability: Durability::Flush,
+            cache_bytes: crate::DEFAULT_CACHE_BYTES,
         })
         .unwrap();
         for (at, id) in [(-5, "a"), (10, "b"), (20, "c"), (30, "d")] {

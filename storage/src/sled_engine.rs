@@ -54,8 +54,12 @@ impl From<sled::Error> for StorageError {
 
 impl SledEngine {
     /// Opens `<dir>` and brings it to the current schema (see `migrations.rs`).
-    pub(crate) fn open(dir: &Path, durability: Durability) -> Result<SledEngine, StorageError> {
-        let db = open_db(dir)?;
+    pub(crate) fn open(
+        dir: &Path,
+        durability: Durability,
+        cache_bytes: u64,
+    ) -> Result<SledEngine, StorageError> {
+        let db = open_db(dir, cache_bytes)?;
         let tree = db.open_tree(keys::MAIN_TREE)?;
         let series = db.open_tree(keys::SERIES_TREE)?;
         migrations::run(&db, &tree, &series, migrations::ALL, keys::SCHEMA_VERSION)?;
@@ -155,11 +159,12 @@ impl Engine for SledEngine {
 /// thread after the last handle is dropped, so a store closed in this
 /// process a moment ago may still hold it: wait for it a little (up to
 /// 5 s), then say plainly that another process has the directory.
-fn open_db(dir: &Path) -> Result<sled::Db, StorageError> {
+fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StorageError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         match sled::Config::new()
             .path(dir)
+            .cache_capacity(cache_bytes)
             .flush_every_ms(Some(1000))
             .open()
         {

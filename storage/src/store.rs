@@ -28,7 +28,13 @@ pub enum Durability {
 pub struct StoreConfig {
     pub data_dir: PathBuf,
     pub durability: Durability,
+    /// The most memory sled's page cache may hold, in bytes (sled's own
+    /// default is 1 GiB, which a busy store fills).
+    pub cache_bytes: u64,
 }
+
+/// sled's page cache unless configured (`store_cache_mib`).
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
 /// Where a list looks: the whole collection, or one value of one index.
 pub enum Scope<'a> {
@@ -119,7 +125,11 @@ impl Store {
     /// store to the current schema and refusing a newer one.
     pub fn open(config: &StoreConfig) -> Result<Store, StorageError> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let engine = SledEngine::open(&config.data_dir.join("db"), config.durability)?;
+        let engine = SledEngine::open(
+            &config.data_dir.join("db"),
+            config.durability,
+            config.cache_bytes,
+        )?;
         let blobs = BlobStore::open(config.data_dir.join("blobs"))?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -707,6 +717,7 @@ mod tests {
         Store::open(&StoreConfig {
             data_dir: dir.to_path_buf(),
             durability: Durability::Flush,
+            cache_bytes: crate::DEFAULT_CACHE_BYTES,
         })
         .unwrap()
     }

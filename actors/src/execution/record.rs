@@ -325,6 +325,7 @@ mod tests {
         warden_storage::StoreConfig {
             data_dir: dir.path().to_owned(),
             durability: warden_storage::Durability::Flush,
+            cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
         }
     }
 
