@@ -529,3 +529,104 @@ async fn a_function_task_runs_a_stored_function_on_its_input() {
     assert!(r.body.to_string().contains("function.name"), "{}", r.body);
     s.stop().await;
 }
+
+/// A store written by a build that dispatched invocations behind a cursor
+/// (in a second commit) may hold events whose functions never ran: the
+/// first boot of this build runs each of them once, and later boots
+/// dispatch nothing again.
+#[tokio::test]
+async fn events_an_older_build_left_undispatched_run_their_functions_once() {
+    let s = TestServer::start().await;
+    let (t, _) = s.user("fn-upgrade", &["operator"], None).await;
+    let script = "function count(event) { return {n: event.nid}; }";
+    let r = s
+        .post("/functions", &t, json!({"name": "count", "script": script}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    s.post(
+        "/event-triggers",
+        &t,
+        trigger("t-count", "old.kind", "count"),
+    )
+    .await;
+    let r = s
+        .post("/events", &t, event("old.kind", "a1", json!({"k": 1})))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let first = r.body["nid"].as_u64().unwrap();
+    eventually(5, "the event's function ran", || async {
+        (completed_nids(&s, &t).await == [first]).then_some(())
+    })
+    .await;
+
+    // As an older build left it: two events after its cursor, without
+    // their invocations, and no mark that the catch-up was done.
+    let s = s
+        .stop_edit_start(|data_dir| async move {
+            let store = warden_storage::Store::open(&warden_storage::StoreConfig {
+                data_dir,
+                durability: warden_storage::Durability::Flush,
+                cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
+            })
+            .unwrap();
+            let stored: warden_domain::event::Event =
+                store.get(&format!("{first:020}")).unwrap().unwrap();
+            let mut writes = vec![
+                warden_storage::Write::Meta {
+                    name: "automation/dispatch_cursor".into(),
+                    value: first.to_be_bytes().to_vec(),
+                },
+                warden_storage::Write::Meta {
+                    name: "automation/invocations_inline".into(),
+                    value: Vec::new(),
+                },
+            ];
+            for nid in [first + 1, first + 2] {
+                let mut e = stored.clone();
+                e.nid = nid;
+                e.key = format!("{nid:020}");
+                e.id = format!("old-{nid}");
+                writes.push(warden_storage::Write::insert(&e).unwrap());
+            }
+            store.commit(writes).await.unwrap();
+            store.close();
+        })
+        .await;
+    let t = s.login("fn-upgrade", "user-password-1").await;
+    eventually(5, "the left events' functions ran", || async {
+        (completed_nids(&s, &t).await == [first, first + 1, first + 2]).then_some(())
+    })
+    .await;
+    // A later boot dispatches nothing again; new events still run theirs.
+    let s = s.restart(|_| {}).await;
+    let t = s.login("fn-upgrade", "user-password-1").await;
+    let r = s
+        .post("/events", &t, event("old.kind", "a2", json!({"k": 2})))
+        .await;
+    let last = r.body["nid"].as_u64().unwrap();
+    eventually(5, "the new event's function ran", || async {
+        (completed_nids(&s, &t).await.contains(&last)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        completed_nids(&s, &t).await,
+        [first, first + 1, first + 2, last],
+        "each event's function ran once"
+    );
+    s.stop().await;
+}
+
+/// The nids of the events whose function runs completed, sorted.
+async fn completed_nids(s: &TestServer, t: &str) -> Vec<u64> {
+    let ops = s.get("/activity/operations?limit=100", t).await.body;
+    let mut nids: Vec<u64> = ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["status"] == "completed")
+        .map(|o| o["eventNid"].as_u64().unwrap())
+        .collect();
+    nids.sort();
+    nids
+}

@@ -14,6 +14,11 @@
 //! - An event id is unique in its organisation: a second append of the
 //!   same id is refused as a conflict, so a re-run that emits events
 //!   under deterministic ids adds none twice.
+//! - An event's invocations (one per trigger listening to its type) are
+//!   stored in the event's own commit and handed to the dispatcher
+//!   ([`EventLog::take_invocations`]) once it is durable: a crash after
+//!   the `201` still runs each function once, and the function starts
+//!   without waiting for a second flush.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +28,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use warden_storage::{Millis, Record, StorageError, Store, Write, new_uuid, now_millis};
 
 use crate::DomainError;
+use crate::function::{Invocation, Trigger};
 use crate::rules::MAX_SHORT;
 
 warden_storage::first_layout!(Event, RawEvent, Mapping);
@@ -527,6 +533,9 @@ struct Queued {
     outcome:
         std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u64>, StorageError>> + Send>>,
     events: Vec<Arc<Event>>,
+    /// The function runs the events' triggers call for, stored in the
+    /// same commit.
+    invocations: Vec<Invocation>,
     reply: oneshot::Sender<Result<(), StorageError>>,
 }
 
@@ -544,6 +553,8 @@ pub struct EventLog {
     tail: broadcast::Sender<Arc<Event>>,
     /// The nid of the last event published to the tail.
     published: Arc<AtomicU64>,
+    /// Where committed invocations go (taken once by who runs them).
+    invocations: Arc<Mutex<Option<mpsc::UnboundedReceiver<Vec<Invocation>>>>>,
 }
 
 /// What one append stores.
@@ -574,6 +585,7 @@ impl EventLog {
             next_raw = next_raw.max(u64::from_be_bytes(r.try_into().unwrap_or_default()));
         }
         let (queue, mut rx) = mpsc::unbounded_channel::<Queued>();
+        let (run, runs) = mpsc::unbounded_channel::<Vec<Invocation>>();
         let (tail, _) = broadcast::channel(4096);
         let publish = tail.clone();
         let published = Arc::new(AtomicU64::new(next_event - 1));
@@ -588,6 +600,9 @@ impl EventLog {
                         mark.store(e.nid, Ordering::Release);
                         let _ = publish.send(e);
                     }
+                    if !q.invocations.is_empty() {
+                        let _ = run.send(q.invocations);
+                    }
                 }
                 let _ = q.reply.send(outcome);
             }
@@ -601,7 +616,18 @@ impl EventLog {
             })),
             tail,
             published,
+            invocations: Arc::new(Mutex::new(Some(runs))),
         })
+    }
+
+    /// The invocations of every event committed from now on, each batch
+    /// once its commit is durable. Taken once, by the dispatcher that
+    /// runs them; `None` after that.
+    pub fn take_invocations(&self) -> Option<mpsc::UnboundedReceiver<Vec<Invocation>>> {
+        self.invocations
+            .lock()
+            .expect("the event log lock is never poisoned")
+            .take()
     }
 
     /// The nid of the last event published to the tail (read it before
@@ -626,6 +652,19 @@ impl EventLog {
         &self,
         mut append: Append,
     ) -> Result<(Vec<Event>, Option<RawEvent>), DomainError> {
+        // The triggers listening to each event's type: their invocations
+        // are stored with the event, so a crash after the commit still
+        // runs each function once, and nothing waits for a second flush.
+        let mut listening: Vec<Vec<Trigger>> = Vec::with_capacity(append.events.len());
+        for (i, e) in append.events.iter().enumerate() {
+            let same = append.events[..i]
+                .iter()
+                .position(|p| p.org_id == e.org_id && p.event_type == e.event_type);
+            listening.push(match same {
+                Some(j) => listening[j].clone(),
+                None => Trigger::listening(&self.store, &e.org_id, &e.event_type)?,
+            });
+        }
         let (reply, answer) = oneshot::channel();
         {
             let mut order = self
@@ -643,11 +682,17 @@ impl EventLog {
                 next_raw += 1;
                 writes.push(Write::insert(raw)?);
             }
-            for e in &mut append.events {
+            let mut invocations = Vec::new();
+            for (e, triggers) in append.events.iter_mut().zip(&listening) {
                 e.nid = next_event;
                 e.key = nid_key(next_event);
                 next_event += 1;
                 writes.push(Write::insert(e)?);
+                for t in triggers {
+                    let inv = Invocation::new(t, e);
+                    writes.push(Write::insert(&inv)?);
+                    invocations.push(inv);
+                }
             }
             let mut next = next_event.to_be_bytes().to_vec();
             next.extend_from_slice(&next_raw.to_be_bytes());
@@ -663,6 +708,7 @@ impl EventLog {
                 .send(Queued {
                     outcome,
                     events: append.events.iter().cloned().map(Arc::new).collect(),
+                    invocations,
                     reply,
                 })
                 .map_err(|_| DomainError::Unavailable("the event log has stopped".into()))?;

@@ -3,11 +3,12 @@
 //!
 //! Invariants (beyond the original, which ran functions inline in
 //! `POST /events` and lost them in a crash):
-//! - Durable dispatch: the dispatcher reads the log from a persisted nid
-//!   cursor; an event's invocations are written in the same commit that
-//!   moves the cursor past it. So a crash right after an event's `201`
-//!   still runs each matching function, and exactly one invocation per
-//!   (trigger, event) exists.
+//! - Durable dispatch: an event's invocations are written in the event's
+//!   own commit (`EventLog::append`) and run once it is durable. So a
+//!   crash right after an event's `201` still runs each matching
+//!   function, and exactly one invocation per (trigger, event) exists.
+//!   Stores of older builds, which wrote invocations behind a cursor,
+//!   are caught up once at boot.
 //! - An invocation unfinished at boot runs again under the same key; the
 //!   events it emits have deterministic ids (`func-gen-<trigger>-<nid>-
 //!   <seq>`) and a second append of an id is a no-op, so a re-run emits
@@ -24,7 +25,6 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
-use tokio::sync::broadcast::error::RecvError;
 use warden_domain::event::{Append, Event, EventLog};
 use warden_domain::function::{Function, Invocation, InvocationStatus, Trigger, UNFINISHED};
 use warden_domain::{DomainError, Owner};
@@ -37,8 +37,11 @@ use crate::{Executions, RunLabel};
 pub const MAX_DEPTH: u32 = 8;
 /// How long one built-in call (an LLM task, a chain run) may take.
 const BUILTIN_WAIT: Duration = Duration::from_secs(30);
-/// Where the dispatcher's cursor is kept.
+/// Where older builds' dispatcher kept its cursor.
 const CURSOR: &str = "automation/dispatch_cursor";
+/// Set once the events older builds left undispatched were dispatched:
+/// from then on every event's invocations are stored with it.
+const INLINE: &str = "automation/invocations_inline";
 /// What a built-in answers once the server is stopping.
 const STOPPING: &str = "the server is stopping";
 /// Events read per step of the tail.
@@ -86,8 +89,12 @@ impl Automation {
                 stop: tokio::sync::watch::channel(false).0,
             }),
         };
+        let committed = a.inner.log.take_invocations().ok_or_else(|| {
+            DomainError::Unavailable("the event log's invocations are taken already".into())
+        })?;
         let inner = a.inner.clone();
-        a.inner.spawn(async move { inner.dispatch().await });
+        a.inner
+            .spawn(async move { inner.dispatch(committed).await });
         Ok(a)
     }
 
@@ -136,19 +143,14 @@ impl Inner {
             .map(u64::from_be_bytes))
     }
 
-    async fn dispatch(self: Arc<Self>) {
-        let mut tail = self.log.subscribe();
+    /// Runs the invocations a restart interrupted, dispatches what an
+    /// older build left undispatched, then runs each committed event's
+    /// invocations as the log hands them over.
+    async fn dispatch(
+        self: Arc<Self>,
+        mut committed: tokio::sync::mpsc::UnboundedReceiver<Vec<Invocation>>,
+    ) {
         let mut stop = self.stop.subscribe();
-        // A store that never dispatched starts at the log's end: events
-        // from before functions existed run nothing.
-        let mut cursor = match self.cursor() {
-            Ok(Some(c)) => c,
-            Ok(None) => self.log.published(),
-            Err(e) => {
-                tracing::error!(error = %e, "the dispatcher cannot read its cursor; functions will not run");
-                return;
-            }
-        };
         match self.store.in_scope::<Invocation>(UNFINISHED, "") {
             Ok(left) => {
                 if !left.is_empty() {
@@ -163,40 +165,80 @@ impl Inner {
             }
             Err(e) => tracing::error!(error = %e, "could not read unfinished invocations"),
         }
+        if let Err(e) = self.catch_up().await {
+            tracing::error!(error = %e, "could not dispatch the events an older build left; their functions will not run");
+        }
         loop {
-            match self.step(cursor).await {
-                Ok(Some(next)) => {
-                    cursor = next;
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "dispatch step failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            }
             tokio::select! {
                 _ = stop.changed() => return,
-                r = tail.recv() => if let Err(RecvError::Closed) = r {
-                    return;
+                batch = committed.recv() => match batch {
+                    Some(invocations) => {
+                        for inv in invocations {
+                            self.clone().spawn_run(inv);
+                        }
+                    }
+                    None => return,
                 },
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
     }
 
-    /// Reads the events after `cursor`, writes their invocations with the
-    /// new cursor, starts them. `None` when there was nothing to read.
-    async fn step(self: &Arc<Self>, cursor: u64) -> Result<Option<u64>, DomainError> {
-        let events = self.log.after(cursor, BATCH)?;
+    /// Builds before this one stored an event's invocations in a second
+    /// commit, behind a cursor: the events between that cursor and the
+    /// log's end at this boot get theirs now, once (the flag
+    /// [`INLINE`] says it was done).
+    async fn catch_up(self: &Arc<Self>) -> Result<(), DomainError> {
+        if self.store.meta(INLINE)?.is_some_and(|v| !v.is_empty()) {
+            return Ok(());
+        }
+        let end = self.log.published();
+        // A store that never dispatched starts at the log's end: events
+        // from before functions existed run nothing.
+        let mut cursor = self.cursor()?.unwrap_or(end);
+        while cursor < end {
+            match self.step(cursor, end).await {
+                Ok(Some(next)) => cursor = next,
+                Ok(None) => break,
+                Err(e) => {
+                    if *self.stop.borrow() {
+                        return Ok(());
+                    }
+                    tracing::warn!(error = %e, "dispatch step failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        self.store
+            .commit(vec![Write::Meta {
+                name: INLINE.into(),
+                value: vec![1],
+            }])
+            .await?;
+        Ok(())
+    }
+
+    /// Reads the events after `cursor` (up to `end`), writes the
+    /// invocations they lack with the new cursor, starts them. `None`
+    /// when there was nothing to read.
+    async fn step(self: &Arc<Self>, cursor: u64, end: u64) -> Result<Option<u64>, DomainError> {
+        let events: Vec<Event> = self
+            .log
+            .after(cursor, BATCH)?
+            .into_iter()
+            .filter(|e| e.nid <= end)
+            .collect();
         let Some(last) = events.last().map(|e| e.nid) else {
             return Ok(None);
         };
         let mut invocations = Vec::new();
         for e in &events {
             for t in Trigger::listening(&self.store, &e.org_id, &e.event_type)? {
-                invocations.push(Invocation::new(&t, e));
+                let inv = Invocation::new(&t, e);
+                // Stored with its event by this build (a boot that
+                // crashed mid catch-up): it runs from there.
+                if self.store.get::<Invocation>(&inv.key)?.is_none() {
+                    invocations.push(inv);
+                }
             }
         }
         let mut writes = Vec::with_capacity(invocations.len() + 1);
@@ -207,13 +249,7 @@ impl Inner {
             name: CURSOR.into(),
             value: last.to_be_bytes().to_vec(),
         });
-        if invocations.is_empty() {
-            // Nothing depends on this cursor being durable: a restart
-            // that reads these events again finds no trigger for them.
-            self.store.commit_nowait(writes)?;
-        } else {
-            self.store.commit(writes).await?;
-        }
+        self.store.commit(writes).await?;
         for inv in invocations {
             self.clone().spawn_run(inv);
         }
