@@ -650,6 +650,75 @@ async fn tool_server(tools: Tools) -> String {
     url
 }
 
+/// A hook's document is read once for calls close together, and again
+/// at once when it lacks the tool a task asks for (the tool server just
+/// gained it).
+#[tokio::test]
+async fn a_hooks_document_is_reused_and_read_again_for_a_new_tool() {
+    use axum::routing::{get, post};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let s = TestServer::start().await;
+    let (t, _) = s.user("doc-reader", &["operator"], None).await;
+    let (reads, grown) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let spec = {
+        let (reads, grown) = (reads.clone(), grown.clone());
+        move || {
+            let (reads, grown) = (reads.clone(), grown.clone());
+            async move {
+                reads.fetch_add(1, Ordering::SeqCst);
+                let mut paths = json!({"/a": {"post": {"operationId": "a",
+                    "requestBody": {"content": {"application/json": {}}}}}});
+                if grown.load(Ordering::SeqCst) {
+                    paths["/b"] = json!({"post": {"operationId": "b",
+                        "requestBody": {"content": {"application/json": {}}}}});
+                }
+                axum::Json(json!({"openapi": "3.0.0", "paths": paths}))
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/openapi.json", get(spec))
+        .route("/a", post(|| async { axum::Json(json!({"tool": "a"})) }))
+        .route("/b", post(|| async { axum::Json(json!({"tool": "b"})) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let r = s
+        .post(
+            "/hooks/remote",
+            &t,
+            json!({"name": "docs", "endpointUrl": url, "timeoutMs": 2000}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let run = |tool: &str| {
+        let body = json!({"chain": {"id": "d", "tasks": [{"id": "call", "handler": "hook",
+            "hook": {"name": "docs", "tool_name": tool},
+            "transition": {"branches": [{"operator": "default", "goto": "end"}]}}]},
+            "input": "x", "inputType": "string"});
+        let (s, t) = (&s, &t);
+        async move { s.post("/tasks", t, body).await }
+    };
+    for _ in 0..3 {
+        let r = run("a").await;
+        assert_eq!(r.body["output"]["tool"], "a", "{}", r.body);
+    }
+    assert_eq!(reads.load(Ordering::SeqCst), 1, "one read for three calls");
+    grown.store(true, Ordering::SeqCst);
+    let r = run("b").await;
+    assert_eq!(r.body["output"]["tool"], "b", "{}", r.body);
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
+        2,
+        "read again for the new tool"
+    );
+    s.stop().await;
+}
+
 /// Remote hooks: registered as §4 D says, and called by chain tasks as
 /// §4 C says (the tool found in the hook's OpenAPI document, path and
 /// query parameters taken out of the arguments, the hook's headers and

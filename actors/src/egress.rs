@@ -11,9 +11,10 @@
 //! - No redirects: a hook that answers 3xx has answered (a redirect could
 //!   point anywhere).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// The policy and the HTTP client that keeps it.
 pub struct Egress {
@@ -21,7 +22,15 @@ pub struct Egress {
     own: OnceLock<SocketAddr>,
     /// Built on first use (after the process installed its TLS provider).
     client: OnceLock<reqwest::Client>,
+    /// Hook documents read lately, by what was asked (URL and headers):
+    /// each is read again after [`SCHEMA_TTL`].
+    schemas: Mutex<HashMap<String, (Instant, Arc<serde_json::Value>)>>,
 }
+
+/// How long a hook's `openapi.json` is used before it is read again.
+pub const SCHEMA_TTL: Duration = Duration::from_secs(10);
+/// At most this many documents are kept (the oldest go first).
+const MAX_SCHEMAS: usize = 1024;
 
 /// Whether an address is link-local or a known metadata endpoint.
 pub fn metadata_or_link_local(ip: IpAddr) -> bool {
@@ -70,7 +79,36 @@ impl Egress {
             allow_internal,
             own: OnceLock::new(),
             client: OnceLock::new(),
+            schemas: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A document read under `key` less than [`SCHEMA_TTL`] ago.
+    pub fn cached_schema(&self, key: &str) -> Option<Arc<serde_json::Value>> {
+        let schemas = self.schemas.lock().expect("never poisoned");
+        schemas
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < SCHEMA_TTL)
+            .map(|(_, spec)| spec.clone())
+    }
+
+    /// Keeps a document just read under `key`.
+    pub fn keep_schema(&self, key: String, spec: Arc<serde_json::Value>) {
+        let mut schemas = self.schemas.lock().expect("never poisoned");
+        if schemas.len() >= MAX_SCHEMAS {
+            schemas.retain(|_, (at, _)| at.elapsed() < SCHEMA_TTL);
+            while schemas.len() >= MAX_SCHEMAS {
+                let Some(oldest) = schemas
+                    .iter()
+                    .min_by_key(|(_, (at, _))| *at)
+                    .map(|(k, _)| k.clone())
+                else {
+                    break;
+                };
+                schemas.remove(&oldest);
+            }
+        }
+        schemas.insert(key, (Instant::now(), spec));
     }
 
     /// The address this server listens on (known once it is bound).

@@ -7,7 +7,8 @@
 //! and what is left is the JSON body of a POST, PUT or PATCH with a
 //! request body. The hook's headers and an `Idempotency-Key` (the same
 //! for a call made again after a restart) go with it; `timeoutMs` bounds
-//! the whole call.
+//! the whole call. A document is read at most every 10 s per URL and
+//! headers, and at once when it lacks the tool asked for.
 
 use std::time::Duration;
 
@@ -73,6 +74,25 @@ fn text_of(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// A hook's OpenAPI document, read at most every
+/// [`crate::egress::SCHEMA_TTL`]; one that lacks the tool asked for is
+/// read again at once (the tool server may have just gained it).
+async fn document(
+    egress: &crate::egress::Egress,
+    hook: &Hook,
+    tool: Option<&str>,
+) -> Result<std::sync::Arc<Value>, String> {
+    let key = format!("{}\n{:?}", hook.endpoint_url, hook.header_pairs());
+    if let Some(spec) = egress.cached_schema(&key)
+        && tool.is_none_or(|t| operation(&spec, t).is_some())
+    {
+        return Ok(spec);
+    }
+    let spec = std::sync::Arc::new(schema(egress, hook).await?);
+    egress.keep_schema(key, spec.clone());
+    Ok(spec)
 }
 
 /// Reads a hook's OpenAPI document (`<endpointUrl>/openapi.json`).
@@ -214,7 +234,7 @@ pub async fn call(
     arguments.insert("input".into(), input.json());
     arguments.extend(args);
     let output = within(hook, async {
-        let spec = schema(egress, hook).await?;
+        let spec = document(egress, hook, Some(&tool)).await?;
         invoke(egress, hook, &spec, &tool, arguments, idempotency_key).await
     })
     .await?;
@@ -246,7 +266,7 @@ pub async fn call_tool(
     idempotency_key: &str,
 ) -> Result<Data, String> {
     within(hook, async {
-        let spec = schema(egress, hook).await?;
+        let spec = document(egress, hook, Some(tool)).await?;
         invoke(egress, hook, &spec, tool, arguments, idempotency_key).await
     })
     .await
@@ -285,7 +305,7 @@ pub async fn offered_tools(
     egress: &crate::egress::Egress,
     hook: &Hook,
 ) -> Result<Vec<Value>, String> {
-    let spec = within(hook, schema(egress, hook)).await?;
+    let spec = within(hook, document(egress, hook, None)).await?;
     let mut tools = Vec::new();
     for (path, item) in spec["paths"].as_object().into_iter().flatten() {
         for method in METHODS {
