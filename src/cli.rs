@@ -127,7 +127,9 @@ pub struct ServeArgs {
     /// /admin/store/fail-next-flush and /admin/store/flush-delay.
     #[arg(long, env = "WARDEN_ENABLE_FAULT_INJECTION")]
     pub enable_fault_injection: bool,
-    /// `flush` survives a killed process; `fsync` also survives power loss [default: flush].
+    /// `flush` survives a killed process; `fsync` also survives power loss;
+    /// `unflushed` (benchmarks only) acknowledges before the flush and loses
+    /// up to 1 s of writes to a killed process [default: flush].
     #[arg(long, env = "WARDEN_DURABILITY", value_parser = parse_durability)]
     pub durability: Option<Durability>,
     /// The most memory the store's page cache may hold, MiB [default: 256].
@@ -164,7 +166,8 @@ fn parse_durability(s: &str) -> Result<Durability, String> {
     match s {
         "flush" => Ok(Durability::Flush),
         "fsync" => Ok(Durability::Fsync),
-        _ => Err("expected `flush` or `fsync`".into()),
+        "unflushed" => Ok(Durability::Unflushed),
+        _ => Err("expected `flush`, `fsync` or (to measure what durability costs, never for data) `unflushed`".into()),
     }
 }
 

@@ -56,6 +56,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %e, "could not raise the open-file limit");
     }
+    if config.durability == warden_storage::Durability::Unflushed {
+        tracing::warn!(
+            "durability is `unflushed`: writes are acknowledged before they are flushed, and a killed process loses up to a second of them; use it to measure, never for data"
+        );
+    }
     let store = Store::open(&StoreConfig {
         data_dir: config.data_dir.clone(),
         durability: config.durability,

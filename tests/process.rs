@@ -390,6 +390,53 @@ async fn llm_keys_never_reach_the_logs() {
     assert!(!text.contains(own_key), "a log line holds a backend's key");
 }
 
+/// `--durability` takes flush, fsync or unflushed; anything else stops
+/// the server naming the choices, and unflushed starts with a warning.
+#[test]
+fn durability_modes_are_checked_and_unflushed_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--durability",
+            "sometimes",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unflushed") && err.contains("fsync"), "{err}");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--durability",
+            "unflushed",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("WARDEN_LOG", "warn")
+        .env("WARDEN_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("warden listening on"), "{line}");
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("never for data"), "{err}");
+}
+
 /// The store's page-cache bound is checked wherever it is set: a flag out
 /// of range and a file's value out of range each stop the server with a
 /// message naming the setting, before anything is opened.

@@ -22,6 +22,10 @@ pub enum Durability {
     Flush,
     /// `flush()` plus `fdatasync` of sled's log once per group: survives power loss.
     Fsync,
+    /// For measuring what durability costs, never for data: a commit is
+    /// acknowledged without a flush (sled flushes its log every second),
+    /// so `kill -9` loses up to a second of acknowledged writes.
+    Unflushed,
 }
 
 #[derive(Debug, Clone)]
