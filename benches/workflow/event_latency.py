@@ -15,25 +15,18 @@ outside the release server.
 usage: cargo build --release; python3 benches/workflow/event_latency.py
        (RELAY_RATE=500 INVOKE_RATE=2000 SECONDS=10 WARDEN_BIN=...)
 """
-import datetime, http.client, json, os, shutil, subprocess, tempfile, threading, time
+import http.client, json, os, shutil, sys, tempfile, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
-BIN = os.environ.get('WARDEN_BIN', os.path.join(
-    os.environ.get('CARGO_TARGET_DIR', os.path.expanduser('~/.cache/warden-target')), 'release', 'warden'))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import ms, pct, start, USER, PASSWORD  # noqa: E402
+
 RELAY_RATE = int(os.environ.get('RELAY_RATE', '500'))
 INVOKE_RATE = int(os.environ.get('INVOKE_RATE', '2000'))
 SECONDS = float(os.environ.get('SECONDS', '10'))
-USER, PASSWORD = 'bench', 'Bench-Passw0rd!'
 
 
-def start(data):
-    env = dict(os.environ, WARDEN_ADMIN_USERNAME=USER, WARDEN_ADMIN_PASSWORD=PASSWORD,
-               WARDEN_ADMIN_EMAIL='bench@example.com', WARDEN_LOG='error')
-    p = subprocess.Popen([BIN, 'serve', '--listen', '127.0.0.1:0', '--data-dir', data],
-                         stdout=subprocess.PIPE, env=env)
-    line = p.stdout.readline().decode().strip()
-    return p, line.split()[-1]
 
 
 class Client:
@@ -54,13 +47,8 @@ class Client:
         return r.status, json.loads(r.read() or b'null')
 
 
-def ms(iso):
-    return datetime.datetime.fromisoformat(iso.replace('Z', '+00:00')).timestamp() * 1000
 
 
-def pct(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def paced(client, rate, event_type, sent=None):

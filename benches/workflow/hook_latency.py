@@ -5,9 +5,12 @@ startedAt and completedAt (AIWM's execution view, milliseconds).
 
 usage: hook_latency.py BASE TOKEN WORKFLOW_ID RATE SECONDS
 """
-import datetime, http.client, json, sys, threading, time
+import http.client, json, os, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import ms  # noqa: E402
 
 base, tok, wf, rate, seconds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
 host = urlparse(base)
@@ -23,8 +26,6 @@ def call(method, path, body=None):
     return json.loads(r.read() or b'null')
 
 
-def ms(iso):
-    return datetime.datetime.fromisoformat(iso.replace('Z', '+00:00')).timestamp() * 1000
 
 
 ids = []

@@ -12,53 +12,22 @@ runs to complete.
 usage: cargo build --release; python3 benches/workflow/parked.py
        (N=10000 WARDEN_BIN=...)
 """
-import json, os, resource, shutil, subprocess, tempfile, threading, time
-import urllib.request
+import os, shutil, sys, tempfile, threading, time
 from concurrent.futures import ThreadPoolExecutor
 
-BIN = os.environ.get('WARDEN_BIN', os.path.join(
-    os.environ.get('CARGO_TARGET_DIR', os.path.expanduser('~/.cache/warden-target')), 'release', 'warden'))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import cpu_seconds, login, request, rss_mib, start, wait_for  # noqa: E402
+
 N = int(os.environ.get('N', '10000'))
-USER, PASSWORD = 'bench', 'Bench-Passw0rd!'
-TICKS = os.sysconf('SC_CLK_TCK')
-
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def start(data):
-    env = dict(os.environ, WARDEN_ADMIN_USERNAME=USER, WARDEN_ADMIN_PASSWORD=PASSWORD,
-               WARDEN_ADMIN_EMAIL='bench@example.com', WARDEN_LOG='error')
-    p = subprocess.Popen([BIN, 'serve', '--listen', '127.0.0.1:0', '--data-dir', data],
-                         stdout=subprocess.PIPE, env=env)
-    line = p.stdout.readline().decode().strip()
-    return p, line.split()[-1]
 
 
-def call(base, method, path, body=None, tok=None):
-    req = urllib.request.Request(base + path, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None)
-    req.add_header('content-type', 'application/json')
-    if tok:
-        req.add_header('authorization', 'Bearer ' + tok)
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read() or b'null')
-    except urllib.error.HTTPError as e:
-        return e.code, None
 
 
-def cpu_seconds(pid):
-    with open(f'/proc/{pid}/stat') as f:
-        fields = f.read().rsplit(')', 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def rss_mib(pid):
-    with open(f'/proc/{pid}/status') as f:
-        for line in f:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1]) / 1024
+
 
 
 def count_executions(tree):
@@ -67,37 +36,30 @@ def count_executions(tree):
 
 
 def by_status(base, tok):
-    return call(base, 'GET', '/api/executions/_statistics/summary', None, tok)[1]['byStatus']
+    return request(base, 'GET', '/api/executions/_statistics/summary', None, tok)[1]['byStatus']
 
 
-def wait_for(what, check, limit=600):
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.5)
-    raise SystemExit(f'timed out waiting for {what}')
 
 
 def main():
     tmp = tempfile.mkdtemp()
     p, base = start(os.path.join(tmp, 'data'))
-    tok = call(base, 'POST', '/auth/login', {'username': USER, 'password': PASSWORD})[1]['accessToken']
+    tok = login(base)
     time.sleep(1)
     idle = rss_mib(p.pid)
-    _, wf = call(base, 'POST', '/api/orchestration/workflows', {'name': 'wait', 'steps': [
+    _, wf = request(base, 'POST', '/api/orchestration/workflows', {'name': 'wait', 'steps': [
         {'id': 'A', 'name': 'review', 'task_type': 'job', 'job': {'type': 'review', 'valid_for': '1h'},
          'input_data': {'doc': 1}}]}, tok)
     t0 = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(
-            lambda _: call(base, 'POST', f"/api/orchestration/workflows/{wf['id']}/execute", {}, tok)[0],
+            lambda _: request(base, 'POST', f"/api/orchestration/workflows/{wf['id']}/execute", {}, tok)[0],
             range(N)))
     assert all(s in (200, 201, 202) for s in statuses), set(statuses)
     started = time.monotonic() - t0
-    wait_for('every run to wait', lambda: by_status(base, tok).get('running', 0) == N)
+    wait_for('every run to wait', lambda: by_status(base, tok).get('running', 0) == N, 600, 0.5)
     time.sleep(3)
-    tree = call(base, 'GET', '/admin/actors', None, tok)[1]
+    tree = request(base, 'GET', '/admin/actors', None, tok)[1]
     live = count_executions(tree)
     rss = rss_mib(p.pid)
     c0, w0 = cpu_seconds(p.pid), time.monotonic()
@@ -112,18 +74,18 @@ def main():
 
     def worker(_):
         while True:
-            s, job = call(base, 'POST', '/leases',
+            s, job = request(base, 'POST', '/leases',
                           {'leaserId': 'w', 'leaseDuration': '5m', 'jobTypes': ['review']}, tok)
             if s != 201:
                 return
-            call(base, 'PATCH', f"/jobs/{job['id']}/done", {'leaserId': 'w'}, tok)
+            request(base, 'PATCH', f"/jobs/{job['id']}/done", {'leaserId': 'w'}, tok)
             with lock:
                 finished[0] += 1
     t0 = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(worker, range(8)))
     done_jobs = time.monotonic() - t0
-    wait_for('every run to complete', lambda: by_status(base, tok).get('completed', 0) == N)
+    wait_for('every run to complete', lambda: by_status(base, tok).get('completed', 0) == N, 600, 0.5)
     total = time.monotonic() - t0
     print(f'workers finished {finished[0]} jobs in {done_jobs:.1f} s; every run completed '
           f'{total:.1f} s after the first lease; RSS {rss_mib(p.pid):.0f} MiB', flush=True)

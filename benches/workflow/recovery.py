@@ -17,17 +17,14 @@ and checks that no run is lost and no call is made twice after the restart
 usage: cargo build --release; python3 benches/workflow/recovery.py
        (RUNS=1000 TRIALS=5 WARDEN_BIN=...)
 """
-import asyncio, json, os, resource, shutil, signal, statistics, subprocess, sys, tempfile, threading, time
-import urllib.request
+import asyncio, json, os, shutil, signal, statistics, sys, tempfile, threading, time
 
-BIN = os.environ.get('WARDEN_BIN', os.path.join(
-    os.environ.get('CARGO_TARGET_DIR', os.path.expanduser('~/.cache/warden-target')), 'release', 'warden'))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import call, login, start, wait_for  # noqa: E402
+
 RUNS = int(os.environ.get('RUNS', '1000'))
 TRIALS = int(os.environ.get('TRIALS', '5'))
-USER, PASSWORD = 'bench', 'Bench-Passw0rd!'
 
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class ToolServer:
@@ -90,36 +87,12 @@ class ToolServer:
             writer.close()
 
 
-def start(data):
-    env = dict(os.environ, WARDEN_ADMIN_USERNAME=USER, WARDEN_ADMIN_PASSWORD=PASSWORD,
-               WARDEN_ADMIN_EMAIL='bench@example.com', WARDEN_LOG='error')
-    p = subprocess.Popen([BIN, 'serve', '--listen', '127.0.0.1:0', '--data-dir', data],
-                         stdout=subprocess.PIPE, env=env)
-    line = p.stdout.readline().decode().strip()
-    return p, line.split()[-1]
 
 
-def call(base, method, path, body=None, tok=None):
-    req = urllib.request.Request(base + path, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None)
-    req.add_header('content-type', 'application/json')
-    if tok:
-        req.add_header('authorization', 'Bearer ' + tok)
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read() or b'null')
 
 
-def login(base):
-    return call(base, 'POST', '/auth/login', {'username': USER, 'password': PASSWORD})['accessToken']
 
 
-def wait_for(what, check, limit=120):
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        if check():
-            return time.monotonic()
-        time.sleep(0.01)
-    sys.exit(f'timed out waiting for {what}')
 
 
 def trial(n):

@@ -17,67 +17,34 @@ SPREAD=1: schedule i fires at second i % 60 of every minute, N/60 a second.
 usage: cargo build --release; python3 benches/workflow/schedules.py
        (N=10000 SPREAD=0 MINUTES=2 WARDEN_BIN=...)
 """
-import datetime, json, os, resource, shutil, statistics, subprocess, sys, tempfile, threading, time
-import urllib.request
+import datetime, json, os, shutil, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
 
-BIN = os.environ.get('WARDEN_BIN', os.path.join(
-    os.environ.get('CARGO_TARGET_DIR', os.path.expanduser('~/.cache/warden-target')), 'release', 'warden'))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import call, cpu_seconds, login, ms, pct, rss_mib, start  # noqa: E402
+
 N = int(os.environ.get('N', '10000'))
 SPREAD = os.environ.get('SPREAD', '0') == '1'
 MINUTES = int(os.environ.get('MINUTES', '2'))
-USER, PASSWORD = 'bench', 'Bench-Passw0rd!'
-TICKS = os.sysconf('SC_CLK_TCK')
-
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def start(data):
-    env = dict(os.environ, WARDEN_ADMIN_USERNAME=USER, WARDEN_ADMIN_PASSWORD=PASSWORD,
-               WARDEN_ADMIN_EMAIL='bench@example.com', WARDEN_LOG='error')
-    p = subprocess.Popen([BIN, 'serve', '--listen', '127.0.0.1:0', '--data-dir', data],
-                         stdout=subprocess.PIPE, env=env)
-    line = p.stdout.readline().decode().strip()
-    return p, line.split()[-1]
 
 
-def call(base, method, path, body=None, tok=None):
-    req = urllib.request.Request(base + path, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None)
-    req.add_header('content-type', 'application/json')
-    if tok:
-        req.add_header('authorization', 'Bearer ' + tok)
-    with urllib.request.urlopen(req, timeout=120) as r:
-        return json.loads(r.read() or b'null')
 
 
-def cpu_seconds(pid):
-    with open(f'/proc/{pid}/stat') as f:
-        fields = f.read().rsplit(')', 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def rss_mib(pid):
-    with open(f'/proc/{pid}/status') as f:
-        for line in f:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1]) / 1024
 
 
-def ms(iso):
-    return datetime.datetime.fromisoformat(iso.replace('Z', '+00:00')).timestamp() * 1000
 
 
-def pct(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
+
 
 
 def main():
     tmp = tempfile.mkdtemp()
     p, base = start(os.path.join(tmp, 'data'))
-    tok = call(base, 'POST', '/auth/login', {'username': USER, 'password': PASSWORD})['accessToken']
+    tok = login(base)
     steps = json.dumps([{'id': 'a', 'handler': 'noop',
                          'transition': {'branches': [{'operator': 'default', 'goto': 'end'}]}}])
     wf = call(base, 'POST', '/api/neosyntis/workflows/', {'name': 'tick', 'steps': steps}, tok)
