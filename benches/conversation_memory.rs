@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use warden_actors::conversation::{ConversationInput, MessageInput};
 use warden_domain::Owner;
-use warden_storage::{Durability, Store, StoreConfig};
+use warden_storage::{Store, StoreConfig};
 use warden_supervisors::{Runtime, RuntimeConfig};
 
 struct Counting;
@@ -61,12 +61,7 @@ async fn main() {
         .unwrap_or(10_000);
     warden::install_tls_provider();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&StoreConfig {
-        data_dir: dir.path().to_owned(),
-        durability: Durability::Flush,
-        cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
-    })
-    .unwrap();
+    let store = Store::open(&StoreConfig::new(dir.path().to_owned())).unwrap();
     warden_actors::conversation::ensure_indexes(&store)
         .await
         .unwrap();

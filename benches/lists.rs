@@ -75,12 +75,8 @@ async fn login(http: &reqwest::Client, base: &str, user: &str, password: &str) -
 
 /// Writes `count` nodes of `org` straight into the stopped server's store.
 async fn populate(dir: &std::path::Path, org: &str, from: usize, count: usize) {
-    let store = warden_storage::Store::open(&warden_storage::StoreConfig {
-        data_dir: dir.to_path_buf(),
-        durability: warden_storage::Durability::Flush,
-        cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
-    })
-    .unwrap();
+    let store =
+        warden_storage::Store::open(&warden_storage::StoreConfig::new(dir.to_path_buf())).unwrap();
     let owner = warden_domain::Owner {
         org_id: org.to_owned(),
         user_id: "bench".into(),

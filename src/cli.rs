@@ -133,7 +133,7 @@ pub struct ServeArgs {
     #[arg(long, env = "WARDEN_DURABILITY", value_parser = parse_durability)]
     pub durability: Option<Durability>,
     /// The most memory the store's page cache may hold, MiB [default: 256].
-    #[arg(long, env = "WARDEN_STORE_CACHE_MIB", value_parser = clap::value_parser!(u64).range(8..=1_048_576))]
+    #[arg(long, env = "WARDEN_STORE_CACHE_MIB")]
     pub store_cache_mib: Option<u64>,
     /// Reverse proxies whose X-Forwarded-For names the client: addresses
     /// or CIDR ranges, comma-separated [default: none; the header is ignored].
@@ -188,8 +188,10 @@ impl ServeArgs {
         c.durability = self.durability.or(file.durability).unwrap_or_default();
         if let Some(mib) = self.store_cache_mib.or(file.store_cache_mib) {
             anyhow::ensure!(
-                (8..=1_048_576).contains(&mib),
-                "store_cache_mib must be between 8 and 1048576 (MiB)"
+                config::STORE_CACHE_MIB.contains(&mib),
+                "store_cache_mib must be between {} and {} MiB (--store-cache-mib, WARDEN_STORE_CACHE_MIB or the file)",
+                config::STORE_CACHE_MIB.start(),
+                config::STORE_CACHE_MIB.end()
             );
             c.store_cache_bytes = mib << 20;
         }

@@ -12,6 +12,9 @@ use warden_actors::node::NodeTiming;
 use warden_storage::Durability;
 use warden_supervisors::RestartPolicy;
 
+/// The page-cache sizes `store_cache_mib` may name (MiB): 8 MiB to 1 TiB.
+pub const STORE_CACHE_MIB: std::ops::RangeInclusive<u64> = 8..=1_048_576;
+
 /// The TOML file's shape; every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -808,12 +808,8 @@ async fn gradient_evaluations_complete_and_resume_after_a_restart() {
     let bare = eid.trim_start_matches("eval_").to_owned();
     let s = s
         .stop_edit_start(|data_dir| async move {
-            let store = warden_storage::Store::open(&warden_storage::StoreConfig {
-                data_dir,
-                durability: warden_storage::Durability::Flush,
-                cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
-            })
-            .unwrap();
+            let store =
+                warden_storage::Store::open(&warden_storage::StoreConfig::new(data_dir)).unwrap();
             let mut e: warden_domain::evaluation::Evaluation = store.get(&bare).unwrap().unwrap();
             let g = e.gradient.as_mut().unwrap();
             g.status = "running".into();

@@ -563,12 +563,8 @@ async fn events_an_older_build_left_undispatched_run_their_functions_once() {
     // their invocations, and no mark that the catch-up was done.
     let s = s
         .stop_edit_start(|data_dir| async move {
-            let store = warden_storage::Store::open(&warden_storage::StoreConfig {
-                data_dir,
-                durability: warden_storage::Durability::Flush,
-                cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
-            })
-            .unwrap();
+            let store =
+                warden_storage::Store::open(&warden_storage::StoreConfig::new(data_dir)).unwrap();
             let stored: warden_domain::event::Event =
                 store.get(&format!("{first:020}")).unwrap().unwrap();
             let mut writes = vec![

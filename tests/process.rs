@@ -410,27 +410,12 @@ fn durability_modes_are_checked_and_unflushed_warns() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unflushed") && err.contains("fsync"), "{err}");
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--durability",
-            "unflushed",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("WARDEN_LOG", "warn")
-        .env("WARDEN_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("warden listening on"), "{line}");
+    let (mut child, _) = spawn_server_with(
+        &dir.path().join("data"),
+        &["--durability", "unflushed"],
+        "warn",
+        Stdio::piped(),
+    );
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

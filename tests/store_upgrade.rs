@@ -197,12 +197,8 @@ async fn a_schema_1_store_opens_and_everything_reads_back() {
     // retention sweep by time range finds every one of them.
     let s = s
         .stop_edit_start(|data_dir| async move {
-            let store = warden_storage::Store::open(&warden_storage::StoreConfig {
-                data_dir,
-                durability: warden_storage::Durability::Flush,
-                cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
-            })
-            .unwrap();
+            let store =
+                warden_storage::Store::open(&warden_storage::StoreConfig::new(data_dir)).unwrap();
             let pruned = store
                 .prune_points(warden_storage::now_millis() + 86_400_000)
                 .await

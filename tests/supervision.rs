@@ -463,12 +463,8 @@ async fn ten_thousand_online_nodes_reactivate_in_parallel_while_the_supervisor_a
     // straight into the stopped server's store.
     let s = s
         .stop_edit_start(|data_dir| async move {
-            let store = warden_storage::Store::open(&warden_storage::StoreConfig {
-                data_dir,
-                durability: warden_storage::Durability::Flush,
-                cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
-            })
-            .unwrap();
+            let store =
+                warden_storage::Store::open(&warden_storage::StoreConfig::new(data_dir)).unwrap();
             let owner = warden_domain::Owner {
                 org_id: org,
                 user_id: "fixture".into(),

@@ -97,16 +97,14 @@ impl Egress {
         let mut schemas = self.schemas.lock().expect("never poisoned");
         if schemas.len() >= MAX_SCHEMAS {
             schemas.retain(|_, (at, _)| at.elapsed() < SCHEMA_TTL);
-            while schemas.len() >= MAX_SCHEMAS {
-                let Some(oldest) = schemas
-                    .iter()
-                    .min_by_key(|(_, (at, _))| *at)
-                    .map(|(k, _)| k.clone())
-                else {
-                    break;
-                };
-                schemas.remove(&oldest);
-            }
+        }
+        if schemas.len() >= MAX_SCHEMAS
+            && let Some(oldest) = schemas
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone())
+        {
+            schemas.remove(&oldest);
         }
         schemas.insert(key, (Instant::now(), spec));
     }

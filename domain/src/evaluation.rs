@@ -318,11 +318,7 @@ mod tests {
     #[tokio::test]
     async fn layout_1_evaluations_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let config = warden_storage::StoreConfig {
-            data_dir: dir.path().to_owned(),
-            durability: warden_storage::Durability::Flush,
-            cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
-        };
+        let config = warden_storage::StoreConfig::new(dir.path().to_owned());
         let v1 = EvaluationV1 {
             id: "e1".into(),
             model_id: "m1".into(),

@@ -962,11 +962,7 @@ mod tests {
     #[tokio::test]
     async fn nids_rise_in_commit_order_survive_deletes_and_reach_the_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let config = warden_storage::StoreConfig {
-            data_dir: dir.path().to_owned(),
-            durability: Default::default(),
-            cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
-        };
+        let config = warden_storage::StoreConfig::new(dir.path().to_owned());
         let store = Store::open(&config).unwrap();
         let log = EventLog::open(store.clone()).unwrap();
         let mut tail = log.subscribe();

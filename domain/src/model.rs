@@ -676,11 +676,7 @@ mod tests {
     #[tokio::test]
     async fn layout_1_models_read_back_without_a_profile() {
         let dir = tempfile::tempdir().unwrap();
-        let config = warden_storage::StoreConfig {
-            data_dir: dir.path().to_owned(),
-            durability: warden_storage::Durability::Flush,
-            cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
-        };
+        let config = warden_storage::StoreConfig::new(dir.path().to_owned());
         let mut m = Model::new(Owner::default(), "u");
         m.name = "nomic-embed-text".into();
         m.kind = "embedding".into();

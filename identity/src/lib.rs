@@ -697,15 +697,10 @@ pub(crate) fn validate_password(password: &str) -> Result<(), IdentityError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
-    use warden_storage::{Durability, StoreConfig};
+    use warden_storage::StoreConfig;
 
     fn identity(dir: &Path) -> Identity {
-        let store = Store::open(&StoreConfig {
-            data_dir: dir.to_path_buf(),
-            durability: Durability::Flush,
-            cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
-        })
-        .unwrap();
+        let store = Store::open(&StoreConfig::new(dir.to_path_buf())).unwrap();
         Identity::open(
             store,
             &dir.join("secrets"),

@@ -203,17 +203,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Durability, StoreConfig};
+    use crate::StoreConfig;
 
     #[tokio::test]
     async fn ranges_order_idempotence_and_pruning() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&StoreConfig {
-            data_dir: dir.path().to_path_buf(),
-            durability: Durability::Flush,
-            cache_bytes: crate::DEFAULT_CACHE_BYTES,
-        })
-        .unwrap();
+        let store = Store::open(&StoreConfig::new(dir.path().to_path_buf())).unwrap();
         for (at, id) in [(-5, "a"), (10, "b"), (20, "c"), (30, "d")] {
             store
                 .append_point("s", at, id, id.as_bytes().to_vec())

@@ -40,6 +40,18 @@ pub struct StoreConfig {
 /// sled's page cache unless configured (`store_cache_mib`).
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
+impl StoreConfig {
+    /// A store in `data_dir` with the defaults: `flush` durability and a
+    /// page cache of [`DEFAULT_CACHE_BYTES`].
+    pub fn new(data_dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            durability: Durability::Flush,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
 /// Where a list looks: the whole collection, or one value of one index.
 pub enum Scope<'a> {
     All,
@@ -718,12 +730,7 @@ mod tests {
     }
 
     fn open(dir: &Path) -> Store {
-        Store::open(&StoreConfig {
-            data_dir: dir.to_path_buf(),
-            durability: Durability::Flush,
-            cache_bytes: crate::DEFAULT_CACHE_BYTES,
-        })
-        .unwrap()
+        Store::open(&StoreConfig::new(dir.to_path_buf())).unwrap()
     }
 
     /// Requests of one commit group see each other's writes (the group is

@@ -127,7 +127,7 @@ impl Kind for ExecutionKind {
             egress: self.egress.clone(),
             children: Some(self.children.clone()),
             functions: Some(self.functions.clone()),
-            parking: Some(Arc::new(self.parked.clone())),
+            parking: Arc::new(self.parked.clone()),
             woken: self.parked.take(id),
         }
     }
@@ -493,11 +493,6 @@ impl Executions {
             return Ok(());
         }
         self.kind.kind().parked.wake(id).await
-    }
-
-    /// Runs parked on their jobs, waiting for a wake-up.
-    pub fn parked(&self) -> usize {
-        self.kind.kind().parked.len()
     }
 
     /// A live execution by `_id`, or by `executionId` within `org`.

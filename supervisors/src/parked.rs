@@ -95,11 +95,6 @@ impl ParkedRuns {
         self.due().waking.remove(execution);
         woke
     }
-
-    /// How many runs wait for a wake-up.
-    pub(crate) fn len(&self) -> usize {
-        self.due().by_id.len()
-    }
 }
 
 impl Parking for ParkedRuns {

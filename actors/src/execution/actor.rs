@@ -141,9 +141,8 @@ pub struct ExecArgs {
     pub children: Option<Arc<dyn Children>>,
     /// How `function` tasks run JavaScript (none: they fail, saying so).
     pub functions: Option<Arc<dyn Functions>>,
-    /// Where runs waiting only for jobs park (none: the actor stays and
-    /// looks at its jobs every [`JOB_POLL`]).
-    pub parking: Option<Arc<dyn Parking>>,
+    /// Where runs waiting only for jobs park.
+    pub parking: Arc<dyn Parking>,
     /// The actor is activated to look at its parked jobs (not after a
     /// crash or a restart): its calls are made again without being
     /// marked `resumed`.
@@ -169,7 +168,7 @@ pub struct ExecState {
     /// is aborted when the run no longer waits for it, and when the actor
     /// goes (stopped or failed) with its state.
     calls: HashMap<String, InFlightCall>,
-    parking: Option<Arc<dyn Parking>>,
+    parking: Arc<dyn Parking>,
     /// Parked calls (task → its job's expiry): waiting for a job, with no
     /// task of their own.
     parked: HashMap<String, Millis>,
@@ -449,25 +448,21 @@ impl ExecState {
             let store = self.store.clone();
             let timeout = Some(task.timeout.unwrap_or(valid_for));
             self.parked.remove(&task_id);
-            if self.parking.is_some() {
-                // Looks once: a job not finished parks the call.
-                let (task, me) = (task_id.clone(), me.clone());
-                self.spawn_call(me.clone(), task_id, attempt, timeout, async move {
-                    match look_at_job(&store, job).await {
-                        JobLook::Ended(outcome) => outcome,
-                        JobLook::Waiting(valid_until) => {
-                            let _ = me.cast(ExecMsg::Parked {
-                                task,
-                                attempt,
-                                valid_until,
-                            });
-                            std::future::pending().await
-                        }
+            // Looks once: a job not finished parks the call.
+            let task = task_id.clone();
+            self.spawn_call(me.clone(), task_id, attempt, timeout, async move {
+                match look_at_job(&store, job).await {
+                    JobLook::Ended(outcome) => outcome,
+                    JobLook::Waiting(valid_until) => {
+                        let _ = me.cast(ExecMsg::Parked {
+                            task,
+                            attempt,
+                            valid_until,
+                        });
+                        std::future::pending().await
                     }
-                });
-            } else {
-                self.spawn_call(me, task_id, attempt, timeout, wait_for_job(store, job));
-            }
+                }
+            });
             return;
         }
         if task.handler == "execute_tool_calls" {
@@ -752,9 +747,6 @@ impl ExecState {
     /// or its next deadline, whichever is first); with nothing but parked
     /// jobs to wait for, the actor passivates until then.
     fn park(&mut self, myself: &ActorRef<ExecMsg>) {
-        let Some(parking) = &self.parking else {
-            return;
-        };
         let Some(wake_at) = self
             .parked
             .values()
@@ -764,7 +756,7 @@ impl ExecState {
         else {
             return;
         };
-        parking.park(&self.exec.id, wake_at);
+        self.parking.park(&self.exec.id, wake_at);
         let idle = self.exec.status == super::record::ExecStatus::Running
             && self.calls.is_empty()
             && self.unsent.is_empty()
@@ -797,21 +789,6 @@ impl ExecState {
 
 /// How long a `job` task's job stays valid unless the task says.
 const JOB_VALID_FOR: Duration = Duration::from_secs(3600);
-/// How often a waiting `job` task looks at its job.
-const JOB_POLL: Duration = Duration::from_millis(200);
-
-/// Makes the job (or finds the one an earlier run of this attempt made)
-/// and waits until a worker marks it done (the task's outcome: the job)
-/// or failed (the attempt fails; the task's retries make a new job).
-async fn wait_for_job(store: Store, job: warden_domain::job::Job) -> chain::Outcome {
-    loop {
-        match look_at_job(&store, job.clone()).await {
-            JobLook::Ended(outcome) => return outcome,
-            JobLook::Waiting(_) => tokio::time::sleep(JOB_POLL).await,
-        }
-    }
-}
-
 /// Where a `job` task's job stands.
 enum JobLook {
     /// Done (the task's outcome), failed, expired or gone.

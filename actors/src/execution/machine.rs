@@ -730,11 +730,7 @@ fn mark_resumed(x: &mut Execution) {
     if let Some(call) = x.chain.as_mut().and_then(|c| c.call.as_mut()) {
         call.resumed = true;
     }
-    let defs = if x.dag.is_some() {
-        dag::steps_of(x)
-    } else {
-        Vec::new()
-    };
+    let defs = dag::steps_of(x);
     if let Some(part) = x.dag.as_mut() {
         for call in &mut part.calls {
             call.resumed = true;

@@ -322,11 +322,7 @@ mod tests {
     }
 
     fn config(dir: &tempfile::TempDir) -> warden_storage::StoreConfig {
-        warden_storage::StoreConfig {
-            data_dir: dir.path().to_owned(),
-            durability: warden_storage::Durability::Flush,
-            cache_bytes: warden_storage::DEFAULT_CACHE_BYTES,
-        }
+        warden_storage::StoreConfig::new(dir.path().to_owned())
     }
 
     /// An execution stored before chains reads back without one.
