@@ -173,7 +173,7 @@ struct FormatQuery {
 /// ONNX export from here). ONNX by default.
 async fn model_file(
     State(state): State<AppState>,
-    OrgMember(org, _): OrgMember<Aiwm>,
+    OrgMember(org, _, _): OrgMember<Aiwm>,
     Path(id): Path<String>,
     Query(q): Query<FormatQuery>,
 ) -> Result<Response, ApiError<Aiwm>> {

@@ -191,8 +191,9 @@ impl<D: Dialect> FromRequestParts<AppState> for CurrentUser<D> {
 }
 
 /// A caller of an organisation: a user, or a node daemon with its node
-/// credential (for what nodes fetch from the server). Holds the org id.
-pub(crate) struct OrgMember<D>(pub String, pub PhantomData<D>);
+/// credential (for what nodes fetch from the server). Holds the org id,
+/// and the node's `_id` when the caller is a node.
+pub(crate) struct OrgMember<D>(pub String, pub Option<String>, pub PhantomData<D>);
 
 impl<D: Dialect> FromRequestParts<AppState> for OrgMember<D> {
     type Rejection = ApiError<D>;
@@ -203,9 +204,9 @@ impl<D: Dialect> FromRequestParts<AppState> for OrgMember<D> {
     ) -> Result<Self, Self::Rejection> {
         let token = presented(parts).ok_or_else(ApiError::unauthorized)?;
         match state.identity.verify_credential(token) {
-            Ok(warden_identity::Credential::User(p)) => Ok(OrgMember(p.org_id, PhantomData)),
-            Ok(warden_identity::Credential::Node { org_id, .. }) => {
-                Ok(OrgMember(org_id, PhantomData))
+            Ok(warden_identity::Credential::User(p)) => Ok(OrgMember(p.org_id, None, PhantomData)),
+            Ok(warden_identity::Credential::Node { org_id, node_id }) => {
+                Ok(OrgMember(org_id, Some(node_id), PhantomData))
             }
             Err(e) => {
                 tracing::debug!(error = %e, "refused a credential");

@@ -918,6 +918,9 @@ pub fn discard_blob(store: &warden_storage::Store, blob: &BlobRef) -> Result<(),
     if store
         .ids_by_index::<Dataset>("blob", &blob.sha256)?
         .is_empty()
+        && store
+            .ids_by_index::<crate::device::DeviceFile>("blob", &blob.sha256)?
+            .is_empty()
     {
         store.blobs().delete(blob)?;
     }

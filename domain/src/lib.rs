@@ -10,8 +10,10 @@
 pub mod access;
 mod agent;
 pub mod catalog;
+pub mod counter;
 pub mod dag;
 pub mod dataset;
+pub mod device;
 mod error;
 pub mod evaluation;
 pub mod event;
@@ -117,6 +119,8 @@ pub async fn ensure_indexes(
     store.ensure_indexes::<dataset::Dataset>().await?;
     store.ensure_indexes::<workflow::Workflow>().await?;
     store.ensure_indexes::<hook::Hook>().await?;
+    store.ensure_indexes::<device::Device>().await?;
+    store.ensure_indexes::<device::DeviceFile>().await?;
     Ok(())
 }
 

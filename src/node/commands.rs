@@ -99,6 +99,7 @@ impl Runner {
                 .to_owned();
             let outcome = match command.kind.as_str() {
                 "model.download" => download::run(&settings, &data, &resource_id, &progress).await,
+                "file.download" => download::run_file(&settings, &data, &progress).await,
                 // The reference's name for a start; AIWM's daemon says create.
                 "deployment.create" | "deployment.start" => {
                     serve::create(

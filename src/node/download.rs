@@ -26,6 +26,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub models_dir: PathBuf,
+    /// Where files sent to this node's devices go (`file.download`).
+    pub uploads_dir: PathBuf,
     /// Base URL of the model hub for `org/name` sources.
     pub hub_url: String,
     pub http: reqwest::Client,
@@ -45,11 +47,18 @@ impl Settings {
             .read_timeout(Duration::from_secs(60))
             .build()?;
         Ok(Settings {
+            uploads_dir: models_dir.join("uploads"),
             models_dir,
             hub_url: hub_url.trim_end_matches('/').to_owned(),
             http,
             server: None,
         })
+    }
+
+    /// Files sent to this node's devices go under `dir`.
+    pub fn with_uploads(mut self, dir: PathBuf) -> Settings {
+        self.uploads_dir = dir;
+        self
     }
 
     /// Lets `warden:` sources be fetched from `server` with `token`.
@@ -319,6 +328,40 @@ async fn fetch(
 }
 
 /// Runs a `model.download` command; `Ok` is the result body.
+/// `file.download`: a file the server holds for this node (a vareon
+/// device upload), fetched only from the server, into the uploads
+/// directory (`targetPath` is the device, `fileName` the file), with the
+/// same size and SHA-256 checks as a model.
+pub async fn run_file(
+    s: &Settings,
+    data: &Value,
+    progress: &(dyn Fn(f64) + Send + Sync),
+) -> Result<Value, Value> {
+    let from_server = text(data, &["source"]).is_some_and(|src| src.starts_with(SERVER_SCHEME));
+    if !from_server {
+        return Err(failure(
+            "INVALID_SOURCE",
+            format!("file.download fetches only from the server ({SERVER_SCHEME}/...)"),
+        ));
+    }
+    if text(data, &["sha256"]).is_none() {
+        return Err(failure("INVALID_SOURCE", "file.download needs data.sha256"));
+    }
+    tokio::fs::create_dir_all(&s.uploads_dir)
+        .await
+        .map_err(|e| {
+            failure(
+                "DOWNLOAD_FAILED",
+                format!("{}: {e}", s.uploads_dir.display()),
+            )
+        })?;
+    let files = Settings {
+        models_dir: s.uploads_dir.clone(),
+        ..s.clone()
+    };
+    run(&files, data, "", progress).await
+}
+
 pub async fn run(
     s: &Settings,
     data: &Value,

@@ -136,6 +136,7 @@ fn is_command(env: &Envelope) -> bool {
         || matches!(
             env.kind.as_str(),
             "model.download"
+                | "file.download"
                 | "deployment.create"
                 | "deployment.start"
                 | "deployment.stop"
@@ -168,6 +169,7 @@ pub async fn run(
     let health_every = runtimes.health_every_ms.clone();
     let mut runner = commands::Runner::new(
         download::Settings::new(models_dir, config.hub_url.clone())?
+            .with_uploads(config.data_dir.join("uploads"))
             .with_server(&config.server, &config.token),
         runtimes,
     );

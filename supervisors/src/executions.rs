@@ -579,10 +579,19 @@ impl Executions {
             return Ok(self.running(x));
         }
         let new = new_chain_run(&run)?;
-        let x = self.create(new, run.owner, run.by).await?;
+        self.begin(new, run.owner, run.by).await
+    }
+
+    /// Creates and starts an execution whose end a caller will wait for.
+    pub async fn begin(
+        &self,
+        new: NewExecution,
+        owner: Owner,
+        by: &str,
+    ) -> Result<ChainRunning, DomainError> {
+        let x = self.create(new, owner, by).await?;
         let ended = self.waiters.register(&x.id);
-        let started = self.start(&x.id, false).await;
-        match started {
+        match self.start(&x.id, false).await {
             Ok(x) if !x.status.is_terminal() => Ok(ChainRunning {
                 execution: x,
                 ended: Some(ended),
@@ -710,11 +719,20 @@ impl Executions {
 
     /// The run once it ended (or after [`CHAIN_WAIT`], as it stands).
     pub async fn end_of(&self, running: ChainRunning) -> Result<Execution, DomainError> {
+        self.end_within(running, CHAIN_WAIT).await
+    }
+
+    /// The run once it ended, or after `limit` as it stands (it goes on).
+    pub async fn end_within(
+        &self,
+        running: ChainRunning,
+        limit: std::time::Duration,
+    ) -> Result<Execution, DomainError> {
         let x = running.execution;
         let Some(ended) = running.ended else {
             return Ok(x);
         };
-        match tokio::time::timeout(CHAIN_WAIT, ended).await {
+        match tokio::time::timeout(limit, ended).await {
             Ok(Ok(done)) => Ok(done),
             _ => {
                 self.waiters.forget(&x.id);
@@ -753,21 +771,7 @@ impl Executions {
             return Ok(self.running(x));
         }
         let new = new_dag_run(&run)?;
-        let x = self.create(new, run.owner, run.by).await?;
-        let ended = self.waiters.register(&x.id);
-        match self.start(&x.id, false).await {
-            Ok(x) if !x.status.is_terminal() => Ok(ChainRunning {
-                execution: x,
-                ended: Some(ended),
-            }),
-            other => {
-                self.waiters.forget(&x.id);
-                other.map(|x| ChainRunning {
-                    execution: x,
-                    ended: None,
-                })
-            }
-        }
+        self.begin(new, run.owner, run.by).await
     }
 
     /// Starts a run of a stored workflow (vareon's trigger, a schedule's

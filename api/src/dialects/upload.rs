@@ -26,6 +26,8 @@ const MAX_FIELD: usize = 4096;
 pub(crate) struct Upload {
     pub fields: HashMap<String, String>,
     pub file: Option<BlobRef>,
+    /// The file's name as the client gave it (unchecked: see [`safe_name`]).
+    pub file_name: Option<String>,
 }
 
 fn bad<D>(message: impl Into<String>) -> ApiError<D> {
@@ -66,12 +68,14 @@ pub(crate) async fn read<D>(state: &AppState, req: Request) -> Result<Upload, Ap
     let mut upload = Upload {
         fields: HashMap::new(),
         file: None,
+        file_name: None,
     };
     // A file stored before the form turned out bad is dropped again.
     let result = async {
         while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {
             let name = field.name().unwrap_or_default().to_owned();
             if name == "file" {
+                upload.file_name = field.file_name().map(str::to_owned);
                 let mut w = state.store.blobs().writer()?;
                 while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
                     w.write(&chunk)?;
@@ -182,29 +186,69 @@ pub(crate) async fn download<D>(state: &AppState, d: &Dataset) -> Result<Respons
         let file = tokio::fs::File::from_std(state.store.blobs().reader(&d.blob)?);
         Body::from_stream(chunks(file))
     };
-    let name: String = d
-        .file_name()
-        .rsplit('/')
-        .next()
-        .unwrap_or("dataset")
+    let name = d.file_name();
+    let name = name.rsplit('/').next().unwrap_or("dataset");
+    let kind = if d.format == "csv" {
+        "text/csv"
+    } else {
+        "application/octet-stream"
+    };
+    Ok(attachment(body, name, kind, d.size))
+}
+
+/// A blob as a download named `name`.
+pub(crate) fn blob_download<D>(
+    state: &AppState,
+    blob: &BlobRef,
+    name: &str,
+) -> Result<Response, ApiError<D>> {
+    let file = tokio::fs::File::from_std(state.store.blobs().reader(blob)?);
+    Ok(attachment(
+        Body::from_stream(chunks(file)),
+        name,
+        "application/octet-stream",
+        blob.size,
+    ))
+}
+
+/// A body sent as an attachment; the file name in the header keeps only
+/// letters, digits and `.-_` (no quotes, CR/LF or slashes to break it).
+fn attachment(body: Body, name: &str, content_type: &'static str, size: u64) -> Response {
+    let name: String = name
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || ".-_".contains(*c))
         .collect();
     let mut response = body.into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(if d.format == "csv" {
-            "text/csv"
-        } else {
-            "application/octet-stream"
-        }),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(d.size));
-    Ok(response)
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    response
+}
+
+/// A client's file name made safe to keep and to use as a file name: its
+/// last path component, without control characters, quotes or
+/// backslashes, at most 200 characters; `"upload"` when nothing is left
+/// (`../../evil` is `evil`).
+pub(crate) fn safe_name(given: Option<&str>) -> String {
+    let last = given
+        .unwrap_or_default()
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or_default();
+    let kept: String = last
+        .chars()
+        .filter(|c| !c.is_control() && !"\"'`".contains(*c))
+        .take(200)
+        .collect();
+    let kept = kept.trim().trim_start_matches('.').trim();
+    if kept.is_empty() {
+        "upload".into()
+    } else {
+        kept.to_owned()
+    }
 }
 
 /// A file read as a stream of 256 KiB chunks.

@@ -195,7 +195,7 @@ async fn clear(
 // Arcana.
 
 /// A duration as vareon shows it: "1.2s", or "120ms" under a second.
-fn seconds(ms: f64) -> String {
+pub(super) fn seconds(ms: f64) -> String {
     if ms < 1000.0 {
         format!("{}ms", ms.round() as u64)
     } else {
@@ -203,7 +203,7 @@ fn seconds(ms: f64) -> String {
     }
 }
 
-fn uptime(state: &AppState) -> String {
+pub(super) fn uptime(state: &AppState) -> String {
     let s = state.started.elapsed().as_secs();
     format!(
         "{}d {}h {}m {}s",

@@ -5,9 +5,11 @@
 mod chat;
 mod cognisys;
 mod datasets;
+mod devices;
 mod jobs;
 mod models;
 mod schedules;
+mod system;
 mod telemetry;
 mod training;
 mod users;
@@ -109,4 +111,6 @@ pub(crate) fn routes() -> Api {
         .merge(workflows::routes())
         .merge(jobs::routes())
         .merge(schedules::routes())
+        .merge(devices::routes())
+        .merge(system::routes())
 }

@@ -25,7 +25,7 @@ use crate::openapi::Api;
 
 type Caller = CurrentUser<Vareon>;
 
-fn status(state: &AppState, w: &Workflow) -> String {
+pub(super) fn status(state: &AppState, w: &Workflow) -> String {
     let latest = w
         .last_execution
         .as_deref()
