@@ -215,6 +215,7 @@ impl ServeArgs {
         if let Some(allow) = file.hooks.allow_internal_addresses {
             c.hooks_allow_internal = allow;
         }
+        c.shell = file.shell.policy(&c.data_dir)?;
         if let Some(n) = file.functions.workers {
             c.js_workers = n.clamp(1, 64);
         }

@@ -49,6 +49,8 @@ pub struct FileConfig {
     pub functions: FunctionsFile,
     #[serde(default)]
     pub hooks: HooksFile,
+    #[serde(default)]
+    pub shell: ShellFile,
     /// Reverse proxies whose X-Forwarded-For names the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -137,6 +139,86 @@ pub struct HooksFile {
     /// Let hooks call link-local and cloud metadata addresses
     /// (169.254.0.0/16, fe80::/10, fd00:ec2::254); default false.
     pub allow_internal_addresses: Option<bool>,
+}
+
+/// `[shell]`: vareon's interactive shells (`/ws/shell/{id}`). Off by
+/// default: a shell is remote code execution by design, and a shell that
+/// runs as Warden's own user can read Warden's data.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShellFile {
+    pub enabled: Option<bool>,
+    /// The roles that may open one (default `["admin"]`).
+    pub roles: Option<Vec<String>>,
+    /// The user shells run as; required when Warden runs as root.
+    pub run_as: Option<String>,
+    /// The program started (default: the run-as user's login shell, else
+    /// `/bin/sh`).
+    pub program: Option<String>,
+    pub idle_timeout_secs: Option<u64>,
+    pub detach_grace_secs: Option<u64>,
+    pub max_lifetime_secs: Option<u64>,
+    pub max_per_user: Option<usize>,
+    pub max_sessions: Option<usize>,
+    /// Browser origins allowed besides the server's own
+    /// (`https://console.example.com`).
+    pub origins: Option<Vec<String>>,
+}
+
+impl ShellFile {
+    /// The policy for a data directory, its user looked up.
+    pub fn policy(&self, data_dir: &Path) -> anyhow::Result<warden_actors::terminal::ShellPolicy> {
+        use warden_actors::terminal::{ShellPolicy, pty::RunAs};
+        let mut p = ShellPolicy::new(data_dir.join("shell"));
+        p.enabled = self.enabled.unwrap_or(false);
+        if let Some(roles) = &self.roles {
+            for r in roles {
+                anyhow::ensure!(
+                    ["admin", "operator", "viewer"].contains(&r.as_str()),
+                    "[shell] roles: unknown role {r} (admin, operator, viewer)"
+                );
+            }
+            p.roles = roles.clone();
+        }
+        if let Some(name) = &self.run_as {
+            let user = RunAs::lookup(name).with_context(|| format!("[shell] run_as = {name:?}"))?;
+            if let Some(shell) = ShellPolicy::login_shell(&user.shell) {
+                p.program = shell;
+            }
+            p.run_as = Some(user);
+        } else if let Ok(shell) = std::env::var("SHELL")
+            && let Some(shell) = ShellPolicy::login_shell(&shell)
+        {
+            p.program = shell;
+        }
+        if let Some(program) = &self.program {
+            p.program = program.clone();
+        }
+        let secs = |v: Option<u64>, d: u64| v.unwrap_or(d).max(1);
+        p.idle_timeout_secs = secs(self.idle_timeout_secs, p.idle_timeout_secs);
+        p.detach_grace_secs = secs(self.detach_grace_secs, p.detach_grace_secs);
+        p.max_lifetime_secs = secs(self.max_lifetime_secs, p.max_lifetime_secs);
+        p.max_per_user = self.max_per_user.unwrap_or(p.max_per_user).max(1);
+        p.max_sessions = self.max_sessions.unwrap_or(p.max_sessions).max(1);
+        p.origins = self.origins.clone().unwrap_or_default();
+        Ok(p)
+    }
+}
+
+/// Refuses a shell policy that would hand out root shells.
+pub fn check_shell(p: &warden_actors::terminal::ShellPolicy) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    anyhow::ensure!(
+        !(p.enabled && root && p.run_as.is_none()),
+        "[shell] is enabled and Warden runs as root: set [shell] run_as to the unprivileged user shells run as"
+    );
+    anyhow::ensure!(
+        !p.enabled || Path::new(&p.program).is_absolute(),
+        "[shell] program must be an absolute path: {}",
+        p.program
+    );
+    Ok(())
 }
 
 /// `[rate_limits]`: per-minute limits; 0 switches one off.
@@ -232,6 +314,8 @@ pub struct ServerConfig {
     pub js_limits: warden_supervisors::ScriptLimits,
     /// Hooks may call link-local and cloud metadata addresses.
     pub hooks_allow_internal: bool,
+    /// Who may have an interactive shell.
+    pub shell: warden_actors::terminal::ShellPolicy,
     pub telemetry_retention: Duration,
     pub rate_limits: warden_api::RateLimits,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -255,6 +339,7 @@ impl ServerConfig {
     /// Defaults for a data directory; used by tests and benches.
     pub fn for_data_dir(data_dir: PathBuf) -> ServerConfig {
         let imports = data_dir.join(IMPORTS_DIR);
+        let shell = warden_actors::terminal::ShellPolicy::new(data_dir.join("shell"));
         ServerConfig {
             listen: DEFAULT_LISTEN
                 .parse()
@@ -284,6 +369,7 @@ impl ServerConfig {
             js_workers: 2,
             js_limits: warden_supervisors::ScriptLimits::default(),
             hooks_allow_internal: false,
+            shell,
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             rate_limits: warden_api::RateLimits::default(),
             trusted_proxies: Vec::new(),

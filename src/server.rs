@@ -52,6 +52,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 }
 
 pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
+    crate::config::check_shell(&config.shell)?;
     // One connection is one fd: lift the soft limit to the hard one.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %e, "could not raise the open-file limit");
@@ -67,6 +68,13 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         cache_bytes: config.store_cache_bytes,
     })
     .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    // The data dir holds the signing key and every record: its owner's
+    // alone (shells and user processes run as other users).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", config.data_dir.display()))?;
+    }
     // Collections whose indexes changed since the store was written are
     // re-indexed once, before anything reads them.
     warden_identity::model::ensure_indexes(&store).await?;
@@ -111,6 +119,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             js_workers: Some(config.js_workers),
             js_limits: Some(config.js_limits),
             hooks_allow_internal: config.hooks_allow_internal,
+            shell: config.shell.clone(),
         },
     )
     .await

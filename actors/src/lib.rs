@@ -8,7 +8,9 @@ pub mod egress;
 pub mod execution;
 pub mod llm;
 pub mod node;
+pub mod spawner;
 pub mod telegram;
+pub mod terminal;
 pub mod training;
 
 pub use warden_domain::DomainError;

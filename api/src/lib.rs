@@ -167,6 +167,7 @@ pub fn router(state: AppState) -> Router {
         .merge(dialects::forge::routes())
         .merge(dialects::contenox::routes())
         .merge(ws::routes())
+        .merge(ws::shell_routes())
         .merge(artifacts::routes())
         .merge(admin::routes(state.config.enable_fault_injection));
     let (router, docs) = api.finish();

@@ -42,6 +42,10 @@ pub trait Kind: Send + Sync + 'static {
     fn tick(&self) -> Option<Tick<Self::Msg>> {
         None
     }
+    /// The kind's own configuration, shown in the actor tree.
+    fn config(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// A kind's period and the message each of its actors gets then.
@@ -366,6 +370,7 @@ impl<K: Kind> Actor for KindSupervisor<K> {
                             at: rfc3339(*at),
                         }),
                         policy: None,
+                        config: None,
                         children: Vec::new(),
                     })
                     .collect();
@@ -579,6 +584,7 @@ pub(crate) trait KindControl: Send + Sync {
     fn name(&self) -> &'static str;
     fn entity_kind(&self) -> &'static str;
     fn policy(&self) -> RestartPolicy;
+    fn config(&self) -> Option<serde_json::Value>;
     fn spawn(&self, root: ActorCell) -> BoxFuture<'_, Result<ActorCell, ractor::SpawnErr>>;
     fn cell(&self) -> Option<ActorCell>;
     fn clear(&self);
@@ -596,6 +602,9 @@ impl<K: Kind> KindControl for KindRef<K> {
     }
     fn policy(&self) -> RestartPolicy {
         self.policy
+    }
+    fn config(&self) -> Option<serde_json::Value> {
+        self.kind.config()
     }
     fn spawn(&self, root: ActorCell) -> BoxFuture<'_, Result<ActorCell, ractor::SpawnErr>> {
         Box::pin(async move {

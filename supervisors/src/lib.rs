@@ -21,6 +21,7 @@ mod policy;
 mod root;
 mod scheduler;
 mod telegram;
+mod terminals;
 mod training;
 mod tree;
 
@@ -39,6 +40,7 @@ pub use policy::RestartPolicy;
 pub use root::{Runtime, RuntimeConfig};
 pub use scheduler::Scheduler;
 pub use telegram::{DEFAULT_TELEGRAM_API, Telegram, TelegramKind};
+pub use terminals::{OpenRefusal, TerminalKind, Terminals};
 pub use training::{DEFAULT_MAX_CONCURRENT, QueueStats, Training, TrainingKind};
 pub use tree::{ActorInfo, FailureInfo};
 pub use warden_jsrt::Limits as ScriptLimits;

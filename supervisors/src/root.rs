@@ -188,6 +188,8 @@ pub struct RuntimeConfig {
     pub js_limits: Option<warden_jsrt::Limits>,
     /// Hooks may call link-local and cloud metadata addresses (default no).
     pub hooks_allow_internal: bool,
+    /// Who may have an interactive shell (off by default).
+    pub shell: warden_actors::terminal::ShellPolicy,
 }
 
 /// The running supervision tree and typed access to each kind.
@@ -212,6 +214,8 @@ pub struct Runtime {
     pub egress: Arc<warden_actors::egress::Egress>,
     /// Fires the schedules (vareon's scheduled tasks).
     pub scheduler: crate::Scheduler,
+    /// Interactive shells (vareon `/ws/shell`).
+    pub terminals: crate::Terminals,
 }
 
 impl Runtime {
@@ -302,6 +306,14 @@ impl Runtime {
             TrainingKind::new(store.clone(), max_training),
             config.training,
         );
+        // A PTY cannot be recovered: a failed session is never restarted.
+        let terminals = KindRef::new(
+            crate::Terminals::kind(store.clone(), Arc::new(config.shell.clone())),
+            RestartPolicy {
+                max_restarts: 0,
+                ..config.root
+            },
+        );
         let kinds: Vec<Arc<dyn KindControl>> = vec![
             Arc::new(nodes.clone()),
             Arc::new(executions.clone()),
@@ -310,6 +322,7 @@ impl Runtime {
             Arc::new(conversations.clone()),
             Arc::new(telegram.clone()),
             Arc::new(training.clone()),
+            Arc::new(terminals.clone()),
         ];
         let (root, _) = Actor::spawn(
             None,
@@ -337,7 +350,9 @@ impl Runtime {
         .map_err(|e| ractor::SpawnErr::StartupFailed(e.to_string().into()))?;
         functions.set(&automation);
         let scheduler = crate::Scheduler::start(store.clone(), execution_service.clone());
+        let terminals = crate::Terminals::new(terminals, store.clone()).await;
         Ok(Runtime {
+            terminals,
             egress,
             scheduler,
             events,
@@ -394,6 +409,7 @@ impl Runtime {
                     at: rfc3339(at),
                 }),
                 policy: Some(kind.policy()),
+                config: kind.config(),
                 children: entities,
             });
         }
@@ -406,6 +422,7 @@ impl Runtime {
             restart_count: 0,
             last_failure: None,
             policy: Some(self.policy),
+            config: None,
             children,
         })
     }

@@ -12,6 +12,10 @@ pub struct ActorInfo {
     pub last_failure: Option<FailureInfo>,
     /// Set on supervisors: the restart policy they apply to their children.
     pub policy: Option<crate::RestartPolicy>,
+    /// Set on supervisors whose kind has typed configuration of its own
+    /// (the shells' policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
     pub children: Vec<ActorInfo>,
 }
 

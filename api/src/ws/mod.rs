@@ -5,9 +5,11 @@
 
 mod raw;
 pub(crate) mod session;
+mod shell;
 mod socketio;
 
-pub(crate) use raw::routes;
+pub(crate) use raw::{routes, too_big};
+pub(crate) use shell::routes as shell_routes;
 pub(crate) use socketio::layer as socketio_layer;
 
 /// Largest frame a node may send; larger ones close the connection.

@@ -193,7 +193,7 @@ async fn run(socket: WebSocket, mut session: Session, mut rx: mpsc::Receiver<Out
 }
 
 /// Whether a read failed because a frame or message was over the limit.
-fn too_big(e: &axum::Error) -> bool {
+pub(crate) fn too_big(e: &axum::Error) -> bool {
     use tokio_tungstenite::tungstenite::Error;
     std::error::Error::source(e)
         .and_then(|inner| inner.downcast_ref::<Error>())

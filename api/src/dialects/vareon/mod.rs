@@ -11,6 +11,7 @@ mod models;
 mod schedules;
 mod system;
 mod telemetry;
+mod terminal;
 mod training;
 mod users;
 pub(crate) mod workflows;
@@ -113,4 +114,5 @@ pub(crate) fn routes() -> Api {
         .merge(schedules::routes())
         .merge(devices::routes())
         .merge(system::routes())
+        .merge(terminal::routes())
 }
