@@ -8,6 +8,7 @@ pub mod egress;
 pub mod execution;
 pub mod llm;
 pub mod node;
+pub mod process;
 pub mod spawner;
 pub mod telegram;
 pub mod terminal;

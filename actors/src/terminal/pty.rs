@@ -12,6 +12,9 @@ use std::sync::Arc;
 
 use tokio::io::unix::AsyncFd;
 
+pub use crate::process::Exit;
+use crate::process::{signal_session, wait_exit};
+
 /// A user to run as.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RunAs {
@@ -84,22 +87,6 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
         Err(io::Error::last_os_error())
     } else {
         Ok(rc)
-    }
-}
-
-/// How a shell ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    Code(i32),
-    Signal(i32),
-}
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Exit::Code(c) => write!(f, "exit code {c}"),
-            Exit::Signal(s) => write!(f, "signal {s}"),
-        }
     }
 }
 
@@ -298,65 +285,5 @@ impl Drop for Pty {
                 .name("shell-reap".into())
                 .spawn(move || child.wait());
         }
-    }
-}
-
-/// The processes whose session is `sid`, from `/proc` (field 6 of
-/// `stat`, after the command name's closing parenthesis).
-pub fn session_members(sid: u32) -> Vec<libc::pid_t> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| {
-        let pid: libc::pid_t = e.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let rest = &stat[stat.rfind(')')? + 1..];
-        // state ppid pgrp session
-        let session: u32 = rest.split_whitespace().nth(3)?.parse().ok()?;
-        (session == sid).then_some(pid)
-    })
-    .collect()
-}
-
-fn signal_session(sid: u32, signal: libc::c_int) {
-    // SAFETY: kill with a negative pid signals a process group; with a
-    // positive one, a process.
-    unsafe {
-        libc::kill(-(sid as libc::pid_t), signal);
-    }
-    for pid in session_members(sid) {
-        unsafe {
-            libc::kill(pid, signal);
-        }
-    }
-}
-
-/// Waits for `pid` to end without reaping it (`WNOWAIT`).
-fn wait_exit(pid: u32) -> io::Result<Exit> {
-    loop {
-        // SAFETY: waitid fills a siginfo_t from a valid pointer.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        // SAFETY: waitid succeeded for WEXITED: these fields are set.
-        let (code, status) = unsafe { (info.si_code, info.si_status()) };
-        return Ok(if code == libc::CLD_EXITED {
-            Exit::Code(status)
-        } else {
-            Exit::Signal(status)
-        });
     }
 }
