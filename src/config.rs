@@ -51,6 +51,8 @@ pub struct FileConfig {
     pub hooks: HooksFile,
     #[serde(default)]
     pub shell: ShellFile,
+    #[serde(default)]
+    pub exec: ExecFile,
     /// Reverse proxies whose X-Forwarded-For names the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -205,6 +207,36 @@ impl ShellFile {
     }
 }
 
+/// `[exec]`: user processes (myntrix process agents).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecFile {
+    /// Run processes unconfined when no confinement (Landlock) is
+    /// available; default false (their start fails saying why).
+    pub allow_unconfined: Option<bool>,
+    /// Seconds a stopped process has between SIGTERM and SIGKILL (default 5).
+    pub stop_grace_secs: Option<u64>,
+    /// CPU seconds a process may use (default unlimited).
+    pub cpu_secs: Option<u64>,
+    /// The largest file a process may write, MiB (default 1024).
+    pub file_mib: Option<u64>,
+}
+
+impl ExecFile {
+    pub fn policy(&self, data_dir: &Path) -> warden_actors::agents::ExecPolicy {
+        let mut p = warden_actors::agents::ExecPolicy::new(data_dir.to_path_buf());
+        p.allow_unconfined = self.allow_unconfined.unwrap_or(false);
+        if let Some(s) = self.stop_grace_secs {
+            p.stop_grace_ms = s.clamp(1, 600) * 1000;
+        }
+        p.limits.cpu_secs = self.cpu_secs.map(|s| s.max(1));
+        if let Some(mib) = self.file_mib {
+            p.limits.file_bytes = Some(mib.max(1) << 20);
+        }
+        p
+    }
+}
+
 /// Refuses a shell policy that would hand out root shells.
 pub fn check_shell(p: &warden_actors::terminal::ShellPolicy) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -263,6 +295,7 @@ pub struct SupervisionFile {
     pub conversations: Option<RestartPolicy>,
     pub telegram: Option<RestartPolicy>,
     pub training: Option<RestartPolicy>,
+    pub agents: Option<RestartPolicy>,
 }
 
 impl FileConfig {
@@ -316,6 +349,9 @@ pub struct ServerConfig {
     pub hooks_allow_internal: bool,
     /// Who may have an interactive shell.
     pub shell: warden_actors::terminal::ShellPolicy,
+    /// How process agents run, and their actors' restart policy.
+    pub exec: warden_actors::agents::ExecPolicy,
+    pub agent_policy: RestartPolicy,
     pub telemetry_retention: Duration,
     pub rate_limits: warden_api::RateLimits,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -340,6 +376,7 @@ impl ServerConfig {
     pub fn for_data_dir(data_dir: PathBuf) -> ServerConfig {
         let imports = data_dir.join(IMPORTS_DIR);
         let shell = warden_actors::terminal::ShellPolicy::new(data_dir.join("shell"));
+        let exec = warden_actors::agents::ExecPolicy::new(data_dir.clone());
         ServerConfig {
             listen: DEFAULT_LISTEN
                 .parse()
@@ -370,6 +407,8 @@ impl ServerConfig {
             js_limits: warden_supervisors::ScriptLimits::default(),
             hooks_allow_internal: false,
             shell,
+            exec,
+            agent_policy: RestartPolicy::default(),
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             rate_limits: warden_api::RateLimits::default(),
             trusted_proxies: Vec::new(),

@@ -120,6 +120,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             js_limits: Some(config.js_limits),
             hooks_allow_internal: config.hooks_allow_internal,
             shell: config.shell.clone(),
+            exec: config.exec.clone(),
+            agents: config.agent_policy,
         },
     )
     .await

@@ -2,6 +2,7 @@
 //! state with plain transition functions, and an actor that persists every
 //! change before it replies. Supervision lives in `warden-supervisors`.
 
+pub mod agents;
 pub mod conversation;
 pub mod deployment;
 pub mod egress;

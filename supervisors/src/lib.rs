@@ -8,6 +8,7 @@
 //! live in one process (tests); names in the tree are logical
 //! (`nodes`, `node:{id}`).
 
+mod agents;
 mod automation;
 mod conversations;
 mod deployments;
@@ -25,6 +26,7 @@ mod terminals;
 mod training;
 mod tree;
 
+pub use agents::{AgentKind, Agents};
 pub use automation::{Automation, MAX_DEPTH, script_event};
 pub use conversations::{
     ACTIVE_WINDOW, ChatStats, ConversationKind, Conversations, DEFAULT_CONVERSATION_IDLE,

@@ -190,6 +190,9 @@ pub struct RuntimeConfig {
     pub hooks_allow_internal: bool,
     /// Who may have an interactive shell (off by default).
     pub shell: warden_actors::terminal::ShellPolicy,
+    /// How process agents run.
+    pub exec: warden_actors::agents::ExecPolicy,
+    pub agents: RestartPolicy,
 }
 
 /// The running supervision tree and typed access to each kind.
@@ -216,6 +219,8 @@ pub struct Runtime {
     pub scheduler: crate::Scheduler,
     /// Interactive shells (vareon `/ws/shell`).
     pub terminals: crate::Terminals,
+    /// Myntrix agents' processes.
+    pub agents: crate::Agents,
 }
 
 impl Runtime {
@@ -314,6 +319,10 @@ impl Runtime {
                 ..config.root
             },
         );
+        let agents = KindRef::new(
+            crate::Agents::kind(store.clone(), Arc::new(config.exec.clone())),
+            config.agents,
+        );
         let kinds: Vec<Arc<dyn KindControl>> = vec![
             Arc::new(nodes.clone()),
             Arc::new(executions.clone()),
@@ -323,6 +332,7 @@ impl Runtime {
             Arc::new(telegram.clone()),
             Arc::new(training.clone()),
             Arc::new(terminals.clone()),
+            Arc::new(agents.clone()),
         ];
         let (root, _) = Actor::spawn(
             None,
@@ -352,6 +362,7 @@ impl Runtime {
         let scheduler = crate::Scheduler::start(store.clone(), execution_service.clone());
         let terminals = crate::Terminals::new(terminals, store.clone()).await;
         Ok(Runtime {
+            agents: crate::Agents::new(agents, store.clone()),
             terminals,
             egress,
             scheduler,

@@ -2,6 +2,7 @@
 //! `skip`/`limit` paging into bare arrays, `{"detail": ...}` errors, 422
 //! for validation with FastAPI's detail list.
 
+mod agents;
 mod chat;
 mod cognisys;
 mod datasets;
@@ -115,4 +116,5 @@ pub(crate) fn routes() -> Api {
         .merge(devices::routes())
         .merge(system::routes())
         .merge(terminal::routes())
+        .merge(agents::routes())
 }

@@ -10,7 +10,7 @@ use warden_actors::execution::ExecStatus;
 use warden_actors::training::{RunStatus, TrainingRun};
 use warden_domain::dataset::Dataset;
 use warden_domain::workflow::Workflow;
-use warden_domain::{Agent, CREATED, counter, org_scope};
+use warden_domain::{CREATED, counter, org_scope};
 use warden_identity::Principal;
 
 use super::devices;
@@ -27,39 +27,6 @@ type Caller = CurrentUser<Vareon>;
 const SEARCHES: &str = "vareon-search";
 /// The most results of one type a search answers.
 const PER_TYPE: usize = 50;
-
-/// A core agent as myntrix shows it: `type` is its role; a logical agent
-/// runs while AIWM calls it active (or busy).
-fn agent_status(a: &Agent) -> &'static str {
-    match a.status.as_str() {
-        "active" | "busy" => "running",
-        _ => "stopped",
-    }
-}
-
-fn agent_view(a: &Agent) -> Value {
-    json!({
-        "id": a.id,
-        "name": a.name,
-        "type": a.role,
-        "status": agent_status(a),
-        "health": 100,
-        "last_run": a.last_task.map(iso),
-        "configuration": serde_json::from_str::<Value>(&a.configuration)
-            .ok()
-            .filter(Value::is_object)
-            .unwrap_or_else(|| json!({})),
-    })
-}
-
-fn agents(state: &AppState, org: &str) -> VareonResult<Vec<Agent>> {
-    Ok(state
-        .store
-        .in_scope::<Agent>(CREATED, &org_scope(Some(org)))?
-        .into_iter()
-        .filter(|a| a.audit.deleted_at.is_none())
-        .collect())
-}
 
 fn workflows(state: &AppState, org: &str) -> VareonResult<Vec<Workflow>> {
     Ok(state
@@ -118,9 +85,9 @@ fn counters(state: &AppState, p: &Principal) -> VareonResult<Map<String, Value>>
     put(
         "activeAgents",
         json!(
-            agents(state, org)?
+            super::agents::all(state, org)?
                 .iter()
-                .filter(|a| agent_status(a) == "running")
+                .filter(|a| super::agents::view(state, a)["status"] == "running")
                 .count()
         ),
     );
@@ -245,13 +212,14 @@ async fn search(
             .map(|d| json!({"type": "dataset", "id": d.id, "name": d.name, "format": d.format})),
     );
     out.extend(
-        agents(&state, org)?
+        super::agents::all(&state, org)?
             .iter()
             .filter(|a| holds(&a.name, &needle))
             .take(PER_TYPE)
-            .map(
-                |a| json!({"type": "agent", "id": a.id, "name": a.name, "status": agent_status(a)}),
-            ),
+            .map(|a| {
+                json!({"type": "agent", "id": a.id, "name": a.name,
+                       "status": super::agents::view(&state, a)["status"]})
+            }),
     );
     out.extend(
         devices::all(&state, org)?
@@ -292,7 +260,10 @@ async fn visualization(
         v
     };
     Ok(Json(json!({
-        "agents": agents(&state, &p.org_id)?.iter().map(agent_view).collect::<Vec<_>>(),
+        "agents": super::agents::all(&state, &p.org_id)?
+            .iter()
+            .map(|a| strip(super::agents::view(&state, a)))
+            .collect::<Vec<_>>(),
         "devices": devices::all(&state, &p.org_id)?.iter().map(|d| strip(d.view())).collect::<Vec<_>>(),
         "timestamp": iso(warden_storage::now_millis()),
     })))

@@ -1,0 +1,303 @@
+//! `AgentActor`: runs one process agent's process for as long as the
+//! actor lives. The process ending unasked fails the actor, so the
+//! supervisor restarts it (a fresh process, counted against the agent's
+//! health) until its restart limit, then marks it failed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use warden_domain::Agent;
+use warden_storage::{Store, now_millis};
+
+use super::{AgentProcess, ProcState, command_of, cwd_of};
+use crate::DomainError;
+use crate::process::landlock::{self, Ruleset};
+use crate::process::{Limits, Process, Spec, kill_leftover};
+
+/// How process agents run: where, how confined, with what limits.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExecPolicy {
+    /// Warden's data dir: agents' dirs are `<data_dir>/agents/<id>/`, and
+    /// a confined process can read nothing of the rest of it.
+    pub data_dir: PathBuf,
+    /// Run without confinement when none is available (default no: the
+    /// start fails saying why).
+    pub allow_unconfined: bool,
+    #[serde(skip)]
+    pub limits: Limits,
+    /// How long a stopped process has between SIGTERM and SIGKILL.
+    pub stop_grace_ms: u64,
+}
+
+impl ExecPolicy {
+    pub fn new(data_dir: PathBuf) -> ExecPolicy {
+        ExecPolicy {
+            data_dir,
+            allow_unconfined: false,
+            limits: Limits::default(),
+            stop_grace_ms: 5000,
+        }
+    }
+
+    /// The confinement a process in `work` gets, or why it cannot start.
+    pub fn confinement(&self, work: &std::path::Path) -> Result<Option<Arc<Ruleset>>, String> {
+        if landlock::abi() > 0 {
+            return Ruleset::confine(work, &self.data_dir)
+                .map(|r| Some(Arc::new(r)))
+                .map_err(|e| format!("could not confine the process with Landlock: {e}"));
+        }
+        if self.allow_unconfined {
+            return Ok(None);
+        }
+        Err("no confinement is available on this host (Landlock needs Linux 5.13+); an admin may set [exec] allow_unconfined = true".into())
+    }
+}
+
+impl Default for ExecPolicy {
+    fn default() -> Self {
+        ExecPolicy::new(PathBuf::from("."))
+    }
+}
+
+type Reply<T> = RpcReplyPort<Result<T, DomainError>>;
+
+pub enum AgentMsg {
+    /// The process ended (how).
+    Exited(String),
+    /// Stop the process (SIGTERM, SIGKILL after the grace) and the actor.
+    Stop(Reply<()>),
+    Crash,
+}
+
+pub struct AgentArgs {
+    pub store: Store,
+    pub id: String,
+    pub policy: Arc<ExecPolicy>,
+}
+
+pub struct AgentState {
+    store: Store,
+    id: String,
+    policy: Arc<ExecPolicy>,
+    process: Option<Process>,
+    stopping: bool,
+}
+
+pub struct AgentActor;
+
+/// The series of an agent's output and lifecycle lines.
+pub fn logs_series(id: &str) -> String {
+    format!("agent/{id}/logs")
+}
+
+/// Appends a line to an agent's log without waiting for the flush.
+fn log(store: &Store, id: &str, kind: &str, message: &str) {
+    let at = now_millis();
+    let point = format!("{at}-{}", &warden_storage::new_uuid()[..8]);
+    let line = serde_json::json!({"type": kind, "message": message}).to_string();
+    if let Err(e) = store.append_point_nowait(&logs_series(id), at, &point, line.into_bytes()) {
+        tracing::debug!(agent = id, error = %e, "an agent's log line was dropped");
+    }
+}
+
+async fn update(
+    store: &Store,
+    id: &str,
+    change: impl FnMut(&mut AgentProcess),
+) -> Result<Option<AgentProcess>, DomainError> {
+    let mut change = change;
+    store
+        .update::<AgentProcess, DomainError>(id, |p| {
+            change(p);
+            Ok(Some(()))
+        })
+        .await
+}
+
+impl Actor for AgentActor {
+    type Msg = AgentMsg;
+    type State = AgentState;
+    type Arguments = AgentArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AgentMsg>,
+        args: AgentArgs,
+    ) -> Result<AgentState, ActorProcessingErr> {
+        let AgentArgs { store, id, policy } = args;
+        let agent = store
+            .get::<Agent>(&id)?
+            .filter(|a| a.audit.deleted_at.is_none())
+            .ok_or_else(|| format!("agent {id} does not exist"))?;
+        let argv = command_of(&agent.configuration)?
+            .ok_or_else(|| format!("agent {id} has no command to run"))?;
+        let rec = store
+            .get::<AgentProcess>(&id)?
+            .filter(|p| p.desired)
+            .ok_or_else(|| format!("agent {id} should not run"))?;
+        // What an earlier actor or run left running is killed first.
+        if let (Some(pid), Some(started)) = (rec.pid, rec.started)
+            && kill_leftover(pid, started)
+        {
+            log(
+                &store,
+                &id,
+                "warning",
+                &format!("killed the leftover process {pid} of an earlier run"),
+            );
+        }
+        let restarted = rec.state == ProcState::Running || rec.state == ProcState::Restarting;
+        let work = policy.data_dir.join("agents").join(&id);
+        std::fs::create_dir_all(&work)?;
+        let cwd = match cwd_of(&agent.configuration)? {
+            Some(c) => work.join(c),
+            None => work.clone(),
+        };
+        std::fs::create_dir_all(&cwd)?;
+        let confine = match policy.confinement(&work) {
+            Ok(c) => c,
+            Err(why) => {
+                log(&store, &id, "error", &why);
+                return Err(why.into());
+            }
+        };
+        let spec = Spec {
+            argv: argv.clone(),
+            workdir: cwd,
+            env: vec![
+                ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+                ("HOME".into(), work.display().to_string()),
+                ("LANG".into(), "C.UTF-8".into()),
+                ("WARDEN_AGENT_ID".into(), id.clone()),
+            ],
+            limits: policy.limits,
+            confine,
+        };
+        let (lines_store, lines_id) = (store.clone(), id.clone());
+        let me = myself.clone();
+        let process = match Process::start(
+            spec,
+            Arc::new(move |stream, line| log(&lines_store, &lines_id, stream.as_str(), &line)),
+            move |exit| {
+                let why = match exit {
+                    Ok(e) => format!("the process ended ({e})"),
+                    Err(e) => format!("the process could not be waited for: {e}"),
+                };
+                let _ = me.cast(AgentMsg::Exited(why));
+            },
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let why = format!("{} could not start: {e}", argv[0]);
+                log(&store, &id, "error", &why);
+                return Err(why.into());
+            }
+        };
+        let (pid, started) = (process.pid(), process.started());
+        let now = now_millis();
+        update(&store, &id, |p| {
+            if restarted {
+                p.restarts.push(now);
+                let keep = p.restarts.len().saturating_sub(20);
+                p.restarts.drain(..keep);
+            }
+            p.state = ProcState::Running;
+            p.pid = Some(pid);
+            p.started = Some(started);
+            p.last_run = Some(now);
+            p.failure = None;
+        })
+        .await?;
+        log(
+            &store,
+            &id,
+            "info",
+            &if restarted {
+                format!("restarted: process {pid} (the previous one ended or Warden restarted)")
+            } else {
+                format!("started: process {pid}")
+            },
+        );
+        tracing::info!(agent = %id, pid, restarted, "agent process started");
+        Ok(AgentState {
+            store,
+            id,
+            policy,
+            process: Some(process),
+            stopping: false,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<AgentMsg>,
+        state: &mut AgentState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A stop that was not asked for (a failure): the session dies now.
+        state.process.take();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<AgentMsg>,
+        msg: AgentMsg,
+        state: &mut AgentState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AgentMsg::Exited(why) => {
+                if !state.stopping {
+                    log(&state.store, &state.id, "error", &why);
+                    update(&state.store, &state.id, |p| {
+                        p.state = ProcState::Restarting;
+                        p.pid = None;
+                    })
+                    .await?;
+                    state.process.take();
+                    return Err(why.into());
+                }
+            }
+            AgentMsg::Stop(reply) => {
+                state.stopping = true;
+                if let Some(p) = state.process.take() {
+                    p.stop(Duration::from_millis(state.policy.stop_grace_ms));
+                }
+                let stored = update(&state.store, &state.id, |p| {
+                    p.state = ProcState::Stopped;
+                    p.pid = None;
+                    p.started = None;
+                })
+                .await
+                .map(|_| ());
+                log(&state.store, &state.id, "info", "stopped");
+                let _ = reply.send(stored);
+                myself.stop(Some("stopped".into()));
+            }
+            AgentMsg::Crash => panic!("fault injection: agent {} was told to crash", state.id),
+        }
+        Ok(())
+    }
+}
+
+/// The public API of a running agent actor.
+#[derive(Clone)]
+pub struct AgentHandle(pub ActorRef<AgentMsg>);
+
+impl AgentHandle {
+    pub async fn stop(&self) -> Result<(), DomainError> {
+        crate::ask(
+            &self.0,
+            Duration::from_secs(10),
+            "the agent's actor",
+            AgentMsg::Stop,
+        )
+        .await
+    }
+    pub fn crash(&self) {
+        let _ = self.0.cast(AgentMsg::Crash);
+    }
+}
