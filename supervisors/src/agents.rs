@@ -8,9 +8,10 @@ use std::sync::Arc;
 use ractor::ActorRef;
 use warden_actors::DomainError;
 use warden_actors::agents::{
-    AgentActor, AgentArgs, AgentHandle, AgentMsg, AgentProcess, DESIRED, ExecPolicy, ProcState,
+    AgentActor, AgentArgs, AgentHandle, AgentMsg, ExecPolicy, KIND, ProcState, ProcessRecord,
     command_of,
 };
+use warden_actors::process::record::DESIRED;
 use warden_domain::{Agent, catalog};
 use warden_storage::Store;
 
@@ -48,13 +49,13 @@ impl Kind for AgentKind {
         Ok(live
             && self
                 .store
-                .get::<AgentProcess>(id)?
+                .get::<ProcessRecord>(id)?
                 .is_some_and(|p| p.desired))
     }
 
     /// Every agent that should run; a failed one stays failed.
     fn boot_ids(&self) -> Vec<String> {
-        match self.store.in_scope::<AgentProcess>(DESIRED, "*") {
+        match self.store.in_scope::<ProcessRecord>(DESIRED, KIND) {
             Ok(all) => all
                 .into_iter()
                 .filter(|p| p.state != ProcState::Failed)
@@ -69,7 +70,7 @@ impl Kind for AgentKind {
 
     fn failed(&self) -> Vec<(String, String)> {
         self.store
-            .in_scope::<AgentProcess>(DESIRED, "*")
+            .in_scope::<ProcessRecord>(DESIRED, KIND)
             .unwrap_or_default()
             .into_iter()
             .filter(|p| p.state == ProcState::Failed)
@@ -80,7 +81,7 @@ impl Kind for AgentKind {
     async fn mark_failed(&self, id: &str, reason: &str) {
         let marked = self
             .store
-            .update::<AgentProcess, DomainError>(id, |p| {
+            .update::<ProcessRecord, DomainError>(id, |p| {
                 p.state = ProcState::Failed;
                 p.pid = None;
                 p.failure = Some(reason.to_owned());
@@ -104,7 +105,7 @@ impl Kind for AgentKind {
     async fn clear_failed(&self, id: &str) {
         let _ = self
             .store
-            .update::<AgentProcess, DomainError>(id, |p| {
+            .update::<ProcessRecord, DomainError>(id, |p| {
                 if p.state == ProcState::Failed {
                     p.state = ProcState::Stopped;
                 }
@@ -139,20 +140,20 @@ impl Agents {
     }
 
     /// A process agent's process record (`None`: never started, or logical).
-    pub fn process(&self, id: &str) -> Result<Option<AgentProcess>, DomainError> {
-        Ok(self.store.get::<AgentProcess>(id)?)
+    pub fn process(&self, id: &str) -> Result<Option<ProcessRecord>, DomainError> {
+        Ok(self.store.get::<ProcessRecord>(id)?)
     }
 
     async fn set_desired(&self, a: &Agent, desired: bool) -> Result<(), DomainError> {
         let changed = self
             .store
-            .update::<AgentProcess, DomainError>(&a.id, |p| {
+            .update::<ProcessRecord, DomainError>(&a.id, |p| {
                 p.desired = desired;
                 Ok(Some(()))
             })
             .await?;
         if changed.is_none() {
-            let mut p = AgentProcess::new(a);
+            let mut p = ProcessRecord::new(KIND, &a.id, a.owner.clone());
             p.desired = desired;
             match self.store.insert(p).await {
                 Err(warden_storage::StorageError::Conflict { .. }) => {
@@ -212,7 +213,7 @@ impl Agents {
                 Err(_) => {
                     let _ = self
                         .store
-                        .update::<AgentProcess, DomainError>(&a.id, |p| {
+                        .update::<ProcessRecord, DomainError>(&a.id, |p| {
                             p.state = ProcState::Stopped;
                             p.pid = None;
                             Ok(Some(()))

@@ -11,7 +11,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use warden_domain::Agent;
 use warden_storage::{Store, now_millis};
 
-use super::{AgentProcess, ProcState, command_of, cwd_of};
+use super::{ProcessRecord, ProcState, command_of, cwd_of};
 use crate::DomainError;
 use crate::process::landlock::{self, Ruleset};
 use crate::process::{Limits, Process, Spec, kill_leftover};
@@ -105,11 +105,11 @@ fn log(store: &Store, id: &str, kind: &str, message: &str) {
 async fn update(
     store: &Store,
     id: &str,
-    change: impl FnMut(&mut AgentProcess),
-) -> Result<Option<AgentProcess>, DomainError> {
+    change: impl FnMut(&mut ProcessRecord),
+) -> Result<Option<ProcessRecord>, DomainError> {
     let mut change = change;
     store
-        .update::<AgentProcess, DomainError>(id, |p| {
+        .update::<ProcessRecord, DomainError>(id, |p| {
             change(p);
             Ok(Some(()))
         })
@@ -134,7 +134,7 @@ impl Actor for AgentActor {
         let argv = command_of(&agent.configuration)?
             .ok_or_else(|| format!("agent {id} has no command to run"))?;
         let rec = store
-            .get::<AgentProcess>(&id)?
+            .get::<ProcessRecord>(&id)?
             .filter(|p| p.desired)
             .ok_or_else(|| format!("agent {id} should not run"))?;
         // What an earlier actor or run left running is killed first.

@@ -2,7 +2,7 @@
 //! is an argv array; VAREON-NEURONEST.md §2, §3B): an `AgentActor` per
 //! running agent supervises its process. The agent record stays the core
 //! one (AIWM `/api/agents`); what the process needs is an
-//! [`AgentProcess`] record beside it: the desired state (so a crash or a
+//! [`ProcessRecord`] beside it: the desired state (so a crash or a
 //! reboot re-spawns what should run), the live state, and the (pid,
 //! start time) of the process, so a later run kills a leftover and never
 //! a recycled pid.
@@ -10,105 +10,10 @@
 mod actor;
 
 pub use actor::{AgentActor, AgentArgs, AgentHandle, AgentMsg, ExecPolicy, logs_series};
+pub use crate::process::record::{HEALTH_WINDOW_MS, ProcState, ProcessRecord};
 
-use warden_domain::{Agent, Owned, Owner};
-use warden_storage::{Millis, Record};
-
-/// An agent process's state as myntrix shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum ProcState {
-    Stopped,
-    Running,
-    Restarting,
-    Failed,
-}
-
-impl ProcState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProcState::Stopped => "stopped",
-            ProcState::Running => "running",
-            ProcState::Restarting => "restarting",
-            ProcState::Failed => "failed",
-        }
-    }
-}
-
-/// How long restarts count against an agent's health.
-pub const HEALTH_WINDOW_MS: Millis = 10 * 60 * 1000;
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct AgentProcess {
-    /// The agent's `_id`.
-    pub id: String,
-    /// Whether it should run.
-    pub desired: bool,
-    pub state: ProcState,
-    pub pid: Option<u32>,
-    /// The process's start time (clock ticks after boot).
-    pub started: Option<u64>,
-    /// When it was restarted after its process ended unasked (newest last).
-    pub restarts: Vec<Millis>,
-    pub last_run: Option<Millis>,
-    pub failure: Option<String>,
-    pub owner: Owner,
-}
-
-warden_storage::first_layout!(AgentProcess);
-
-impl AgentProcess {
-    pub fn new(agent: &Agent) -> AgentProcess {
-        AgentProcess {
-            id: agent.id.clone(),
-            desired: false,
-            state: ProcState::Stopped,
-            pid: None,
-            started: None,
-            restarts: Vec::new(),
-            last_run: None,
-            failure: None,
-            owner: agent.owner.clone(),
-        }
-    }
-
-    /// 0 when failed, else 100 less 25 for each restart in the last 10
-    /// minutes.
-    pub fn health(&self, now: Millis) -> u32 {
-        if self.state == ProcState::Failed {
-            return 0;
-        }
-        let recent = self
-            .restarts
-            .iter()
-            .filter(|t| now - **t <= HEALTH_WINDOW_MS)
-            .count() as u32;
-        100u32.saturating_sub(25 * recent)
-    }
-}
-
-/// The ordered index of agent processes that should run (boot).
-pub const DESIRED: &str = "desired";
-
-impl Record for AgentProcess {
-    const COLLECTION: &'static str = "agent_processes";
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
-        if self.desired {
-            vec![(DESIRED, "*".into(), self.id.as_bytes().to_vec())]
-        } else {
-            Vec::new()
-        }
-    }
-    const INDEX_VERSION: u32 = 1;
-}
-
-impl Owned for AgentProcess {
-    fn owner(&self) -> &Owner {
-        &self.owner
-    }
-}
+/// The kind of the process records of agents.
+pub const KIND: &str = "agent";
 
 /// The argv of a process agent: `configuration.command`, an array of
 /// strings. `Ok(None)`: a logical agent (no command).
@@ -193,7 +98,7 @@ mod tests {
 
     #[test]
     fn health_falls_with_recent_restarts_and_is_zero_when_failed() {
-        let mut p = AgentProcess::new(&Agent::new(Owner::default(), "u"));
+        let mut p = ProcessRecord::new(KIND, "a1", warden_domain::Owner::default());
         let now = 100 * HEALTH_WINDOW_MS;
         assert_eq!(p.health(now), 100);
         p.restarts = vec![now - HEALTH_WINDOW_MS - 1, now - 1000];

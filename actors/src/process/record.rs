@@ -1,0 +1,110 @@
+//! The stored side of supervised user processes.
+
+use warden_domain::{Owned, Owner};
+use warden_storage::{Millis, Record};
+
+/// An agent process's state as myntrix shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ProcState {
+    Stopped,
+    Running,
+    Restarting,
+    Failed,
+}
+
+impl ProcState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcState::Stopped => "stopped",
+            ProcState::Running => "running",
+            ProcState::Restarting => "restarting",
+            ProcState::Failed => "failed",
+        }
+    }
+}
+
+/// How long restarts count against an agent's health.
+pub const HEALTH_WINDOW_MS: Millis = 10 * 60 * 1000;
+
+/// What Warden knows of a supervised user process: whether it should
+/// run (so a crash or a reboot re-spawns it), how it runs, and the (pid,
+/// start time) that names it for a later run's leftover check.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessRecord {
+    /// The entity's id (an agent's `_id`, a runtime's deployment `_id`).
+    pub id: String,
+    /// Whose process: `agent` or `runtime`.
+    pub kind: String,
+    /// Whether it should run.
+    pub desired: bool,
+    pub state: ProcState,
+    pub pid: Option<u32>,
+    /// The process's start time (clock ticks after boot).
+    pub started: Option<u64>,
+    /// When it was restarted after its process ended unasked (newest last).
+    pub restarts: Vec<Millis>,
+    pub last_run: Option<Millis>,
+    pub failure: Option<String>,
+    /// The port it was given (runtimes).
+    pub port: Option<u16>,
+    pub owner: Owner,
+}
+
+warden_storage::first_layout!(ProcessRecord);
+
+impl ProcessRecord {
+    pub fn new(kind: &str, id: &str, owner: Owner) -> ProcessRecord {
+        ProcessRecord {
+            id: id.to_owned(),
+            kind: kind.to_owned(),
+            desired: false,
+            state: ProcState::Stopped,
+            pid: None,
+            started: None,
+            restarts: Vec::new(),
+            last_run: None,
+            failure: None,
+            port: None,
+            owner,
+        }
+    }
+
+    /// 0 when failed, else 100 less 25 for each restart in the last 10
+    /// minutes.
+    pub fn health(&self, now: Millis) -> u32 {
+        if self.state == ProcState::Failed {
+            return 0;
+        }
+        let recent = self
+            .restarts
+            .iter()
+            .filter(|t| now - **t <= HEALTH_WINDOW_MS)
+            .count() as u32;
+        100u32.saturating_sub(25 * recent)
+    }
+}
+
+/// The ordered index of processes that should run, by kind (boot).
+pub const DESIRED: &str = "desired";
+
+impl Record for ProcessRecord {
+    const COLLECTION: &'static str = "processes";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn ordered(&self) -> Vec<(&'static str, String, Vec<u8>)> {
+        if self.desired {
+            vec![(DESIRED, self.kind.clone(), self.id.as_bytes().to_vec())]
+        } else {
+            Vec::new()
+        }
+    }
+    const INDEX_VERSION: u32 = 1;
+}
+
+impl Owned for ProcessRecord {
+    fn owner(&self) -> &Owner {
+        &self.owner
+    }
+}
+
