@@ -217,6 +217,7 @@ impl ServeArgs {
         }
         c.shell = file.shell.policy(&c.data_dir)?;
         c.exec = file.exec.policy(&c.data_dir);
+        c.runtimes = file.runtimes.policy(&c.data_dir)?;
         c.agent_policy = file.supervision.agents.unwrap_or_default();
         if let Some(n) = file.functions.workers {
             c.js_workers = n.clamp(1, 64);

@@ -53,6 +53,8 @@ pub struct FileConfig {
     pub shell: ShellFile,
     #[serde(default)]
     pub exec: ExecFile,
+    #[serde(default)]
+    pub runtimes: RuntimesFile,
     /// Reverse proxies whose X-Forwarded-For names the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -237,6 +239,54 @@ impl ExecFile {
     }
 }
 
+/// `[runtimes]`: neuronest runtimes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimesFile {
+    /// argv per language, `{entry}` for the entry point
+    /// (`python = ["python3", "-u", "{entry}"]`); merged over the defaults.
+    pub languages: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    /// The ports handed out, `[first, last]` (default 20000-20999).
+    pub ports: Option<[u16; 2]>,
+    /// The longest timeout a runtime may ask for, seconds (default 86400).
+    pub max_timeout_secs: Option<u64>,
+    /// `url`'s base instead of `http://127.0.0.1:<port>`.
+    pub public_base: Option<String>,
+}
+
+impl RuntimesFile {
+    pub fn policy(&self, data_dir: &Path) -> anyhow::Result<warden_actors::runtime::RuntimePolicy> {
+        use warden_actors::runtime::{LANGUAGES, RuntimePolicy};
+        let mut p = RuntimePolicy::new(data_dir);
+        if let Some(langs) = &self.languages {
+            for (lang, argv) in langs {
+                anyhow::ensure!(
+                    LANGUAGES.contains(&lang.as_str()),
+                    "[runtimes] languages: {lang} is not one of {}",
+                    LANGUAGES.join(", ")
+                );
+                anyhow::ensure!(
+                    !argv.is_empty() && argv.iter().any(|a| a.contains("{entry}")),
+                    "[runtimes] languages.{lang} must be an argv naming {{entry}}"
+                );
+                p.languages.insert(lang.clone(), argv.clone());
+            }
+        }
+        if let Some([first, last]) = self.ports {
+            anyhow::ensure!(
+                first >= 1024 && first <= last,
+                "[runtimes] ports must be [first, last] above 1023"
+            );
+            p.ports = (first, last);
+        }
+        if let Some(t) = self.max_timeout_secs {
+            p.max_timeout = t.max(1);
+        }
+        p.public_base = self.public_base.clone();
+        Ok(p)
+    }
+}
+
 /// Refuses a shell policy that would hand out root shells.
 pub fn check_shell(p: &warden_actors::terminal::ShellPolicy) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -352,6 +402,8 @@ pub struct ServerConfig {
     /// How process agents run, and their actors' restart policy.
     pub exec: warden_actors::agents::ExecPolicy,
     pub agent_policy: RestartPolicy,
+    /// How runtimes run.
+    pub runtimes: warden_actors::runtime::RuntimePolicy,
     pub telemetry_retention: Duration,
     pub rate_limits: warden_api::RateLimits,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -377,6 +429,7 @@ impl ServerConfig {
         let imports = data_dir.join(IMPORTS_DIR);
         let shell = warden_actors::terminal::ShellPolicy::new(data_dir.join("shell"));
         let exec = warden_actors::agents::ExecPolicy::new(data_dir.clone());
+        let runtimes = warden_actors::runtime::RuntimePolicy::new(&data_dir);
         ServerConfig {
             listen: DEFAULT_LISTEN
                 .parse()
@@ -409,6 +462,7 @@ impl ServerConfig {
             shell,
             exec,
             agent_policy: RestartPolicy::default(),
+            runtimes,
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             rate_limits: warden_api::RateLimits::default(),
             trusted_proxies: Vec::new(),

@@ -122,6 +122,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             shell: config.shell.clone(),
             exec: config.exec.clone(),
             agents: config.agent_policy,
+            runtimes: config.runtimes.clone(),
         },
     )
     .await

@@ -86,6 +86,15 @@ async fn a_process_agent_is_supervised_from_start_to_delete() {
     let aiwm = s.get(&format!("/api/agents/{id}"), &t).await;
     assert_eq!(aiwm.body["status"], "active", "the same agent through AIWM");
 
+    let jobs = s.get("/api/myntrix/jobs/", &t).await.body;
+    assert!(
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["id"] == id.as_str() && j["type"] == "agent" && j["status"] == "running"),
+        "{jobs}"
+    );
+
     // Killed from outside: restarted, counted against its health.
     kill(first);
     let second = running(&s, &t, &id, first).await;

@@ -10,6 +10,7 @@ pub mod execution;
 pub mod llm;
 pub mod node;
 pub mod process;
+pub mod runtime;
 pub mod spawner;
 pub mod telegram;
 pub mod terminal;

@@ -49,11 +49,12 @@ impl Kind for DeploymentKind {
         }
     }
 
+    /// A runtime (deployment type `runtime`) is run by its own actor kind.
     fn exists(&self, id: &str) -> Result<bool, DomainError> {
         Ok(self
             .store
             .get::<Deployment>(id)?
-            .is_some_and(|d| !d.is_deleted()))
+            .is_some_and(|d| !d.is_deleted() && d.deployment_type != warden_actors::runtime::KIND))
     }
 
     /// Deployments are activated on use: their starts and stops are

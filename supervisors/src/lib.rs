@@ -20,6 +20,7 @@ mod nodes;
 mod parked;
 mod policy;
 mod root;
+mod runtimes;
 mod scheduler;
 mod telegram;
 mod terminals;
@@ -40,6 +41,7 @@ pub use llm::{BackendKind, DEFAULT_PROBE_INTERVAL, InFlight, Llm, LlmDefaults, L
 pub use nodes::{NodeKind, Nodes};
 pub use policy::RestartPolicy;
 pub use root::{Runtime, RuntimeConfig};
+pub use runtimes::{RuntimeKind, Runtimes};
 pub use scheduler::Scheduler;
 pub use telegram::{DEFAULT_TELEGRAM_API, Telegram, TelegramKind};
 pub use terminals::{OpenRefusal, TerminalKind, Terminals};

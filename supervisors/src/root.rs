@@ -193,6 +193,8 @@ pub struct RuntimeConfig {
     /// How process agents run.
     pub exec: warden_actors::agents::ExecPolicy,
     pub agents: RestartPolicy,
+    /// How runtimes run.
+    pub runtimes: warden_actors::runtime::RuntimePolicy,
 }
 
 /// The running supervision tree and typed access to each kind.
@@ -221,6 +223,8 @@ pub struct Runtime {
     pub terminals: crate::Terminals,
     /// Myntrix agents' processes.
     pub agents: crate::Agents,
+    /// Neuronest runtimes.
+    pub runtimes: crate::Runtimes,
 }
 
 impl Runtime {
@@ -323,6 +327,14 @@ impl Runtime {
             crate::Agents::kind(store.clone(), Arc::new(config.exec.clone())),
             config.agents,
         );
+        let runtimes = KindRef::new(
+            crate::Runtimes::kind(
+                store.clone(),
+                Arc::new(config.exec.clone()),
+                Arc::new(config.runtimes.clone()),
+            ),
+            config.agents,
+        );
         let kinds: Vec<Arc<dyn KindControl>> = vec![
             Arc::new(nodes.clone()),
             Arc::new(executions.clone()),
@@ -333,6 +345,7 @@ impl Runtime {
             Arc::new(training.clone()),
             Arc::new(terminals.clone()),
             Arc::new(agents.clone()),
+            Arc::new(runtimes.clone()),
         ];
         let (root, _) = Actor::spawn(
             None,
@@ -363,6 +376,7 @@ impl Runtime {
         let terminals = crate::Terminals::new(terminals, store.clone()).await;
         Ok(Runtime {
             agents: crate::Agents::new(agents, store.clone()),
+            runtimes: crate::Runtimes::new(runtimes, store.clone()),
             terminals,
             egress,
             scheduler,

@@ -11,7 +11,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use warden_domain::Agent;
 use warden_storage::{Store, now_millis};
 
-use super::{ProcessRecord, ProcState, command_of, cwd_of};
+use super::{ProcState, ProcessRecord, command_of, cwd_of};
 use crate::DomainError;
 use crate::process::landlock::{self, Ruleset};
 use crate::process::{Limits, Process, Spec, kill_leftover};

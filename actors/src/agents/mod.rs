@@ -9,8 +9,8 @@
 
 mod actor;
 
-pub use actor::{AgentActor, AgentArgs, AgentHandle, AgentMsg, ExecPolicy, logs_series};
 pub use crate::process::record::{HEALTH_WINDOW_MS, ProcState, ProcessRecord};
+pub use actor::{AgentActor, AgentArgs, AgentHandle, AgentMsg, ExecPolicy, logs_series};
 
 /// The kind of the process records of agents.
 pub const KIND: &str = "agent";

@@ -84,7 +84,16 @@ fn check(input: &DeploymentInput, create: bool) -> Result<(), DomainError> {
 /// The first version of a deployment: `pending`, not running.
 pub fn create(input: DeploymentInput, owner: Owner, by: &str) -> Result<Deployment, DomainError> {
     check(&input, true)?;
-    let mut d = Deployment {
+    let mut d = blank(owner, by);
+    apply(&mut d, input, by)?;
+    d.log(d.audit.created_at, "created", "deployment created", "info");
+    Ok(d)
+}
+
+/// A deployment with every default and nothing to run yet (runtimes
+/// fill in their own program).
+pub fn blank(owner: Owner, by: &str) -> Deployment {
+    Deployment {
         id: new_object_id(),
         deployment_id: warden_storage::new_uuid(),
         name: String::new(),
@@ -109,10 +118,7 @@ pub fn create(input: DeploymentInput, owner: Owner, by: &str) -> Result<Deployme
         extra: String::new(),
         owner,
         audit: Audit::new(by),
-    };
-    apply(&mut d, input, by)?;
-    d.log(d.audit.created_at, "created", "deployment created", "info");
-    Ok(d)
+    }
 }
 
 /// A client's update. The model and node of a running deployment stay

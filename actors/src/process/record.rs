@@ -107,4 +107,3 @@ impl Owned for ProcessRecord {
         &self.owner
     }
 }
-

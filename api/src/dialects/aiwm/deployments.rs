@@ -131,6 +131,15 @@ async fn update(
 ) -> AiwmResult<Json<Value>> {
     require_write(&p, "update")?;
     let d: Deployment = find_visible(&state, &p, &id)?;
+    if is_runtime(&d) {
+        return Err(crate::error::ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            format!(
+                "deployment {} is a neuronest runtime: change it with PUT /api/runtimes/{}",
+                d.id, d.id
+            ),
+        ));
+    }
     let input = parse(body)?;
     let d = state
         .runtime
@@ -140,6 +149,11 @@ async fn update(
     Ok(Json(d.view()))
 }
 
+/// A neuronest runtime: run by its own actor, not a node's deployment.
+fn is_runtime(d: &Deployment) -> bool {
+    d.deployment_type == warden_actors::runtime::KIND
+}
+
 async fn start(
     State(state): State<AppState>,
     CurrentUser(p, _): User,
@@ -147,7 +161,12 @@ async fn start(
 ) -> AiwmResult<Json<Value>> {
     require_write(&p, "start deployments")?;
     let d: Deployment = find_visible(&state, &p, &id)?;
-    let d = state.runtime.deployments.start(&d.id, &p.user_id).await?;
+    let d = if is_runtime(&d) {
+        state.runtime.runtimes.start(&d).await?;
+        find_visible(&state, &p, &d.id)?
+    } else {
+        state.runtime.deployments.start(&d.id, &p.user_id).await?
+    };
     Ok(Json(
         json!({"message": "Deployment started successfully", "deployment": d.view()}),
     ))
@@ -160,7 +179,12 @@ async fn stop(
 ) -> AiwmResult<Json<Value>> {
     require_write(&p, "stop deployments")?;
     let d: Deployment = find_visible(&state, &p, &id)?;
-    let d = state.runtime.deployments.stop(&d.id, &p.user_id).await?;
+    let d = if is_runtime(&d) {
+        state.runtime.runtimes.stop(&d).await?;
+        find_visible(&state, &p, &d.id)?
+    } else {
+        state.runtime.deployments.stop(&d.id, &p.user_id).await?
+    };
     Ok(Json(
         json!({"message": "Deployment stopped successfully", "deployment": d.view()}),
     ))
@@ -173,7 +197,15 @@ async fn delete(
 ) -> AiwmResult<Json<Value>> {
     require_write(&p, "delete")?;
     let d: Deployment = find_visible(&state, &p, &id)?;
-    let d = state.runtime.deployments.delete(&d.id, &p.user_id).await?;
+    let d = if is_runtime(&d) {
+        state.runtime.runtimes.delete(&d, &p.user_id).await?;
+        state
+            .store
+            .get::<Deployment>(&d.id)?
+            .ok_or_else(|| crate::error::ApiError::not_found("Deployment", &d.id))?
+    } else {
+        state.runtime.deployments.delete(&d.id, &p.user_id).await?
+    };
     Ok(deleted_body("Deployment", &d.audit))
 }
 

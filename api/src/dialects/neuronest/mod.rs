@@ -4,6 +4,7 @@
 //! (NeuroNest has no verification step) and log in through every dialect.
 
 mod agents;
+mod runtimes;
 mod tasks;
 mod workflows;
 
@@ -216,6 +217,7 @@ pub(crate) fn routes() -> Api {
     agents::routes()
         .merge(tasks::routes())
         .merge(workflows::routes())
+        .merge(runtimes::routes())
         .public_post("/api/auth/register", tag, "Register and log in", register)
         .public_post(
             "/api/auth/login",
