@@ -222,6 +222,8 @@ pub struct ExecFile {
     pub cpu_secs: Option<u64>,
     /// The largest file a process may write, MiB (default 1024).
     pub file_mib: Option<u64>,
+    /// The output lines a process's log keeps (default 10000).
+    pub log_lines: Option<usize>,
 }
 
 impl ExecFile {
@@ -234,6 +236,9 @@ impl ExecFile {
         p.limits.cpu_secs = self.cpu_secs.map(|s| s.max(1));
         if let Some(mib) = self.file_mib {
             p.limits.file_bytes = Some(mib.max(1) << 20);
+        }
+        if let Some(n) = self.log_lines {
+            p.log_lines = n.clamp(100, 1_000_000);
         }
         p
     }

@@ -422,3 +422,68 @@ async fn runtimes_refuse_bad_input_and_other_users() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_runtime_keeps_only_its_log_ring() {
+    let s = TestServer::start_with(|c| {
+        c.exec.stop_grace_ms = 500;
+        c.exec.log_lines = 1000;
+    })
+    .await;
+    let t = s.admin_token.clone();
+    file(
+        &s,
+        &t,
+        "flood",
+        "main.py",
+        "import sys\nwhile True:\n    sys.stdout.write('flood-line ' + 'x' * 60 + '\\n')\n",
+    )
+    .await;
+    let id = s
+        .post(
+            "/api/runtimes",
+            &t,
+            json!({"project_id": "flood", "language": "python", "entry_point": "main.py"}),
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.post(&format!("/api/runtimes/{id}/start"), &t, json!({}))
+        .await;
+    status(&s, &t, &id, "running").await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let at = std::time::Instant::now();
+        let r = s
+            .http
+            .get(format!("{}/health", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        slowest = slowest.max(at.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "the server stays responsive: {slowest:?}"
+    );
+    s.post(&format!("/api/runtimes/{id}/stop"), &t, json!({}))
+        .await;
+    let kept = logs(&s, &t, &id).await;
+    assert!(
+        kept.len() > 500 && kept.len() <= 1600,
+        "the ring of 1,000 lines (trimmed every 500): {}",
+        kept.len()
+    );
+    assert!(
+        kept.iter().any(|l| l["message"]
+            .as_str()
+            .unwrap()
+            .contains("output lines dropped")),
+        "the flood's excess is counted, not stored"
+    );
+    s.stop().await;
+}

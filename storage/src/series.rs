@@ -170,6 +170,47 @@ impl Store {
         Ok(out.into_iter().skip(range.skip).collect())
     }
 
+    /// Keeps a series' newest points: at most `keep` of them and at most
+    /// `max_bytes` of values (a log ring). Returns how many were removed.
+    pub async fn trim_series(
+        &self,
+        series: &str,
+        keep: usize,
+        max_bytes: usize,
+    ) -> Result<usize, StorageError> {
+        let p = prefix(series);
+        let mut end = p.clone();
+        end.extend_from_slice(&[0xFF; 9]);
+        let (mut kept, mut bytes) = (0usize, 0usize);
+        let mut doomed = Vec::new();
+        for item in self
+            .engine()
+            .range(
+                Space::Series,
+                std::ops::Bound::Included(p.clone()),
+                std::ops::Bound::Excluded(end),
+            )
+            .rev()
+        {
+            let (key, value) = item?;
+            if kept < keep && bytes + value.len() <= max_bytes {
+                kept += 1;
+                bytes += value.len();
+                continue;
+            }
+            if let Some(at) = time_of_point_key(&key) {
+                doomed.push(time_index_key(at, &key));
+            }
+            doomed.push(key);
+        }
+        let removed = doomed.len() / 2;
+        if !doomed.is_empty() {
+            self.commit(vec![Write::RemovePoints { keys: doomed }])
+                .await?;
+        }
+        Ok(removed)
+    }
+
     /// Removes every point older than `before`, in every series, by a
     /// range of the time index. Returns how many were removed.
     pub async fn prune_points(&self, before: Millis) -> Result<usize, StorageError> {
@@ -204,6 +245,38 @@ impl Store {
 mod tests {
     use super::*;
     use crate::StoreConfig;
+
+    #[tokio::test]
+    async fn a_series_is_trimmed_to_its_newest_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig::new(dir.path().to_path_buf())).unwrap();
+        for i in 0..10 {
+            store
+                .append_point("log", i, &format!("p{i}"), vec![b'x'; 10])
+                .await
+                .unwrap();
+        }
+        store
+            .append_point("other", 1, "o", b"o".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(store.trim_series("log", 4, usize::MAX).await.unwrap(), 6);
+        let ids: Vec<String> = store
+            .points("log", Range::default())
+            .unwrap()
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(ids, ["p9", "p8", "p7", "p6"]);
+        assert_eq!(
+            store.trim_series("log", 100, 25).await.unwrap(),
+            2,
+            "by bytes too"
+        );
+        assert_eq!(store.points("other", Range::default()).unwrap().len(), 1);
+        // The time index forgot them too: pruning finds only what is left.
+        assert_eq!(store.prune_points(i64::MAX).await.unwrap(), 3);
+    }
 
     #[tokio::test]
     async fn ranges_order_idempotence_and_pruning() {

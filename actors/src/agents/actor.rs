@@ -14,6 +14,7 @@ use warden_storage::{Store, now_millis};
 use super::{ProcState, ProcessRecord, command_of, cwd_of};
 use crate::DomainError;
 use crate::process::landlock::{self, Ruleset};
+use crate::process::log::ProcessLog;
 use crate::process::{Limits, Process, Spec, kill_leftover};
 
 /// How process agents run: where, how confined, with what limits.
@@ -29,6 +30,8 @@ pub struct ExecPolicy {
     pub limits: Limits,
     /// How long a stopped process has between SIGTERM and SIGKILL.
     pub stop_grace_ms: u64,
+    /// The lines a process's log keeps (a ring).
+    pub log_lines: usize,
 }
 
 impl ExecPolicy {
@@ -38,6 +41,7 @@ impl ExecPolicy {
             allow_unconfined: false,
             limits: Limits::default(),
             stop_grace_ms: 5000,
+            log_lines: crate::process::log::KEEP_LINES,
         }
     }
 
@@ -83,6 +87,7 @@ pub struct AgentState {
     policy: Arc<ExecPolicy>,
     process: Option<Process>,
     stopping: bool,
+    log: ProcessLog,
 }
 
 pub struct AgentActor;
@@ -92,14 +97,9 @@ pub fn logs_series(id: &str) -> String {
     format!("agent/{id}/logs")
 }
 
-/// Appends a line to an agent's log without waiting for the flush.
-fn log(store: &Store, id: &str, kind: &str, message: &str) {
-    let at = now_millis();
-    let point = format!("{at}-{}", &warden_storage::new_uuid()[..8]);
-    let line = serde_json::json!({"type": kind, "message": message}).to_string();
-    if let Err(e) = store.append_point_nowait(&logs_series(id), at, &point, line.into_bytes()) {
-        tracing::debug!(agent = id, error = %e, "an agent's log line was dropped");
-    }
+/// An agent's log.
+fn log_of(store: &Store, id: &str, keep: usize) -> ProcessLog {
+    ProcessLog::new(store.clone(), logs_series(id), keep)
 }
 
 async fn update(
@@ -127,6 +127,7 @@ impl Actor for AgentActor {
         args: AgentArgs,
     ) -> Result<AgentState, ActorProcessingErr> {
         let AgentArgs { store, id, policy } = args;
+        let log = log_of(&store, &id, policy.log_lines);
         let agent = store
             .get::<Agent>(&id)?
             .filter(|a| a.audit.deleted_at.is_none())
@@ -141,9 +142,7 @@ impl Actor for AgentActor {
         if let (Some(pid), Some(started)) = (rec.pid, rec.started)
             && kill_leftover(pid, started)
         {
-            log(
-                &store,
-                &id,
+            log.line(
                 "warning",
                 &format!("killed the leftover process {pid} of an earlier run"),
             );
@@ -159,7 +158,7 @@ impl Actor for AgentActor {
         let confine = match policy.confinement(&work) {
             Ok(c) => c,
             Err(why) => {
-                log(&store, &id, "error", &why);
+                log.line("error", &why);
                 return Err(why.into());
             }
         };
@@ -175,11 +174,11 @@ impl Actor for AgentActor {
             limits: policy.limits,
             confine,
         };
-        let (lines_store, lines_id) = (store.clone(), id.clone());
+        let lines = log.clone();
         let me = myself.clone();
         let process = match Process::start(
             spec,
-            Arc::new(move |stream, line| log(&lines_store, &lines_id, stream.as_str(), &line)),
+            Arc::new(move |stream, line| lines.output(stream.as_str(), &line)),
             move |exit| {
                 let why = match exit {
                     Ok(e) => format!("the process ended ({e})"),
@@ -193,7 +192,7 @@ impl Actor for AgentActor {
             Ok(p) => p,
             Err(e) => {
                 let why = format!("{} could not start: {e}", argv[0]);
-                log(&store, &id, "error", &why);
+                log.line("error", &why);
                 return Err(why.into());
             }
         };
@@ -212,9 +211,7 @@ impl Actor for AgentActor {
             p.failure = None;
         })
         .await?;
-        log(
-            &store,
-            &id,
+        log.line(
             "info",
             &if restarted {
                 format!("restarted: process {pid} (the previous one ended or Warden restarted)")
@@ -229,6 +226,7 @@ impl Actor for AgentActor {
             policy,
             process: Some(process),
             stopping: false,
+            log,
         })
     }
 
@@ -251,7 +249,7 @@ impl Actor for AgentActor {
         match msg {
             AgentMsg::Exited(why) => {
                 if !state.stopping {
-                    log(&state.store, &state.id, "error", &why);
+                    state.log.line("error", &why);
                     update(&state.store, &state.id, |p| {
                         p.state = ProcState::Restarting;
                         p.pid = None;
@@ -273,7 +271,7 @@ impl Actor for AgentActor {
                 })
                 .await
                 .map(|_| ());
-                log(&state.store, &state.id, "info", "stopped");
+                state.log.line("info", "stopped");
                 let _ = reply.send(stored);
                 myself.stop(Some("stopped".into()));
             }

@@ -10,6 +10,7 @@ use std::io;
 
 pub mod exec;
 pub mod landlock;
+pub mod log;
 pub mod record;
 
 pub use exec::{Limits, Process, Spec, Stream};

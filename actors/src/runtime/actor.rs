@@ -17,6 +17,7 @@ use super::{RuntimeDef, RuntimePolicy, set_status};
 use crate::DomainError;
 use crate::agents::ExecPolicy;
 use crate::deployment::Deployment;
+use crate::process::log::ProcessLog;
 use crate::process::record::{ProcState, ProcessRecord};
 use crate::process::{Process, Spec, is_alive, kill_leftover};
 
@@ -48,23 +49,14 @@ pub struct RtState {
     ending: bool,
     /// Why the run could not start (the actor stops at once).
     refused: bool,
+    log: ProcessLog,
 }
 
 pub struct RuntimeActor;
 
-/// Appends a line to a runtime's log (its deployment's log series).
-pub(crate) fn log(store: &Store, id: &str, kind: &str, message: &str) {
-    let at = now_millis();
-    let point = format!("{at}-{}", &warden_storage::new_uuid()[..8]);
-    let line = serde_json::json!({"type": kind, "message": message}).to_string();
-    if let Err(e) = store.append_point_nowait(
-        &format!("deployment/{id}/logs"),
-        at,
-        &point,
-        line.into_bytes(),
-    ) {
-        tracing::debug!(runtime = id, error = %e, "a runtime's log line was dropped");
-    }
+/// A runtime's log: its deployment's log series.
+pub(crate) fn log_of(store: &Store, id: &str, keep: usize) -> ProcessLog {
+    ProcessLog::new(store.clone(), format!("deployment/{id}/logs"), keep)
 }
 
 async fn set_deployment(
@@ -169,6 +161,7 @@ impl RuntimeActor {
         id: &str,
         exec: &ExecPolicy,
         policy: &RuntimePolicy,
+        log: &ProcessLog,
     ) -> Result<Result<Process, Refusal>, ActorProcessingErr> {
         let d = store
             .get::<Deployment>(id)?
@@ -182,9 +175,7 @@ impl RuntimeActor {
         if let (Some(pid), Some(started)) = (rec.pid, rec.started)
             && kill_leftover(pid, started)
         {
-            log(
-                store,
-                id,
+            log.line(
                 "warning",
                 &format!("killed the leftover process {pid} of an earlier run"),
             );
@@ -244,11 +235,11 @@ impl RuntimeActor {
             limits: exec.limits,
             confine,
         };
-        let (lines_store, lines_id) = (store.clone(), id.to_owned());
+        let lines = log.clone();
         let me = myself.clone();
         let process = match Process::start(
             spec,
-            Arc::new(move |stream, line| log(&lines_store, &lines_id, stream.as_str(), &line)),
+            Arc::new(move |stream, line| lines.output(stream.as_str(), &line)),
             move |exit| {
                 let (why, code) = match exit {
                     Ok(crate::process::Exit::Code(c)) => (format!("exit code {c}"), Some(c)),
@@ -296,9 +287,7 @@ impl RuntimeActor {
             p.failure = None;
         })
         .await?;
-        log(
-            store,
-            id,
+        log.line(
             "info",
             &if resumed {
                 format!(
@@ -329,11 +318,12 @@ impl Actor for RuntimeActor {
             exec,
             policy,
         } = args;
-        let started = RuntimeActor::start_run(&myself, &store, &id, &exec, &policy).await?;
+        let log = log_of(&store, &id, exec.log_lines);
+        let started = RuntimeActor::start_run(&myself, &store, &id, &exec, &policy, &log).await?;
         let (process, refused) = match started {
             Ok(p) => (Some(p), false),
             Err(Refusal(why)) => {
-                log(&store, &id, "error", &why);
+                log.line("error", &why);
                 set_record(&store, &id, |p| p.failure = Some(why.clone())).await?;
                 ended(&store, &id, "failed").await?;
                 (None, true)
@@ -346,6 +336,7 @@ impl Actor for RuntimeActor {
             process,
             ending: false,
             refused,
+            log,
         })
     }
 
@@ -384,12 +375,7 @@ impl Actor for RuntimeActor {
                 state.process.take();
                 let status = if code == Some(0) { "stopped" } else { "failed" };
                 let kind = if status == "failed" { "error" } else { "info" };
-                log(
-                    &state.store,
-                    &state.id,
-                    kind,
-                    &format!("the process ended ({why})"),
-                );
+                state.log.line(kind, &format!("the process ended ({why})"));
                 if status == "failed" {
                     set_record(&state.store, &state.id, |p| {
                         p.failure = Some(format!("the process ended ({why})"))
@@ -405,7 +391,7 @@ impl Actor for RuntimeActor {
                 }
                 state.ending = true;
                 let why = "the runtime's timeout was reached: the run was stopped".to_owned();
-                log(&state.store, &state.id, "error", &why);
+                state.log.line("error", &why);
                 if let Some(p) = state.process.take() {
                     p.stop(Duration::from_millis(state.exec.stop_grace_ms));
                 }
@@ -427,7 +413,7 @@ impl Actor for RuntimeActor {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                     }
-                    log(&state.store, &state.id, "info", "stopped");
+                    state.log.line("info", "stopped");
                     ended(&state.store, &state.id, "stopped").await
                 }
                 .await;
