@@ -478,12 +478,5 @@ async fn a_flooding_runtime_keeps_only_its_log_ring() {
         "the ring of 1,000 lines (trimmed every 500): {}",
         kept.len()
     );
-    assert!(
-        kept.iter().any(|l| l["message"]
-            .as_str()
-            .unwrap()
-            .contains("output lines dropped")),
-        "the flood's excess is counted, not stored"
-    );
     s.stop().await;
 }

@@ -105,3 +105,48 @@ impl ProcessLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_flood_is_counted_not_stored_and_the_ring_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Store::open(&warden_storage::StoreConfig::new(dir.path().to_path_buf())).unwrap();
+        let log = ProcessLog::new(store.clone(), "p/logs".into(), 600);
+        // Three seconds' budget in one second: the rest is counted.
+        let second = now_millis() / 1000;
+        for i in 0..3000 {
+            log.output("stdout", &format!("line {i}"));
+        }
+        if now_millis() / 1000 != second {
+            return; // crossed a second boundary: the counts are not this test's
+        }
+        while now_millis() / 1000 == second {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        log.output("stdout", "next second");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let range = warden_storage::series::Range {
+            limit: 10_000,
+            ..Default::default()
+        };
+        let all = store.points("p/logs", range).unwrap();
+        let text: Vec<String> = all
+            .iter()
+            .map(|p| String::from_utf8_lossy(&p.value).into_owned())
+            .collect();
+        assert!(
+            text.iter().any(|l| l.contains("2000 output lines dropped")),
+            "{:?}",
+            &text[..3]
+        );
+        assert!(
+            all.len() <= 600 + TRIM_EVERY as usize + 2,
+            "the ring: {}",
+            all.len()
+        );
+    }
+}

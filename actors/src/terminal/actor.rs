@@ -150,12 +150,13 @@ impl TermState {
                 task.abort();
             }
         }
-        self.send(Out::Text(format!("\r\n[session closed: {reason}]\r\n")));
-        self.send(Out::Close(code, reason.to_owned()));
+        // Durable first: a client told the session closed finds it closed.
         self.session.close(reason, now_millis());
         if let Err(e) = self.persist().await {
             tracing::warn!(session = %self.session.id, error = %e, "could not store the closed session");
         }
+        self.send(Out::Text(format!("\r\n[session closed: {reason}]\r\n")));
+        self.send(Out::Close(code, reason.to_owned()));
         tracing::info!(session = %self.session.id, reason, "terminal session closed");
         myself.stop(Some(reason.to_owned()));
     }
