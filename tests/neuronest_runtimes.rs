@@ -191,6 +191,20 @@ async fn a_runtime_runs_its_project_confined_and_stops() {
         assert_eq!(stopped[k], Value::Null, "{k}");
     }
 
+    // Restarted: a new process, the log goes on.
+    let r = s
+        .post(&format!("/api/runtimes/{id}/restart"), &t, json!({}))
+        .await;
+    assert_eq!(r.body, json!({"message": "Runtime restarting"}));
+    let again = status(&s, &t, &id, "running").await;
+    assert_ne!(pid_of(&again), pid);
+    assert!(!alive(pid));
+    let before = lines.len();
+    assert!(logs(&s, &t, &id).await.len() > before, "the log goes on");
+    s.post(&format!("/api/runtimes/{id}/stop"), &t, json!({}))
+        .await;
+    status(&s, &t, &id, "stopped").await;
+
     // Changed while stopped: shown at once, used by the next start.
     file(
         &s,
@@ -478,5 +492,64 @@ async fn a_flooding_runtime_keeps_only_its_log_ring() {
         "the ring of 1,000 lines (trimmed every 500): {}",
         kept.len()
     );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_in_a_project_is_not_followed() {
+    let s = TestServer::start().await;
+    let t = s.admin_token.clone();
+    let probe = format!(
+        "import os\nprint('link:', os.path.exists('secret'), flush=True)\nfor name, path in [('shadow', '/etc/shadow'), ('warden', '/proc/{}/environ')]:\n    try:\n        open(path).read()\n        print(name + ': read', flush=True)\n    except OSError as e:\n        print(name + ':', e.__class__.__name__, flush=True)\n",
+        std::process::id()
+    );
+    file(&s, &t, "links", "main.py", &probe).await;
+    // Someone with the host's disk put a link in the project.
+    let user = s.get("/api/users/me", &t).await.body;
+    let org = user["org_id"]
+        .as_str()
+        .or(user["orgId"].as_str())
+        .map(str::to_owned);
+    let projects = s.data_dir.join("projects");
+    let dir = std::fs::read_dir(&projects)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("links"))
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| panic!("the project under {} ({org:?})", projects.display()));
+    std::os::unix::fs::symlink("/etc/shadow", dir.join("secret")).unwrap();
+    let id = s
+        .post(
+            "/api/runtimes",
+            &t,
+            json!({"project_id": "links", "language": "python", "entry_point": "main.py"}),
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.post(&format!("/api/runtimes/{id}/start"), &t, json!({}))
+        .await;
+    status(&s, &t, &id, "stopped").await;
+    let text: Vec<String> = logs(&s, &t, &id)
+        .await
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        text.contains(&"link: False".to_owned()),
+        "the link was not copied: {text:?}"
+    );
+    if unsafe { libc::geteuid() } == 0 {
+        // As root only Landlock stands between it and the file.
+        assert!(
+            text.contains(&"shadow: PermissionError".to_owned()),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(&"warden: PermissionError".to_owned()),
+            "Warden's own environment is closed to it: {text:?}"
+        );
+    }
     s.stop().await;
 }

@@ -166,6 +166,16 @@ async fn the_seed_protocol_runs_a_confined_shell_and_records_its_history() {
             "the data dir is closed to it: {out}"
         );
     }
+    // Absurd sizes are ignored or clamped; the session lives on.
+    send(&mut ws, r#"{"resize":{"cols":0,"rows":0}}"#).await;
+    send(&mut ws, r#"{"resize":{"cols":100000,"rows":100000}}"#).await;
+    let out = run(
+        &mut ws,
+        "echo clamped=$(stty size | tr ' ' x)",
+        "clamped=500x1000",
+    )
+    .await;
+    assert!(out.contains("clamped=500x1000"), "{out}");
     // A keystroke `5` is input, not control; backspace is applied.
     send(&mut ws, "e").await;
     send(&mut ws, "cho five-").await;
@@ -518,6 +528,11 @@ async fn logout_closes_the_shell_and_shutdown_says_1001() {
     assert!(r.status.is_success(), "{}", r.body);
     let (_, code) = read_until(&mut ws, "\u{0}never").await;
     assert_eq!(code, Some(1008));
+    assert_eq!(
+        refused(url(&s, "after-logout", Some(&alice))).await,
+        401,
+        "a revoked token opens nothing"
+    );
 
     let mut ws = connect(&s, "shutdown", &s.admin_token).await;
     run(&mut ws, "echo up-$((1+2))", "up-3").await;
@@ -525,4 +540,55 @@ async fn logout_closes_the_shell_and_shutdown_says_1001() {
     let (_, code) = read_until(&mut ws, "\u{0}never").await;
     assert_eq!(code, Some(1001));
     stopping.await.unwrap();
+}
+
+/// The resident memory of this process (the server runs in it), KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_to_a_slow_reader_keeps_memory_flat_and_others_fast() {
+    let s = TestServer::start_with(shells).await;
+    let t = s.admin_token.clone();
+    let mut flood = connect(&s, "flood", &t).await;
+    run(&mut flood, "echo ready-$((2+2))", "ready-4").await;
+    let before = rss_kib();
+    // `yes` writes as fast as it can; this client reads nothing for 5 s.
+    send(&mut flood, "yes flood-flood-flood-flood\r").await;
+    let mut other = connect(&s, "other", &t).await;
+    run(&mut other, "echo warm-$((1+1))", "warm-2").await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let at = Instant::now();
+        run(
+            &mut other,
+            &format!("echo rt{i}-$((100+{i}))"),
+            &format!("rt{i}-{}", 100 + i),
+        )
+        .await;
+        slowest = slowest.max(at.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let grown = rss_kib().saturating_sub(before);
+    assert!(
+        grown < 50 * 1024,
+        "the server grew {grown} KiB under the flood"
+    );
+    assert!(
+        slowest < Duration::from_millis(500),
+        "echo elsewhere took {slowest:?}"
+    );
+    // Ctrl-C stops it; the session is still usable.
+    send(&mut flood, "\u{3}").await;
+    let r = s
+        .post("/api/arcana/terminal/sessions/flood/close", &t, json!({}))
+        .await;
+    assert_eq!(r.status, 200);
+    s.stop().await;
 }

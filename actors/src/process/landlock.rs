@@ -97,7 +97,11 @@ impl Ruleset {
         };
         // Everything readable but the data dir; files may not be made or
         // changed there (only a directory's own rights are beneath it).
-        for path in readable_around(hidden)? {
+        let mut secrets: Vec<PathBuf> = HOST_SECRETS.iter().map(PathBuf::from).collect();
+        secrets.push(hidden.to_path_buf());
+        // Warden's own process: its environment and memory.
+        secrets.push(PathBuf::from(format!("/proc/{}", std::process::id())));
+        for path in readable_around(&secrets)? {
             ruleset.allow(&path, READ)?;
         }
         ruleset.allow(Path::new("/dev/null"), READ_FILE | WRITE_FILE)?;
@@ -161,21 +165,48 @@ impl Ruleset {
 
 use std::os::unix::fs::OpenOptionsExt;
 
-/// Every path whose hierarchy is readable when everything but `hidden`
-/// is: the siblings of each directory on the way from `/` to `hidden`.
-fn readable_around(hidden: &Path) -> io::Result<Vec<PathBuf>> {
-    let hidden = hidden.canonicalize()?;
+/// Host files a confined process never reads: password hashes, sudo
+/// rules, SSH keys.
+pub const HOST_SECRETS: [&str; 7] = [
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/etc/ssh",
+    "/root/.ssh",
+    "/etc/ssl/private",
+];
+
+/// Every path whose hierarchy is readable when everything but the
+/// `hidden` paths is: each entry of each directory on the way to a
+/// hidden path, but the hidden paths and the ways to them (which are
+/// walked into instead).
+fn readable_around(hidden: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
+    let hidden: Vec<PathBuf> = hidden
+        .iter()
+        .filter_map(|h| h.canonicalize().ok())
+        .collect();
+    let on_the_way = |p: &Path| hidden.iter().any(|h| h.starts_with(p) && h != p);
     let mut out = Vec::new();
-    let mut at = PathBuf::from("/");
-    for part in hidden.components().skip(1) {
-        let next = at.join(part);
-        for entry in std::fs::read_dir(&at)? {
-            let path = entry?.path();
-            if path != next {
+    let mut dirs = vec![PathBuf::from("/")];
+    while let Some(at) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&at) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            // A link is allowed where it leads, if anywhere: a rule on
+            // `/proc/self` would be a rule on Warden's own /proc entry.
+            if hidden.contains(&path) || entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                continue;
+            }
+            if on_the_way(&path) {
+                dirs.push(path);
+            } else {
                 out.push(path);
             }
         }
-        at = next;
     }
     Ok(out)
 }
@@ -191,9 +222,9 @@ mod tests {
         std::fs::create_dir_all(root.join("a/hidden")).unwrap();
         std::fs::create_dir_all(root.join("a/open")).unwrap();
         std::fs::write(root.join("b"), "x").unwrap();
-        let around = readable_around(&root.join("a/hidden")).unwrap();
+        let around = readable_around(&[root.join("a/hidden"), root.join("b")]).unwrap();
         assert!(around.contains(&root.join("a/open")));
-        assert!(around.contains(&root.join("b")));
+        assert!(!around.contains(&root.join("b")), "hidden too");
         assert!(!around.iter().any(|p| p.starts_with(root.join("a/hidden"))));
         assert!(!around.contains(&root), "an ancestor would open it all");
         assert!(around.contains(&PathBuf::from("/usr")) || !Path::new("/usr").exists());
