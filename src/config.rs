@@ -224,6 +224,11 @@ pub struct ExecFile {
     pub file_mib: Option<u64>,
     /// The output lines a process's log keeps (default 10000).
     pub log_lines: Option<usize>,
+    /// The processes a process and its children may have at once, where
+    /// control groups can be made (default 256).
+    pub max_pids: Option<u64>,
+    /// The memory a process and its children may use, MiB (default 1024).
+    pub memory_mib: Option<u64>,
 }
 
 impl ExecFile {
@@ -239,6 +244,12 @@ impl ExecFile {
         }
         if let Some(n) = self.log_lines {
             p.log_lines = n.clamp(100, 1_000_000);
+        }
+        if let Some(n) = self.max_pids {
+            p.groups.max_pids = n.clamp(8, 1_000_000);
+        }
+        if let Some(mib) = self.memory_mib {
+            p.groups.memory_bytes = mib.clamp(16, 1 << 20) << 20;
         }
         p
     }

@@ -553,3 +553,94 @@ async fn a_symlink_in_a_project_is_not_followed() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_hog_and_a_fork_bomb_stop_at_their_caps() {
+    let s = TestServer::start_with(|c| {
+        c.exec.stop_grace_ms = 500;
+        c.exec.groups = warden_actors::process::cgroup::GroupLimits {
+            max_pids: 32,
+            memory_bytes: 96 << 20,
+        };
+    })
+    .await;
+    let t = s.admin_token.clone();
+    file(
+        &s,
+        &t,
+        "caps",
+        "hog.py",
+        "x = []\nwhile True:\n    x.append(bytearray(16 << 20))\n",
+    )
+    .await;
+    file(
+        &s,
+        &t,
+        "caps",
+        "bomb.py",
+        "import os, time\nkids = 0\nfor i in range(500):\n    try:\n        if os.fork() == 0:\n            time.sleep(30)\n            os._exit(0)\n        kids += 1\n    except OSError:\n        print('fork refused after', kids, flush=True)\n        break\nos._exit(0)\n",
+    )
+    .await;
+    let make = |entry: &str| json!({"project_id": "caps", "language": "python", "entry_point": entry, "timeout": 60});
+    let hog = s.post("/api/runtimes", &t, make("hog.py")).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bomb = s.post("/api/runtimes", &t, make("bomb.py")).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.post(&format!("/api/runtimes/{hog}/start"), &t, json!({}))
+        .await;
+    let hog_log = eventually(20, "the hog ended", || async {
+        let r = runtime(&s, &t, &hog).await;
+        if r["status"] == "running" || r["status"] == "starting" {
+            return None;
+        }
+        Some(logs(&s, &t, &hog).await)
+    })
+    .await;
+    let text: Vec<String> = hog_log
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_owned())
+        .collect();
+    if text.iter().any(|l| l.contains("no control groups")) {
+        eprintln!("skipped: this host lets Warden make no control groups");
+        s.stop().await;
+        return;
+    }
+    assert_eq!(runtime(&s, &t, &hog).await["status"], "failed");
+    assert!(text.iter().any(|l| l.contains("memory limit")), "{text:?}");
+
+    s.post(&format!("/api/runtimes/{bomb}/start"), &t, json!({}))
+        .await;
+    let text = eventually(20, "the bomb refused", || async {
+        let text: Vec<String> = logs(&s, &t, &bomb)
+            .await
+            .iter()
+            .map(|l| l["message"].as_str().unwrap().to_owned())
+            .collect();
+        text.iter()
+            .any(|l| l.starts_with("fork refused after"))
+            .then_some(text)
+    })
+    .await;
+    let line = text
+        .iter()
+        .find(|l| l.starts_with("fork refused after"))
+        .unwrap();
+    let kids: u32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(kids < 32, "the cap held: {line}");
+    let at = std::time::Instant::now();
+    assert!(
+        s.http
+            .get(format!("{}/health", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    assert!(at.elapsed() < Duration::from_millis(500));
+    s.stop().await;
+}

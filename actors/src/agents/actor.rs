@@ -32,6 +32,8 @@ pub struct ExecPolicy {
     pub stop_grace_ms: u64,
     /// The lines a process's log keeps (a ring).
     pub log_lines: usize,
+    /// The caps of each process's control groups (where the host allows).
+    pub groups: crate::process::cgroup::GroupLimits,
 }
 
 impl ExecPolicy {
@@ -42,6 +44,7 @@ impl ExecPolicy {
             limits: Limits::default(),
             stop_grace_ms: 5000,
             log_lines: crate::process::log::KEEP_LINES,
+            groups: crate::process::cgroup::GroupLimits::default(),
         }
     }
 
@@ -56,6 +59,28 @@ impl ExecPolicy {
             return Ok(None);
         }
         Err("no confinement is available on this host (Landlock needs Linux 5.13+); an admin may set [exec] allow_unconfined = true".into())
+    }
+}
+
+impl ExecPolicy {
+    /// The control groups of a process named `name`; `None` (said in its
+    /// log) where the host lets Warden make none.
+    pub fn groups(
+        &self,
+        name: &str,
+        log: &crate::process::log::ProcessLog,
+    ) -> Option<Arc<crate::process::cgroup::Groups>> {
+        match crate::process::cgroup::Groups::create(name, self.groups) {
+            Ok(Some(g)) => Some(Arc::new(g)),
+            Ok(None) => {
+                log.line("warning", "no control groups on this host: the process's memory and process count are not capped");
+                None
+            }
+            Err(e) => {
+                log.line("warning", &format!("could not make control groups ({e}): the process's memory and process count are not capped"));
+                None
+            }
+        }
     }
 }
 
@@ -173,6 +198,10 @@ impl Actor for AgentActor {
             ],
             limits: policy.limits,
             confine,
+            groups: policy.groups(
+                &format!("agent-{id}-{}", &warden_storage::new_uuid()[..8]),
+                &log,
+            ),
         };
         let lines = log.clone();
         let me = myself.clone();
@@ -248,6 +277,16 @@ impl Actor for AgentActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             AgentMsg::Exited(why) => {
+                let oom = state
+                    .process
+                    .as_ref()
+                    .and_then(|p| p.groups())
+                    .is_some_and(|g| g.oom_killed());
+                let why = if oom {
+                    format!("{why}: its memory limit was reached")
+                } else {
+                    why
+                };
                 if !state.stopping {
                     state.log.line("error", &why);
                     update(&state.store, &state.id, |p| {

@@ -58,6 +58,9 @@ pub struct Spec {
     pub limits: Limits,
     /// `None`: unconfined (only when an admin allows it).
     pub confine: Option<Arc<Ruleset>>,
+    /// Control groups capping its processes and memory, where the host
+    /// allows them.
+    pub groups: Option<Arc<super::cgroup::Groups>>,
 }
 
 /// A running process: its session is killed when this goes (a stop, or
@@ -68,6 +71,7 @@ pub struct Process {
     pid: u32,
     started: u64,
     child: Option<Child>,
+    groups: Option<Arc<super::cgroup::Groups>>,
 }
 
 /// A line handler: which stream, the line.
@@ -137,6 +141,7 @@ impl Process {
             .stderr(Stdio::piped());
         let limits = spec.limits;
         let confine = spec.confine.clone();
+        let groups = spec.groups.clone();
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             command.pre_exec(move || {
@@ -145,6 +150,9 @@ impl Process {
                 }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                     return Err(io::Error::last_os_error());
+                }
+                if let Some(g) = &groups {
+                    g.join_self()?;
                 }
                 rlimit(libc::RLIMIT_CORE, 0)?;
                 rlimit(libc::RLIMIT_NOFILE, limits.open_files)?;
@@ -193,11 +201,17 @@ impl Process {
             pid,
             started,
             child: Some(child),
+            groups: spec.groups,
         })
     }
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Its control groups, if the host gave it any.
+    pub fn groups(&self) -> Option<&super::cgroup::Groups> {
+        self.groups.as_deref()
     }
 
     /// Its start time (`/proc/<pid>/stat` field 22): with the pid, what a
@@ -272,6 +286,7 @@ mod tests {
                 env: vec![("PATH".into(), "/usr/bin:/bin".into())],
                 limits: Limits::default(),
                 confine: Some(rules),
+                groups: None,
             },
             on_line,
             move |exit| {
@@ -324,6 +339,7 @@ mod tests {
                 env: vec![("PATH".into(), "/usr/bin:/bin".into())],
                 limits: Limits::default(),
                 confine: None,
+                groups: None,
             },
             on_line,
             |_| {},

@@ -8,6 +8,7 @@
 
 use std::io;
 
+pub mod cgroup;
 pub mod exec;
 pub mod landlock;
 pub mod log;

@@ -234,6 +234,10 @@ impl RuntimeActor {
             env,
             limits: exec.limits,
             confine,
+            groups: exec.groups(
+                &format!("runtime-{id}-{}", &warden_storage::new_uuid()[..8]),
+                log,
+            ),
         };
         let lines = log.clone();
         let me = myself.clone();
@@ -372,7 +376,16 @@ impl Actor for RuntimeActor {
                     return Ok(());
                 }
                 state.ending = true;
-                state.process.take();
+                let oom = state
+                    .process
+                    .take()
+                    .and_then(|p| p.groups().map(|g| g.oom_killed()))
+                    .unwrap_or(false);
+                let why = if oom {
+                    format!("{why}: the memory limit was reached")
+                } else {
+                    why
+                };
                 let status = if code == Some(0) { "stopped" } else { "failed" };
                 let kind = if status == "failed" { "error" } else { "info" };
                 state.log.line(kind, &format!("the process ended ({why})"));
