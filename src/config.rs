@@ -167,6 +167,11 @@ pub struct ShellFile {
     /// Browser origins allowed besides the server's own
     /// (`https://console.example.com`).
     pub origins: Option<Vec<String>>,
+    /// Processes one session may have at once, where control groups can
+    /// be made (default 256).
+    pub max_pids: Option<u64>,
+    /// Memory one session may use, MiB (default 1024).
+    pub memory_mib: Option<u64>,
 }
 
 impl ShellFile {
@@ -205,6 +210,12 @@ impl ShellFile {
         p.max_per_user = self.max_per_user.unwrap_or(p.max_per_user).max(1);
         p.max_sessions = self.max_sessions.unwrap_or(p.max_sessions).max(1);
         p.origins = self.origins.clone().unwrap_or_default();
+        if let Some(n) = self.max_pids {
+            p.groups.max_pids = n.clamp(8, 1_000_000);
+        }
+        if let Some(mib) = self.memory_mib {
+            p.groups.memory_bytes = mib.clamp(16, 1 << 20) << 20;
+        }
         Ok(p)
     }
 }

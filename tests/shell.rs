@@ -592,3 +592,37 @@ async fn a_flood_to_a_slow_reader_keeps_memory_flat_and_others_fast() {
     assert_eq!(r.status, 200);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_in_a_shell_stops_at_its_cap() {
+    let s = TestServer::start_with(|c| {
+        shells(c);
+        c.shell.groups.max_pids = 16;
+    })
+    .await;
+    let t = s.admin_token.clone();
+    let mut ws = connect(&s, "bomb", &t).await;
+    let out = run(&mut ws, "echo shpid=$$=end$((1+1))", "=end2").await;
+    let sid = number_before(&out, "=end2") as u32;
+    send(&mut ws, "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30; do sleep 30 & done 2>/dev/null\r").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let members = warden_actors::process::session_members(sid).len();
+    if members > 16 && !std::path::Path::new("/sys/fs/cgroup/pids/warden").exists() {
+        eprintln!("skipped: this host lets Warden make no control groups");
+        s.stop().await;
+        return;
+    }
+    assert!(members <= 16, "the session's cap held: {members} processes");
+    let at = Instant::now();
+    assert!(
+        s.http
+            .get(format!("{}/health", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    assert!(at.elapsed() < Duration::from_millis(500));
+    s.stop().await;
+}

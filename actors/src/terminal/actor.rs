@@ -255,7 +255,22 @@ impl Actor for TerminalActor {
                 std::os::unix::fs::chown(&workdir, Some(u.uid), Some(u.gid))?;
             }
         }
+        let groups = match crate::process::cgroup::Groups::create(
+            &format!(
+                "shell-{}-{}",
+                session.owner.user_id,
+                &warden_storage::new_uuid()[..8]
+            ),
+            policy.groups,
+        ) {
+            Ok(g) => g.map(Arc::new),
+            Err(e) => {
+                tracing::warn!(session = %session.id, error = %e, "no control groups for a shell");
+                None
+            }
+        };
         let spawn = Spawn {
+            groups,
             program: policy.program.clone(),
             env: policy.env(&workdir),
             workdir,

@@ -51,6 +51,8 @@ pub struct ShellPolicy {
     pub max_sessions: usize,
     /// Browser origins allowed besides the server's own.
     pub origins: Vec<String>,
+    /// Each session's control groups (where the host allows them).
+    pub groups: crate::process::cgroup::GroupLimits,
 }
 
 impl Default for ShellPolicy {
@@ -75,6 +77,7 @@ impl ShellPolicy {
             max_per_user: 3,
             max_sessions: 32,
             origins: Vec::new(),
+            groups: crate::process::cgroup::GroupLimits::default(),
         }
     }
 

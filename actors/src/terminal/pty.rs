@@ -71,6 +71,8 @@ pub struct Spawn {
     pub run_as: Option<RunAs>,
     pub cols: u16,
     pub rows: u16,
+    /// Control groups capping the session's processes and memory.
+    pub groups: Option<Arc<crate::process::cgroup::Groups>>,
 }
 
 fn winsize(cols: u16, rows: u16) -> libc::winsize {
@@ -99,6 +101,8 @@ pub struct Pty {
     master: Arc<AsyncFd<OwnedFd>>,
     pid: u32,
     child: Option<Child>,
+    /// Dropped after the child: removed once the session is gone.
+    _groups: Option<Arc<crate::process::cgroup::Groups>>,
 }
 
 /// The reading half, for the task that moves output.
@@ -175,10 +179,14 @@ impl Pty {
         let workdir = CString::new(spawn.workdir.as_os_str().as_encoded_bytes())
             .map_err(|_| io::Error::other("the work directory has a NUL"))?;
         let run_as = spawn.run_as.clone();
+        let groups = spawn.groups.clone();
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             command.pre_exec(move || {
                 check(libc::setsid())?;
+                if let Some(g) = &groups {
+                    g.join_self()?;
+                }
                 check(libc::ioctl(0, libc::TIOCSCTTY as _, 0))?;
                 check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
                 // The directory is entered before the identity changes, so
@@ -204,6 +212,7 @@ impl Pty {
             master: Arc::new(master),
             pid,
             child: Some(child),
+            _groups: spawn.groups,
         })
     }
 
