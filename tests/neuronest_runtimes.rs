@@ -354,6 +354,38 @@ async fn a_running_runtime_runs_again_after_a_server_restart() {
         text.iter().any(|l| l.starts_with("started again")),
         "{text:?}"
     );
+    // Deleted while running, through neuronest: the process goes, then the files.
+    let other = s
+        .post(
+            "/api/runtimes",
+            &t,
+            json!({"project_id": "svc", "language": "python", "entry_point": "main.py"}),
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.post(&format!("/api/runtimes/{other}/start"), &t, json!({}))
+        .await;
+    let running_pid = pid_of(&status(&s, &t, &other, "running").await);
+    let r = s.delete(&format!("/api/runtimes/{other}"), &t).await;
+    assert_eq!(r.body, json!({"message": "Runtime deleted successfully"}));
+    assert!(!alive(running_pid), "killed before the answer");
+    assert!(!s.data_dir.join("runtimes").join(&other).exists());
+    assert_eq!(
+        s.get(&format!("/api/runtimes/{other}/logs"), &t)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        s.post(&format!("/api/runtimes/{other}/start"), &t, json!({}))
+            .await
+            .status,
+        404
+    );
+
     // Stopped and deleted through AIWM: the same runtime.
     let r = s
         .post(&format!("/api/deployments/{id}/stop"), &t, json!({}))

@@ -349,6 +349,31 @@ async fn a_nodes_device_runs_commands_and_takes_files_through_its_daemon() {
     .await;
     assert_eq!(status, 409);
 
+    // Connected while its daemon is down: answered at once, disconnected,
+    // and connected by itself once the daemon is back.
+    s.post(
+        &format!("/api/myntrix/devices/{id}/disconnect"),
+        &alice,
+        json!({}),
+    )
+    .await;
+    let r = s
+        .post(
+            &format!("/api/myntrix/devices/{id}/connect"),
+            &alice,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "disconnected");
+    let mut d = daemon(&s.base, &node_token, "dev-a", dir.path());
+    eventually(15, "connected again by itself", || async {
+        (device(&s, &alice, &id).await["status"] == "connected").then_some(())
+    })
+    .await;
+    d.kill().unwrap();
+    d.wait().unwrap();
+
     // Deleting the device deletes the node.
     let r = s
         .delete(&format!("/api/myntrix/devices/{id}"), &alice)

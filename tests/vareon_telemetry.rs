@@ -40,7 +40,16 @@ async fn telemetry_ingest_and_query() {
     let s = TestServer::start().await;
     let (alice, alice_user) = s.user("vareonalice", &["operator"], None).await;
     let (bob, _) = s.user("vareonbob", &["operator"], None).await;
-    let device = uuid::Uuid::new_v4().to_string();
+    // A device of alice's (referenced ids must be the caller's).
+    let r = s
+        .post(
+            "/api/myntrix/devices/",
+            &alice,
+            json!({"name": "probe", "type": "sensor", "connection_string": "/dev/ttyACM0"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let device = r.body["id"].as_str().unwrap().to_owned();
     let r = s.post("/api/neosyntis/telemetry/ingest", &alice, json!({"metric_name": "temperature", "value": 21.5, "device_id": device, "timestamp": "2026-01-01T00:00:00Z"})).await;
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.body["metric_name"], "temperature");
@@ -88,12 +97,32 @@ async fn telemetry_ingest_and_query() {
         json!([])
     );
 
+    // Another's device, an unknown dataset or workflow: 404, nothing stored.
+    for (key, id) in [
+        ("device_id", device.clone()),
+        ("dataset_id", uuid::Uuid::new_v4().to_string()),
+        ("workflow_id", uuid::Uuid::new_v4().to_string()),
+    ] {
+        let r = s
+            .post(
+                "/api/neosyntis/telemetry/ingest",
+                &bob,
+                json!({"metric_name": "m", "value": 1.0, key: id}),
+            )
+            .await;
+        assert_eq!(r.status, 404, "{key}: {}", r.body);
+    }
+    assert_eq!(
+        s.get("/api/neosyntis/telemetry/", &bob).await.body,
+        json!([])
+    );
+
     // FastAPI's validation answer.
     let r = s
         .post(
             "/api/neosyntis/telemetry/ingest",
             &alice,
-            json!({"value": "hot", "device_id": "not-a-uuid"}),
+            json!({"value": "hot", "device_id": 7}),
         )
         .await;
     assert_eq!(r.status, 422, "{}", r.body);

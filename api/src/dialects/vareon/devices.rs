@@ -179,7 +179,7 @@ pub(super) fn all(state: &AppState, org: &str) -> VareonResult<Vec<Found>> {
 
 /// A device of the caller's organisation by id (a node also by its
 /// `nodeId`); any other organisation's is not found.
-fn find(state: &AppState, p: &Principal, id: &str) -> VareonResult<Found> {
+pub(super) fn find(state: &AppState, p: &Principal, id: &str) -> VareonResult<Found> {
     if let Ok(n) = state.runtime.nodes.resolve(&p.org_id, id)
         && n.owner.org_id == p.org_id
     {

@@ -64,14 +64,26 @@ fn series(user_id: &str) -> String {
     format!("telemetry/{user_id}")
 }
 
-fn optional_uuid(f: &mut Fields, key: &str) -> Option<String> {
-    let v = f.string(key, false)?;
-    if uuid::Uuid::parse_str(&v).is_ok() {
-        Some(v)
-    } else {
-        f.error(format!("{key} must be a valid UUID"));
-        None
+/// The ids a point refers to must name the caller's organisation's
+/// records (a device's id is a node's `_id` or a plain device's UUID):
+/// any other is a 404, never a foreign record's confirmation.
+fn check_refs(
+    state: &AppState,
+    p: &warden_identity::Principal,
+    workflow: Option<&str>,
+    dataset: Option<&str>,
+    device: Option<&str>,
+) -> VareonResult<()> {
+    if let Some(id) = workflow {
+        super::workflows::find(state, p, id)?;
     }
+    if let Some(id) = dataset {
+        warden_domain::dataset::find(&state.store, &p.org_id, id)?;
+    }
+    if let Some(id) = device {
+        super::devices::find(state, p, id)?;
+    }
+    Ok(())
 }
 
 async fn ingest(
@@ -83,9 +95,9 @@ async fn ingest(
     let metric_name = f.string("metric_name", true);
     let value = f.number("value", true);
     let timestamp = f.string("timestamp", false);
-    let workflow_id = optional_uuid(&mut f, "workflow_id");
-    let dataset_id = optional_uuid(&mut f, "dataset_id");
-    let device_id = optional_uuid(&mut f, "device_id");
+    let workflow_id = f.string("workflow_id", false);
+    let dataset_id = f.string("dataset_id", false);
+    let device_id = f.string("device_id", false);
     let at = match &timestamp {
         None => Some(warden_storage::now_millis()),
         Some(t) => match chrono::DateTime::parse_from_rfc3339(t) {
@@ -97,6 +109,13 @@ async fn ingest(
         },
     };
     f.finish_as::<Vareon>()?;
+    check_refs(
+        &state,
+        &p,
+        workflow_id.as_deref(),
+        dataset_id.as_deref(),
+        device_id.as_deref(),
+    )?;
     let at = at.unwrap_or_default();
     let id = uuid::Uuid::new_v4().to_string();
     let record = json!({
