@@ -79,7 +79,14 @@ fn sweep() {
             root.join("memory").join(PARENT),
         ] {
             for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                // `<warden pid>-<name>`: only a Warden that is gone left it
+                // (another Warden on this host may be making its own).
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let owner = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
+                let gone = owner.is_none_or(|pid| {
+                    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+                });
+                if gone && entry.file_type().is_ok_and(|t| t.is_dir()) {
                     let _ = std::fs::remove_dir(entry.path());
                 }
             }
@@ -92,6 +99,7 @@ impl Groups {
     /// host lets Warden make none.
     pub fn create(name: &str, limits: GroupLimits) -> io::Result<Option<Groups>> {
         sweep();
+        let name = &format!("{}-{name}", std::process::id());
         let unified = Path::new(ROOT);
         let unified = if unified.join("unified").is_dir() {
             unified.join("unified")
