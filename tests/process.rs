@@ -1358,3 +1358,133 @@ async fn a_chain_killed_mid_run_resumes_and_its_result_is_readable_by_request() 
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Whether `pid` is a live (not zombie) process.
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_mid_run_leaves_no_process_and_loses_no_telemetry() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut child, base) = spawn_server(&data);
+    warden::install_tls_provider();
+    let http = reqwest::Client::new();
+    let token = login(&http, &base).await;
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let r = post(
+        "/api/projects/p/files",
+        json!({"path": "main.py", "content": "import time\nprint('up', flush=True)\ntime.sleep(1000)\n"}),
+    )
+    .await
+    .unwrap();
+    assert!(r.status().is_success());
+    let rt: serde_json::Value = post(
+        "/api/runtimes",
+        json!({"project_id": "p", "language": "python", "entry_point": "main.py"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let id = rt["id"].as_str().unwrap().to_owned();
+    post(&format!("/api/runtimes/{id}/start"), json!({}))
+        .await
+        .unwrap();
+    let get = |base: String, token: String| {
+        let http = http.clone();
+        let id = id.clone();
+        async move {
+            http.get(format!("{base}/api/runtimes/{id}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let pid_of = |r: &serde_json::Value| -> Option<u64> {
+        r["container_id"]
+            .as_str()?
+            .strip_prefix("proc-")?
+            .parse()
+            .ok()
+    };
+    let mut first = None;
+    for _ in 0..100 {
+        let r = get(base.clone(), token.clone()).await;
+        if r["status"] == "running" {
+            first = pid_of(&r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let first = first.expect("the runtime running");
+    // Acknowledged telemetry, then SIGKILL.
+    for i in 0..1000 {
+        let r = post(
+            "/api/neosyntis/telemetry/ingest",
+            json!({"metric_name": "m", "value": f64::from(i)}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    for _ in 0..50 {
+        if !alive(first) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        !alive(first),
+        "the parent-death signal took the run with the server"
+    );
+
+    let (mut child, base) = spawn_server(&data);
+    let token = login(&http, &base).await;
+    let points: Vec<serde_json::Value> = http
+        .get(format!("{base}/api/neosyntis/telemetry/?limit=1000"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(points.len(), 1000, "every acknowledged point survived");
+    let mut again = None;
+    for _ in 0..100 {
+        let r = get(base.clone(), token.clone()).await;
+        if r["status"] == "running" && pid_of(&r).is_some_and(|p| p != first) {
+            again = pid_of(&r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let again = again.expect("the runtime running again after the restart");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for _ in 0..50 {
+        if !alive(again) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!alive(again));
+}

@@ -346,6 +346,17 @@ async fn refused_clients_get_no_shell() {
     let s = TestServer::start().await;
     assert_eq!(refused(url(&s, "s1", Some(&s.admin_token))).await, 403);
     s.stop().await;
+
+    // An expired token opens nothing.
+    let s = TestServer::start_with(|c| {
+        shells(c);
+        c.token_ttl_secs = 1;
+    })
+    .await;
+    let expiring = s.admin_token.clone();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(refused(url(&s, "late", Some(&expiring))).await, 401);
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
