@@ -431,6 +431,8 @@ pub struct ServerConfig {
     pub agent_policy: RestartPolicy,
     /// How runtimes run.
     pub runtimes: warden_actors::runtime::RuntimePolicy,
+    /// How long a vareon device command waits for its daemon (30 s).
+    pub device_command_wait: Duration,
     pub telemetry_retention: Duration,
     pub rate_limits: warden_api::RateLimits,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -490,6 +492,7 @@ impl ServerConfig {
             exec,
             agent_policy: RestartPolicy::default(),
             runtimes,
+            device_command_wait: Duration::from_secs(30),
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             rate_limits: warden_api::RateLimits::default(),
             trusted_proxies: Vec::new(),

@@ -144,6 +144,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
                 config.import_dirs.clone(),
                 warden_api::MAX_UPLOAD,
             ),
+            device_command_wait: config.device_command_wait,
         },
         lifecycle,
     );

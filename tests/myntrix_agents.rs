@@ -108,6 +108,10 @@ async fn a_process_agent_is_supervised_from_start_to_delete() {
         .find(|c| c["entityId"] == id.as_str())
         .expect("the agent's actor");
     assert!(actor["restartCount"].as_u64().unwrap() >= 1, "{actor}");
+    assert_eq!(
+        actor["detail"]["pid"], second,
+        "the tree shows the process: {actor}"
+    );
 
     // Past its restart limit: failed, health 0.
     kill(second);

@@ -176,6 +176,14 @@ async fn the_seed_protocol_runs_a_confined_shell_and_records_its_history() {
     )
     .await;
     assert!(out.contains("clamped=500x1000"), "{out}");
+    // A character split across two PTY reads arrives whole.
+    let out = run(
+        &mut ws,
+        "printf '\\342\\202'; sleep 0.3; printf '\\254 split-%d\\n' $((40+2))",
+        "split-42",
+    )
+    .await;
+    assert!(out.contains("€ split-42"), "{out:?}");
     // A keystroke `5` is input, not control; backspace is applied.
     send(&mut ws, "e").await;
     send(&mut ws, "cho five-").await;

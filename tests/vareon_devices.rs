@@ -786,3 +786,58 @@ async fn an_uploaded_file_is_served_to_its_node_alone_and_let_go_after() {
     assert_eq!(gone.status(), 404);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_daemon_gets_a_504_and_an_oversized_upload_a_413() {
+    let s = TestServer::start_with(|c| {
+        fast_nodes(c);
+        c.device_command_wait = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let (alice, _) = s.user("silentalice", &["operator"], None).await;
+    let (mut ws, id, _) = raw_daemon(&s, &alice, "silent-a").await;
+    let asked = async {
+        s.post(
+            &format!("/api/myntrix/devices/{id}/command"),
+            &alice,
+            json!({"command": "system.healthCheck"}),
+        )
+        .await
+    };
+    let silent = async {
+        // Acknowledged, never answered.
+        let cmd = loop {
+            let v = ws.recv().await.expect("the command");
+            if v["type"] == "system.healthCheck" {
+                break v;
+            }
+        };
+        ws.send(
+            "command.ack",
+            json!({"originalMessageId": cmd["messageId"], "status": "acknowledged"}),
+        )
+        .await;
+    };
+    let (r, ()) = tokio::join!(asked, silent);
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer"),
+        "{}",
+        r.body
+    );
+
+    // Over 100 MB: refused as it streams in, nothing sent to the device.
+    let big = vec![b'z'; 101 * 1024 * 1024];
+    let (status, body) = post_form(
+        &s,
+        &alice,
+        &format!("/api/myntrix/devices/{id}/upload"),
+        form("big.bin", &big),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    s.stop().await;
+}

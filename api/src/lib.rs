@@ -44,6 +44,8 @@ pub struct ApiConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Dataset imports (`/api/v1/datasets/connect`).
     pub import: warden_import::Settings,
+    /// How long a vareon device command waits for its daemon's answer.
+    pub device_command_wait: std::time::Duration,
 }
 
 /// Everything a handler can reach. One pointer to clone: axum clones the

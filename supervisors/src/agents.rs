@@ -121,6 +121,16 @@ impl Kind for AgentKind {
     fn config(&self) -> Option<serde_json::Value> {
         serde_json::to_value(&*self.policy).ok()
     }
+    /// The process's pid, start time, state and restarts.
+    fn detail(&self, id: &str) -> Option<serde_json::Value> {
+        let p = self.store.get::<ProcessRecord>(id).ok()??;
+        Some(serde_json::json!({
+            "pid": p.pid,
+            "state": p.state.as_str(),
+            "restarts": p.restarts.len(),
+            "port": p.port,
+        }))
+    }
 }
 
 /// Myntrix agents: start, stop and restart, for process and logical agents.

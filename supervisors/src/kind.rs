@@ -46,6 +46,10 @@ pub trait Kind: Send + Sync + 'static {
     fn config(&self) -> Option<serde_json::Value> {
         None
     }
+    /// More about one entity for the actor tree (a process's pid).
+    fn detail(&self, _id: &str) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// A kind's period and the message each of its actors gets then.
@@ -371,6 +375,7 @@ impl<K: Kind> Actor for KindSupervisor<K> {
                         }),
                         policy: None,
                         config: None,
+                        detail: self.kind.detail(id),
                         children: Vec::new(),
                     })
                     .collect();

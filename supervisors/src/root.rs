@@ -435,6 +435,7 @@ impl Runtime {
                 }),
                 policy: Some(kind.policy()),
                 config: kind.config(),
+                detail: None,
                 children: entities,
             });
         }
@@ -448,6 +449,7 @@ impl Runtime {
             last_failure: None,
             policy: Some(self.policy),
             config: None,
+            detail: None,
             children,
         })
     }

@@ -16,6 +16,10 @@ pub struct ActorInfo {
     /// (the shells' policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<serde_json::Value>,
+    /// Set on entity actors whose kind says more of them (a process's
+    /// pid and state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
     pub children: Vec<ActorInfo>,
 }
 

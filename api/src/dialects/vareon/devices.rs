@@ -8,8 +8,6 @@
 //! Warden has no driver for serial ports or LAN addresses (a generic one
 //! would be SSRF into the LAN), so it stores them and refuses to connect.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
@@ -35,9 +33,6 @@ type Caller = CurrentUser<Vareon>;
 /// The daemon commands a device command may name: those a daemon runs
 /// without arguments (the others need data only their own routes build).
 pub(super) const COMMANDS: [&str; 1] = ["system.healthCheck"];
-
-/// How long a command waits for its daemon's answer.
-const COMMAND_WAIT: Duration = Duration::from_secs(30);
 
 /// The node facts shown in a node device's `configuration`: read-only,
 /// never stored from a client's body.
@@ -454,7 +449,7 @@ pub(super) fn reachable(state: &AppState, p: &Principal, id: &str) -> VareonResu
 
 /// Runs one daemon command on a node as a one-step execution and waits
 /// for its answer: the finished execution, or a 504 after
-/// [`COMMAND_WAIT`] (the execution goes on and ends by its timeout).
+/// the configured wait (30 s; the execution ends by the same timeout).
 pub(super) async fn run_on_node(
     state: &AppState,
     p: &Principal,
@@ -462,7 +457,8 @@ pub(super) async fn run_on_node(
     kind: &str,
     data: Value,
 ) -> VareonResult<Execution> {
-    let wait = COMMAND_WAIT.as_secs();
+    let limit = state.config.device_command_wait;
+    let wait = limit.as_secs().max(1);
     let new = NewExecution {
         name: Some(format!("{kind} on device {}", n.name)),
         category: Some("device".into()),
@@ -487,7 +483,7 @@ pub(super) async fn run_on_node(
     };
     let executions = &state.runtime.executions;
     let running = executions.begin(new, p.owner(), &p.user_id).await?;
-    let x = executions.end_within(running, COMMAND_WAIT).await?;
+    let x = executions.end_within(running, limit).await?;
     if !x.status.is_terminal() || x.status == ExecStatus::Timeout {
         return Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
