@@ -532,8 +532,10 @@ async fn a_symlink_in_a_project_is_not_followed() {
     let s = TestServer::start().await;
     let t = s.admin_token.clone();
     let probe = format!(
-        "import os\nprint('link:', os.path.exists('secret'), flush=True)\nfor name, path in [('shadow', '/etc/shadow'), ('warden', '/proc/{}/environ')]:\n    try:\n        open(path).read()\n        print(name + ': read', flush=True)\n    except OSError as e:\n        print(name + ':', e.__class__.__name__, flush=True)\n",
-        std::process::id()
+        "import os\nprint('link:', os.path.exists('secret'), flush=True)\nfor name, path in [('shadow', '/etc/shadow'), ('warden', '/proc/{}/environ'), ('keys', '{}')]:\n    try:\n        open(path).read()\n        print(name + ': read', flush=True)\n    except OSError as e:\n        print(name + ':', e.__class__.__name__, flush=True)\ntry:\n    os.listdir('{}')\n    print('db: listed', flush=True)\nexcept OSError as e:\n    print('db:', e.__class__.__name__, flush=True)\ntry:\n    open('/tmp/warden-runtime-escape', 'w').write('x')\n    print('tmp: written', flush=True)\nexcept OSError as e:\n    print('tmp:', e.__class__.__name__, flush=True)\n",
+        std::process::id(),
+        s.data_dir.join("secrets/jwt-keys").display(),
+        s.data_dir.join("db").display(),
     );
     file(&s, &t, "links", "main.py", &probe).await;
     // Someone with the host's disk put a link in the project.
@@ -572,6 +574,10 @@ async fn a_symlink_in_a_project_is_not_followed() {
         text.contains(&"link: False".to_owned()),
         "the link was not copied: {text:?}"
     );
+    for refused in ["db: PermissionError", "tmp: PermissionError"] {
+        assert!(text.contains(&refused.to_owned()), "{refused}: {text:?}");
+    }
+    assert!(!text.contains(&"keys: read".to_owned()), "{text:?}");
     if unsafe { libc::geteuid() } == 0 {
         // As root only Landlock stands between it and the file.
         assert!(
