@@ -148,6 +148,16 @@ async fn telemetry_ingest_and_query() {
         .await;
     assert_eq!(r.status, 400);
     assert!(r.body["detail"].is_string());
+    // Python's json writes NaN for a non-finite float: a value refused, 422.
+    let r = s
+        .raw(
+            Method::POST,
+            "/api/neosyntis/telemetry/ingest",
+            Some(&alice),
+            br#"{"metric_name": "m", "value": NaN}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
     let r = s.get("/api/neosyntis/telemetry/?skip=-1", &alice).await;
     assert_eq!(r.status, 422);
     s.stop().await;

@@ -33,11 +33,32 @@ pub(crate) async fn read_object<D, S: Send + Sync>(
         Ok(_) => Err(ApiError::validation(vec![
             "body must be a JSON object".into(),
         ])),
+        Err(e) if non_finite_at(&bytes, e.line(), e.column()) => Err(ApiError::validation(vec![
+            "value must be a finite number (NaN and Infinity are not numbers)".into(),
+        ])),
         Err(e) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("Malformed JSON: {e}"),
         )),
     }
+}
+
+/// Whether a JSON syntax error sits on a `NaN` or an `Infinity`, which
+/// Python's `json` writes for non-finite floats: a value the client
+/// meant, refused as a value (a validation error), not as broken JSON.
+fn non_finite_at(bytes: &[u8], line: usize, column: usize) -> bool {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return false;
+    };
+    let Some(row) = text.lines().nth(line.saturating_sub(1)) else {
+        return false;
+    };
+    let at = column.saturating_sub(1).min(row.len());
+    let rest = row.get(at..).unwrap_or_default();
+    let before = row.get(..at).unwrap_or_default().trim_end();
+    ["NaN", "Infinity", "-Infinity"]
+        .iter()
+        .any(|w| rest.starts_with(w) || (before.ends_with('-') && rest.starts_with("Infinity")))
 }
 
 /// A JSON object body, refused in dialect `D`'s error body.
@@ -369,6 +390,33 @@ impl Fields {
     pub fn drop(&mut self, keys: &[&str]) {
         for key in keys {
             self.map.remove(*key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::non_finite_at;
+
+    #[test]
+    fn non_finite_numbers_are_told_from_broken_json() {
+        for body in [
+            r#"{"value": NaN}"#,
+            r#"{"value": Infinity}"#,
+            r#"{"value": -Infinity}"#,
+        ] {
+            let e = serde_json::from_str::<serde_json::Value>(body).unwrap_err();
+            assert!(
+                non_finite_at(body.as_bytes(), e.line(), e.column()),
+                "{body}: {e}"
+            );
+        }
+        for body in ["{broken", r#"{"value": nope}"#] {
+            let e = serde_json::from_str::<serde_json::Value>(body).unwrap_err();
+            assert!(
+                !non_finite_at(body.as_bytes(), e.line(), e.column()),
+                "{body}"
+            );
         }
     }
 }
