@@ -121,15 +121,9 @@ impl Kind for AgentKind {
     fn config(&self) -> Option<serde_json::Value> {
         serde_json::to_value(&*self.policy).ok()
     }
-    /// The process's pid, start time, state and restarts.
+    /// The process's pid, state, restarts and port.
     fn detail(&self, id: &str) -> Option<serde_json::Value> {
-        let p = self.store.get::<ProcessRecord>(id).ok()??;
-        Some(serde_json::json!({
-            "pid": p.pid,
-            "state": p.state.as_str(),
-            "restarts": p.restarts.len(),
-            "port": p.port,
-        }))
+        Some(self.store.get::<ProcessRecord>(id).ok()??.detail())
     }
 }
 
@@ -155,26 +149,7 @@ impl Agents {
     }
 
     async fn set_desired(&self, a: &Agent, desired: bool) -> Result<(), DomainError> {
-        let changed = self
-            .store
-            .update::<ProcessRecord, DomainError>(&a.id, |p| {
-                p.desired = desired;
-                Ok(Some(()))
-            })
-            .await?;
-        if changed.is_none() {
-            let mut p = ProcessRecord::new(KIND, &a.id, a.owner.clone());
-            p.desired = desired;
-            match self.store.insert(p).await {
-                Err(warden_storage::StorageError::Conflict { .. }) => {
-                    return Box::pin(self.set_desired(a, desired)).await;
-                }
-                other => {
-                    other?;
-                }
-            }
-        }
-        Ok(())
+        ProcessRecord::set_desired(&self.store, KIND, &a.id, &a.owner, desired, false).await
     }
 
     async fn set_status(&self, a: &Agent, status: &str, by: &str) -> Result<Agent, DomainError> {

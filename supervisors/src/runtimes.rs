@@ -107,15 +107,9 @@ impl Kind for RuntimeKind {
     fn config(&self) -> Option<serde_json::Value> {
         serde_json::to_value(&*self.policy).ok()
     }
-    /// The process's pid, start time, state and restarts.
+    /// The process's pid, state, restarts and port.
     fn detail(&self, id: &str) -> Option<serde_json::Value> {
-        let p = self.store.get::<ProcessRecord>(id).ok()??;
-        Some(serde_json::json!({
-            "pid": p.pid,
-            "state": p.state.as_str(),
-            "restarts": p.restarts.len(),
-            "port": p.port,
-        }))
+        Some(self.store.get::<ProcessRecord>(id).ok()??.detail())
     }
 }
 
@@ -225,29 +219,7 @@ impl Runtimes {
     }
 
     async fn set_desired(&self, d: &Deployment, desired: bool) -> Result<(), DomainError> {
-        let changed = self
-            .store
-            .update::<ProcessRecord, DomainError>(&d.id, |p| {
-                p.desired = desired;
-                if desired && p.state == ProcState::Failed {
-                    p.state = ProcState::Stopped;
-                }
-                Ok(Some(()))
-            })
-            .await?;
-        if changed.is_none() {
-            let mut p = ProcessRecord::new(KIND, &d.id, d.owner.clone());
-            p.desired = desired;
-            match self.store.insert(p).await {
-                Err(warden_storage::StorageError::Conflict { .. }) => {
-                    return Box::pin(self.set_desired(d, desired)).await;
-                }
-                other => {
-                    other?;
-                }
-            }
-        }
-        Ok(())
+        ProcessRecord::set_desired(&self.store, KIND, &d.id, &d.owner, desired, true).await
     }
 
     /// Starts a run and answers at once (`starting`); a running one is

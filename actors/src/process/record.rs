@@ -107,3 +107,51 @@ impl Owned for ProcessRecord {
         &self.owner
     }
 }
+
+impl ProcessRecord {
+    /// What the actor tree shows of a process.
+    pub fn detail(&self) -> serde_json::Value {
+        serde_json::json!({
+            "pid": self.pid,
+            "state": self.state.as_str(),
+            "restarts": self.restarts.len(),
+            "port": self.port,
+        })
+    }
+
+    /// Records whether entity `id` of `kind` should run (its record made
+    /// at its first start). `clear_failed`: a failed one may run again.
+    pub async fn set_desired(
+        store: &warden_storage::Store,
+        kind: &str,
+        id: &str,
+        owner: &Owner,
+        desired: bool,
+        clear_failed: bool,
+    ) -> Result<(), crate::DomainError> {
+        loop {
+            let changed = store
+                .update::<ProcessRecord, crate::DomainError>(id, |p| {
+                    p.desired = desired;
+                    if clear_failed && desired && p.state == ProcState::Failed {
+                        p.state = ProcState::Stopped;
+                    }
+                    Ok(Some(()))
+                })
+                .await?;
+            if changed.is_some() {
+                return Ok(());
+            }
+            let mut p = ProcessRecord::new(kind, id, owner.clone());
+            p.desired = desired;
+            match store.insert(p).await {
+                // Made meanwhile by another request: change that one.
+                Err(warden_storage::StorageError::Conflict { .. }) => continue,
+                other => {
+                    other?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
