@@ -243,8 +243,8 @@ pub struct ExecFile {
 }
 
 impl ExecFile {
-    pub fn policy(&self, data_dir: &Path) -> warden_actors::agents::ExecPolicy {
-        let mut p = warden_actors::agents::ExecPolicy::new(data_dir.to_path_buf());
+    pub fn policy(&self, data_dir: &Path) -> warden_actors::process::ExecPolicy {
+        let mut p = warden_actors::process::ExecPolicy::new(data_dir.to_path_buf());
         p.allow_unconfined = self.allow_unconfined.unwrap_or(false);
         if let Some(s) = self.stop_grace_secs {
             p.stop_grace_ms = s.clamp(1, 600) * 1000;
@@ -427,7 +427,7 @@ pub struct ServerConfig {
     /// Who may have an interactive shell.
     pub shell: warden_actors::terminal::ShellPolicy,
     /// How process agents run, and their actors' restart policy.
-    pub exec: warden_actors::agents::ExecPolicy,
+    pub exec: warden_actors::process::ExecPolicy,
     pub agent_policy: RestartPolicy,
     /// How runtimes run.
     pub runtimes: warden_actors::runtime::RuntimePolicy,
@@ -457,7 +457,7 @@ impl ServerConfig {
     pub fn for_data_dir(data_dir: PathBuf) -> ServerConfig {
         let imports = data_dir.join(IMPORTS_DIR);
         let shell = warden_actors::terminal::ShellPolicy::new(data_dir.join("shell"));
-        let exec = warden_actors::agents::ExecPolicy::new(data_dir.clone());
+        let exec = warden_actors::process::ExecPolicy::new(data_dir.clone());
         let runtimes = warden_actors::runtime::RuntimePolicy::new(&data_dir);
         ServerConfig {
             listen: DEFAULT_LISTEN

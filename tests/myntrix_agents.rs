@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, eventually};
+use common::{TestServer, alive, eventually};
 use serde_json::{Value, json};
 use warden::config::ServerConfig;
 use warden_supervisors::RestartPolicy;
@@ -21,14 +21,6 @@ fn agents(c: &mut ServerConfig) {
     };
     c.exec.stop_grace_ms = 500;
     c.enable_fault_injection = true;
-}
-
-fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|r| !r.trim_start().starts_with('Z'))
-    })
 }
 
 fn kill(pid: u64) {

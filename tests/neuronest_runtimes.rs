@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, eventually};
+use common::{TestServer, alive, eventually};
 use serde_json::{Value, json};
 
 const SERVER: &str = r#"import http.server, os, sys
@@ -27,14 +27,6 @@ class H(http.server.BaseHTTPRequestHandler):
 print("listening on", os.environ["PORT"], flush=True)
 http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 "#;
-
-fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|r| !r.trim_start().starts_with('Z'))
-    })
-}
 
 async fn file(s: &TestServer, t: &str, project: &str, path: &str, content: &str) {
     let r = s

@@ -6,7 +6,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use common::{ADMIN, ADMIN_PASSWORD, TestServer, node_body};
+use common::{ADMIN, ADMIN_PASSWORD, TestServer, alive, node_body};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_warden");
@@ -1357,15 +1357,6 @@ async fn a_chain_killed_mid_run_resumes_and_its_result_is_readable_by_request() 
     assert_eq!(alerts, json!([]));
     child.kill().unwrap();
     child.wait().unwrap();
-}
-
-/// Whether `pid` is a live (not zombie) process.
-fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|r| !r.trim_start().starts_with('Z'))
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

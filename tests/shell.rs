@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestServer, eventually};
+use common::{TestServer, alive, eventually};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -119,15 +119,6 @@ fn number_before(text: &str, marker: &str) -> u64 {
     digits
         .parse()
         .unwrap_or_else(|_| panic!("a number before {marker} in {text:?}"))
-}
-
-fn pid_alive(pid: u64) -> bool {
-    // A zombie has ended; /proc/<pid>/stat says Z.
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit(')')
-            .next()
-            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,7 +398,7 @@ async fn closing_kills_background_jobs_and_reattaching_replays_the_screen() {
     let mut ws = connect(&s, "jobs", &t).await;
     let out = run(&mut ws, "sleep 1000 & echo pid=$!=end$((1+1))", "=end2").await;
     let pid = number_before(&out, "=end2");
-    assert!(pid_alive(pid));
+    assert!(alive(pid));
 
     // The connection drops without a close: the shell waits for it.
     drop(ws);
@@ -430,7 +421,7 @@ async fn closing_kills_background_jobs_and_reattaching_replays_the_screen() {
     assert_eq!(r.body["status"], "closed");
     assert_eq!(read_until(&mut second, "\u{0}never").await.1, Some(1000));
     eventually(5, "the background job killed", || async {
-        (!pid_alive(pid)).then_some(())
+        (!alive(pid)).then_some(())
     })
     .await;
     let r = s
@@ -522,7 +513,7 @@ async fn a_crashed_session_actor_takes_its_shell_with_it() {
     let (_, code) = read_until(&mut ws, "\u{0}never").await;
     assert!(code.is_some(), "the socket closed");
     eventually(5, "the shell gone", || async {
-        (!pid_alive(pid)).then_some(())
+        (!alive(pid)).then_some(())
     })
     .await;
     let list = sessions(&s, &t).await;

@@ -6,33 +6,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-
-use common::{TestServer, eventually, fast_nodes};
+use common::{TestServer, daemon, eventually, fast_nodes};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_warden");
 const BOUNDARY: &str = "warden-device-boundary-b2f1c0";
-
-fn daemon(server: &str, token: &str, node_id: &str, dir: &std::path::Path) -> Child {
-    Command::new(BIN)
-        .args([
-            "node",
-            "--server",
-            server,
-            "--token",
-            token,
-            "--node-id",
-            node_id,
-            "--data-dir",
-        ])
-        .arg(dir)
-        .env("WARDEN_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the daemon starts")
-}
 
 /// A multipart body with one file field named as given.
 fn form(file_name: &str, bytes: &[u8]) -> Vec<u8> {

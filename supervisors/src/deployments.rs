@@ -10,7 +10,7 @@ use serde_json::Value;
 use warden_actors::DomainError;
 use warden_actors::deployment::{
     self, DeployArgs, DeployHandle, DeployMsg, DeployStatus, Deployment, DeploymentActor,
-    DeploymentInput, Launcher, Report,
+    DeploymentInput, Launcher, Report, logs_series,
 };
 use warden_actors::execution::{BoxFuture, ExecStatus, Execution, ExecutionListener, NewExecution};
 use warden_domain::Owner;
@@ -264,9 +264,4 @@ impl Deployments {
         }
         Ok(())
     }
-}
-
-/// The series of a deployment's log lines.
-pub fn logs_series(deployment: &str) -> String {
-    format!("deployment/{deployment}/logs")
 }

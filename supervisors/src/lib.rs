@@ -32,7 +32,7 @@ pub use automation::{Automation, MAX_DEPTH, script_event};
 pub use conversations::{
     ACTIVE_WINDOW, ChatStats, ConversationKind, Conversations, DEFAULT_CONVERSATION_IDLE,
 };
-pub use deployments::{DeploymentKind, Deployments, logs_series};
+pub use deployments::{DeploymentKind, Deployments};
 pub use executions::{
     ChainRequest, ChainRunning, DagRequest, ExecutionKind, ExecutionStats, Executions, RunLabel,
 };
@@ -47,6 +47,7 @@ pub use telegram::{DEFAULT_TELEGRAM_API, Telegram, TelegramKind};
 pub use terminals::{OpenRefusal, TerminalKind, Terminals};
 pub use training::{DEFAULT_MAX_CONCURRENT, QueueStats, Training, TrainingKind};
 pub use tree::{ActorInfo, FailureInfo};
+pub use warden_actors::deployment::logs_series;
 pub use warden_jsrt::Limits as ScriptLimits;
 
 use std::future::Future;

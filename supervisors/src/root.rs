@@ -191,7 +191,7 @@ pub struct RuntimeConfig {
     /// Who may have an interactive shell (off by default).
     pub shell: warden_actors::terminal::ShellPolicy,
     /// How process agents run.
-    pub exec: warden_actors::agents::ExecPolicy,
+    pub exec: warden_actors::process::ExecPolicy,
     pub agents: RestartPolicy,
     /// How runtimes run.
     pub runtimes: warden_actors::runtime::RuntimePolicy,

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use ractor::ActorRef;
 use warden_actors::DomainError;
-use warden_actors::agents::ExecPolicy;
 use warden_actors::deployment::{self, Deployment};
+use warden_actors::process::ExecPolicy;
 use warden_actors::process::record::{DESIRED, ProcState, ProcessRecord};
 use warden_actors::runtime::{
     KIND, RtHandle, RtMsg, RuntimeActor, RuntimeArgs, RuntimeDef, RuntimePolicy, set_status,
@@ -264,6 +264,12 @@ impl Runtimes {
                 Ok(())
             }
         }
+    }
+
+    /// Stop, then start: a new run.
+    pub async fn restart(&self, d: &Deployment) -> Result<(), DomainError> {
+        self.stop(d).await?;
+        self.start(d).await
     }
 
     /// Stops, removes the run's files, soft-deletes the deployment.

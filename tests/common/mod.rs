@@ -502,3 +502,38 @@ pub fn onnx_scores(
     };
     (take("score"), take("anomaly"))
 }
+
+/// Starts a real `warden node` daemon for `node_id` with its data in `dir`.
+pub fn daemon(
+    server: &str,
+    token: &str,
+    node_id: &str,
+    dir: &std::path::Path,
+) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args([
+            "node",
+            "--server",
+            server,
+            "--token",
+            token,
+            "--node-id",
+            node_id,
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env("WARDEN_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("the daemon starts")
+}
+
+/// Whether `pid` is a live process (a zombie has ended).
+pub fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}

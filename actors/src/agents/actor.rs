@@ -3,92 +3,17 @@
 //! supervisor restarts it (a fresh process, counted against the agent's
 //! health) until its restart limit, then marks it failed.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use warden_domain::Agent;
-use warden_storage::{Store, now_millis};
+use warden_storage::Store;
 
 use super::{ProcState, ProcessRecord, command_of, cwd_of};
 use crate::DomainError;
-use crate::process::landlock::{self, Ruleset};
 use crate::process::log::ProcessLog;
-use crate::process::{Limits, Process, Spec, kill_leftover};
-
-/// How process agents run: where, how confined, with what limits.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ExecPolicy {
-    /// Warden's data dir: agents' dirs are `<data_dir>/agents/<id>/`, and
-    /// a confined process can read nothing of the rest of it.
-    pub data_dir: PathBuf,
-    /// Run without confinement when none is available (default no: the
-    /// start fails saying why).
-    pub allow_unconfined: bool,
-    #[serde(skip)]
-    pub limits: Limits,
-    /// How long a stopped process has between SIGTERM and SIGKILL.
-    pub stop_grace_ms: u64,
-    /// The lines a process's log keeps (a ring).
-    pub log_lines: usize,
-    /// The caps of each process's control groups (where the host allows).
-    pub groups: crate::process::cgroup::GroupLimits,
-}
-
-impl ExecPolicy {
-    pub fn new(data_dir: PathBuf) -> ExecPolicy {
-        ExecPolicy {
-            data_dir,
-            allow_unconfined: false,
-            limits: Limits::default(),
-            stop_grace_ms: 5000,
-            log_lines: crate::process::log::KEEP_LINES,
-            groups: crate::process::cgroup::GroupLimits::default(),
-        }
-    }
-
-    /// The confinement a process in `work` gets, or why it cannot start.
-    pub fn confinement(&self, work: &std::path::Path) -> Result<Option<Arc<Ruleset>>, String> {
-        if landlock::abi() > 0 {
-            return Ruleset::confine(work, &self.data_dir)
-                .map(|r| Some(Arc::new(r)))
-                .map_err(|e| format!("could not confine the process with Landlock: {e}"));
-        }
-        if self.allow_unconfined {
-            return Ok(None);
-        }
-        Err("no confinement is available on this host (Landlock needs Linux 5.13+); an admin may set [exec] allow_unconfined = true".into())
-    }
-}
-
-impl ExecPolicy {
-    /// The control groups of a process named `name`; `None` (said in its
-    /// log) where the host lets Warden make none.
-    pub fn groups(
-        &self,
-        name: &str,
-        log: &crate::process::log::ProcessLog,
-    ) -> Option<Arc<crate::process::cgroup::Groups>> {
-        match crate::process::cgroup::Groups::create(name, self.groups) {
-            Ok(Some(g)) => Some(Arc::new(g)),
-            Ok(None) => {
-                log.line("warning", "no control groups on this host: the process's memory and process count are not capped");
-                None
-            }
-            Err(e) => {
-                log.line("warning", &format!("could not make control groups ({e}): the process's memory and process count are not capped"));
-                None
-            }
-        }
-    }
-}
-
-impl Default for ExecPolicy {
-    fn default() -> Self {
-        ExecPolicy::new(PathBuf::from("."))
-    }
-}
+use crate::process::{ExecPolicy, Process, Spec};
 
 type Reply<T> = RpcReplyPort<Result<T, DomainError>>;
 
@@ -127,20 +52,6 @@ fn log_of(store: &Store, id: &str, keep: usize) -> ProcessLog {
     ProcessLog::new(store.clone(), logs_series(id), keep)
 }
 
-async fn update(
-    store: &Store,
-    id: &str,
-    change: impl FnMut(&mut ProcessRecord),
-) -> Result<Option<ProcessRecord>, DomainError> {
-    let mut change = change;
-    store
-        .update::<ProcessRecord, DomainError>(id, |p| {
-            change(p);
-            Ok(Some(()))
-        })
-        .await
-}
-
 impl Actor for AgentActor {
     type Msg = AgentMsg;
     type State = AgentState;
@@ -164,15 +75,13 @@ impl Actor for AgentActor {
             .filter(|p| p.desired)
             .ok_or_else(|| format!("agent {id} should not run"))?;
         // What an earlier actor or run left running is killed first.
-        if let (Some(pid), Some(started)) = (rec.pid, rec.started)
-            && kill_leftover(pid, started)
-        {
+        if let Some(pid) = rec.kill_leftover() {
             log.line(
                 "warning",
                 &format!("killed the leftover process {pid} of an earlier run"),
             );
         }
-        let restarted = rec.state == ProcState::Running || rec.state == ProcState::Restarting;
+        let restarted = rec.was_running();
         let work = policy.data_dir.join("agents").join(&id);
         std::fs::create_dir_all(&work)?;
         let cwd = match cwd_of(&agent.configuration)? {
@@ -225,21 +134,8 @@ impl Actor for AgentActor {
                 return Err(why.into());
             }
         };
-        let (pid, started) = (process.pid(), process.started());
-        let now = now_millis();
-        update(&store, &id, |p| {
-            if restarted {
-                p.restarts.push(now);
-                let keep = p.restarts.len().saturating_sub(20);
-                p.restarts.drain(..keep);
-            }
-            p.state = ProcState::Running;
-            p.pid = Some(pid);
-            p.started = Some(started);
-            p.last_run = Some(now);
-            p.failure = None;
-        })
-        .await?;
+        let pid = process.pid();
+        ProcessRecord::record_start(&store, &id, &process, None, restarted).await?;
         log.line(
             "info",
             &if restarted {
@@ -289,7 +185,7 @@ impl Actor for AgentActor {
                 };
                 if !state.stopping {
                     state.log.line("error", &why);
-                    update(&state.store, &state.id, |p| {
+                    ProcessRecord::change(&state.store, &state.id, |p| {
                         p.state = ProcState::Restarting;
                         p.pid = None;
                     })
@@ -303,7 +199,7 @@ impl Actor for AgentActor {
                 if let Some(p) = state.process.take() {
                     p.stop(Duration::from_millis(state.policy.stop_grace_ms));
                 }
-                let stored = update(&state.store, &state.id, |p| {
+                let stored = ProcessRecord::change(&state.store, &state.id, |p| {
                     p.state = ProcState::Stopped;
                     p.pid = None;
                     p.started = None;

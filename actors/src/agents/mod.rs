@@ -9,8 +9,9 @@
 
 mod actor;
 
+pub use crate::process::ExecPolicy;
 pub use crate::process::record::{HEALTH_WINDOW_MS, ProcState, ProcessRecord};
-pub use actor::{AgentActor, AgentArgs, AgentHandle, AgentMsg, ExecPolicy, logs_series};
+pub use actor::{AgentActor, AgentArgs, AgentHandle, AgentMsg, logs_series};
 
 /// The kind of the process records of agents.
 pub const KIND: &str = "agent";

@@ -40,6 +40,12 @@ pub struct DeploymentInput {
     pub extra: String,
 }
 
+/// The series of a deployment's log lines (a node's reports, a runtime's
+/// output).
+pub fn logs_series(deployment: &str) -> String {
+    format!("deployment/{deployment}/logs")
+}
+
 /// Re-indexes the deployment records once when their indexes changed.
 pub async fn ensure_indexes(
     store: &warden_storage::Store,

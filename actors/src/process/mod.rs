@@ -12,9 +12,11 @@ pub mod cgroup;
 pub mod exec;
 pub mod landlock;
 pub mod log;
+mod policy;
 pub mod record;
 
 pub use exec::{Limits, Process, Spec, Stream};
+pub use policy::ExecPolicy;
 
 /// How a shell ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -109,6 +109,61 @@ impl Owned for ProcessRecord {
 }
 
 impl ProcessRecord {
+    /// Changes a stored record (its live fields, by its actor).
+    pub async fn change(
+        store: &warden_storage::Store,
+        id: &str,
+        mut change: impl FnMut(&mut ProcessRecord),
+    ) -> Result<(), crate::DomainError> {
+        store
+            .update::<ProcessRecord, crate::DomainError>(id, |p| {
+                change(p);
+                Ok(Some(()))
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Whether its last process was running when its actor stopped (a
+    /// crash, a restart of Warden): the next start is a restart.
+    pub fn was_running(&self) -> bool {
+        matches!(self.state, ProcState::Running | ProcState::Restarting)
+    }
+
+    /// Kills what an earlier actor or run left running, if it is still
+    /// the process recorded (same pid and start time); its pid if so.
+    pub fn kill_leftover(&self) -> Option<u32> {
+        let (pid, started) = (self.pid?, self.started?);
+        super::kill_leftover(pid, started).then_some(pid)
+    }
+
+    /// Records a started process: running, its pid, start time and port,
+    /// a restart counted when `restarted` (the newest 20 kept).
+    pub async fn record_start(
+        store: &warden_storage::Store,
+        id: &str,
+        process: &super::Process,
+        port: Option<u16>,
+        restarted: bool,
+    ) -> Result<(), crate::DomainError> {
+        let (pid, started) = (process.pid(), process.started());
+        let now = warden_storage::now_millis();
+        ProcessRecord::change(store, id, |p| {
+            if restarted {
+                p.restarts.push(now);
+                let keep = p.restarts.len().saturating_sub(20);
+                p.restarts.drain(..keep);
+            }
+            p.state = ProcState::Running;
+            p.pid = Some(pid);
+            p.started = Some(started);
+            p.port = port;
+            p.last_run = Some(now);
+            p.failure = None;
+        })
+        .await
+    }
+
     /// What the actor tree shows of a process.
     pub fn detail(&self) -> serde_json::Value {
         serde_json::json!({

@@ -15,11 +15,11 @@ use warden_storage::{Store, now_millis};
 
 use super::{RuntimeDef, RuntimePolicy, set_status};
 use crate::DomainError;
-use crate::agents::ExecPolicy;
 use crate::deployment::Deployment;
+use crate::process::ExecPolicy;
 use crate::process::log::ProcessLog;
 use crate::process::record::{ProcState, ProcessRecord};
-use crate::process::{Process, Spec, is_alive, kill_leftover};
+use crate::process::{Process, Spec, is_alive};
 
 type Reply<T> = RpcReplyPort<Result<T, DomainError>>;
 
@@ -56,7 +56,7 @@ pub struct RuntimeActor;
 
 /// A runtime's log: its deployment's log series.
 pub(crate) fn log_of(store: &Store, id: &str, keep: usize) -> ProcessLog {
-    ProcessLog::new(store.clone(), format!("deployment/{id}/logs"), keep)
+    ProcessLog::new(store.clone(), crate::deployment::logs_series(id), keep)
 }
 
 async fn set_deployment(
@@ -74,20 +74,6 @@ async fn set_deployment(
     Ok(())
 }
 
-async fn set_record(
-    store: &Store,
-    id: &str,
-    mut change: impl FnMut(&mut ProcessRecord),
-) -> Result<(), DomainError> {
-    store
-        .update::<ProcessRecord, DomainError>(id, |p| {
-            change(p);
-            Ok(Some(()))
-        })
-        .await?;
-    Ok(())
-}
-
 /// Ends a run in the records: the deployment's status, its process gone.
 async fn ended(store: &Store, id: &str, status: &'static str) -> Result<(), DomainError> {
     set_deployment(store, id, |d| {
@@ -97,7 +83,7 @@ async fn ended(store: &Store, id: &str, status: &'static str) -> Result<(), Doma
         d.endpoint = None;
     })
     .await?;
-    set_record(store, id, |p| {
+    ProcessRecord::change(store, id, |p| {
         p.desired = false;
         p.state = if status == "failed" {
             ProcState::Failed
@@ -172,15 +158,13 @@ impl RuntimeActor {
             .get::<ProcessRecord>(id)?
             .filter(|p| p.desired)
             .ok_or_else(|| format!("runtime {id} should not run"))?;
-        if let (Some(pid), Some(started)) = (rec.pid, rec.started)
-            && kill_leftover(pid, started)
-        {
+        if let Some(pid) = rec.kill_leftover() {
             log.line(
                 "warning",
                 &format!("killed the leftover process {pid} of an earlier run"),
             );
         }
-        let resumed = matches!(rec.state, ProcState::Running | ProcState::Restarting);
+        let resumed = rec.was_running();
         let project = policy.project_dir(&d.owner.org_id, &def.project_id);
         let run_dir = policy.runtimes_dir.join(id);
         let work = run_dir.join("work");
@@ -258,7 +242,7 @@ impl RuntimeActor {
             Ok(p) => p,
             Err(e) => return Ok(Err(Refusal(format!("{} could not start: {e}", argv[0])))),
         };
-        let (pid, started) = (process.pid(), process.started());
+        let pid = process.pid();
         let url = match &policy.public_base {
             Some(base) => format!("{}/{port}", base.trim_end_matches('/')),
             None => format!("http://127.0.0.1:{port}"),
@@ -276,21 +260,7 @@ impl RuntimeActor {
             );
         })
         .await?;
-        let now = now_millis();
-        set_record(store, id, |p| {
-            if resumed {
-                p.restarts.push(now);
-                let keep = p.restarts.len().saturating_sub(20);
-                p.restarts.drain(..keep);
-            }
-            p.state = ProcState::Running;
-            p.pid = Some(pid);
-            p.started = Some(started);
-            p.port = Some(port);
-            p.last_run = Some(now);
-            p.failure = None;
-        })
-        .await?;
+        ProcessRecord::record_start(store, id, &process, Some(port), resumed).await?;
         log.line(
             "info",
             &if resumed {
@@ -328,7 +298,7 @@ impl Actor for RuntimeActor {
             Ok(p) => (Some(p), false),
             Err(Refusal(why)) => {
                 log.line("error", &why);
-                set_record(&store, &id, |p| p.failure = Some(why.clone())).await?;
+                ProcessRecord::change(&store, &id, |p| p.failure = Some(why.clone())).await?;
                 ended(&store, &id, "failed").await?;
                 (None, true)
             }
@@ -390,7 +360,7 @@ impl Actor for RuntimeActor {
                 let kind = if status == "failed" { "error" } else { "info" };
                 state.log.line(kind, &format!("the process ended ({why})"));
                 if status == "failed" {
-                    set_record(&state.store, &state.id, |p| {
+                    ProcessRecord::change(&state.store, &state.id, |p| {
                         p.failure = Some(format!("the process ended ({why})"))
                     })
                     .await?;
@@ -408,7 +378,8 @@ impl Actor for RuntimeActor {
                 if let Some(p) = state.process.take() {
                     p.stop(Duration::from_millis(state.exec.stop_grace_ms));
                 }
-                set_record(&state.store, &state.id, |p| p.failure = Some(why.clone())).await?;
+                ProcessRecord::change(&state.store, &state.id, |p| p.failure = Some(why.clone()))
+                    .await?;
                 ended(&state.store, &state.id, "failed").await?;
                 myself.stop(Some("timeout".into()));
             }

@@ -245,9 +245,7 @@ async fn restart(
 ) -> Result<Json<Value>> {
     crate::dialects::vareon::writer(&p)?;
     let d = mine(&state, &p, &id)?;
-    let runtimes = &state.runtime.runtimes;
-    runtimes.stop(&d).await?;
-    runtimes.start(&d).await?;
+    state.runtime.runtimes.restart(&d).await?;
     Ok(Json(json!({"message": "Runtime restarting"})))
 }
 
@@ -279,7 +277,7 @@ async fn logs(
     };
     let mut points = state
         .store
-        .points(&format!("deployment/{}/logs", d.id), range)?;
+        .points(&warden_actors::deployment::logs_series(&d.id), range)?;
     points.reverse();
     Ok(Json(
         points

@@ -417,10 +417,10 @@ async fn disconnect(
     attach(&state, &p, &id, false).await
 }
 
-/// A connected node device of the caller's, for a command: a plain
-/// device, a detached or an offline node is a 409 saying which.
-pub(super) fn reachable(state: &AppState, p: &Principal, id: &str) -> VareonResult<Box<Node>> {
-    match find(state, p, id)? {
+/// A connected node device, for a command: a plain device, a detached
+/// or an offline node is a 409 saying which.
+fn reachable(found: Found) -> VareonResult<Box<Node>> {
+    match found {
         Found::Plain(d) => Err(unsupported(&d)),
         Found::Node(n, facts) => {
             if facts.as_ref().is_some_and(|d| !d.attached) {
@@ -530,8 +530,7 @@ async fn command(
             ),
         ));
     }
-    drop(found);
-    let n = reachable(&state, &p, &id)?;
+    let n = reachable(found)?;
     let x = run_on_node(&state, &p, &n, command.trim(), json!({})).await?;
     let step = x.steps.first();
     Ok(Json(json!({
@@ -555,7 +554,7 @@ async fn upload(
     writer(&p)?;
     // Refused before the body is read: nothing is stored for a device
     // that cannot take it.
-    let n = reachable(&state, &p, &id)?;
+    let n = reachable(find(&state, &p, &id)?)?;
     let u = upload::read::<Vareon>(&state, req).await?;
     let Some(blob) = u.file else {
         return Err(ApiError::validation(vec!["file field required".into()]));

@@ -123,7 +123,7 @@ async fn list(
                 "progress": done_or_not(&status),
                 "created_at": iso(d.audit.created_at),
                 "updated_at": iso(d.audit.updated_at),
-                "logs": last_lines(&state, &format!("deployment/{}/logs", d.id), 20),
+                "logs": last_lines(&state, &warden_actors::deployment::logs_series(&d.id), 20),
                 "details": {"kind": "runtime", "entity_id": d.id, "project_id": def.project_id,
                             "language": def.language, "url": d.endpoint},
                 "id": d.id,
